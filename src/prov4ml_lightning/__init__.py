@@ -1,0 +1,56 @@
+"""prov4ml-lightning: full provenance of PyTorch and Lightning training runs.
+
+Every run is written twice: as an MLflow run and as a W3C PROV document with its graph.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from prov4ml_lightning.api import (
+    active_run,
+    end_run,
+    get_run_id,
+    log_artifact,
+    log_current_execution_time,
+    log_metric,
+    log_metrics,
+    log_model,
+    log_param,
+    log_params,
+    log_system_metrics,
+    start_run,
+)
+from prov4ml_lightning.context import Context
+from prov4ml_lightning.errors import (
+    NoActiveRunError,
+    Prov4MLError,
+    Prov4MLInputError,
+    Prov4MLWarning,
+    RunAlreadyActiveError,
+)
+from prov4ml_lightning.recorder import RunOutputs, RunRecorder
+
+__all__ = [
+    "Context",
+    "NoActiveRunError",
+    "Prov4MLError",
+    "Prov4MLInputError",
+    "Prov4MLWarning",
+    "RunAlreadyActiveError",
+    "RunOutputs",
+    "RunRecorder",
+    "__version__",
+    "active_run",
+    "end_run",
+    "get_run_id",
+    "log_artifact",
+    "log_current_execution_time",
+    "log_metric",
+    "log_metrics",
+    "log_model",
+    "log_param",
+    "log_params",
+    "log_system_metrics",
+    "start_run",
+]

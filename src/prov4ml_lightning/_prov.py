@@ -1,0 +1,332 @@
+"""The PROV side of a run: the only module that imports ``prov``.
+
+It turns the recorder's plain records into a :class:`prov.model.ProvDocument`, writes it
+atomically, reads documents back, and flattens one into a neutral node/edge list for drawing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prov.constants import PROV_LABEL, PROV_TYPE, PROV_VALUE
+from prov.model import ProvDocument, ProvRecord
+
+from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
+from prov4ml_lightning.vocab import MLS_NS, P4L_NS, PROVML_NS, USER_PREFIX
+
+__all__ = ["GraphSpec", "RunSnapshot", "build_document", "local_id", "read_document", "write_document"]
+
+_LOCAL_OK = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def local_id(text: str) -> str:
+    """A PROV-N-safe local name for ``text``; changed names get a hash suffix so they stay unique."""
+    safe = _LOCAL_OK.sub("_", text)
+    if safe != text or len(safe) > 120:
+        safe = f"{safe[:100]}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def _time(seconds: float | None) -> dt.datetime | None:
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
+
+
+def typed(value: Any) -> Any:
+    """A PROV attribute value: ``prov`` types ints, floats (NaN/INF included), bools and datetimes
+    as ``xsd:int``/``xsd:long``, ``xsd:double``, ``xsd:boolean`` and ``xsd:dateTime``; anything
+    else is recorded as its string form, never as a stringified container of records."""
+    if isinstance(value, (bool, int, float, str, dt.datetime)):
+        return value
+    if value is None:
+        return "None"
+    return str(value)
+
+
+@dataclass
+class RunSnapshot:
+    """Everything the recorder knows about a run at one moment."""
+
+    info: RunInfo
+    params: Mapping[str, Any]
+    series: Iterable[MetricSeries]
+    artifacts: Iterable[ArtifactRecord]
+    models: Iterable[ModelRecord]
+    activities: Iterable[ActivityRecord]
+    software_version: str
+    metrics_file: str | None = None
+    extra_entities: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Builder:
+    def __init__(self, snap: RunSnapshot) -> None:
+        self.snap = snap
+        self.doc = ProvDocument()
+        self.user = self.doc.add_namespace(USER_PREFIX, snap.info.namespace)
+        self.p4l = self.doc.add_namespace("p4l", P4L_NS)
+        self.provml = self.doc.add_namespace("provml", PROVML_NS)
+        self.mls = self.doc.add_namespace("mls", MLS_NS)
+        self.run_local = f"run_{snap.info.run_id}"
+
+    def rid(self, *parts: str) -> Any:
+        return self.user[".".join([self.run_local, *(local_id(p) for p in parts)])]
+
+    def attrs(self, mapping: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+        return [(self.p4l[local_id(k)], typed(v)) for k, v in mapping.items() if v is not None]
+
+    def build(self) -> ProvDocument:
+        info = self.snap.info
+        run_attrs: list[tuple[Any, Any]] = [
+            (PROV_TYPE, self.provml["LearningStageExecution"]),
+            (PROV_TYPE, self.p4l["Run"]),
+            (PROV_LABEL, info.run_name),
+            *self.attrs(
+                {
+                    "run_id": info.run_id,
+                    "run_name": info.run_name,
+                    "experiment_name": info.experiment_name,
+                    "experiment_id": info.experiment_id,
+                    "status": info.status,
+                    "tracking_uri": info.tracking_uri,
+                    "description": info.description,
+                    "metrics_file": self.snap.metrics_file,
+                }
+            ),
+            *[(self.p4l[f"tag_{local_id(k)}"], v) for k, v in info.tags.items()],
+        ]
+        run = self.doc.activity(self.user[self.run_local], _time(info.start_time), _time(info.end_time), run_attrs)
+
+        person = self.doc.agent(
+            self.user[f"person.{local_id(info.user)}"],
+            [(PROV_TYPE, self.doc.valid_qualified_name("prov:Person")), (PROV_LABEL, info.user)],
+        )
+        software = self.doc.agent(
+            self.p4l[f"prov4ml-lightning_{local_id(self.snap.software_version)}"],
+            [
+                (PROV_TYPE, self.doc.valid_qualified_name("prov:SoftwareAgent")),
+                (PROV_LABEL, f"prov4ml-lightning {self.snap.software_version}"),
+                (self.p4l["version"], self.snap.software_version),
+            ],
+        )
+        self.doc.wasAssociatedWith(run, person)
+        self.doc.wasAssociatedWith(run, software)
+        self.doc.actedOnBehalfOf(software, person, run)
+
+        if info.parent_run_id:
+            parent = self.user[f"run_{info.parent_run_id}"]
+            self.doc.wasInformedBy(run, parent)
+            self.doc.wasStartedBy(run, None, parent, _time(info.start_time))
+
+        activities = {}
+        for act in self.snap.activities:
+            activities[act.ident] = self._activity(run, act)
+
+        for key, value in self.snap.params.items():
+            ent = self.doc.entity(
+                self.rid("param", key),
+                [
+                    (PROV_TYPE, self.p4l["Parameter"]),
+                    (PROV_TYPE, self.mls["HyperParameterSetting"]),
+                    (PROV_LABEL, key),
+                    (self.p4l["name"], key),
+                    (PROV_VALUE, typed(value)),
+                ],
+            )
+            self.doc.used(run, ent, _time(info.start_time))
+
+        for series in self.snap.series:
+            self._series(run, activities, series)
+        for art in self.snap.artifacts:
+            self._artifact(run, activities, art)
+        previous: dict[str, Any] = {}
+        for model in self.snap.models:
+            ent = self.doc.entity(
+                self.rid("model", model.name, f"v{model.version}"),
+                [
+                    (PROV_TYPE, self.p4l["Model"]),
+                    (PROV_TYPE, self.mls["Model"]),
+                    (PROV_LABEL, f"{model.name} v{model.version}"),
+                    *self.attrs(
+                        {"name": model.name, "version": model.version, "model_uri": model.model_uri,
+                         "model_id": model.model_id, **model.info}
+                    ),
+                ],
+            )
+            self.doc.wasGeneratedBy(ent, run, _time(model.created))
+            if model.name in previous:
+                self.doc.wasRevisionOf(ent, previous[model.name])
+            previous[model.name] = ent
+        for extra in self.snap.extra_entities:
+            self._extra(run, extra)
+        return self.doc
+
+    def _activity(self, run: Any, act: ActivityRecord) -> Any:
+        types = [(PROV_TYPE, self.p4l[act.kind])]
+        provml_type = _PROVML_ACTIVITY_TYPES.get(act.kind)
+        if provml_type:
+            types.append((PROV_TYPE, self.provml[provml_type]))
+        node = self.doc.activity(
+            self.rid(act.ident), _time(act.start_time), _time(act.end_time),
+            [*types, (PROV_LABEL, act.label), *self.attrs(act.attributes)],
+        )
+        self.doc.wasStartedBy(node, None, run, _time(act.start_time))
+        self.doc.wasInformedBy(node, run)
+        if act.informed_by:
+            self.doc.wasInformedBy(node, self.rid(act.informed_by))
+        return node
+
+    def _series(self, run: Any, activities: Mapping[str, Any], s: MetricSeries) -> None:
+        ent = self.doc.entity(
+            self.rid("metric", s.context.value, s.name),
+            [
+                (PROV_TYPE, self.p4l["MetricSeries"]),
+                (PROV_LABEL, f"{s.name} ({s.context.value})"),
+                *self.attrs(
+                    {
+                        "name": s.name,
+                        "context": s.context.value,
+                        "mlflow_key": s.mlflow_key,
+                        "count": s.count,
+                        "first_step": s.first_step,
+                        "last_step": s.last_step,
+                        "min_value": s.min_value if s.count > s.non_finite else None,
+                        "max_value": s.max_value if s.count > s.non_finite else None,
+                        "last_value": s.last_value,
+                        "non_finite_count": s.non_finite,
+                        "series_file": self.snap.metrics_file,
+                    }
+                ),
+            ],
+        )
+        generator = activities.get(s.activity or "", run)
+        self.doc.wasGeneratedBy(ent, generator, _time(s.last_time))
+
+    def _artifact(self, run: Any, activities: Mapping[str, Any], a: ArtifactRecord) -> None:
+        ent = self.doc.entity(
+            self.rid(a.kind, a.name),
+            [
+                (PROV_TYPE, self.p4l[a.kind.capitalize()]),
+                (PROV_LABEL, a.name),
+                *self.attrs(
+                    {
+                        "path": a.local_path,
+                        "artifact_uri": a.artifact_uri,
+                        "sha256": a.sha256,
+                        "size_bytes": a.size_bytes,
+                        "is_directory": a.is_dir,
+                        "context": a.context.value if a.context else None,
+                        **a.attributes,
+                    }
+                ),
+            ],
+        )
+        self.doc.wasGeneratedBy(ent, activities.get(a.activity or "", run), _time(a.created))
+        if a.derived_from:
+            self.doc.wasDerivedFrom(ent, self.rid(a.kind, a.derived_from))
+
+    def _extra(self, run: Any, extra: Mapping[str, Any]) -> None:
+        ent = self.doc.entity(
+            self.rid(extra["kind"], extra.get("name", extra["kind"])),
+            [(PROV_TYPE, self.p4l[extra["type"]]), (PROV_LABEL, extra.get("label", extra["kind"])),
+             *self.attrs(extra.get("attributes", {}))],
+        )
+        if extra.get("relation", "used") == "used":
+            self.doc.used(run, ent, _time(self.snap.info.start_time))
+        else:
+            self.doc.wasGeneratedBy(ent, run, _time(extra.get("time")))
+
+
+_PROVML_ACTIVITY_TYPES = {
+    "TrainingEpoch": "TrainingExecution",
+    "ValidationLoop": "ValidationExecution",
+    "TestLoop": "EvaluationExecution",
+    "Fit": "TrainingExecution",
+}
+
+
+def build_document(snapshot: RunSnapshot) -> ProvDocument:
+    """Build the PROV document of one run."""
+    return _Builder(snapshot).build()
+
+
+def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
+    """Serialise ``doc`` to ``path`` atomically (temp file + rename): never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            if fmt == "json":
+                doc.serialize(fh, format="json", indent=2)
+            elif fmt == "provn":
+                fh.write(doc.get_provn())
+            elif fmt in ("ttl", "turtle"):
+                fh.write(doc.serialize(format="rdf", rdf_format="turtle"))
+            elif fmt == "xml":
+                doc.serialize(fh, format="xml")
+            else:
+                raise ValueError(f"unknown PROV format {fmt!r}")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_document(path: str | os.PathLike[str], fmt: str = "json") -> ProvDocument:
+    """Read a PROV document written by :func:`write_document`."""
+    from prov import read
+
+    return read(str(path), format=fmt)
+
+
+@dataclass
+class GraphSpec:
+    """A PROV document flattened for drawing: nodes ``(id, kind, label, attrs)`` and edges."""
+
+    nodes: list[tuple[str, str, str, dict[str, str]]] = field(default_factory=list)
+    edges: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+_RELATION_NAMES = {
+    "Generation": "wasGeneratedBy", "Usage": "used", "Communication": "wasInformedBy",
+    "Start": "wasStartedBy", "End": "wasEndedBy", "Invalidation": "wasInvalidatedBy",
+    "Derivation": "wasDerivedFrom", "Attribution": "wasAttributedTo", "Association": "wasAssociatedWith",
+    "Delegation": "actedOnBehalfOf", "Influence": "wasInfluencedBy", "Specialization": "specializationOf",
+    "Alternate": "alternateOf", "Membership": "hadMember",
+}
+
+
+def to_graph(doc: ProvDocument) -> GraphSpec:
+    """Flatten ``doc`` (including bundles) into a :class:`GraphSpec`."""
+    spec = GraphSpec()
+    records: list[ProvRecord] = list(doc.get_records())
+    for bundle in doc.bundles:
+        records.extend(bundle.get_records())
+    for rec in records:
+        if rec.is_element():
+            kind = rec.get_type().localpart.lower()  # entity / activity / agent
+            labels = rec.get_attribute(PROV_LABEL)
+            label = str(next(iter(labels))) if labels else rec.identifier.localpart
+            attrs = {
+                str(k): str(v) for k, v in rec.attributes if k not in (PROV_LABEL,)
+            }
+            spec.nodes.append((str(rec.identifier), kind, label, attrs))
+        elif rec.is_relation():
+            formal = [value for _, value in rec.formal_attributes]
+            src = formal[0] if formal else None
+            dst = formal[1] if len(formal) > 1 else None
+            if dst is None and rec.get_type().localpart in ("Start", "End") and len(formal) > 2:
+                dst = formal[2]  # wasStartedBy/wasEndedBy without a trigger: draw the starter
+            if src is not None and dst is not None:
+                relation = rec.get_type().localpart
+                spec.edges.append((str(src), str(dst), _RELATION_NAMES.get(relation, relation)))
+    return spec

@@ -1,0 +1,169 @@
+"""Input checks and the documented transformations applied to user-supplied names and values.
+
+Every check names the public call it guards, so an error reads like
+``log_metric("loss", "abc"): value must be a real number (int, float, NumPy scalar or 0-d tensor), got str``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import torch
+
+from prov4ml_lightning.context import Context
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_PARAM_VALUE_LENGTH",
+    "check_context",
+    "check_name",
+    "flatten_params",
+    "mlflow_safe_key",
+    "normalise_namespace",
+    "to_number",
+]
+
+MAX_KEY_LENGTH = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
+MAX_PARAM_VALUE_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")  # MLflow's set, minus ':' which Windows stores reject
+_NAME_FORBIDDEN = ("/", "\\", "\x00")
+
+
+def to_number(value: Any, call: str) -> float | int | torch.Tensor:
+    """Return ``value`` as something the metric writer can turn into a float.
+
+    0-d (or one-element) tensors are returned detached and still on their device: the
+    conversion to a Python float, which forces a device sync, happens on the writer thread.
+    """
+    kind = type(value)
+    if kind is float or kind is int:
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise Prov4MLInputError(
+                f"{call}: value must be a scalar, got a tensor of shape {tuple(value.shape)}"
+            )
+        if value.is_complex() or value.dtype == torch.bool:
+            raise Prov4MLInputError(f"{call}: value must be a real number, got a {value.dtype} tensor")
+        return value.detach().reshape(())
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf":
+        return value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float)):
+        raise Prov4MLInputError(
+            f"{call}: value must be a real number (int, float, NumPy scalar or 0-d tensor), "
+            f"got {type(value).__name__}"
+        )
+    return float(value)  # int/float subclasses
+
+
+def check_finite(value: float, what: str) -> bool:
+    """Return whether ``value`` is finite, warning (not dropping) when it is NaN or infinite."""
+    if math.isfinite(value):
+        return True
+    warnings.warn(
+        f"{what} is {value!r}; it is recorded as is (MLflow stores NaN/inf, PROV marks the series).",
+        Prov4MLWarning,
+        stacklevel=3,
+    )
+    return False
+
+
+def check_key(key: Any, call: str) -> str:
+    """Check a metric or param key is a non-empty string."""
+    if not isinstance(key, str) or not key.strip():
+        raise Prov4MLInputError(f"{call}: key must be a non-empty string, got {key!r}")
+    return key
+
+
+def mlflow_safe_key(key: str) -> str:
+    """Map ``key`` to a name MLflow accepts; identity for ordinary keys.
+
+    Characters outside letters, digits, ``_ - . / space`` become ``_``, empty, ``.`` and ``..``
+    path segments are dropped, the result is cut to fit 250 characters, and any changed key is
+    suffixed with ``-`` and 8 hex digits of the original's SHA-1 so two keys never collide.
+    The original key is kept in PROV.
+    """
+    safe = _BAD_KEY_CHARS.sub("_", key)
+    safe = "/".join(s for s in safe.split("/") if s not in ("", ".", "..")) or "_"
+    if safe != key or len(safe) > MAX_KEY_LENGTH:
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        safe = f"{safe[: MAX_KEY_LENGTH - 9]}-{digest}"
+    return safe
+
+
+def check_context(context: Any, call: str) -> Context:
+    """Accept a :class:`Context` or its string value."""
+    if type(context) is Context:
+        return context
+    try:
+        return Context(context)
+    except ValueError:
+        allowed = ", ".join(c.name for c in Context)
+        raise Prov4MLInputError(f"{call}: context must be a Context ({allowed}), got {context!r}") from None
+
+
+def check_name(name: Any, call: str, what: str = "name") -> str:
+    """Check a name that becomes a file or folder name: no separators, no ``..``, not empty."""
+    if not isinstance(name, str) or not name.strip():
+        raise Prov4MLInputError(f"{call}: {what} must be a non-empty string, got {name!r}")
+    if any(ch in name for ch in _NAME_FORBIDDEN) or name in (".", "..") or ".." in name:
+        raise Prov4MLInputError(
+            f"{call}: {what} {name!r} must not contain path separators, NUL or '..' "
+            "(it is used as a file and folder name)"
+        )
+    if len(name) > MAX_KEY_LENGTH:
+        raise Prov4MLInputError(f"{call}: {what} must be at most {MAX_KEY_LENGTH} characters")
+    return name
+
+
+def normalise_namespace(namespace: Any, call: str = "start_run") -> str:
+    """Turn the user's namespace into an absolute IRI ending in ``/`` or ``#``.
+
+    A seed-style ``www.example.org`` gains ``http://``; ``https://x.org/ns`` gains ``/``.
+    """
+    if not isinstance(namespace, str) or not namespace.strip():
+        raise Prov4MLInputError(f"{call}: prov_user_namespace must be a non-empty string, got {namespace!r}")
+    iri = namespace.strip()
+    if "://" not in iri and not iri.startswith("urn:"):
+        iri = "http://" + iri
+    parts = urlsplit(iri)
+    bad = re.search(r"[\s<>\"{}|\\^`]", iri)
+    if bad or not parts.scheme or (parts.scheme != "urn" and not parts.netloc):
+        raise Prov4MLInputError(
+            f"{call}: prov_user_namespace {namespace!r} is not a usable IRI; "
+            "expected e.g. 'www.example.org' or 'https://example.org/ns/'"
+        )
+    if not iri.endswith(("/", "#")):
+        iri += "/"
+    return iri
+
+
+def flatten_params(params: Mapping[str, Any], call: str, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings with ``/`` between levels."""
+    if not isinstance(params, Mapping):
+        raise Prov4MLInputError(f"{call}: params must be a mapping, got {type(params).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{check_key(str(key) if not isinstance(key, str) else key, call)}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, call, prefix=f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def param_text(value: Any) -> str:
+    """The string MLflow stores for a param value."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return str(value)

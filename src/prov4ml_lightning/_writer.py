@@ -1,0 +1,163 @@
+"""Background writer: moves buffered points off the training thread into the sidecar file and MLflow.
+
+The caller's ``log_metric`` only appends a tuple to a list. This thread wakes every
+``flush_interval`` seconds (or sooner when the buffer fills), converts tensors to floats, updates
+the series summaries, appends the points to the run's sidecar CSV (which doubles as a crash
+journal) and sends them to MLflow in batches. A failing MLflow store warns once; unsent points
+are retried with backoff and, if the store never comes back, spilled to a file for
+``prov4ml sync``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prov4ml_lightning.errors import Prov4MLWarning
+
+__all__ = ["MetricWriter", "Point"]
+
+log = logging.getLogger(__name__)
+
+# (key, context value, mlflow key, step, value, timestamp_ms)
+Point = tuple[str, str, str, int, Any, int]
+
+_MAX_PENDING = 200_000  # unsent MLflow points kept in memory before spilling to disk
+
+
+class MetricWriter(threading.Thread):
+    """Drains a recorder's point buffer on a daemon thread.
+
+    Args:
+        take: returns and clears the recorder's buffered points (called under its lock).
+        summarise: receives converted points to update series summaries.
+        sidecar: path of the CSV holding every point.
+        send: ships ``(mlflow_key, value, ts, step)`` points to MLflow; may raise.
+        spill: path where points MLflow never accepted are written at close.
+        flush_interval: seconds between background drains.
+    """
+
+    def __init__(
+        self,
+        take: Callable[[], list[Point]],
+        summarise: Callable[[list[Point]], None],
+        sidecar: Path,
+        send: Callable[[list[tuple[str, float, int, int]]], None],
+        spill: Path,
+        flush_interval: float = 2.0,
+    ) -> None:
+        super().__init__(name="prov4ml-writer", daemon=True)
+        self._take = take
+        self._summarise = summarise
+        self._send = send
+        self._spill = spill
+        self.sidecar = sidecar
+        self.flush_interval = flush_interval
+        self._wake = threading.Event()
+        self._stop_event = threading.Event()
+        self._io_lock = threading.Lock()
+        self._pending: list[tuple[str, float, int, int]] = []
+        self._failures = 0
+        self._retry_at = 0.0
+        self._warned = False
+        self.points_written = 0
+        self.points_sent = 0
+        new = not sidecar.exists()
+        self._file = open(sidecar, "a", newline="", encoding="utf-8")  # noqa: SIM115 - kept open
+        self._csv = csv.writer(self._file)
+        if new:
+            self._csv.writerow(["key", "context", "mlflow_key", "step", "value", "timestamp_ms"])
+            self._file.flush()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            if self._stop_event.is_set():
+                break
+            try:
+                self.flush(final=False)
+            except Exception:  # the training must go on; flush() at end_run re-raises nothing either
+                log.exception("prov4ml background writer failed")
+
+    def flush(self, final: bool = True) -> None:
+        """Drain everything buffered so far. ``final`` also retries MLflow now and spills leftovers."""
+        with self._io_lock:
+            points = _to_floats(self._take())
+            if points:
+                self._summarise(points)
+                self._csv.writerows(points)
+                self._file.flush()
+                self.points_written += len(points)
+                self._pending.extend((p[2], p[4], p[5], p[3]) for p in points)
+            self._push(force=final)
+            if final and self._pending:
+                self._spill_pending()
+
+    def close(self) -> None:
+        self._stop_event.set()
+        self._wake.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=30)
+        self.flush(final=True)
+        self._file.close()
+
+    # -- MLflow delivery -----------------------------------------------------------------
+    def _push(self, force: bool) -> None:
+        if not self._pending or (not force and time.monotonic() < self._retry_at):
+            return
+        batch, self._pending = self._pending, []
+        try:
+            self._send(batch)
+        except Exception as err:
+            self._pending = batch + self._pending
+            self._failures += 1
+            self._retry_at = time.monotonic() + min(60.0, 2.0**self._failures)
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"prov4ml: MLflow rejected or could not take metrics ({err!r}); training goes on, "
+                    "points are kept and retried, and spilled to disk if MLflow does not come back.",
+                    Prov4MLWarning,
+                    stacklevel=2,
+                )
+            if len(self._pending) > _MAX_PENDING:
+                self._spill_pending()
+            return
+        self.points_sent += len(batch)
+        self._failures = 0
+
+    def _spill_pending(self) -> None:
+        new = not self._spill.exists()
+        with open(self._spill, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["mlflow_key", "value", "timestamp_ms", "step"])
+            writer.writerows(self._pending)
+        log.warning("prov4ml: %d metric points MLflow did not accept were saved to %s",
+                    len(self._pending), self._spill)
+        self._pending = []
+
+
+def _to_floats(points: list[Point]) -> list[Point]:
+    """Turn tensor values into floats; stacking tensors per device costs one sync per flush."""
+    tensors = [i for i, p in enumerate(points) if type(p[4]) is not float and isinstance(p[4], torch.Tensor)]
+    if not tensors:
+        return points
+    values = torch.stack([points[i][4].to("cpu", torch.float64) for i in tensors]).tolist()
+    out = list(points)
+    for i, value in zip(tensors, values):
+        key, ctx, mkey, step, _, ts = out[i]
+        out[i] = (key, ctx, mkey, step, value, ts)
+    return out

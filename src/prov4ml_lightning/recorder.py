@@ -1,0 +1,579 @@
+"""The run recorder: the one core both front doors (functional API, Lightning callback) call into.
+
+There is one process-wide current run guarded by an ``RLock`` (not a per-thread stack), so a
+metric logged from any thread lands in the same run. Nothing starts a run implicitly, and an
+``atexit`` hook ends a run the user forgot.
+"""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from prov4ml_lightning import _validation as v
+from prov4ml_lightning._files import sha256_path
+from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
+from prov4ml_lightning._writer import MetricWriter, Point
+from prov4ml_lightning.context import Context
+from prov4ml_lightning.errors import (
+    NoActiveRunError,
+    Prov4MLInputError,
+    Prov4MLWarning,
+    RunAlreadyActiveError,
+)
+from prov4ml_lightning.model_info import model_statistics
+
+__all__ = ["RunOutputs", "RunRecorder", "current_run", "require_run"]
+
+log = logging.getLogger(__name__)
+
+_lock = threading.RLock()
+_current: RunRecorder | None = None
+_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_BUFFER_WAKE = 50_000  # buffered points that wake the writer early
+
+
+def current_run() -> RunRecorder | None:
+    """The open run of this process, or ``None``."""
+    return _current
+
+
+def require_run(call: str) -> RunRecorder:
+    """The open run, or a :class:`NoActiveRunError` naming ``call``."""
+    run = _current
+    if run is None:
+        raise NoActiveRunError(f"{call}: no run is open; call prov4ml.start_run(...) first")
+    return run
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a run was written."""
+
+    run_id: str
+    tracking_uri: str
+    provenance_dir: Path
+    prov_json: Path
+    prov_dot: Path
+    prov_svg: Path | None
+    metrics_file: Path
+    extra: Mapping[str, Path]
+
+    def __iter__(self):  # tuple-like unpacking of the main paths
+        return iter((self.prov_json, self.prov_dot, self.prov_svg))
+
+
+class RunRecorder:
+    """One run: buffers records and hands them to the MLflow and PROV sinks.
+
+    Create it with :meth:`start`; use the functional API or the callback rather than calling
+    it directly.
+    """
+
+    def __init__(self, info: RunInfo, sink: Any, *, parent: RunRecorder | None,
+                 flush_interval: float, provenance_formats: tuple[str, ...]) -> None:
+        self.info = info
+        self.sink = sink
+        self.parent = parent
+        self.provenance_dir = Path(info.provenance_dir)
+        self.provenance_formats = provenance_formats
+        self._lock = threading.Lock()  # guards the hot-path buffer only
+        self._buffer: list[Point] = []
+        self._next_step: dict[tuple[str, Context], int] = {}
+        self._mlflow_keys: dict[tuple[str, Context], str] = {}
+        self.series: dict[tuple[str, Context], MetricSeries] = {}
+        self.params: dict[str, Any] = {}
+        self._long_params: dict[str, str] = {}
+        self.artifacts: list[ArtifactRecord] = []
+        self.models: list[ModelRecord] = []
+        self.activities: dict[str, ActivityRecord] = {}
+        self.extra_entities: list[dict[str, Any]] = []
+        self._sampler: Any = None
+        self._ended = False
+        self.outputs: RunOutputs | None = None
+        self._t0 = time.monotonic()
+        self.writer = MetricWriter(
+            take=self._take_buffer,
+            summarise=self._summarise,
+            sidecar=self.provenance_dir / f"metrics_{info.run_id}.csv",
+            send=lambda pts: self.sink.log_metrics(info.run_id, pts),
+            spill=self.provenance_dir / f"mlflow_unsent_{info.run_id}.csv",
+            flush_interval=flush_interval,
+        )
+        self.writer.start()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        prov_user_namespace: str,
+        experiment_name: str,
+        provenance_save_dir: str | os.PathLike[str],
+        mlflow_save_dir: str | os.PathLike[str],
+        nested: bool = False,
+        tags: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        log_system_metrics: bool = False,
+        *,
+        tracking_uri: str | None = None,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        system_metrics_interval: float = 10.0,
+        flush_interval: float = 2.0,
+        provenance_formats: tuple[str, ...] = ("json",),
+    ) -> RunRecorder:
+        """Open (or, with ``run_id``, reopen) a run and make it the current one."""
+        global _current
+        call = "start_run"
+        namespace = v.normalise_namespace(prov_user_namespace, call)
+        v.check_name(experiment_name, call, "experiment_name")
+        if run_name is not None:
+            v.check_name(run_name, call, "run_name")
+        if tags is not None and not isinstance(tags, Mapping):
+            raise Prov4MLInputError(f"{call}: tags must be a dict, got {type(tags).__name__}")
+        if description is not None and not isinstance(description, str):
+            raise Prov4MLInputError(f"{call}: description must be a string, got {type(description).__name__}")
+        if system_metrics_interval <= 0:
+            raise Prov4MLInputError(f"{call}: system_metrics_interval must be > 0 seconds")
+        bad = [f for f in provenance_formats if f not in ("json", "provn", "ttl", "xml")]
+        if bad:
+            raise Prov4MLInputError(f"{call}: provenance_formats must be among json, provn, ttl, xml; got {bad}")
+        prov_dir = Path(provenance_save_dir).resolve()
+        _check_writable(prov_dir, call)
+
+        from prov4ml_lightning._mlflow_sink import MlflowSink, default_tracking_uri
+
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(mlflow_save_dir)
+        str_tags = {str(k): v.param_text(val) for k, val in (tags or {}).items()}
+        with _lock:
+            parent = _current
+            if parent is not None and not nested:
+                raise RunAlreadyActiveError(
+                    f"{call}: run {parent.info.run_id} is still open; call end_run() first "
+                    "or pass nested=True to start a child run"
+                )
+            sink = MlflowSink(uri, mlflow_save_dir)
+            start = time.time()
+            if run_id is None:
+                experiment_id = sink.experiment_id(experiment_name)
+                run_id, run_name = sink.create_run(
+                    experiment_id, run_name, str_tags, description,
+                    parent.info.run_id if parent else None, int(start * 1000),
+                )
+            else:
+                reopened = sink.reopen_run(run_id)
+                experiment_id, run_name = reopened["experiment_id"], reopened["run_name"]
+            info = RunInfo(
+                run_id=run_id, experiment_name=experiment_name, experiment_id=experiment_id,
+                run_name=run_name or run_id, namespace=namespace, tracking_uri=_redact_uri(uri),
+                provenance_dir=str(prov_dir), start_time=start, user=_user(), tags=str_tags,
+                description=description, parent_run_id=parent.info.run_id if parent else None,
+            )
+            run = cls(info, sink, parent=parent, flush_interval=flush_interval,
+                      provenance_formats=tuple(provenance_formats))
+            if log_system_metrics:
+                run.start_system_metrics(system_metrics_interval)
+            _current = run
+        log.info("prov4ml run %s started (tracking %s)", run_id, info.tracking_uri)
+        return run
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = "KILLED"
+        else:
+            status = "FAILED"
+        self.end(status)
+
+    def ancestors(self) -> list[RunRecorder]:
+        out, run = [], self.parent
+        while run is not None:
+            out.append(run)
+            run = run.parent
+        return out
+
+    @property
+    def run_id(self) -> str:
+        return self.info.run_id
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def elapsed(self) -> float:
+        """Seconds since the run started (monotonic clock)."""
+        return time.monotonic() - self._t0
+
+    # -- metrics (hot path) --------------------------------------------------------------------
+    def log_metric(self, key: str, value: Any, context: Any = Context.TRAINING, step: int | None = None,
+                   timestamp: int | None = None, *, call: str = "log_metric") -> None:
+        ctx = context if type(context) is Context else v.check_context(context, f"{call}({key!r})")
+        number = v.to_number(value, f"{call}({key!r}, {value!r})")
+        series_key = (key, ctx)
+        with self._lock:
+            mkey = self._mlflow_keys.get(series_key)
+            if mkey is None:
+                mkey = self._new_series(key, ctx, call)
+            if step is None:
+                step = self._next_step[series_key]
+            elif type(step) is not int:
+                step = _check_step(step, f"{call}({key!r})")
+            self._next_step[series_key] = step + 1
+            self._buffer.append((key, ctx.value, mkey, step, number,
+                                 timestamp if timestamp is not None else int(time.time() * 1000)))
+            if len(self._buffer) >= _BUFFER_WAKE:
+                self.writer.wake()
+
+    def log_metrics(self, metrics: Mapping[str, Any], context: Any = Context.TRAINING,
+                    step: int | None = None, timestamp: int | None = None) -> None:
+        if not isinstance(metrics, Mapping):
+            raise Prov4MLInputError(f"log_metrics: metrics must be a dict, got {type(metrics).__name__}")
+        ts = timestamp if timestamp is not None else int(time.time() * 1000)
+        for key, value in metrics.items():
+            self.log_metric(key, value, context, step, ts, call="log_metrics")
+
+    def _new_series(self, key: Any, ctx: Context, call: str) -> str:
+        v.check_key(key, call)
+        if self._ended:
+            raise NoActiveRunError(f"{call}({key!r}): run {self.run_id} has ended")
+        full = f"{ctx.value}/{key}"
+        mkey = v.mlflow_safe_key(full)
+        if mkey != full:
+            warnings.warn(f"{call}: metric key {key!r} is stored in MLflow as {mkey!r} "
+                          "(MLflow's name rules); PROV keeps the original", Prov4MLWarning, stacklevel=4)
+        self._mlflow_keys[(key, ctx)] = mkey
+        self._next_step[(key, ctx)] = 0
+        return mkey
+
+    def _take_buffer(self) -> list[Point]:
+        with self._lock:
+            points, self._buffer = self._buffer, []
+        return points
+
+    def _summarise(self, points: list[Point]) -> None:
+        series = self.series
+        for key, ctx, mkey, step, value, ts in points:
+            s = series.get((key, ctx))
+            if s is None:
+                s = series[(key, ctx)] = MetricSeries(key, Context(ctx), mkey)
+            seen_non_finite = s.non_finite
+            s.add(step, value, ts)
+            if s.non_finite and not seen_non_finite:
+                v.check_finite(value, f"metric {key!r} ({ctx}) at step {step}")
+
+    def flush(self) -> None:
+        """Write every buffered point to the sidecar file and MLflow now."""
+        self.writer.flush(final=False)
+
+    # -- params, tags ----------------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any], *, call: str = "log_params") -> None:
+        flat = v.flatten_params(params, call)
+        new: list[tuple[str, str]] = []
+        for key, value in flat.items():
+            text = v.param_text(value)
+            if key in self.params:
+                if v.param_text(self.params[key]) != text:
+                    raise Prov4MLInputError(
+                        f"{call}: param {key!r} was already logged as {self.params[key]!r}, got {value!r}; "
+                        "params are immutable in a run (log a metric or a new key instead)"
+                    )
+                continue
+            mkey = v.mlflow_safe_key(key)
+            if len(text) > v.MAX_PARAM_VALUE_LENGTH:
+                self._long_params[key] = text
+                note = f"...[truncated; full value in artifact params/long_params.json, {len(text)} chars]"
+                text = text[: v.MAX_PARAM_VALUE_LENGTH - len(note)] + note
+                warnings.warn(f"{call}: param {key!r} is {len(self._long_params[key])} characters; MLflow keeps "
+                              "a truncated copy, PROV and params/long_params.json keep it whole",
+                              Prov4MLWarning, stacklevel=3)
+            self.params[key] = value if isinstance(value, (int, float, str, bool)) or value is None else text
+            new.append((mkey, text))
+        if new:
+            self._safely("log params", self.sink.log_params, self.run_id, new)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [(str(k), v.param_text(val)) for k, val in tags.items()]
+        self.info.tags.update(items)
+        self._safely("set tags", self.sink.set_tags, self.run_id, items)
+
+    # -- artifacts and models -----------------------------------------------------------------
+    def log_artifact(self, path: str | os.PathLike[str], context: Any = None, *,
+                     artifact_path: str | None = None, kind: str = "artifact",
+                     activity: str | None = None, attributes: Mapping[str, Any] | None = None,
+                     derived_from: str | None = None, upload: bool = True,
+                     call: str = "log_artifact") -> ArtifactRecord:
+        ctx = None if context is None else v.check_context(context, call)
+        p = Path(path)
+        if not p.exists():
+            raise Prov4MLInputError(f"{call}({str(path)!r}): no such file or folder")
+        if artifact_path is not None:
+            _check_artifact_path(artifact_path, call)
+        digest, size = sha256_path(p)
+        name = p.name
+        taken = {a.name for a in self.artifacts if a.kind == kind}
+        n = 1
+        while name in taken:
+            n += 1
+            name = f"{p.name}.{n}"
+        uri = ""
+        if upload and self._safely(f"upload artifact {p}", self.sink.log_artifact, self.run_id, str(p), artifact_path):
+            uri = f"{artifact_path + '/' if artifact_path else ''}{p.name}"
+        record = ArtifactRecord(
+            name=name, local_path=str(p.resolve()), artifact_uri=uri, sha256=digest, size_bytes=size,
+            is_dir=p.is_dir(), context=ctx, created=time.time(), kind=kind, activity=activity,
+            attributes=dict(attributes or {}), derived_from=derived_from,
+        )
+        self.artifacts.append(record)
+        return record
+
+    def log_model(self, model: Any, model_name: str, log_model_info: bool = True, **mlflow_kwargs: Any) -> ModelRecord:
+        call = f"log_model(model, {model_name!r})"
+        if not isinstance(model, torch.nn.Module):
+            raise Prov4MLInputError(f"{call}: model must be a torch.nn.Module, got {type(model).__name__}")
+        v.check_name(model_name, call, "model_name")
+        version = 1 + sum(1 for m in self.models if m.name == model_name)
+        info = model_statistics(model) if log_model_info else {}
+        created = time.time()
+        uri, model_id = "", None
+        try:
+            uri, model_id = self.sink.log_model(
+                self.run_id, model, model_name, pip_requirements=_pip_requirements(),
+                params={k: str(val) for k, val in info.items()} or None, **mlflow_kwargs,
+            )
+        except Exception as err:
+            warnings.warn(f"{call}: MLflow could not store the model ({err!r}); PROV records it without a URI",
+                          Prov4MLWarning, stacklevel=3)
+        record = ModelRecord(model_name, version, uri, model_id, created, info)
+        self.models.append(record)
+        return record
+
+    # -- activities (used by the callback) -------------------------------------------------
+    def start_activity(self, ident: str, kind: str, label: str, *, informed_by: str | None = None,
+                       attributes: Mapping[str, Any] | None = None) -> ActivityRecord:
+        record = ActivityRecord(ident, kind, label, time.time(), informed_by=informed_by,
+                                attributes=dict(attributes or {}))
+        self.activities[ident] = record
+        return record
+
+    def end_activity(self, ident: str, attributes: Mapping[str, Any] | None = None) -> None:
+        record = self.activities.get(ident)
+        if record is None or record.end_time is not None:
+            return
+        record.end_time = time.time()
+        record.attributes.update(attributes or {})
+
+    def add_entity(self, kind: str, type_: str, name: str, attributes: Mapping[str, Any], *,
+                   label: str | None = None, relation: str = "used") -> None:
+        """Record an extra entity (environment, code, dataset, ...) the run used or generated."""
+        self.extra_entities.append({"kind": kind, "type": type_, "name": name, "label": label or name,
+                                    "attributes": dict(attributes), "relation": relation,
+                                    "time": time.time()})
+
+    # -- system metrics ----------------------------------------------------------------------
+    def log_system_metrics(self, context: Any = Context.TRAINING, step: int | None = None) -> dict[str, float]:
+        from prov4ml_lightning.system_metrics import sample_system_metrics
+
+        sample = sample_system_metrics(self.provenance_dir)
+        self.log_metrics(sample, context, step)
+        return sample
+
+    def start_system_metrics(self, interval: float) -> None:
+        from prov4ml_lightning.system_metrics import SystemMetricsSampler
+
+        if self._sampler is not None:
+            return
+        self._sampler = SystemMetricsSampler(
+            lambda sample, i: self.log_metrics(sample, Context.TRAINING, i), interval, self.provenance_dir
+        )
+        self._sampler.start()
+
+    # -- the end --------------------------------------------------------------------------------
+    def end(self, status: str = "FINISHED") -> RunOutputs:
+        """Flush, write the PROV document and graph, end the MLflow run. Idempotent."""
+        global _current
+        if status not in _STATUSES:
+            raise Prov4MLInputError(f"end_run(status={status!r}): status must be one of {', '.join(_STATUSES)}")
+        with _lock:
+            if self._ended:
+                assert self.outputs is not None
+                return self.outputs
+            while _current is not None and _current is not self and self in _current.ancestors():
+                _current.end(status)  # a child still open ends with its parent
+            self._ended = True
+            try:
+                self.outputs = self._finish(status)
+            finally:
+                if _current is self:
+                    _current = self.parent
+        log.info("prov4ml run %s ended %s; provenance in %s", self.run_id, status, self.outputs.prov_json)
+        return self.outputs
+
+    def _finish(self, status: str) -> RunOutputs:
+        if self._sampler is not None:
+            self._sampler.stop()
+        self.writer.close()
+        now = time.time()
+        for act in self.activities.values():
+            if act.end_time is None:
+                act.end_time = now
+        self.info.end_time = now
+        self.info.status = status
+        extra: dict[str, Path] = {}
+        if self._long_params:
+            long_file = self.provenance_dir / f"long_params_{self.run_id}.json"
+            long_file.write_text(json.dumps(self._long_params, indent=1), encoding="utf-8")
+            self._safely("upload long params", self.sink.log_artifact, self.run_id, str(long_file), "params")
+            extra["long_params"] = long_file
+        if self.writer.points_sent < self.writer.points_written:
+            extra["mlflow_unsent"] = self.writer._spill
+        paths = self.write_provenance()
+        for path in [paths["json"], paths["dot"], paths.get("svg"), self.writer.sidecar,
+                     *(paths.get(f) for f in ("provn", "ttl", "xml"))]:
+            if path is not None:
+                self._safely(f"upload {path.name}", self.sink.log_artifact, self.run_id, str(path), "prov")
+        self._safely("set provenance tag", self.sink.set_tags, self.run_id,
+                     [("prov4ml.provenance_file", f"prov/{paths['json'].name}")])
+        self._safely("end the MLflow run", self.sink.end_run, self.run_id, status, int(now * 1000))
+        return RunOutputs(
+            run_id=self.run_id, tracking_uri=self.info.tracking_uri, provenance_dir=self.provenance_dir,
+            prov_json=paths["json"], prov_dot=paths["dot"], prov_svg=paths.get("svg"),
+            metrics_file=self.writer.sidecar,
+            extra={**extra, **{k: p for k, p in paths.items() if k in ("provn", "ttl", "xml")}},
+        )
+
+    def snapshot(self) -> Any:
+        from prov4ml_lightning import __version__
+        from prov4ml_lightning._prov import RunSnapshot
+
+        return RunSnapshot(
+            info=self.info, params={**self.params, **self._long_params},
+            series=list(self.series.values()), artifacts=list(self.artifacts), models=list(self.models),
+            activities=list(self.activities.values()), software_version=__version__,
+            metrics_file=self.writer.sidecar.name, extra_entities=list(self.extra_entities),
+        )
+
+    def write_provenance(self) -> dict[str, Path]:
+        """Write the PROV document (and graph) of the run as it stands; return the paths."""
+        from prov4ml_lightning._graph import render_svg, to_dot
+        from prov4ml_lightning._prov import build_document, to_graph, write_document
+
+        doc = build_document(self.snapshot())
+        base = self.provenance_dir / f"provgraph_{self.run_id}"
+        paths = {"json": write_document(doc, base.with_suffix(".json"), "json")}
+        for fmt in self.provenance_formats:
+            if fmt != "json":
+                paths[fmt] = write_document(doc, base.with_suffix(f".{fmt}"), fmt)
+        dot_path = base.with_suffix(".dot")
+        _atomic_write_text(dot_path, to_dot(to_graph(doc), f"{self.info.experiment_name} / {self.info.run_name}"))
+        paths["dot"] = dot_path
+        try:
+            svg = render_svg(dot_path)
+        except Exception as err:  # a broken Graphviz install must not lose the run
+            warnings.warn(f"end_run: Graphviz could not render {dot_path} ({err!r})", Prov4MLWarning, stacklevel=2)
+            svg = None
+        if svg is not None:
+            paths["svg"] = svg
+        return paths
+
+    def _safely(self, what: str, fn: Any, *args: Any) -> bool:
+        """Call a sink; a failure warns and the run goes on (the PROV side keeps the record)."""
+        try:
+            fn(*args)
+            return True
+        except Exception as err:
+            warnings.warn(f"prov4ml: could not {what} in MLflow ({err!r}); the run goes on",
+                          Prov4MLWarning, stacklevel=3)
+            return False
+
+
+def _check_step(step: Any, call: str) -> int:
+    if isinstance(step, bool) or not isinstance(step, int):
+        if hasattr(step, "__index__"):
+            return int(step.__index__())
+        raise Prov4MLInputError(f"{call}: step must be an int, got {type(step).__name__}")
+    return int(step)
+
+
+def _check_writable(path: Path, call: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise Prov4MLInputError(f"{call}: provenance_save_dir {str(path)!r} cannot be created ({err})") from err
+    if not os.access(path, os.W_OK):
+        raise Prov4MLInputError(f"{call}: provenance_save_dir {str(path)!r} is not writable")
+
+
+def _check_artifact_path(artifact_path: str, call: str) -> None:
+    parts = artifact_path.replace("\\", "/").split("/")
+    if artifact_path.startswith(("/", "\\")) or ".." in parts or ":" in artifact_path:
+        raise Prov4MLInputError(f"{call}: artifact_path {artifact_path!r} must be a relative path without '..'")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _redact_uri(uri: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password or parts.username:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("torch", "mlflow", "lightning", "numpy"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+@atexit.register
+def _end_forgotten_runs() -> None:
+    """End runs still open at interpreter exit; FAILED when the program died of an exception."""
+    status = "FAILED" if getattr(sys, "last_type", None) is not None else "FINISHED"
+    while _current is not None:
+        run = _current
+        log.warning("prov4ml: run %s was not ended; ending it as %s at exit", run.run_id, status)
+        try:
+            run.end(status)
+        except Exception:
+            log.exception("prov4ml: could not end run %s at exit", run.run_id)
+            break
+

@@ -1,0 +1,54 @@
+"""Shared fixtures: one embedded MLflow store per test session and a guard against leaked runs."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+import prov4ml_lightning as prov4ml
+from prov4ml_lightning import recorder
+
+
+@pytest.fixture(scope="session")
+def mlflow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite store for the session: creating one costs seconds of schema migrations."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture
+def prov_dir(tmp_path: Path) -> Path:
+    return tmp_path / "prov"
+
+
+@pytest.fixture
+def run_args(prov_dir: Path, mlflow_dir: Path) -> dict:
+    """Arguments for ``start_run`` with an experiment of the test's own."""
+    return {
+        "prov_user_namespace": "www.example.org",
+        "experiment_name": f"test-{uuid.uuid4().hex[:8]}",
+        "provenance_save_dir": str(prov_dir),
+        "mlflow_save_dir": str(mlflow_dir),
+    }
+
+
+@pytest.fixture
+def client(mlflow_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    from prov4ml_lightning._mlflow_sink import default_tracking_uri
+
+    return MlflowClient(default_tracking_uri(mlflow_dir))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_runs(monkeypatch: pytest.MonkeyPatch):
+    """Fail a test that leaves a run open (and close it so the next test starts clean)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    leaked = recorder.current_run()
+    if leaked is not None:
+        while recorder.current_run() is not None:
+            prov4ml.end_run("KILLED")
+        pytest.fail(f"test leaked open run {leaked.run_id}")

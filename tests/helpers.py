@@ -1,0 +1,38 @@
+"""Reading a run back with the real tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import prov
+from prov.model import ProvDocument
+
+
+def read_prov(path: Path) -> ProvDocument:
+    return prov.read(str(path), format="json")
+
+
+def records_of(doc: ProvDocument, kind: str) -> list:
+    """Records of one PROV type name (``entity``, ``activity``, ``agent``, ``wasGeneratedBy``...)."""
+    from prov.constants import PROV_N_MAP
+
+    return [r for r in doc.get_records() if PROV_N_MAP[r.get_type()] == kind]
+
+
+def attr(record, name: str):
+    """The single value of a ``p4l:`` (or ``prov:``) attribute of a record, or None."""
+    for key, value in record.attributes:
+        if key.localpart == name:
+            return value
+    return None
+
+
+def by_type(doc: ProvDocument, type_local: str) -> list:
+    """Elements whose prov:type includes a term with local part ``type_local``."""
+    from prov.constants import PROV_TYPE
+
+    out = []
+    for r in doc.get_records():
+        if r.is_element() and any(getattr(t, "localpart", str(t)) == type_local for t in r.get_attribute(PROV_TYPE)):
+            out.append(r)
+    return out
