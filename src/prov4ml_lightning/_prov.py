@@ -20,9 +20,22 @@ from prov.constants import PROV_LABEL, PROV_TYPE, PROV_VALUE
 from prov.model import ProvDocument, ProvRecord
 
 from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
+from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.vocab import MLS_NS, P4L_NS, PROVML_NS, USER_PREFIX
 
-__all__ = ["GraphSpec", "RunSnapshot", "build_document", "local_id", "read_document", "write_document"]
+__all__ = [
+    "Element",
+    "GraphSpec",
+    "Relation",
+    "RunSnapshot",
+    "build_document",
+    "flatten",
+    "load_document",
+    "local_id",
+    "read_document",
+    "serialize_document",
+    "write_document",
+]
 
 _LOCAL_OK = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -272,6 +285,8 @@ def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
                 fh.write(doc.serialize(format="rdf", rdf_format="turtle"))
             elif fmt == "xml":
                 doc.serialize(fh, format="xml")
+            elif fmt == "jsonld":
+                fh.write(doc.serialize(format="rdf", rdf_format="json-ld"))
             else:
                 raise ValueError(f"unknown PROV format {fmt!r}")
         os.replace(tmp, path)
@@ -294,6 +309,8 @@ class GraphSpec:
 
     nodes: list[tuple[str, str, str, dict[str, str]]] = field(default_factory=list)
     edges: list[tuple[str, str, str]] = field(default_factory=list)
+    #: every ``prov:type`` of a node (``"p4l:Run"``, ...): ``attrs`` keeps only one per key.
+    types: dict[str, list[str]] = field(default_factory=dict)
 
 
 _RELATION_NAMES = {
@@ -320,6 +337,7 @@ def to_graph(doc: ProvDocument) -> GraphSpec:
                 str(k): str(v) for k, v in rec.attributes if k not in (PROV_LABEL,)
             }
             spec.nodes.append((str(rec.identifier), kind, label, attrs))
+            spec.types[str(rec.identifier)] = [str(t) for t in rec.get_attribute(PROV_TYPE)]
         elif rec.is_relation():
             formal = [value for _, value in rec.formal_attributes]
             src = formal[0] if formal else None
@@ -330,3 +348,122 @@ def to_graph(doc: ProvDocument) -> GraphSpec:
                 relation = rec.get_type().localpart
                 spec.edges.append((str(src), str(dst), _RELATION_NAMES.get(relation, relation)))
     return spec
+
+
+# -- reading documents back (the `prov4ml` command line) ------------------------------------
+
+
+def load_document(path: str | os.PathLike[str]) -> ProvDocument:
+    """Read a PROV-JSON file (bundles included) with errors a user can act on.
+
+    Raises:
+        Prov4MLInputError: the file is missing, is not JSON, or is not a PROV-JSON document.
+    """
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise Prov4MLInputError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError as err:
+        raise Prov4MLInputError(f"{p}: not a PROV-JSON file (not UTF-8 text: {err.reason})") from err
+    except json.JSONDecodeError as err:
+        raise Prov4MLInputError(f"{p}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    if not isinstance(data, dict):
+        raise Prov4MLInputError(f"{p}: not a PROV-JSON document (top level is {type(data).__name__}, not an object)")
+    try:
+        return ProvDocument.deserialize(content=text, format="json")
+    except Exception as err:  # prov raises bare errors of several kinds on bad structure
+        raise Prov4MLInputError(f"{p}: not a valid PROV-JSON document ({type(err).__name__}: {err})") from err
+
+
+def serialize_document(doc: ProvDocument, fmt: str) -> str:
+    """``doc`` as text in ``fmt``: ``json``, ``provn``, ``ttl``, ``xml`` or ``jsonld``."""
+    if fmt == "json":
+        return doc.serialize(format="json", indent=2)
+    if fmt == "provn":
+        return doc.get_provn()
+    if fmt in ("ttl", "turtle"):
+        return doc.serialize(format="rdf", rdf_format="turtle")
+    if fmt == "xml":
+        return doc.serialize(format="xml")
+    if fmt == "jsonld":
+        return doc.serialize(format="rdf", rdf_format="json-ld")
+    raise ValueError(f"unknown PROV format {fmt!r}")
+
+
+@dataclass
+class Element:
+    """An entity, activity or agent as plain Python: ``attrs`` maps local names to values
+    (``prov:`` attributes keep their prefix: ``prov:value``), ``types`` holds every
+    ``prov:type`` as ``prefix:name``."""
+
+    ident: str
+    kind: str
+    label: str
+    types: list[str]
+    attrs: dict[str, Any]
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    def has_type(self, local: str) -> bool:
+        return any(t.rsplit(":", 1)[-1] == local for t in self.types)
+
+
+@dataclass
+class Relation:
+    """A PROV relation between two identifiers (``subject`` -> ``obj``), e.g. ``wasGeneratedBy``."""
+
+    name: str
+    subject: str
+    obj: str
+    time: dt.datetime | None = None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str, dt.datetime)):
+        return value
+    return str(value)
+
+
+def flatten(doc: ProvDocument) -> tuple[list[Element], list[Relation]]:
+    """Every element and relation of ``doc`` and its bundles as :class:`Element`/:class:`Relation`."""
+    from prov.constants import PROV_ATTR_ENDTIME, PROV_ATTR_STARTTIME, PROV_ATTR_TIME
+
+    records: list[ProvRecord] = list(doc.get_records())
+    for bundle in doc.bundles:
+        records.extend(bundle.get_records())
+    elements: list[Element] = []
+    relations: list[Relation] = []
+    for rec in records:
+        if rec.is_element():
+            attrs: dict[str, Any] = {}
+            for key, value in rec.attributes:
+                if key in (PROV_TYPE, PROV_LABEL, PROV_ATTR_STARTTIME, PROV_ATTR_ENDTIME):
+                    continue
+                name = str(key) if key.namespace.prefix == "prov" else key.localpart
+                attrs.setdefault(name, _plain(value))
+            labels = rec.get_attribute(PROV_LABEL)
+            starts = rec.get_attribute(PROV_ATTR_STARTTIME)
+            ends = rec.get_attribute(PROV_ATTR_ENDTIME)
+            elements.append(Element(
+                ident=str(rec.identifier), kind=rec.get_type().localpart.lower(),
+                label=str(next(iter(labels))) if labels else rec.identifier.localpart,
+                types=[str(t) for t in rec.get_attribute(PROV_TYPE)], attrs=attrs,
+                start=next(iter(starts), None), end=next(iter(ends), None),
+            ))
+        elif rec.is_relation():
+            formal = [value for _, value in rec.formal_attributes]
+            src = formal[0] if formal else None
+            dst = formal[1] if len(formal) > 1 else None
+            if dst is None and rec.get_type().localpart in ("Start", "End") and len(formal) > 2:
+                dst = formal[2]
+            if src is None or dst is None:
+                continue
+            times = rec.get_attribute(PROV_ATTR_TIME)
+            relation = rec.get_type().localpart
+            relations.append(Relation(_RELATION_NAMES.get(relation, relation), str(src), str(dst),
+                                      next(iter(times), None)))
+    return elements, relations
