@@ -17,7 +17,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["MlflowSink", "default_tracking_uri"]
+__all__ = ["MlflowSink", "default_tracking_uri", "fetch_provenance"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ _BATCH_PARAMS = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
 MLFLOW_TAG_DESCRIPTION = "mlflow.note.content"
 MLFLOW_TAG_PARENT = "mlflow.parentRunId"
 MLFLOW_TAG_RUN_NAME = "mlflow.runName"
+#: run tag naming the PROV JSON among the run's artifacts (set by the recorder at the end).
+PROVENANCE_TAG = "prov4ml.provenance_file"
 
 
 def default_tracking_uri(mlflow_save_dir: str | os.PathLike[str]) -> str:
@@ -176,3 +178,47 @@ class MlflowSink:
     # -- reading back (used by `prov4ml` tools) -------------------------------------------
     def download_artifacts(self, run_id: str, path: str, dst: str) -> str:
         return self.client.download_artifacts(run_id, path, dst)
+
+
+def fetch_provenance(tracking_uri: str, run_id: str, dst: str | os.PathLike[str]) -> Path:
+    """Download the PROV files of ``run_id`` (artifact folder ``prov/``) into ``dst``.
+
+    Returns:
+        The local path of the run's PROV JSON (named by the run tag ``prov4ml.provenance_file``).
+
+    Raises:
+        Prov4MLInputError: the store, the run or its provenance does not exist.
+    """
+    from prov4ml_lightning.errors import Prov4MLInputError
+
+    if tracking_uri.startswith("sqlite:///"):
+        # MlflowClient would silently create an empty store at a mistyped path.
+        db = Path(tracking_uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise Prov4MLInputError(f"tracking store {tracking_uri}: no such SQLite file {db}")
+    client = MlflowClient(tracking_uri)
+    # The command line prints its own summary; MLflow's download progress bar is noise there.
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        artifact = client.get_run(run_id).data.tags.get(PROVENANCE_TAG)
+        if not artifact:
+            raise Prov4MLInputError(
+                f"MLflow run {run_id} in {tracking_uri} has no provenance (tag {PROVENANCE_TAG} is missing; "
+                "was it recorded with prov4ml-lightning and ended?)"
+            )
+        # The whole folder: the metrics CSV and packages list live next to the PROV JSON.
+        folder = artifact.rsplit("/", 1)[0] if "/" in artifact else artifact
+        local = Path(client.download_artifacts(run_id, folder, str(dst)))
+    except mlflow.exceptions.MlflowException as err:
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise Prov4MLInputError(f"MLflow run {run_id} in {tracking_uri}: {first}") from err
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+    path = local / artifact.rsplit("/", 1)[-1] if local.is_dir() else local
+    if not path.is_file():
+        raise Prov4MLInputError(f"MLflow run {run_id} in {tracking_uri}: artifact {artifact} could not be downloaded")
+    return path
