@@ -467,3 +467,70 @@ def flatten(doc: ProvDocument) -> tuple[list[Element], list[Relation]]:
             relations.append(Relation(_RELATION_NAMES.get(relation, relation), str(src), str(dst),
                                       next(iter(times), None)))
     return elements, relations
+
+
+# -- validity (used by checks.py, which must not import prov) ---------------------------------
+
+
+def prov_json_schema_path() -> Path:
+    """The official PROV-JSON JSON Schema as shipped inside the ``prov`` wheel.
+
+    Raises:
+        FileNotFoundError: this ``prov`` build does not ship its test schemas.
+    """
+    import prov
+
+    path = Path(prov.__file__).parent / "tests" / "schemas" / "prov-json.schema.json"
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return path
+
+
+def to_json_text(doc: ProvDocument) -> str:
+    """``doc`` as PROV-JSON text."""
+    return doc.serialize(format="json")
+
+
+def _canonical(value: Any) -> str:
+    # NaN != NaN would make every document with a NaN metric "change" in a round trip
+    if isinstance(value, float) and value != value:
+        return "float:NaN"
+    return f"{type(value).__name__}:{value!r}"
+
+
+def _record_keys(doc: ProvDocument) -> dict[str, list[str]]:
+    """Each record as a canonical string (blank relation ids dropped, attributes sorted)."""
+    out: dict[str, list[str]] = {}
+    scopes = [("", doc), *((f"{b.identifier} / ", b) for b in doc.bundles)]
+    for scope, container in scopes:
+        for rec in container.get_records():
+            ident = rec.identifier
+            name = str(ident) if ident is not None and not str(ident).startswith("_:") else ""
+            attrs = sorted(f"{k}={_canonical(v)}" for k, v in rec.attributes)
+            key = f"{scope}{rec.get_type().localpart}({name}; {', '.join(attrs)})"
+            out.setdefault(f"{scope}{name}" if name else key[:160], []).append(key)
+    return out
+
+
+def round_trip(json_text: str, fmt: str) -> list[tuple[str, str]]:
+    """Read PROV-JSON, write it as ``fmt`` (``provn``, ``xml`` or ``rdf``/Turtle), read that back
+    with ``prov.read`` and compare; returns ``(record id, difference)`` pairs, empty when equal."""
+    from prov import read
+
+    doc = ProvDocument.deserialize(content=json_text, format="json")
+    text = serialize_document(doc, "ttl" if fmt == "rdf" else fmt)
+    try:
+        back = read(text, format=fmt, **({"rdf_format": "turtle"} if fmt == "rdf" else {}))
+    except Exception as err:
+        return [("", f"prov.read cannot read the {fmt} serialisation back: {err!r}")]
+    if back == doc:
+        return []
+    before, after = _record_keys(doc), _record_keys(back)
+    problems = []
+    for ident in sorted(set(before) | set(after)):
+        a, b = sorted(before.get(ident, [])), sorted(after.get(ident, []))
+        if a != b:
+            lost = [x for x in a if x not in b]
+            gained = [x for x in b if x not in a]
+            problems.append((ident, f"changed in a {fmt} round trip: lost {lost[:2]}, gained {gained[:2]}"))
+    return problems
