@@ -37,8 +37,10 @@ _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")  # MLflow's set, minus ':' which Wind
 _NAME_FORBIDDEN = ("/", "\\", "\x00")
 
 
-def to_number(value: Any, call: str) -> float | int | torch.Tensor:
+def to_number(value: Any, call: str, key: str = "") -> float | int | torch.Tensor:
     """Return ``value`` as something the metric writer can turn into a float.
+
+    ``call`` and ``key`` only name the call in an error message (built lazily: this is the hot path).
 
     0-d (or one-element) tensors are returned detached and still on their device: the
     conversion to a Python float, which forces a device sync, happens on the writer thread.
@@ -48,22 +50,32 @@ def to_number(value: Any, call: str) -> float | int | torch.Tensor:
         return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise Prov4MLInputError(
-                f"{call}: value must be a scalar, got a tensor of shape {tuple(value.shape)}"
-            )
+            raise _number_error(call, key, value, f"value must be a scalar, got a tensor of shape {tuple(value.shape)}")
         if value.is_complex() or value.dtype == torch.bool:
-            raise Prov4MLInputError(f"{call}: value must be a real number, got a {value.dtype} tensor")
-        return value.detach().reshape(())
+            raise _number_error(call, key, value, f"value must be a real number, got a {value.dtype} tensor")
+        value = value.detach()
+        return value if value.dim() == 0 else value.reshape(())
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf":
         return value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float)):
-        raise Prov4MLInputError(
-            f"{call}: value must be a real number (int, float, NumPy scalar or 0-d tensor), "
-            f"got {type(value).__name__}"
+        raise _number_error(
+            call, key, value,
+            f"value must be a real number (int, float, NumPy scalar or 0-d tensor), got {type(value).__name__}",
         )
     return float(value)  # int/float subclasses
+
+
+def _number_error(call: str, key: str, value: Any, message: str) -> Prov4MLInputError:
+    return Prov4MLInputError(f"{call}({key!r}, {_short_repr(value)}): {message}")
+
+
+def _short_repr(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_finite(value: float, what: str) -> bool:

@@ -151,13 +151,18 @@ class MetricWriter(threading.Thread):
 
 
 def _to_floats(points: list[Point]) -> list[Point]:
-    """Turn tensor values into floats; stacking tensors per device costs one sync per flush."""
-    tensors = [i for i, p in enumerate(points) if type(p[4]) is not float and isinstance(p[4], torch.Tensor)]
-    if not tensors:
+    """Turn tensor values into floats: one stack and one copy per device, so one sync per flush."""
+    by_device: dict[Any, list[int]] = {}
+    for i, p in enumerate(points):
+        value = p[4]
+        if type(value) is not float and isinstance(value, torch.Tensor):
+            by_device.setdefault(value.device, []).append(i)
+    if not by_device:
         return points
-    values = torch.stack([points[i][4].to("cpu", torch.float64) for i in tensors]).tolist()
     out = list(points)
-    for i, value in zip(tensors, values):
-        key, ctx, mkey, step, _, ts = out[i]
-        out[i] = (key, ctx, mkey, step, value, ts)
+    for indices in by_device.values():
+        values = torch.stack([points[i][4] for i in indices]).to("cpu", torch.float64).tolist()
+        for i, value in zip(indices, values):
+            key, ctx, mkey, step, _, ts = out[i]
+            out[i] = (key, ctx, mkey, step, value, ts)
     return out

@@ -227,7 +227,7 @@ class RunRecorder:
     def log_metric(self, key: str, value: Any, context: Any = Context.TRAINING, step: int | None = None,
                    timestamp: int | None = None, *, call: str = "log_metric") -> None:
         ctx = context if type(context) is Context else v.check_context(context, f"{call}({key!r})")
-        number = v.to_number(value, f"{call}({key!r}, {value!r})")
+        number = v.to_number(value, call, key)
         series_key = (key, ctx)
         with self._lock:
             mkey = self._mlflow_keys.get(series_key)
