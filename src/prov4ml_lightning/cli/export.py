@@ -1,0 +1,43 @@
+"""Convert a run's PROV-JSON document to another PROV serialisation: PROV-N (provn), Turtle
+(ttl, PROV-O), PROV-XML (xml) or JSON-LD (jsonld, PROV-O). Written to --output, or to standard
+output when it is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prov4ml_lightning.cli._common import EXIT_OK, CliError, Scratch, add_run_argument, echo, resolve_prov_file
+
+__all__ = ["FORMATS", "HELP", "NAME", "add_arguments", "run"]
+
+NAME = "export"
+HELP = "convert a PROV document to PROV-N, Turtle, PROV-XML or JSON-LD"
+FORMATS = ("provn", "ttl", "xml", "jsonld")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_argument(parser)
+    parser.add_argument("--format", choices=FORMATS, required=True, help="target serialisation")
+    parser.add_argument("-o", "--output", metavar="OUT", help="file to write (default: standard output)")
+
+
+def run(args: argparse.Namespace, scratch: Scratch) -> int:
+    import sys
+
+    from prov4ml_lightning._prov import load_document, serialize_document, write_document
+    from prov4ml_lightning.errors import Prov4MLError
+
+    source = resolve_prov_file(args.run, args.tracking_uri, scratch)
+    try:
+        doc = load_document(source)
+    except Prov4MLError as err:
+        raise CliError(str(err)) from err
+    if args.output:
+        out = write_document(doc, Path(args.output), args.format)
+        echo(str(out))
+    else:
+        text = serialize_document(doc, args.format)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK

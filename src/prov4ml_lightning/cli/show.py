@@ -1,0 +1,164 @@
+"""Print a summary of one run's provenance: the run, its status and duration, who ran it where,
+the code, the data, the hyperparameters, the final and best value of each metric per context,
+the checkpoints, the model and the files.
+
+"best" is the minimum for metrics whose name says smaller is better (loss, error, mse, mae,
+time, ...) and the maximum otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from typing import Any
+
+from prov4ml_lightning.cli._common import EXIT_OK, Scratch, add_run_argument, echo, resolve_prov_file
+from prov4ml_lightning.cli._view import RunView, datasets_by_name, fmt, human_bytes, join, lower_is_better, table
+
+__all__ = ["HELP", "NAME", "add_arguments", "run", "summary"]
+
+NAME = "show"
+HELP = "summarise a run: status, who/where, code, data, hyperparameters, metrics, checkpoints, model"
+_MAX_CHECKPOINTS = 8
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_argument(parser)
+
+
+def run(args: argparse.Namespace, scratch: Scratch) -> int:
+    view = RunView.load(resolve_prov_file(args.run, args.tracking_uri, scratch))
+    for line in summary(view):
+        echo(line)
+    return EXIT_OK
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, sec = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {sec:04.1f}s"
+    return f"{minutes}m {sec:04.1f}s" if minutes else f"{sec:.1f}s"
+
+
+def summary(view: RunView) -> list[str]:
+    """The lines ``prov4ml show`` prints."""
+    lines: list[str] = []
+    add = lines.append
+    run, env, code = view.run, view.environment, view.code
+    head: list[tuple[str, Any]] = [
+        ("Run", view.title()),
+        ("Experiment", view.run_attr("experiment_name")),
+        ("Status", view.run_attr("status")),
+        ("Started", run.start if run else None),
+        ("Duration", _duration(view.duration)),
+        ("Description", view.run_attr("description")),
+        ("Who", join(a.label for a in view.agents)),
+        ("Where", join([env.get("hostname"), env.get("platform")])),
+        ("Hardware", join([env.get("cpu_model"), f"{env['cpu_count']} CPUs" if env.get("cpu_count") else "",
+                           f"{human_bytes(env['ram_bytes'])} RAM" if env.get("ram_bytes") else "",
+                           *(f"{k}={fmt(v, 40)}" for k, v in view.hardware.items() if k.startswith("gpu"))])),
+        ("Software", join(f"{name} {env[key]}" for name, key in (
+            ("Python", "python_version"), ("torch", "torch_version"), ("lightning", "lightning_version"),
+            ("mlflow", "mlflow_version")) if env.get(key))),
+        ("Code", join([code.get("script_path"), _commit(code)])),
+        ("Seed", view.seed),
+        ("Tracking", view.run_attr("tracking_uri")),
+    ]
+    lines.extend(table([(k + ":", fmt(v, 100)) for k, v in head if v not in (None, "", "-")], indent=0))
+
+    datasets = datasets_by_name(view)
+    if datasets:
+        add("")
+        add("Data")
+        lines.extend(table([(name, fmt(d.get("dataset_class"), 40),
+                             f"{d['length']} samples" if d.get("length") is not None else "",
+                             f"batch {d['batch_size']}" if d.get("batch_size") is not None else "",
+                             f"fingerprint {str(d['fingerprint'])[:16]}" if d.get("fingerprint") else "")
+                            for name, d in datasets.items()]))
+
+    if view.params:
+        add("")
+        add(f"Hyperparameters ({len(view.params)})")
+        lines.extend(table([(k, fmt(v, 80)) for k, v in sorted(view.params.items())]))
+
+    epochs, loops = len(view.typed("TrainingEpoch")), len(view.typed("ValidationLoop"))
+    if epochs or loops:
+        add("")
+        add(f"Epochs: {epochs} training, {loops} validation loops")
+
+    lines.extend(_metrics(view))
+    lines.extend(_checkpoints(view))
+
+    models = view.typed("Model")
+    if models:
+        add("")
+        add("Model")
+        lines.extend(table([(m.label, f"{int(m.attrs['total_params']):,} params" if m.attrs.get("total_params") else "",
+                             fmt(m.attrs.get("model_class"), 50), fmt(m.attrs.get("model_uri"), 60))
+                            for m in models]))
+    lines.extend(_files(view))
+    return lines
+
+
+def _commit(code: dict[str, Any]) -> str:
+    commit = code.get("git_commit")
+    if not commit:
+        return ""
+    extra = join([code.get("git_branch"), "dirty" if str(code.get("git_dirty")).lower() == "true" else ""], ", ")
+    return f"git {str(commit)[:12]}" + (f" ({extra})" if extra else "")
+
+
+def _metrics(view: RunView) -> list[str]:
+    by_context: dict[str, list[Any]] = defaultdict(list)
+    for m in view.metrics:
+        by_context[str(m.attrs.get("context", "-"))].append(m)
+    if not by_context:
+        return []
+    rows: list[tuple[Any, ...]] = [("context", "metric", "final", "best", "points", "steps")]
+    for context in sorted(by_context):
+        for m in sorted(by_context[context], key=lambda e: str(e.attrs.get("name", e.label))):
+            a = m.attrs
+            name = str(a.get("name", m.label))
+            lower = lower_is_better(name)
+            best = a.get("min_value") if lower else a.get("max_value")
+            steps = f"{a.get('first_step')}-{a.get('last_step')}" if a.get("first_step") is not None else "-"
+            rows.append((context, fmt(name, 40), fmt(a.get("last_value")),
+                         f"{fmt(best)} ({'min' if lower else 'max'})" if best is not None else "-",
+                         fmt(a.get("count")), steps))
+    return ["", "Metrics (final and best per context)", *table(rows)]
+
+
+def _checkpoints(view: RunView) -> list[str]:
+    checkpoints = view.typed("Checkpoint")
+    if not checkpoints:
+        return []
+    shown = checkpoints
+    if len(checkpoints) > _MAX_CHECKPOINTS:
+        best = [c for c in checkpoints if str(c.attrs.get("best")).lower() == "true"]
+        shown = [*best, *[c for c in checkpoints[-(_MAX_CHECKPOINTS - len(best)):] if c not in best]]
+    rows = [(c.label, f"{c.attrs.get('monitor', 'score')} {fmt(c.attrs.get('score'))}" if "score" in c.attrs else "",
+             "best" if str(c.attrs.get("best")).lower() == "true" else "",
+             f"sha256 {str(c.attrs.get('sha256', ''))[:12]}" if c.attrs.get("sha256") else "",
+             fmt(c.attrs.get("path"), 70)) for c in shown]
+    more = len(checkpoints) - len(shown)
+    return ["", f"Checkpoints ({len(checkpoints)}{f', best and last {len(shown)} shown' if more else ''})",
+            *table(rows)]
+
+
+def _files(view: RunView) -> list[str]:
+    rows: list[tuple[str, str]] = [("PROV", str(view.path))]
+    named = [("metrics", view.run_attr("metrics_file") or next(
+        (m.attrs.get("series_file") for m in view.metrics if m.attrs.get("series_file")), None)),
+             ("packages", view.environment.get("packages_file"))]
+    for what, name in named:
+        path = view.sibling(name)
+        if path is not None:
+            rows.append((what, f"{path}" + ("" if path.is_file() else "  (missing)")))
+    for art in view.typed("Artifact"):
+        rows.append(("artifact", join([fmt(art.attrs.get("path") or art.label, 70),
+                                       f"sha256 {str(art.attrs.get('sha256', ''))[:12]}" if art.attrs.get("sha256")
+                                       else ""], "  ")))
+    return ["", "Files", *table(rows)]
