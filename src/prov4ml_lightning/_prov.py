@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prov.constants import PROV_LABEL, PROV_TYPE, PROV_VALUE
+from prov.constants import PROV_LABEL, PROV_ROLE, PROV_TYPE, PROV_VALUE
 from prov.model import ProvDocument, ProvRecord
 
 from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
@@ -78,6 +78,9 @@ class RunSnapshot:
     software_version: str
     metrics_file: str | None = None
     extra_entities: list[dict[str, Any]] = field(default_factory=list)
+    #: from ``capture.RunContext.for_prov()``: ``code`` and ``environment`` attributes, ``run``
+    #: attributes (the seed) of the run activity.
+    context: Mapping[str, Any] | None = None
 
 
 class _Builder:
@@ -89,6 +92,7 @@ class _Builder:
         self.provml = self.doc.add_namespace("provml", PROVML_NS)
         self.mls = self.doc.add_namespace("mls", MLS_NS)
         self.run_local = f"run_{snap.info.run_id}"
+        self.spans = {act.ident: (act.start_time, act.end_time) for act in snap.activities}
 
     def rid(self, *parts: str) -> Any:
         return self.user[".".join([self.run_local, *(local_id(p) for p in parts)])]
@@ -115,6 +119,7 @@ class _Builder:
                 }
             ),
             *[(self.p4l[f"tag_{local_id(k)}"], v) for k, v in info.tags.items()],
+            *self.attrs((self.snap.context or {}).get("run", {})),
         ]
         run = self.doc.activity(self.user[self.run_local], _time(info.start_time), _time(info.end_time), run_attrs)
 
@@ -130,12 +135,19 @@ class _Builder:
                 (self.p4l["version"], self.snap.software_version),
             ],
         )
-        self.doc.wasAssociatedWith(run, person)
-        self.doc.wasAssociatedWith(run, software)
+        code = self._context(run)
+        # Every association carries a role: besides naming what each agent did, it keeps all of
+        # them qualified, since prov 3.2.3's PROV-O reader pairs a plan with the wrong agent when
+        # qualified and unqualified associations of one activity are mixed.
+        self.doc.wasAssociatedWith(run, person, code, other_attributes=[(PROV_ROLE, self.p4l["experimenter"])])
+        self.doc.wasAssociatedWith(run, software, other_attributes=[(PROV_ROLE, self.p4l["provenanceRecorder"])])
         self.doc.actedOnBehalfOf(software, person, run)
 
         if info.parent_run_id:
-            parent = self.user[f"run_{info.parent_run_id}"]
+            # declared here (no times: they belong to the parent's own document) so that every
+            # relation of this document points at a declared record
+            parent = self.doc.activity(self.user[f"run_{info.parent_run_id}"], None, None, [
+                (PROV_TYPE, self.p4l["ParentRun"]), (self.p4l["run_id"], info.parent_run_id)])
             self.doc.wasInformedBy(run, parent)
             self.doc.wasStartedBy(run, None, parent, _time(info.start_time))
 
@@ -174,7 +186,7 @@ class _Builder:
                     ),
                 ],
             )
-            self.doc.wasGeneratedBy(ent, run, _time(model.created))
+            self.doc.wasGeneratedBy(ent, run, self.when(model.created, None))
             if model.name in previous:
                 self.doc.wasRevisionOf(ent, previous[model.name])
             previous[model.name] = ent
@@ -193,7 +205,7 @@ class _Builder:
         )
         self.doc.wasStartedBy(node, None, run, _time(act.start_time))
         self.doc.wasInformedBy(node, run)
-        if act.informed_by:
+        if act.informed_by in self.spans:
             self.doc.wasInformedBy(node, self.rid(act.informed_by))
         return node
 
@@ -216,12 +228,14 @@ class _Builder:
                         "last_value": s.last_value,
                         "non_finite_count": s.non_finite,
                         "series_file": self.snap.metrics_file,
+                        "first_point_time": _time(s.first_time),
+                        "last_point_time": _time(s.last_time),
                     }
                 ),
             ],
         )
         generator = activities.get(s.activity or "", run)
-        self.doc.wasGeneratedBy(ent, generator, _time(s.last_time))
+        self.doc.wasGeneratedBy(ent, generator, self.when(s.last_time, s.activity if generator is not run else None))
 
     def _artifact(self, run: Any, activities: Mapping[str, Any], a: ArtifactRecord) -> None:
         ent = self.doc.entity(
@@ -242,8 +256,9 @@ class _Builder:
                 ),
             ],
         )
-        self.doc.wasGeneratedBy(ent, activities.get(a.activity or "", run), _time(a.created))
-        if a.derived_from:
+        in_activity = a.activity if a.activity in activities else None
+        self.doc.wasGeneratedBy(ent, activities.get(a.activity or "", run), self.when(a.created, in_activity))
+        if a.derived_from and any(b.kind == a.kind and b.name == a.derived_from for b in self.snap.artifacts):
             self.doc.wasDerivedFrom(ent, self.rid(a.kind, a.derived_from))
 
     def _extra(self, run: Any, extra: Mapping[str, Any]) -> None:
@@ -255,7 +270,49 @@ class _Builder:
         if extra.get("relation", "used") == "used":
             self.doc.used(run, ent, _time(self.snap.info.start_time))
         else:
-            self.doc.wasGeneratedBy(ent, run, _time(extra.get("time")))
+            self.doc.wasGeneratedBy(ent, run, self.when(extra.get("time"), None))
+
+    def when(self, t: float | None, activity: str | None) -> dt.datetime | None:
+        """A generation time moved into the generating activity's interval (the run's when
+        ``activity`` is None): metric timestamps have millisecond resolution and may be given
+        by the user, and PROV requires generation within the activity. Raw times are kept as
+        attributes where they matter (a metric series' ``first_point_time``/``last_point_time``)."""
+        if t is None:
+            return None
+        start, end = self.spans.get(activity, (None, None)) if activity else (None, None)
+        if activity is None:
+            start, end = self.snap.info.start_time, self.snap.info.end_time
+        if start is not None and t < start:
+            t = start
+        if end is not None and t > end:
+            t = end
+        return _time(t)
+
+    def _context(self, run: Any) -> Any:
+        """The ``code`` (also a ``prov:Plan``) and ``environment`` entities and the host agent."""
+        context = self.snap.context or {}
+        start = _time(self.snap.info.start_time)
+        code = env = None
+        if context.get("code"):
+            attrs = context["code"]
+            label = Path(attrs["script_path"]).name if attrs.get("script_path") else "code"
+            code = self.doc.entity(self.rid("code"), [
+                (PROV_TYPE, self.p4l["Code"]), (PROV_TYPE, self.doc.valid_qualified_name("prov:Plan")),
+                (PROV_LABEL, label), *self.attrs(attrs)])
+            self.doc.used(run, code, start)
+        if context.get("environment"):
+            attrs = context["environment"]
+            env = self.doc.entity(self.rid("environment"), [
+                (PROV_TYPE, self.p4l["Environment"]), (PROV_LABEL, f"environment of {self.snap.info.run_name}"),
+                *self.attrs(attrs)])
+            self.doc.used(run, env, start)
+            if attrs.get("hostname"):
+                host = self.doc.agent(self.user[f"host.{local_id(attrs['hostname'])}"], [
+                    (PROV_TYPE, self.p4l["Host"]), (PROV_LABEL, attrs["hostname"]),
+                    (self.p4l["hostname"], attrs["hostname"])])
+                self.doc.wasAssociatedWith(run, host, other_attributes=[(PROV_ROLE, self.p4l["executionHost"])])
+                self.doc.wasAttributedTo(env, host)
+        return code
 
 
 _PROVML_ACTIVITY_TYPES = {

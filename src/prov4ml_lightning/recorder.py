@@ -102,6 +102,7 @@ class RunRecorder:
         self.models: list[ModelRecord] = []
         self.activities: dict[str, ActivityRecord] = {}
         self.extra_entities: list[dict[str, Any]] = []
+        self.context: Any = None  # capture.RunContext: code, environment, seed
         self._sampler: Any = None
         self._ended = False
         self.outputs: RunOutputs | None = None
@@ -185,11 +186,21 @@ class RunRecorder:
             )
             run = cls(info, sink, parent=parent, flush_interval=flush_interval,
                       provenance_formats=tuple(provenance_formats))
+            run._capture_context()
             if log_system_metrics:
                 run.start_system_metrics(system_metrics_interval)
             _current = run
         log.info("prov4ml run %s started (tracking %s)", run_id, info.tracking_uri)
         return run
+
+    def _capture_context(self) -> None:
+        """Code, environment and seed, once per run; their files go to MLflow right away, so a
+        process killed before ``end_run`` still leaves them (see ``capture/``)."""
+        from prov4ml_lightning.capture import capture_context
+
+        self.context = capture_context(self.provenance_dir, self.run_id)
+        for path, folder in self.context.files:
+            self._safely(f"upload {path.name}", self.sink.log_artifact, self.run_id, str(path), folder)
 
     def __enter__(self) -> RunRecorder:
         return self
@@ -469,6 +480,7 @@ class RunRecorder:
             series=list(self.series.values()), artifacts=list(self.artifacts), models=list(self.models),
             activities=list(self.activities.values()), software_version=__version__,
             metrics_file=self.writer.sidecar.name, extra_entities=list(self.extra_entities),
+            context=self.context.for_prov() if self.context is not None else None,
         )
 
     def write_provenance(self) -> dict[str, Path]:
@@ -542,14 +554,9 @@ def _user() -> str:
 
 
 def _redact_uri(uri: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
+    from prov4ml_lightning.capture.redact import redact_url  # the one redaction module
 
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
+    return redact_url(uri)
 
 
 def _pip_requirements() -> list[str]:

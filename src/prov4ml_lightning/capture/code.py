@@ -1,0 +1,143 @@
+"""The code a run executed: entry script, git commit, branch, remote, dirty flag and diff.
+
+Git is asked through plain ``git`` subprocesses, each with a timeout, ``GIT_OPTIONAL_LOCKS=0``
+(``git status`` must not take the index lock from under a concurrent ``git commit``) and no
+terminal prompt. Outside a repository, without ``git``, or on a timeout, the git attributes are
+simply absent (a ``git_error`` attribute says why, where there is something to say).
+
+The uncommitted diff is ``git diff HEAD --binary`` (staged and unstaged changes to tracked
+files; untracked files are counted, not included). Its sha256 covers the whole diff; the file
+written next to the PROV document keeps at most :data:`MAX_DIFF_BYTES` of it, and
+``git_diff_truncated`` says when it was cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from prov4ml_lightning._files import sha256_path
+from prov4ml_lightning.capture.redact import redact_url
+
+__all__ = ["GIT_TIMEOUT", "MAX_DIFF_BYTES", "capture_code", "entry_script"]
+
+#: At most this many bytes of the uncommitted diff are kept as an artifact (1 MiB).
+MAX_DIFF_BYTES = 1 << 20
+#: Seconds one ``git`` call may take before it is abandoned.
+GIT_TIMEOUT = 5.0
+_GIT_ENV = {"GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+
+
+def entry_script() -> Path | None:
+    """The file ``python`` was asked to run (``__main__.__file__``, else ``sys.argv[0]``), if any."""
+    main = sys.modules.get("__main__")
+    candidates = [getattr(main, "__file__", None), sys.argv[0] if sys.argv else None]
+    for candidate in candidates:
+        if candidate and candidate not in ("-c", "-m", "-") and Path(candidate).is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+def _git(args: list[str], cwd: Path, timeout: float = GIT_TIMEOUT) -> str | None:
+    """stdout of ``git args`` in ``cwd``, or ``None`` when git fails, is missing or times out."""
+    try:
+        done = subprocess.run(
+            ["git", "-c", "core.quotepath=off", *args], cwd=cwd, capture_output=True, timeout=timeout,
+            env={**os.environ, **_GIT_ENV}, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.decode("utf-8", "replace").strip() if done.returncode == 0 else None
+
+
+def _diff(root: Path, has_commit: bool, keep: int) -> tuple[str, int, bytes] | None:
+    """(sha256, total size, first ``keep`` bytes) of the uncommitted diff, streamed so a huge diff
+    costs no memory; ``None`` when git fails or runs past :data:`GIT_TIMEOUT`."""
+    args = ["git", "diff", "--binary", "--no-color", "--no-ext-diff", "--no-textconv"]
+    args += ["HEAD"] if has_commit else ["--cached"]
+    try:
+        proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env={**os.environ, **_GIT_ENV})
+    except OSError:
+        return None
+    timer = threading.Timer(GIT_TIMEOUT, proc.kill)
+    timer.start()
+    digest, total, head = hashlib.sha256(), 0, bytearray()
+    try:
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read(1 << 16), b""):  # type: ignore[union-attr]
+            digest.update(chunk)
+            total += len(chunk)
+            if len(head) < keep:
+                head += chunk[: keep - len(head)]
+    finally:
+        timer.cancel()
+        rc = proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+    return (digest.hexdigest(), total, bytes(head)) if rc == 0 else None
+
+
+def _repo_root(start: Path) -> Path | None:
+    top = _git(["rev-parse", "--show-toplevel"], start)
+    return Path(top) if top else None
+
+
+def capture_code(out_dir: Path, run_id: str, script: Path | None = None) -> tuple[dict[str, Any], Path | None]:
+    """Attributes of the ``code`` entity, and the diff file written (``None`` when clean or no git).
+
+    Args:
+        out_dir: where ``code_diff_<run_id>.patch`` is written.
+        run_id: the run, for the file name.
+        script: the entry script; found with :func:`entry_script` when ``None``.
+    """
+    script = script or entry_script()
+    attrs: dict[str, Any] = {}
+    if script is not None:
+        attrs["script_path"] = str(script)
+        try:
+            attrs["script_sha256"], attrs["script_size_bytes"] = sha256_path(script)
+        except OSError as err:
+            attrs["script_error"] = f"cannot read the script: {err.strerror}"
+    attrs["working_directory"] = os.getcwd()
+    # the script's repository first; an installed entry point (pytest, a console script) lives
+    # outside it, and then the working directory's repository is the project being run
+    places = [script.parent] if script is not None else []
+    places.append(Path.cwd())
+    root = next((r for r in (_repo_root(p) for p in places) if r is not None), None)
+    if root is None:
+        return attrs, None
+    attrs["git_root"] = str(root)
+    commit = _git(["rev-parse", "--verify", "-q", "HEAD"], root)
+    if commit:
+        attrs["git_commit"] = commit
+    attrs["git_branch"] = _git(["symbolic-ref", "-q", "--short", "HEAD"], root) or ("(detached)" if commit else None)
+    remotes = _git(["config", "--get-regexp", r"^remote\..*\.url$"], root)
+    if remotes:
+        urls = dict(line.split(" ", 1) for line in remotes.splitlines() if " " in line)
+        url = urls.get("remote.origin.url") or next(iter(urls.values()))
+        attrs["git_remote"] = redact_url(url)
+    status = _git(["status", "--porcelain=v1", "--untracked-files=normal"], root)
+    if status is None:
+        attrs["git_error"] = "git status failed or timed out; dirty state unknown"
+        return attrs, None
+    lines = status.splitlines()
+    untracked = sum(1 for line in lines if line.startswith("??"))
+    attrs["git_dirty"] = bool(lines)
+    attrs["git_untracked_count"] = untracked
+    if len(lines) == untracked:
+        return attrs, None
+    diff = _diff(root, commit is not None, MAX_DIFF_BYTES)
+    if diff is None:
+        attrs["git_error"] = "git diff failed or timed out; the diff is not recorded"
+        return attrs, None
+    digest, total, head = diff
+    path = out_dir / f"code_diff_{run_id}.patch"
+    path.write_bytes(head)
+    attrs.update(git_diff_sha256=digest, git_diff_size_bytes=total, git_diff_truncated=total > len(head),
+                 git_diff_file=path.name)
+    return attrs, path
