@@ -82,6 +82,12 @@ def _diff(root: Path, has_commit: bool, keep: int) -> tuple[str, int, bytes] | N
     return (digest.hexdigest(), total, bytes(head)) if rc == 0 else None
 
 
+def _installed(script: Path) -> bool:
+    """``script`` belongs to the interpreter's installation (a virtualenv, site-packages)."""
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return any(script.is_relative_to(p) for p in prefixes)
+
+
 def _repo_root(start: Path) -> Path | None:
     top = _git(["rev-parse", "--show-toplevel"], start)
     return Path(top) if top else None
@@ -104,9 +110,10 @@ def capture_code(out_dir: Path, run_id: str, script: Path | None = None) -> tupl
         except OSError as err:
             attrs["script_error"] = f"cannot read the script: {err.strerror}"
     attrs["working_directory"] = os.getcwd()
-    # the script's repository first; an installed entry point (pytest, a console script) lives
-    # outside it, and then the working directory's repository is the project being run
-    places = [script.parent] if script is not None else []
+    # The script's repository first, unless the script is an installed tool (pytest, a console
+    # script): then the working directory's repository is the project being run, and the
+    # interpreter's own folder may well be a git checkout of something else (pyenv is one).
+    places = [] if script is None or _installed(script) else [script.parent]
     places.append(Path.cwd())
     root = next((r for r in (_repo_root(p) for p in places) if r is not None), None)
     if root is None:
