@@ -173,6 +173,31 @@ def test_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert attrs["packages_sha256"] == hashlib.sha256(packages.read_bytes()).hexdigest()
 
 
+def test_gpu_attributes_from_nvml(monkeypatch: pytest.MonkeyPatch):
+    """No GPU here: a stand-in for nvidia-ml-py's ``pynvml`` checks what is read and how it is named."""
+    import types
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 2,
+        nvmlSystemGetDriverVersion=lambda: b"550.54.15", nvmlSystemGetCudaDriverVersion_v2=lambda: 12040,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: f"NVIDIA H100 #{h}",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(total=80 * 2**30 + h),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert environment._gpus() == {
+        "gpu_count": 2, "gpu_driver_version": "550.54.15", "gpu_cuda_driver_version": "12.4",
+        "gpu_0_name": "NVIDIA H100 #0", "gpu_0_memory_bytes": 80 * 2**30,
+        "gpu_1_name": "NVIDIA H100 #1", "gpu_1_memory_bytes": 80 * 2**30 + 1,
+    }
+
+    def no_driver():
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setattr(fake, "nvmlInit", no_driver)
+    assert environment._gpus() == {"gpu_count": 0}
+
+
 # -- seeds -------------------------------------------------------------------------------------------------
 def test_seed_from_seed_everything(no_seed):
     from lightning.pytorch import seed_everything

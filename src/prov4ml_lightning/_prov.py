@@ -566,7 +566,7 @@ def _record_keys(doc: ProvDocument) -> dict[str, list[str]]:
             attrs = sorted(f"{k}={_canonical(v)}" for k, v in rec.attributes)
             key = f"{scope}{rec.get_type().localpart}({name}; {', '.join(attrs)})"
             out.setdefault(f"{scope}{name}" if name else key[:160], []).append(key)
-    return out
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def round_trip(json_text: str, fmt: str) -> list[tuple[str, str]]:
