@@ -46,7 +46,7 @@ _HEAD = _TAIL = 3
 #: Record types (``p4l:`` local names, agent types) drawn at level 1.
 OVERVIEW_TYPES = frozenset({
     "Run", "Fit", "TrainingEpoch", "Dataset", "Model", "Checkpoint", "Code", "Environment",
-    "Person", "SoftwareAgent", "Organization",
+    "Person", "SoftwareAgent", "Organization", "Host",
 })
 
 INSTALL_GRAPHVIZ = """\

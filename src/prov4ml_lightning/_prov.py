@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prov.constants import PROV_LABEL, PROV_ROLE, PROV_TYPE, PROV_VALUE
+from prov.constants import PROV_ATTR_TIME, PROV_GENERATION, PROV_LABEL, PROV_ROLE, PROV_TYPE, PROV_VALUE
 from prov.model import ProvDocument, ProvRecord
 
 from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
@@ -81,6 +81,9 @@ class RunSnapshot:
     #: from ``capture.RunContext.for_prov()``: ``code`` and ``environment`` attributes, ``run``
     #: attributes (the seed) of the run activity.
     context: Mapping[str, Any] | None = None
+    #: PROV-JSON text of the run's document as an earlier session wrote it (a reopened run:
+    #: resumed training, or validate/test after fit); its records are carried over.
+    previous_document: str | None = None
 
 
 class _Builder:
@@ -93,6 +96,11 @@ class _Builder:
         self.mls = self.doc.add_namespace("mls", MLS_NS)
         self.run_local = f"run_{snap.info.run_id}"
         self.spans = {act.ident: (act.start_time, act.end_time) for act in snap.activities}
+        self.previous = (ProvDocument.deserialize(content=snap.previous_document, format="json")
+                         if snap.previous_document else None)
+        # Identifiers a relation may point at besides this session's records: the earlier session's.
+        self.earlier = {r.identifier for r in self.previous.get_records() if r.is_element()} if self.previous else set()
+        self.extras = {(e["kind"], e.get("name", e["kind"])) for e in snap.extra_entities}
 
     def rid(self, *parts: str) -> Any:
         return self.user[".".join([self.run_local, *(local_id(p) for p in parts)])]
@@ -191,8 +199,15 @@ class _Builder:
                 self.doc.wasRevisionOf(ent, previous[model.name])
             previous[model.name] = ent
         for extra in self.snap.extra_entities:
-            self._extra(run, extra)
+            self._extra(run, activities, extra)
+        if self.previous is not None:
+            merge_previous(self.doc, self.previous)
         return self.doc
+
+    def declared(self, kind: str, name: str) -> bool:
+        """Whether entity ``(kind, name)`` is in this document (an artifact or extra entity) or the earlier one."""
+        return ((kind, name) in self.extras or any(a.kind == kind and a.name == name for a in self.snap.artifacts)
+                or self.rid(kind, name) in self.earlier)
 
     def _activity(self, run: Any, act: ActivityRecord) -> Any:
         types = [(PROV_TYPE, self.p4l[act.kind])]
@@ -205,8 +220,11 @@ class _Builder:
         )
         self.doc.wasStartedBy(node, None, run, _time(act.start_time))
         self.doc.wasInformedBy(node, run)
-        if act.informed_by in self.spans:
+        if act.informed_by in self.spans or (act.informed_by and self.rid(act.informed_by) in self.earlier):
             self.doc.wasInformedBy(node, self.rid(act.informed_by))
+        for kind, name in act.used:  # entities added with add_entity(), e.g. the datasets a loop read
+            if self.declared(kind, name):
+                self.doc.used(node, self.rid(kind, name), _time(act.start_time))
         return node
 
     def _series(self, run: Any, activities: Mapping[str, Any], s: MetricSeries) -> None:
@@ -258,19 +276,30 @@ class _Builder:
         )
         in_activity = a.activity if a.activity in activities else None
         self.doc.wasGeneratedBy(ent, activities.get(a.activity or "", run), self.when(a.created, in_activity))
-        if a.derived_from and any(b.kind == a.kind and b.name == a.derived_from for b in self.snap.artifacts):
+        if a.derived_from and self.declared(a.kind, a.derived_from):
             self.doc.wasDerivedFrom(ent, self.rid(a.kind, a.derived_from))
 
-    def _extra(self, run: Any, extra: Mapping[str, Any]) -> None:
+    def _extra(self, run: Any, activities: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
         ent = self.doc.entity(
             self.rid(extra["kind"], extra.get("name", extra["kind"])),
             [(PROV_TYPE, self.p4l[extra["type"]]), (PROV_LABEL, extra.get("label", extra["kind"])),
              *self.attrs(extra.get("attributes", {}))],
         )
+        # ``activity``: the sub-activity (epoch, loop, fit) that used or generated it; default the run.
+        activity = extra.get("activity") if extra.get("activity") in activities else None
+        node = activities[activity] if activity else run
         if extra.get("relation", "used") == "used":
-            self.doc.used(run, ent, _time(self.snap.info.start_time))
+            when = self.when(extra.get("time"), activity) if activity else _time(self.snap.info.start_time)
+            self.doc.used(node, ent, when)
         else:
-            self.doc.wasGeneratedBy(ent, run, self.when(extra.get("time"), None))
+            self.doc.wasGeneratedBy(ent, node, self.when(extra.get("time"), activity))
+        for kind, name in extra.get("derived_from") or ():
+            if self.declared(kind, name):
+                self.doc.wasDerivedFrom(ent, self.rid(kind, name))
+        member_of = extra.get("member_of")  # e.g. a metric segment is a member of its series
+        if member_of and (self.rid(*member_of) in self.earlier or any(
+                ("metric", s.context.value, s.name) == tuple(member_of) for s in self.snap.series)):
+            self.doc.hadMember(self.rid(*member_of), ent)
 
     def when(self, t: float | None, activity: str | None) -> dt.datetime | None:
         """A generation time moved into the generating activity's interval (the run's when
@@ -326,6 +355,40 @@ _PROVML_ACTIVITY_TYPES = {
 def build_document(snapshot: RunSnapshot) -> ProvDocument:
     """Build the PROV document of one run."""
     return _Builder(snapshot).build()
+
+
+def _relation_key(record: ProvRecord) -> tuple[Any, ...]:
+    # Time is left out: the same usage recorded by two sessions of a run is one usage.
+    return (record.get_type(), *((k, v) for k, v in record.formal_attributes if k != PROV_ATTR_TIME))
+
+
+def merge_previous(doc: ProvDocument, previous: ProvDocument) -> None:
+    """Carry the records an earlier session of the same run wrote into ``doc`` (a reopened run).
+
+    An element both documents define keeps ``doc``'s values and gains the attributes only the
+    earlier one had (types are united); a relation ``doc`` already states (same kind and
+    arguments, any time) is not repeated, and an entity ``doc`` generates keeps that one
+    generation. Everything else of the earlier document (its epochs, checkpoints, ...) is copied.
+    """
+    elements = {r.identifier: r for r in doc.get_records() if r.is_element()}
+    relations = {_relation_key(r) for r in doc.get_records() if r.is_relation()}
+    generated = {r.formal_attributes[0][1] for r in doc.get_records() if r.get_type() == PROV_GENERATION}
+    for record in previous.get_records():
+        if record.is_element():
+            mine = elements.get(record.identifier)
+            if mine is None:
+                doc.add_record(record)
+            else:
+                have = {k for k, _ in mine.attributes}
+                mine.add_attributes([(k, v) for k, v in record.attributes if k not in have or k == PROV_TYPE])
+            continue
+        key = _relation_key(record)
+        if key in relations:
+            continue
+        if record.get_type() == PROV_GENERATION and record.formal_attributes[0][1] in generated:
+            continue
+        relations.add(key)
+        doc.add_record(record)
 
 
 def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:

@@ -122,4 +122,4 @@ class ActivityRecord:
     end_time: float | None = None
     informed_by: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
-    used: list[str] = field(default_factory=list)
+    used: list[tuple[str, str]] = field(default_factory=list)  # (kind, name) of entities it used

@@ -8,6 +8,7 @@ metric logged from any thread lands in the same run. Nothing starts a run implic
 from __future__ import annotations
 
 import atexit
+import csv
 import getpass
 import json
 import logging
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -102,6 +103,7 @@ class RunRecorder:
         self.models: list[ModelRecord] = []
         self.activities: dict[str, ActivityRecord] = {}
         self.extra_entities: list[dict[str, Any]] = []
+        self._previous_document: str | None = None  # PROV-JSON of an earlier session of this run
         self.context: Any = None  # capture.RunContext: code, environment, seed
         self._sampler: Any = None
         self._ended = False
@@ -169,6 +171,7 @@ class RunRecorder:
                 )
             sink = MlflowSink(uri, mlflow_save_dir)
             start = time.time()
+            reopened: dict[str, Any] | None = None
             if run_id is None:
                 experiment_id = sink.experiment_id(experiment_name)
                 run_id, run_name = sink.create_run(
@@ -178,6 +181,8 @@ class RunRecorder:
             else:
                 reopened = sink.reopen_run(run_id)
                 experiment_id, run_name = reopened["experiment_id"], reopened["run_name"]
+                if reopened.get("start_time_ms"):
+                    start = reopened["start_time_ms"] / 1000  # the run began with its first session
             info = RunInfo(
                 run_id=run_id, experiment_name=experiment_name, experiment_id=experiment_id,
                 run_name=run_name or run_id, namespace=namespace, tracking_uri=_redact_uri(uri),
@@ -186,6 +191,8 @@ class RunRecorder:
             )
             run = cls(info, sink, parent=parent, flush_interval=flush_interval,
                       provenance_formats=tuple(provenance_formats))
+            if reopened is not None:
+                run._continue_earlier_session()
             run._capture_context()
             if log_system_metrics:
                 run.start_system_metrics(system_metrics_interval)
@@ -331,7 +338,7 @@ class RunRecorder:
                      artifact_path: str | None = None, kind: str = "artifact",
                      activity: str | None = None, attributes: Mapping[str, Any] | None = None,
                      derived_from: str | None = None, upload: bool = True,
-                     call: str = "log_artifact") -> ArtifactRecord:
+                     call: str = "log_artifact", name: str | None = None) -> ArtifactRecord:
         ctx = None if context is None else v.check_context(context, call)
         p = Path(path)
         if not p.exists():
@@ -339,12 +346,13 @@ class RunRecorder:
         if artifact_path is not None:
             _check_artifact_path(artifact_path, call)
         digest, size = sha256_path(p)
-        name = p.name
+        base = name or p.name  # the PROV name; the file keeps its own name in MLflow
+        name = base
         taken = {a.name for a in self.artifacts if a.kind == kind}
         n = 1
         while name in taken:
             n += 1
-            name = f"{p.name}.{n}"
+            name = f"{base}.{n}"
         uri = ""
         if upload and self._safely(f"upload artifact {p}", self.sink.log_artifact, self.run_id, str(p), artifact_path):
             uri = f"{artifact_path + '/' if artifact_path else ''}{p.name}"
@@ -393,11 +401,19 @@ class RunRecorder:
         record.attributes.update(attributes or {})
 
     def add_entity(self, kind: str, type_: str, name: str, attributes: Mapping[str, Any], *,
-                   label: str | None = None, relation: str = "used") -> None:
-        """Record an extra entity (environment, code, dataset, ...) the run used or generated."""
+                   label: str | None = None, relation: str = "used", activity: str | None = None,
+                   derived_from: Sequence[tuple[str, str]] = (), member_of: tuple[str, ...] | None = None) -> None:
+        """Record an extra entity (environment, code, dataset, ...) the run used or generated.
+
+        ``activity`` names the sub-activity that used or generated it instead of the run;
+        ``derived_from`` lists ``(kind, name)`` of entities it was derived from; ``member_of``
+        is the id parts of a collection it belongs to (``("metric", context, key)``).
+        """
         self.extra_entities.append({"kind": kind, "type": type_, "name": name, "label": label or name,
                                     "attributes": dict(attributes), "relation": relation,
-                                    "time": time.time()})
+                                    "time": time.time(), "activity": activity,
+                                    "derived_from": [list(d) for d in derived_from],
+                                    "member_of": list(member_of) if member_of else None})
 
     # -- system metrics ----------------------------------------------------------------------
     def log_system_metrics(self, context: Any = Context.TRAINING, step: int | None = None) -> dict[str, float]:
@@ -481,7 +497,33 @@ class RunRecorder:
             activities=list(self.activities.values()), software_version=__version__,
             metrics_file=self.writer.sidecar.name, extra_entities=list(self.extra_entities),
             context=self.context.for_prov() if self.context is not None else None,
+            previous_document=self._previous_document,
         )
+
+    def _continue_earlier_session(self) -> None:
+        """A reopened run (resume, or validate/test after fit) picks up what its earlier sessions
+        left in the provenance folder: the series summaries from the metric sidecar (so series
+        entities count every point and steps go on), and the PROV document, whose records the
+        next document carries over (see ``_prov.merge_previous``)."""
+        doc = self.provenance_dir / f"provgraph_{self.run_id}.json"
+        if doc.exists():
+            self._previous_document = doc.read_text(encoding="utf-8")
+        sidecar = self.writer.sidecar
+        if not sidecar.exists():
+            return
+        with open(sidecar, newline="", encoding="utf-8") as fh, self._lock:
+            for row in csv.DictReader(fh):
+                try:
+                    key, ctx, step = row["key"], Context(row["context"]), int(row["step"])
+                    value, ts = float(row["value"]), int(row["timestamp_ms"])
+                except (KeyError, ValueError, TypeError):
+                    continue  # a line cut short by a crash
+                series = self.series.get((key, ctx.value))  # keyed like _summarise keys them
+                if series is None:
+                    series = self.series[(key, ctx.value)] = MetricSeries(key, ctx, row["mlflow_key"])
+                    self._mlflow_keys[(key, ctx)] = row["mlflow_key"]
+                series.add(step, value, ts)
+                self._next_step[(key, ctx)] = max(self._next_step.get((key, ctx), 0), step + 1)
 
     def write_provenance(self) -> dict[str, Path]:
         """Write the PROV document (and graph) of the run as it stands; return the paths."""

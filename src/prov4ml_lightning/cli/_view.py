@@ -171,10 +171,18 @@ class RunView:
 
 
 def datasets_by_name(view: RunView) -> dict[str, dict[str, Any]]:
-    """Datasets keyed by their name (role such as ``train``/``val`` when recorded)."""
+    """Datasets keyed by where they were used (``train[0]``, ``val[0]``), else by name or label.
+
+    Keying by role, not by content, is what lets ``diff`` report a changed fingerprint rather
+    than one dataset removed and another added.
+    """
     out: dict[str, dict[str, Any]] = {}
     for e in view.typed("Dataset"):
-        key = str(e.attrs.get("name") or e.attrs.get("role") or e.label)
+        role, index = e.attrs.get("role"), e.attrs.get("dataloader_index")
+        if role is not None:
+            key = f"{role}[{index}]" if index is not None else str(role)
+        else:
+            key = str(e.attrs.get("name") or e.label)
         while key in out:
             key += "'"
         out[key] = dict(e.attrs)

@@ -149,14 +149,15 @@ def _checkpoints(view: RunView) -> list[str]:
 
 
 def _files(view: RunView) -> list[str]:
+    """The document, every file a record names in a ``*_file`` attribute, and the artifacts."""
     rows: list[tuple[str, str]] = [("PROV", str(view.path))]
-    named = [("metrics", view.run_attr("metrics_file") or next(
-        (m.attrs.get("series_file") for m in view.metrics if m.attrs.get("series_file")), None)),
-             ("packages", view.environment.get("packages_file"))]
-    for what, name in named:
-        path = view.sibling(name)
-        if path is not None:
-            rows.append((what, f"{path}" + ("" if path.is_file() else "  (missing)")))
+    seen = {view.path}
+    for element in view.elements:
+        for key, name in element.attrs.items():
+            path = view.sibling(name) if key.endswith("_file") and isinstance(name, str) else None
+            if path is not None and path not in seen:
+                seen.add(path)
+                rows.append((key[: -len("_file")], f"{path}" + ("" if path.is_file() else "  (missing)")))
     for art in view.typed("Artifact"):
         rows.append(("artifact", join([fmt(art.attrs.get("path") or art.label, 70),
                                        f"sha256 {str(art.attrs.get('sha256', ''))[:12]}" if art.attrs.get("sha256")
