@@ -1,0 +1,139 @@
+"""The hyperparameters of a Lightning fit: module and datamodule ``hparams``, trainer settings,
+optimizers and LR schedulers, as flat ``{key: value}`` dicts ready for ``RunRecorder.log_params``.
+
+Key layout (documented in the README's callback section):
+
+- ``<name>``: the LightningModule's ``save_hyperparameters()`` values, as Lightning's own
+  loggers log them; nested dicts become ``outer/inner``.
+- ``datamodule/<name>``: the LightningDataModule's ``hparams`` (prefixed: the two may share names).
+- ``trainer/<setting>``: max_epochs, precision, accumulate_grad_batches, gradient clipping,
+  strategy, accelerator, devices, limits, ``seed`` when ``lightning.seed_everything`` set one.
+- ``optimizer/<i>/<setting>``: class and defaults of optimizer ``i`` (``lr``, ``betas``, ...),
+  and the ``lr`` of each param group when groups differ.
+- ``lr_scheduler/<i>/<setting>``: class, ``interval``, ``frequency``, ``monitor`` and the
+  scheduler's constructor settings (its running state, e.g. ``last_epoch``, is left out).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["datamodule_hparams", "fit_params", "lr_names", "module_hparams", "optimizer_params", "trainer_params"]
+
+_SCALARS = (bool, int, float, str)
+# Scheduler state_dict entries that are running state, not settings.
+_SCHEDULER_STATE = {"last_epoch", "best", "cooldown_counter", "num_bad_epochs", "mode_worse", "verbose",
+                    "base_lrs", "min_lrs"}
+
+
+def fit_params(trainer: Any, module: Any) -> dict[str, Any]:
+    """Every hyperparameter of a fit as one flat ``{"a/b": value}`` dict.
+
+    Each source is flattened on its own, so a module hparam named ``optimizer`` and the
+    ``optimizer/0/...`` settings both survive; on a clash of whole keys the module's value wins.
+    """
+    from prov4ml_lightning._validation import flatten_params
+
+    flat = flatten_params(module_hparams(module), "Prov4MLCallback")
+    for source in (datamodule_hparams(trainer.datamodule), trainer_params(trainer), optimizer_params(trainer)):
+        for key, value in flatten_params(source, "Prov4MLCallback").items():
+            flat.setdefault(key, value)
+    return flat
+
+
+def module_hparams(module: Any) -> dict[str, Any]:
+    """``module.hparams`` as a plain dict (empty when ``save_hyperparameters`` was not called)."""
+    hparams = getattr(module, "hparams", None)
+    return dict(hparams) if isinstance(hparams, Mapping) else {}
+
+
+def datamodule_hparams(datamodule: Any) -> dict[str, Any]:
+    """``datamodule.hparams`` under ``datamodule/``."""
+    if datamodule is None:
+        return {}
+    hparams = getattr(datamodule, "hparams", None)
+    return {"datamodule": dict(hparams)} if isinstance(hparams, Mapping) and hparams else {}
+
+
+def trainer_params(trainer: Any) -> dict[str, Any]:
+    """The trainer settings that shape a fit, under ``trainer/``."""
+    settings: dict[str, Any] = {}
+    for name in ("max_epochs", "min_epochs", "max_steps", "min_steps", "precision", "accumulate_grad_batches",
+                 "gradient_clip_val", "gradient_clip_algorithm", "num_nodes", "num_devices", "log_every_n_steps",
+                 "check_val_every_n_epoch", "val_check_interval", "limit_train_batches", "limit_val_batches",
+                 "limit_test_batches", "limit_predict_batches", "fast_dev_run", "num_sanity_val_steps",
+                 "reload_dataloaders_every_n_epochs"):
+        value = getattr(trainer, name, None)
+        if value is not None and not (name == "max_steps" and value == -1):
+            settings[name] = value if isinstance(value, _SCALARS) else str(value)
+    settings["strategy"] = type(trainer.strategy).__name__
+    settings["accelerator"] = type(trainer.accelerator).__name__
+    settings["device_ids"] = str(list(getattr(trainer, "device_ids", []) or []))
+    settings["world_size"] = getattr(trainer, "world_size", 1)
+    seed = os.environ.get("PL_GLOBAL_SEED")  # set by lightning.seed_everything
+    if seed is not None:
+        settings["seed"] = int(seed) if seed.lstrip("-").isdigit() else seed
+    return {"trainer": settings}
+
+
+def optimizer_params(trainer: Any) -> dict[str, Any]:
+    """Optimizers and LR schedulers with their settings, under ``optimizer/`` and ``lr_scheduler/``."""
+    out: dict[str, Any] = {}
+    for i, opt in enumerate(getattr(trainer, "optimizers", []) or []):
+        inner = getattr(opt, "optimizer", opt)  # LightningOptimizer wraps the torch one
+        settings: dict[str, Any] = {"class": type(inner).__name__, "param_groups": len(inner.param_groups)}
+        for key, value in getattr(inner, "defaults", {}).items():
+            if value is not None and key != "params":
+                settings[key] = value if isinstance(value, _SCALARS) else str(value)
+        lrs = [group.get("lr") for group in inner.param_groups]
+        if len(set(map(str, lrs))) > 1:
+            settings.update({f"pg{j}/lr": _scalar(lr) for j, lr in enumerate(lrs)})
+        out[str(i)] = settings
+    schedulers: dict[str, Any] = {}
+    for i, config in enumerate(getattr(trainer, "lr_scheduler_configs", []) or []):
+        scheduler = config.scheduler
+        settings = {"class": type(scheduler).__name__, "interval": config.interval, "frequency": config.frequency}
+        if config.monitor:
+            settings["monitor"] = config.monitor
+        try:
+            state = scheduler.state_dict()
+        except Exception:  # a custom scheduler without a usable state_dict: its class is enough
+            state = {}
+        for key, value in state.items():
+            if not key.startswith("_") and key not in _SCHEDULER_STATE and isinstance(value, _SCALARS):
+                settings[key] = value
+        schedulers[str(i)] = settings
+    result: dict[str, Any] = {}
+    if out:
+        result["optimizer"] = out
+    if schedulers:
+        result["lr_scheduler"] = schedulers
+    return result
+
+
+def lr_names(trainer: Any) -> list[tuple[str, Any, int]]:
+    """``(metric key, optimizer, group index)`` for every param group, named like Lightning's
+    ``LearningRateMonitor``: ``lr-Adam``, ``lr-Adam/pg1`` for further groups, ``lr-Adam-1`` for a
+    second optimizer of the same class."""
+    names: list[tuple[str, Any, int]] = []
+    seen: dict[str, int] = {}
+    for opt in getattr(trainer, "optimizers", []) or []:
+        inner = getattr(opt, "optimizer", opt)
+        base = f"lr-{type(inner).__name__}"
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        name = base if count == 0 else f"{base}-{count}"
+        for j in range(len(inner.param_groups)):
+            names.append((name if j == 0 else f"{name}/pg{j}", inner, j))
+    return names
+
+
+def _scalar(value: Any) -> Any:
+    if hasattr(value, "item"):
+        try:
+            return value.item()
+        except Exception:
+            return str(value)
+    return value if isinstance(value, _SCALARS) else str(value)

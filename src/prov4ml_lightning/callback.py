@@ -1,0 +1,498 @@
+"""``Prov4MLCallback``: full provenance of a Lightning fit, validate, test or predict, with no logging code.
+
+A thin front door over the same :class:`~prov4ml_lightning.recorder.RunRecorder` the functional
+API uses. Run lifecycle:
+
+- ``fit``: ``on_fit_start`` opens the run, or joins the run the user opened with
+  ``prov4ml.start_run`` (then the user ends it), or, when the callback's state restored from a
+  checkpoint names a run, reopens that run (resume). ``on_fit_end`` logs the model and ends a
+  run the callback opened; ``on_exception`` ends it ``FAILED`` (``KILLED`` on Ctrl-C) and the
+  PROV document is written either way.
+- ``validate``/``test``/``predict`` after ``fit`` (same callback object) reopen the same run, add
+  their own activity and end it again; without an earlier fit they open a new run.
+
+What is recorded is described in the class docstring and in the README's callback section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from prov4ml_lightning import _validation as v
+from prov4ml_lightning._lightning_config import fit_params, lr_names
+from prov4ml_lightning._lightning_metrics import EpochDiff, should_log_step, step_metrics
+from prov4ml_lightning._lightning_run import NullLink, RunLink
+from prov4ml_lightning.context import Context
+from prov4ml_lightning.errors import Prov4MLInputError
+from prov4ml_lightning.recorder import RunOutputs, RunRecorder, current_run
+
+__all__ = ["Prov4MLCallback"]
+
+log = logging.getLogger(__name__)
+
+_STAGES = {"validate": ("ValidationLoop", Context.VALIDATION, "val"),
+           "test": ("TestLoop", Context.TESTING, "test"),
+           "predict": ("PredictLoop", None, "predict")}
+
+
+class Prov4MLCallback(Callback):
+    r"""Record a Lightning run as an MLflow run and a W3C PROV document.
+
+    Per ``trainer.fit``: hyperparameters (``save_hyperparameters()`` of the module and datamodule,
+    trainer settings, optimizers and LR schedulers), every value the module logs with
+    ``self.log`` (step values at the trainer's ``log_every_n_steps``, epoch values at each epoch
+    and validation end, as Lightning reduced them), learning rates per param group, one PROV
+    activity per fit, training epoch, validation loop and sanity check, the datasets each one
+    read, every checkpoint ModelCheckpoint saved, the early-stopping decision, and the final
+    model. Metric steps are ``trainer.global_step`` (optimizer steps taken), so they continue
+    across a resume. The sanity check is recorded as an activity but its metrics are not (an
+    untrained model on a few batches; Lightning's loggers drop them too).
+
+    Args:
+        prov_user_namespace, experiment_name, provenance_save_dir, mlflow_save_dir, nested,
+            tags, description, log_system_metrics, tracking_uri, run_name,
+            system_metrics_interval, provenance_formats: as for ``prov4ml.start_run``.
+            ``nested=True`` starts a child of a run the user opened instead of joining it.
+        log_every_n_steps: record step values every this many optimizer steps; ``None`` follows
+            the trainer's ``log_every_n_steps``; 0 records epoch values only.
+        log_learning_rates: record ``lr-<Optimizer>[/pg<j>]`` with the step values.
+        log_datasets: record dataset entities with a content fingerprint of 8 items.
+        log_checkpoints: record each checkpoint file ModelCheckpoint saves (path, sha256, score).
+        upload_checkpoints: also copy each checkpoint into the MLflow artifacts. Off by default:
+            a checkpoint holds the weights and optimizer state (three times the model for Adam),
+            every saved one would be copied, synchronously, into the artifact store, and the
+            files stay on disk anyway. PROV keeps the path and sha256 either way.
+        log_model: log the trained module at the end of ``fit`` with ``prov4ml.log_model``.
+        model_name: the name of that model (default: the module's class name).
+
+    Raises:
+        Prov4MLInputError: a namespace, name or option is unusable (at construction).
+
+    Example::
+
+        import lightning as L
+        import prov4ml_lightning as prov4ml
+
+        trainer = L.Trainer(max_epochs=10, callbacks=[prov4ml.Prov4MLCallback(
+            prov_user_namespace="www.example.org", experiment_name="mnist",
+            provenance_save_dir="prov", mlflow_save_dir="mlflow")])
+        trainer.fit(model, datamodule=dm)
+        trainer.test(model, datamodule=dm)      # same run, TestLoop activity
+
+        # resume: same MLflow run, a new Fit activity informed by the first one
+        trainer.fit(model, datamodule=dm, ckpt_path="last")
+    """
+
+    def __init__(
+        self,
+        prov_user_namespace: str,
+        experiment_name: str,
+        provenance_save_dir: str | os.PathLike[str],
+        mlflow_save_dir: str | os.PathLike[str],
+        nested: bool = False,
+        tags: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        log_system_metrics: bool = False,
+        *,
+        tracking_uri: str | None = None,
+        run_name: str | None = None,
+        system_metrics_interval: float = 10.0,
+        provenance_formats: tuple[str, ...] = ("json",),
+        log_every_n_steps: int | None = None,
+        log_learning_rates: bool = True,
+        log_datasets: bool = True,
+        log_checkpoints: bool = True,
+        upload_checkpoints: bool = False,
+        log_model: bool = True,
+        model_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        call = "Prov4MLCallback"
+        v.normalise_namespace(prov_user_namespace, call)
+        v.check_name(experiment_name, call, "experiment_name")
+        if model_name is not None:
+            v.check_name(model_name, call, "model_name")
+        if log_every_n_steps is not None and (isinstance(log_every_n_steps, bool)
+                                              or not isinstance(log_every_n_steps, int) or log_every_n_steps < 0):
+            raise Prov4MLInputError(f"{call}: log_every_n_steps must be None or an int >= 0, "
+                                    f"got {log_every_n_steps!r}")
+        self._run_kwargs: dict[str, Any] = dict(
+            prov_user_namespace=prov_user_namespace, experiment_name=experiment_name,
+            provenance_save_dir=provenance_save_dir, mlflow_save_dir=mlflow_save_dir, tags=tags,
+            description=description, log_system_metrics=log_system_metrics, tracking_uri=tracking_uri,
+            run_name=run_name, system_metrics_interval=system_metrics_interval,
+            provenance_formats=tuple(dict.fromkeys(("json", *provenance_formats))),
+        )
+        self._nested = nested
+        self._experiment_name = experiment_name
+        self.log_every_n_steps = log_every_n_steps
+        self.log_learning_rates = log_learning_rates
+        self.log_datasets = log_datasets
+        self.log_checkpoints = log_checkpoints
+        self.upload_checkpoints = upload_checkpoints
+        self.log_model = log_model
+        self.model_name = model_name
+        # Survives checkpoints (state_dict): the run, and the fits recorded in it.
+        self.run_id: str | None = None
+        self._fits = 0
+        self._last_fit: str | None = None
+        self._eval_batches: dict[str, int] = {}
+        # Per fit / loop.
+        self._link: RunLink | NullLink | None = None
+        self.outputs: RunOutputs | None = None
+        self._fit: str | None = None
+        self._resume: dict[str, Any] | None = None
+        self._epoch: str | None = None
+        self._epoch_values: dict[str, Any] | None = None  # set at on_train_epoch_end, logged at close
+        self._epoch_diff = EpochDiff()
+        self._loop: str | None = None
+        self._loop_context: Context | None = None
+        self._loop_diff = EpochDiff()
+        self._loop_step_keys: set[str] = set()
+        self._loops_in_epoch = 0
+        self._stage: str | None = None
+        self._ckpt_pending: tuple[int, int] | None = None
+        self._last_step: int | None = None
+        self._lrs: dict[str, Any] = {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(experiment_name=self._experiment_name)
+
+    # -- run lifecycle ----------------------------------------------------------------------
+    def _open(self, trainer: pl.Trainer) -> RunLink | NullLink:
+        if self._link is not None:
+            return self._link
+        if not trainer.is_global_zero:
+            self._link = NullLink()
+            return self._link
+        joined = current_run()
+        if joined is not None and not self._nested:
+            self._link = RunLink(joined, owned=False, reopened=False)
+        elif self.run_id is not None and joined is None:
+            try:
+                run = RunRecorder.start(**self._run_kwargs, run_id=self.run_id)
+                self._link = RunLink(run, owned=True, reopened=True)
+            except Exception as err:  # the store no longer has it: a new run, pointing at the old id
+                log.warning("prov4ml: could not reopen run %s (%r); starting a new run", self.run_id, err)
+                tags = {**(self._run_kwargs["tags"] or {}), "prov4ml.continues_run": self.run_id}
+                run = RunRecorder.start(**{**self._run_kwargs, "tags": tags}, nested=self._nested)
+                self._link = RunLink(run, owned=True, reopened=False)
+        else:
+            run = RunRecorder.start(**self._run_kwargs, nested=self._nested)
+            self._link = RunLink(run, owned=True, reopened=False)
+        self.run_id = self._link.run_id
+        return self._link
+
+    def _close(self, status: str) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            outputs = link.close(status)
+            if outputs is not None:
+                self.outputs = outputs
+
+    @property
+    def link(self) -> RunLink | NullLink:
+        return self._link if self._link is not None else NullLink()
+
+    # -- fit ----------------------------------------------------------------------------------
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._resume = {"global_step": checkpoint.get("global_step", 0), "epoch": checkpoint.get("epoch")}
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        link = self._open(trainer)
+        self._fits += 1
+        self._fit = f"fit_{self._fits}"
+        params = fit_params(trainer, pl_module)
+        attrs: dict[str, Any] = {k: val for k, val in params.items() if k.startswith("trainer/")}
+        resume, self._resume = self._resume, None
+        if resume is not None and trainer.ckpt_path:
+            attrs.update(resumed_from=str(trainer.ckpt_path), start_step=resume["global_step"])
+        if link.reopened:
+            # The first fit logged the run's params; a later one records its own as attributes.
+            attrs.update(params)
+        else:
+            attrs.update(link.log_params(params))
+        # "a/b" keys become "a.b" attribute names ("/" is not allowed in a PROV local name).
+        link.start(self._fit, "Fit", f"fit {self._fits}", informed_by=self._last_fit,
+                   attributes={k.replace("/", "."): _attr(val) for k, val in attrs.items()})
+        if resume is not None and trainer.ckpt_path:
+            link.note_resume(str(trainer.ckpt_path), int(resume["global_step"]), resume["epoch"], self._fit)
+        if self.log_checkpoints:
+            link.seed_checkpoints(trainer)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step  # restored by now when resuming
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_epoch(trainer)
+        link = self.link
+        used = link.datasets(trainer.train_dataloader, "train") if self.log_datasets else []
+        epoch = trainer.current_epoch
+        self._epoch = f"{self._fit}.epoch_{epoch}"
+        self._loops_in_epoch = 0
+        link.start(self._epoch, "TrainingEpoch", f"epoch {epoch}", informed_by=self._fit,
+                   attributes={"epoch": epoch, "first_step": trainer.global_step}, used=used)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._ckpt_pending is not None:
+            self._poll_checkpoints(trainer)
+        if self.log_learning_rates:
+            # Read before the step: Lightning steps schedulers before on_train_batch_end, and the
+            # rate to record is the one this batch trained with.
+            self._lrs = {name: opt.param_groups[j]["lr"] for name, opt, j in lr_names(trainer)}
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        stepped, self._last_step = step != self._last_step, step
+        if pl_module.automatic_optimization and not stepped:
+            return  # accumulating gradients: Lightning logs nothing either
+        every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
+        if not should_log_step(trainer, every):
+            return
+        link = self.link
+        link.log(step_metrics(trainer), Context.TRAINING, step, self._epoch)
+        if self.log_learning_rates:
+            link.log(self._lrs, Context.TRAINING, step, self._epoch)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Values logged in training_step with on_epoch=True are final here; the module's own
+        # on_train_epoch_end runs after this hook, so its values are collected when the epoch closes.
+        self._epoch_values = step_metrics(trainer)
+        self._epoch_diff.start(trainer)
+        if self._ckpt_pending is not None:
+            self._poll_checkpoints(trainer)
+
+    def _close_epoch(self, trainer: pl.Trainer, status: str | None = None) -> None:
+        if self._epoch is None:
+            return
+        link = self.link
+        step = trainer.global_step
+        if self._epoch_values is not None:
+            values = {**self._epoch_values, **self._epoch_diff.collect(trainer)}
+            link.log(values, Context.TRAINING, step, self._epoch)
+            self._epoch_values = None
+        self._poll_checkpoints(trainer, force=True)
+        attrs: dict[str, Any] = {"last_step": step}
+        if status is not None:
+            attrs["status"] = status
+        attrs.update(_early_stopping(trainer))
+        link.end(self._epoch, attrs)
+        self._epoch = None
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_epoch(trainer)
+
+    @override
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # The file is written after this hook; it is hashed at the next hook (see _poll_checkpoints).
+        if self.log_checkpoints:
+            self._ckpt_pending = (trainer.global_step, trainer.current_epoch)
+
+    def _poll_checkpoints(self, trainer: pl.Trainer, force: bool = False) -> None:
+        """Record checkpoint files saved since the last poll; ``force`` looks even without a
+        save seen in ``on_save_checkpoint`` (weights-only checkpoints skip that hook)."""
+        if not self.log_checkpoints or (self._ckpt_pending is None and not force):
+            return
+        step, epoch = self._ckpt_pending or (trainer.global_step, trainer.current_epoch)
+        self._ckpt_pending = None
+        self.link.poll_checkpoints(trainer, self._epoch or self._fit, step, epoch, self.upload_checkpoints)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_epoch(trainer)
+        link = self.link
+        if self.log_checkpoints:
+            self._poll_checkpoints(trainer, force=True)
+            link.mark_checkpoints(trainer)
+        if self.log_model:
+            name = self.model_name or type(pl_module).__name__
+            # A reopened run's recorder starts its model versions at 1 again: name by fit instead.
+            link.log_model(pl_module, f"{name}_{self._fit}" if link.reopened else name)
+        link.end(self._fit, {"status": "FINISHED", "last_step": trainer.global_step,
+                             "epochs_completed": trainer.current_epoch, **_early_stopping(trainer)})
+        self._last_fit, self._fit = self._fit, None
+        self._close("FINISHED")
+
+    # -- validation, test, predict -------------------------------------------------------------
+    def _start_loop(self, trainer: pl.Trainer, stage: str) -> None:
+        kind, context, role = _STAGES[stage]
+        in_fit = self._fit is not None and stage == "validate"
+        link = self._open(trainer) if not in_fit else self.link
+        if not in_fit:
+            self._stage = stage
+        if self._ckpt_pending is not None:
+            self._poll_checkpoints(trainer)
+        loaders = {"validate": trainer.val_dataloaders, "test": trainer.test_dataloaders,
+                   "predict": trainer.predict_dataloaders}[stage]
+        used = link.datasets(loaders, role) if self.log_datasets else []
+        if in_fit:
+            self._loops_in_epoch += 1
+            self._loop = f"{self._epoch or self._fit}.validation_{self._loops_in_epoch}"
+            label, informed_by = f"validation (epoch {trainer.current_epoch})", self._epoch or self._fit
+        else:
+            self._loop = f"{stage}_{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:4]}"
+            label, informed_by = stage, self._last_fit
+        self._loop_context = context
+        self._loop_step_keys = set()
+        link.start(self._loop, kind, label, informed_by=informed_by,
+                   attributes={"epoch": trainer.current_epoch, "global_step": trainer.global_step}, used=used)
+        self._loop_diff.start(trainer)
+
+    def _loop_batch_end(self, trainer: pl.Trainer) -> None:
+        values = step_metrics(trainer)
+        if values and self._loop_context is not None:
+            counter = self._eval_batches.get(self._loop_context.value, 0)
+            self._eval_batches[self._loop_context.value] = counter + 1
+            self.link.log(values, self._loop_context, counter, self._loop)
+            self._loop_step_keys.update(values)
+
+    def _end_loop(self, trainer: pl.Trainer, status: str = "FINISHED") -> None:
+        if self._loop is None:
+            return
+        link = self.link
+        if self._loop_context is not None and status == "FINISHED":
+            values = self._loop_diff.collect(trainer, exclude=self._loop_step_keys)
+            link.log(values, self._loop_context, trainer.global_step, self._loop)
+        link.end(self._loop, {"status": status})
+        self._loop = None
+        if self._stage is not None:
+            self._stage = None
+            self._close(status)
+
+    @override
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        link = self.link
+        used = link.datasets(trainer.val_dataloaders, "val") if self.log_datasets else []
+        link.start(f"{self._fit}.sanity_check", "SanityCheck", "sanity check", informed_by=self._fit, used=used)
+
+    @override
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.link.end(f"{self._fit}.sanity_check", {"batches": str(trainer.num_sanity_val_batches)})
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._start_loop(trainer, "validate")
+
+    @override
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking and self._loop is not None:
+            self._loop_batch_end(trainer)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._end_loop(trainer)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_loop(trainer, "test")
+
+    @override
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._loop_batch_end(trainer)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_loop(trainer)
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_loop(trainer, "predict")
+
+    @override
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_loop(trainer)
+
+    # -- failures and teardown ------------------------------------------------------------------
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        status = "KILLED" if isinstance(exception, KeyboardInterrupt) else "FAILED"
+        link = self.link
+        # Never raise from here: it would hide the exception that ended the run.
+        for step in (lambda: self._close_epoch(trainer, status), lambda: self._end_loop(trainer, status),
+                     lambda: link.mark_checkpoints(trainer),
+                     lambda: link.end(self._fit, {"status": status, "error": f"{type(exception).__name__}: "
+                                                  f"{str(exception)[:500]}", "last_step": trainer.global_step})):
+            try:
+                step()
+            except Exception:
+                log.exception("prov4ml: could not record the end of the failed run")
+        if self._fit is not None:
+            self._last_fit, self._fit = self._fit, None
+        self._close(status)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Normally on_fit_end / on_*_end closed everything; this covers exits that skip them.
+        if self._link is not None:
+            self._close_epoch(trainer)
+            self._end_loop(trainer)
+            if self._fit is not None:
+                self.link.end(self._fit, {"status": "FINISHED", "last_step": trainer.global_step})
+                self._last_fit, self._fit = self._fit, None
+            self._close("FINISHED")
+
+    # -- state that travels in checkpoints ---------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "fits": self._fits, "last_fit": self._fit or self._last_fit,
+                "eval_batches": dict(self._eval_batches)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.run_id = state_dict.get("run_id", self.run_id)
+        self._fits = state_dict.get("fits", self._fits)
+        self._last_fit = state_dict.get("last_fit", self._last_fit)
+        self._eval_batches = dict(state_dict.get("eval_batches", self._eval_batches))
+
+
+def _early_stopping(trainer: pl.Trainer) -> dict[str, Any]:
+    """Why training stopped early, from each EarlyStopping callback that stopped it."""
+    out: dict[str, Any] = {}
+    for callback in getattr(trainer, "early_stopping_callbacks", []) or []:
+        reason = getattr(callback, "stopping_reason", None)
+        if getattr(reason, "name", "NOT_STOPPED") == "NOT_STOPPED" and not callback.stopped_epoch:
+            continue
+        out["early_stopping_monitor"] = callback.monitor
+        out["stopped_epoch"] = callback.stopped_epoch
+        out["stop_reason"] = getattr(reason, "name", "stopped")
+        message = getattr(callback, "stopping_reason_message", None)
+        if message:
+            out["stop_message"] = message
+        best = getattr(callback, "best_score", None)
+        if best is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                out["early_stopping_best_score"] = float(best)
+    return out
+
+
+def _attr(value: Any) -> Any:
+    """A PROV attribute value: scalars stay typed, anything else becomes text."""
+    return value if isinstance(value, (bool, int, float, str)) else v.param_text(value)
