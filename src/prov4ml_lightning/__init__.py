@@ -34,6 +34,7 @@ from prov4ml_lightning.recorder import RunOutputs, RunRecorder
 __all__ = [
     "Context",
     "NoActiveRunError",
+    "Prov4MLCallback",
     "Prov4MLError",
     "Prov4MLInputError",
     "Prov4MLWarning",
@@ -54,3 +55,12 @@ __all__ = [
     "log_system_metrics",
     "start_run",
 ]
+
+
+def __getattr__(name: str):
+    # The callback imports Lightning (seconds); load it when first asked for, not with the package.
+    if name == "Prov4MLCallback":
+        from prov4ml_lightning.callback import Prov4MLCallback
+
+        return Prov4MLCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
