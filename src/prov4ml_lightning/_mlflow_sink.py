@@ -179,6 +179,31 @@ class MlflowSink:
     def download_artifacts(self, run_id: str, path: str, dst: str) -> str:
         return self.client.download_artifacts(run_id, path, dst)
 
+    # -- reconciling a run with its local records (used by `prov4ml sync` / `recover`) ----------
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """Status, params and tags of ``run_id``; ``None`` when the store has no such run."""
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return {"status": run.info.status, "experiment_id": run.info.experiment_id,
+                "params": dict(run.data.params), "tags": dict(run.data.tags)}
+
+    def get_metric_history(self, run_id: str, key: str) -> set[tuple[int, int]]:
+        """The ``(step, timestamp_ms)`` of every point MLflow holds for ``key``."""
+        return {(m.step, m.timestamp) for m in self.client.get_metric_history(run_id, key)}
+
+    def search_runs(self, experiment_id: str, tag: str, value: str) -> list[str]:
+        """Ids of the runs of ``experiment_id`` whose tag ``tag`` equals ``value``."""
+        escaped = value.replace("'", "\\'")
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{escaped}'", max_results=10)
+        return [r.info.run_id for r in runs]
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        return [a.path for a in self.client.list_artifacts(run_id, path)]
+
 
 def fetch_provenance(tracking_uri: str, run_id: str, dst: str | os.PathLike[str]) -> Path:
     """Download the PROV files of ``run_id`` (artifact folder ``prov/``) into ``dst``.

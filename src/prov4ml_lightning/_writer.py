@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import threading
 import time
 import warnings
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from prov4ml_lightning.errors import Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError
 
 __all__ = ["MetricWriter", "Point"]
 
@@ -68,6 +69,7 @@ class MetricWriter(threading.Thread):
         self._failures = 0
         self._retry_at = 0.0
         self._warned = False
+        self._sidecar_warned = False
         self.points_written = 0
         self.points_sent = 0
         new = not sidecar.exists()
@@ -97,10 +99,9 @@ class MetricWriter(threading.Thread):
             points = _to_floats(self._take())
             if points:
                 self._summarise(points)
-                self._csv.writerows(points)
-                self._file.flush()
-                self.points_written += len(points)
                 self._pending.extend((p[2], p[4], p[5], p[3]) for p in points)
+                self.points_written += len(points)
+                self._write_sidecar(points)
             self._push(force=final)
             if final and self._pending:
                 self._spill_pending()
@@ -111,7 +112,22 @@ class MetricWriter(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=30)
         self.flush(final=True)
-        self._file.close()
+        try:
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as err:
+            log.warning("prov4ml: could not sync %s to disk (%s)", self.sidecar, err)
+
+    def _write_sidecar(self, points: list[Point]) -> None:
+        # A full disk must not cost the points their way to MLflow and PROV: warn once, go on.
+        try:
+            self._csv.writerows(points)
+            self._file.flush()
+        except OSError as err:
+            if not self._sidecar_warned:
+                self._sidecar_warned = True
+                warnings.warn(f"prov4ml: could not append metric points to {self.sidecar} ({err}); they still go "
+                              "to MLflow and the PROV summary", Prov4MLWarning, stacklevel=3)
 
     # -- MLflow delivery -----------------------------------------------------------------
     def _push(self, force: bool) -> None:
@@ -124,7 +140,7 @@ class MetricWriter(threading.Thread):
             self._pending = batch + self._pending
             self._failures += 1
             self._retry_at = time.monotonic() + min(60.0, 2.0**self._failures)
-            if not self._warned:
+            if not self._warned and not isinstance(err, TrackingUnavailableError):  # the guard warned
                 self._warned = True
                 warnings.warn(
                     f"prov4ml: MLflow rejected or could not take metrics ({err!r}); training goes on, "
@@ -140,11 +156,17 @@ class MetricWriter(threading.Thread):
 
     def _spill_pending(self) -> None:
         new = not self._spill.exists()
-        with open(self._spill, "a", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(["mlflow_key", "value", "timestamp_ms", "step"])
-            writer.writerows(self._pending)
+        try:
+            with open(self._spill, "a", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                if new:
+                    writer.writerow(["mlflow_key", "value", "timestamp_ms", "step"])
+                writer.writerows(self._pending)
+        except OSError as err:
+            warnings.warn(f"prov4ml: could not save {len(self._pending)} metric points MLflow did not take to "
+                          f"{self._spill} ({err}); the sidecar {self.sidecar.name} still has them for `prov4ml sync`",
+                          Prov4MLWarning, stacklevel=2)
+            return
         log.warning("prov4ml: %d metric points MLflow did not accept were saved to %s",
                     len(self._pending), self._spill)
         self._pending = []

@@ -12,6 +12,7 @@ __all__ = [
     "Prov4MLInputError",
     "Prov4MLWarning",
     "RunAlreadyActiveError",
+    "TrackingUnavailableError",
 ]
 
 
@@ -29,6 +30,10 @@ class NoActiveRunError(Prov4MLError, RuntimeError):
 
 class RunAlreadyActiveError(Prov4MLError, RuntimeError):
     """``start_run`` was called while a run is open and ``nested`` was not set."""
+
+
+class TrackingUnavailableError(Prov4MLError, ConnectionError):
+    """The MLflow tracking server cannot be reached (or the run is offline); the data is kept locally."""
 
 
 class Prov4MLWarning(UserWarning):

@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,15 +29,19 @@ import torch
 
 from prov4ml_lightning import _validation as v
 from prov4ml_lightning._files import sha256_path
+from prov4ml_lightning._guard import TrackingGuard
 from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning._writer import MetricWriter, Point
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import (
     NoActiveRunError,
+    Prov4MLError,
     Prov4MLInputError,
     Prov4MLWarning,
     RunAlreadyActiveError,
+    TrackingUnavailableError,
 )
+from prov4ml_lightning.journal import Journal, journal_path
 from prov4ml_lightning.model_info import model_statistics
 
 __all__ = ["RunOutputs", "RunRecorder", "current_run", "require_run"]
@@ -109,6 +115,13 @@ class RunRecorder:
         self._ended = False
         self.outputs: RunOutputs | None = None
         self._t0 = time.monotonic()
+        self._sink_warned = False
+        # Crash safety: every non-metric event goes to an append-only journal (see journal.py).
+        self.journal = Journal(journal_path(self.provenance_dir, info.run_id))
+        self.journal.write("start", info=info, pid=os.getpid(), host=_hostname(), software_version=_version(),
+                           formats=list(provenance_formats), offline=bool(getattr(sink, "offline", False)),
+                           mlflow_save_dir=str(getattr(sink, "mlflow_save_dir", "")),
+                           metrics_file=f"metrics_{info.run_id}.csv")
         self.writer = MetricWriter(
             take=self._take_buffer,
             summarise=self._summarise,
@@ -169,15 +182,31 @@ class RunRecorder:
                     f"{call}: run {parent.info.run_id} is still open; call end_run() first "
                     "or pass nested=True to start a child run"
                 )
-            sink = MlflowSink(uri, mlflow_save_dir)
+            sink = TrackingGuard(MlflowSink(uri, mlflow_save_dir), uri)
             start = time.time()
             reopened: dict[str, Any] | None = None
             if run_id is None:
-                experiment_id = sink.experiment_id(experiment_name)
-                run_id, run_name = sink.create_run(
-                    experiment_id, run_name, str_tags, description,
-                    parent.info.run_id if parent else None, int(start * 1000),
-                )
+                try:
+                    if parent is not None and getattr(parent.sink, "offline", False):
+                        raise TrackingUnavailableError("the parent run is offline")
+                    if not sink.available():
+                        raise TrackingUnavailableError("no answer to GET /health")
+                    experiment_id = sink.experiment_id(experiment_name)
+                    run_id, run_name = sink.create_run(
+                        experiment_id, run_name, str_tags, description,
+                        parent.info.run_id if parent else None, int(start * 1000),
+                    )
+                except TrackingUnavailableError as err:
+                    # Offline: a local id now, the MLflow run later (`prov4ml sync`); never block here.
+                    sink.go_offline()
+                    run_id, experiment_id = uuid.uuid4().hex, ""
+                    run_name = run_name or f"offline-{run_id[:8]}"
+                    warnings.warn(
+                        f"{call}: the MLflow tracking server {sink.public_uri} is unreachable ({err}); the run goes "
+                        f"on offline as local run {run_id}: metrics and provenance are written to {prov_dir}, and "
+                        f"`prov4ml sync {prov_dir}` creates the MLflow run once the server is back",
+                        Prov4MLWarning, stacklevel=3,
+                    )
             else:
                 reopened = sink.reopen_run(run_id)
                 experiment_id, run_name = reopened["experiment_id"], reopened["run_name"]
@@ -216,7 +245,7 @@ class RunRecorder:
                  tb: TracebackType | None) -> None:
         if exc_type is None:
             status = "FINISHED"
-        elif issubclass(exc_type, KeyboardInterrupt):
+        elif issubclass(exc_type, KeyboardInterrupt) or getattr(exc, "prov4ml_status", None) == "KILLED":
             status = "KILLED"
         else:
             status = "FAILED"
@@ -306,6 +335,7 @@ class RunRecorder:
     def log_params(self, params: Mapping[str, Any], *, call: str = "log_params") -> None:
         flat = v.flatten_params(params, call)
         new: list[tuple[str, str]] = []
+        added: list[str] = []
         for key, value in flat.items():
             text = v.param_text(value)
             if key in self.params:
@@ -325,12 +355,16 @@ class RunRecorder:
                               Prov4MLWarning, stacklevel=3)
             self.params[key] = value if isinstance(value, (int, float, str, bool)) or value is None else text
             new.append((mkey, text))
+            added.append(key)
         if new:
+            self.journal.write("params", params={k: self._long_params.get(k, self.params[k]) for k in added},
+                               mlflow=new)
             self._safely("log params", self.sink.log_params, self.run_id, new)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [(str(k), v.param_text(val)) for k, val in tags.items()]
         self.info.tags.update(items)
+        self.journal.write("tags", tags=dict(items))
         self._safely("set tags", self.sink.set_tags, self.run_id, items)
 
     # -- artifacts and models -----------------------------------------------------------------
@@ -362,6 +396,7 @@ class RunRecorder:
             attributes=dict(attributes or {}), derived_from=derived_from,
         )
         self.artifacts.append(record)
+        self.journal.write("artifact", record=record, artifact_path=artifact_path, upload=upload)
         return record
 
     def log_model(self, model: Any, model_name: str, log_model_info: bool = True, **mlflow_kwargs: Any) -> ModelRecord:
@@ -383,6 +418,7 @@ class RunRecorder:
                           Prov4MLWarning, stacklevel=3)
         record = ModelRecord(model_name, version, uri, model_id, created, info)
         self.models.append(record)
+        self.journal.write("model", record=record)
         return record
 
     # -- activities (used by the callback) -------------------------------------------------
@@ -391,6 +427,7 @@ class RunRecorder:
         record = ActivityRecord(ident, kind, label, time.time(), informed_by=informed_by,
                                 attributes=dict(attributes or {}))
         self.activities[ident] = record
+        self.journal.write("activity_start", record=record)
         return record
 
     def end_activity(self, ident: str, attributes: Mapping[str, Any] | None = None) -> None:
@@ -399,6 +436,7 @@ class RunRecorder:
             return
         record.end_time = time.time()
         record.attributes.update(attributes or {})
+        self.journal.write("activity_end", ident=ident, end_time=record.end_time, attributes=dict(attributes or {}))
 
     def add_entity(self, kind: str, type_: str, name: str, attributes: Mapping[str, Any], *,
                    label: str | None = None, relation: str = "used", activity: str | None = None,
@@ -414,6 +452,7 @@ class RunRecorder:
                                     "time": time.time(), "activity": activity,
                                     "derived_from": [list(d) for d in derived_from],
                                     "member_of": list(member_of) if member_of else None})
+        self.journal.write("entity", entity=self.extra_entities[-1])
 
     # -- system metrics ----------------------------------------------------------------------
     def log_system_metrics(self, context: Any = Context.TRAINING, step: int | None = None) -> dict[str, float]:
@@ -472,7 +511,19 @@ class RunRecorder:
             extra["long_params"] = long_file
         if self.writer.points_sent < self.writer.points_written:
             extra["mlflow_unsent"] = self.writer._spill
-        paths = self.write_provenance()
+        try:
+            paths = self.write_provenance()
+        except OSError as err:  # disk full, folder gone: the atomic writes left no half-written file
+            self.journal.write("end", status=status, end_time=now, prov_error=str(err))
+            self.journal.close()
+            self._safely("end the MLflow run", self.sink.end_run, self.run_id, status, int(now * 1000))
+            raise Prov4MLError(
+                f"end_run: could not write the PROV files to {self.provenance_dir} ({err}); no half-written file "
+                f"was left, and the journal and metric sidecar keep the run: free space, then run "
+                f"`prov4ml recover {self.provenance_dir}`"
+            ) from err
+        self.journal.write("end", status=status, end_time=now)
+        self.journal.close()
         for path in [paths["json"], paths["dot"], paths.get("svg"), self.writer.sidecar,
                      *(paths.get(f) for f in ("provn", "ttl", "xml"))]:
             if path is not None:
@@ -553,6 +604,9 @@ class RunRecorder:
         try:
             fn(*args)
             return True
+        except TrackingUnavailableError as err:  # the outage was announced once; the data is kept
+            log.info("prov4ml: could not %s in MLflow (%s)", what, err)
+            return False
         except Exception as err:
             warnings.warn(f"prov4ml: could not {what} in MLflow ({err!r}); the run goes on",
                           Prov4MLWarning, stacklevel=3)
@@ -574,6 +628,13 @@ def _check_writable(path: Path, call: str) -> None:
         raise Prov4MLInputError(f"{call}: provenance_save_dir {str(path)!r} cannot be created ({err})") from err
     if not os.access(path, os.W_OK):
         raise Prov4MLInputError(f"{call}: provenance_save_dir {str(path)!r} is not writable")
+    try:  # os.access does not see a full disk or a read-only mount for root: try a real write
+        with tempfile.TemporaryFile(dir=path) as fh:
+            fh.write(b"prov4ml")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise Prov4MLInputError(f"{call}: provenance_save_dir {str(path)!r} is not writable ({err})") from err
 
 
 def _check_artifact_path(artifact_path: str, call: str) -> None:
@@ -586,6 +647,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _version() -> str:
+    from prov4ml_lightning import __version__
+
+    return __version__
 
 
 def _user() -> str:

@@ -1,0 +1,152 @@
+"""Append-only journal of a run's non-metric events, so a killed run can be recovered.
+
+``journal_<run_id>.jsonl`` sits next to the metric sidecar ``metrics_<run_id>.csv`` in the
+provenance folder. Each line is one JSON object with ``event`` and ``time`` (seconds since the
+epoch) and the event's data; metric points are not journaled (the sidecar has them).
+
+Events, in the order a run writes them:
+
+=================== ==========================================================================
+``start``           ``info`` (the :class:`RunInfo`, tracking URI already redacted), ``pid``,
+                    ``host``, ``software_version``, ``formats``, ``offline``, ``mlflow_save_dir``,
+                    ``metrics_file``
+``params``          ``params`` (key -> value as recorded in PROV, long values whole) and
+                    ``mlflow`` (the ``[key, text]`` pairs sent to MLflow)
+``tags``            ``tags`` (key -> text)
+``artifact``        ``record`` (an :class:`ArtifactRecord`), ``artifact_path``, ``upload``
+``model``           ``record`` (a :class:`ModelRecord`)
+``activity_start``  ``record`` (an :class:`ActivityRecord`)
+``activity_end``    ``ident``, ``end_time``, ``attributes``
+``entity``          ``entity`` (an extra entity: kind, type, name, label, attributes, relation)
+``end``             ``status``, ``end_time`` (the run ended normally; nothing to recover)
+``recovered``       ``status``, ``end_time`` (written by :func:`prov4ml_lightning.recovery.recover`)
+``synced``          ``mlflow_run_id``, ``tracking_uri`` (written by :mod:`prov4ml_lightning.sync`)
+=================== ==========================================================================
+
+Durability: every line is written with one ``write`` and flushed to the operating system at
+once, so it survives the death of the process (``SIGKILL``, a segfault, the OOM killer); it is
+``fsync``-ed to the disk only when the journal is closed at ``end_run`` (a power cut may lose the
+lines of the last seconds of a running job, never lines of an ended run). Events are rare (a
+run writes tens to hundreds of lines), so the cost is one small write per ``log_param`` call.
+
+The journal holds what the PROV document holds and nothing else: the tracking URI is the
+redacted one, and captured environment and command lines arrive already redacted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prov4ml_lightning.errors import Prov4MLWarning
+
+__all__ = ["JOURNAL_PREFIX", "Journal", "journal_path", "read_journal"]
+
+log = logging.getLogger(__name__)
+
+JOURNAL_PREFIX = "journal_"
+
+
+def journal_path(provenance_dir: str | os.PathLike[str], run_id: str) -> Path:
+    """Where the journal of ``run_id`` lives."""
+    return Path(provenance_dir) / f"{JOURNAL_PREFIX}{run_id}.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON for what ``json`` cannot encode by itself: dataclasses, paths, enums, tensors, sets."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+class Journal:
+    """Appends events to a run's journal file; a failing disk warns once and the run goes on.
+
+    Args:
+        path: the ``journal_<run_id>.jsonl`` file (appended to when it exists, e.g. on resume).
+
+    Raises:
+        OSError: the file cannot be opened (``start_run`` turns this into a clear error).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        self._warned = False
+
+    def write(self, event: str, **data: Any) -> None:
+        """Append one event line and flush it to the operating system."""
+        line = json.dumps({"event": event, "time": time.time(), **data}, default=_jsonable,
+                          ensure_ascii=False, allow_nan=True)
+        with self._lock:
+            if self._file.closed:
+                return
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+            except OSError as err:  # disk full: the in-memory run is intact, only crash safety suffers
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn(f"prov4ml: could not append to the run journal {self.path} ({err}); the run goes "
+                                  "on, but a crash now could not be recovered from disk", Prov4MLWarning, stacklevel=3)
+
+    def close(self) -> None:
+        """Flush, ``fsync`` and close; idempotent."""
+        with self._lock:
+            if self._file.closed:
+                return
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError as err:
+                log.warning("prov4ml: could not sync the run journal %s (%s)", self.path, err)
+            finally:
+                self._file.close()
+
+
+def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        yield from enumerate(fh, start=1)
+
+
+def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The events of a journal, in order.
+
+    A process killed in the middle of a write leaves a partial last line: it is skipped. Any
+    other unreadable line is skipped with a :class:`Prov4MLWarning` naming it.
+    """
+    p = Path(path)
+    events: list[dict[str, Any]] = []
+    lines = list(_iter_lines(p))
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line, parse_constant=lambda c: {"NaN": math.nan, "Infinity": math.inf,
+                                                                 "-Infinity": -math.inf}[c])
+        except json.JSONDecodeError:
+            if number == len(lines) and not line.endswith("\n"):
+                log.info("prov4ml: skipping the partial last line of %s (the process died while writing it)", p)
+            else:
+                warnings.warn(f"prov4ml: {p}:{number} is not a journal line; skipped", Prov4MLWarning, stacklevel=2)
+            continue
+        if isinstance(event, dict) and "event" in event:
+            events.append(event)
+    return events
