@@ -257,14 +257,14 @@ def test_validate_malformed_json_fails_the_check(tmp_path, capsys):
 
 # -- diff ------------------------------------------------------------------------------------------
 def _diff_rows(out: str, section: str) -> dict[str, tuple[str, ...]]:
-    """``{key: (A, B)}`` of one section of ``prov4ml diff`` output."""
+    """``{key: (A, B)}`` of one section of ``prov4ml diff`` output (columns are 2+ spaces apart)."""
     lines = out.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith(f"{section}: "))
     rows = {}
     for ln in lines[start + 2:]:
         if not ln.startswith("  "):
             break
-        key, *values = ln.split()
+        key, *values = re.split(r"\s{2,}", ln.strip())
         rows[key] = tuple(values)
     return rows
 
@@ -283,8 +283,8 @@ def test_diff_finds_a_changed_data_fingerprint(runs, capsys):
     code, out, _ = _cli(capsys, "diff", runs["base"].provenance_dir, runs["data"].provenance_dir)
     assert code == 1
     rows = _diff_rows(out, "data")
-    assert list(rows) == ["train[0]"]  # matched by role: a changed dataset, not one removed + one added
-    a, b = rows["train[0]"][1:]  # key is "train[0] fingerprint"
+    assert list(rows) == ["train[0] fingerprint"]  # matched by role: changed, not one removed + one added
+    a, b = rows["train[0] fingerprint"]
     assert a != b and len(a) == len(b) == 50 and a.endswith("\u2026")
     assert "hyperparameters: same" in out
 
@@ -302,7 +302,7 @@ def test_diff_finds_a_changed_package_version(runs, tmp_path, capsys):
     packages.write_text("\n".join("torch==0.0.1" if ln == torch_line else ln for ln in lines) + "\n")
     code, out, _ = _cli(capsys, "diff", runs["base"].provenance_dir, copy)
     assert code == 1
-    assert _diff_rows(out, "environment") == {"package": ("torch", torch_line.split("==")[1], "0.0.1")}
+    assert _diff_rows(out, "environment") == {"package torch": (torch_line.split("==")[1], "0.0.1")}
     assert "hyperparameters: same" in out and "data: same" in out
 
 
@@ -402,3 +402,65 @@ def test_folder_with_two_documents_asks_for_one(runs, tmp_path, capsys):
         shutil.copy(runs[name].prov_json, tmp_path)
     code, _, err = _cli(capsys, "show", tmp_path)
     assert code == 2 and "holds 2 PROV documents" in err and err.count("\n") == 1
+
+
+# -- the Lightning front door -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lightning_runs(tmp_path_factory: pytest.TempPathFactory, mlflow_dir: Path) -> dict[str, Path]:
+    """Two real ``Trainer.fit`` runs with the callback; ``fewer`` trains on 48 samples, not 64."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.lightning_models import TinyDataModule, TinyModel, fast_trainer
+
+    root = tmp_path_factory.mktemp("cli-lightning")
+    experiment = f"cli-lightning-{uuid.uuid4().hex[:8]}"
+    docs = {}
+    for name, n_train in (("base", 64), ("fewer", 48)):
+        torch.manual_seed(0)
+        callback = prov4ml.Prov4MLCallback("www.example.org", experiment, root / name / "prov", mlflow_dir,
+                                           log_model=False)
+        trainer = fast_trainer(root / name, [callback, ModelCheckpoint(monitor="val_loss", save_top_k=1)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's advice on num_workers etc.
+            trainer.fit(TinyModel(), TinyDataModule(n_train=n_train))
+        docs[name] = root / name / "prov"
+    return docs
+
+
+def test_lightning_run_show_render_validate_export(lightning_runs, tmp_path, capsys):
+    folder = lightning_runs["base"]
+    code, out, _ = _cli(capsys, "show", folder)
+    assert code == 0
+    assert "train[0]" in out and "val[0]" in out and "64 samples" in out
+    assert "Epochs: 2 training, 2 validation loops" in out
+    assert "Checkpoints (" in out and "best" in out
+    assert "Software:" in out and "lightning " in out  # the environment entity
+    val_line = next(ln for ln in out.splitlines() if ln.split()[:2] == ["validation", "val_loss"])
+    assert "(min)" in val_line
+
+    out_svg = tmp_path / "overview.svg"
+    assert _cli(capsys, "render", folder, "--level", "1", "-o", out_svg)[0] == 0
+    texts = _svg_node_texts(out_svg)
+    for expected in ("epoch 0", "epoch 1", "fit", "train data 0", "val data 0", "environment of", ".ckpt", "git "):
+        assert any(expected in t for t in texts), (expected, texts)
+    assert not any(t.startswith("lr = ") for t in texts)
+
+    code, out, _ = _cli(capsys, "validate", folder)  # every check, round trips included
+    assert code == 0 and out.strip().endswith(": OK"), out
+    ttl = tmp_path / "run.ttl"
+    assert _cli(capsys, "export", folder, "--format", "ttl", "-o", ttl)[0] == 0
+    assert prov.read(str(ttl), format="rdf", rdf_format="turtle").get_records()
+
+
+def test_lightning_diff_finds_changed_data(lightning_runs, capsys):
+    code, out, _ = _cli(capsys, "diff", lightning_runs["base"], lightning_runs["fewer"])
+    assert code == 1
+    data = _diff_rows(out, "data")
+    assert set(data) == {"train[0] fingerprint", "train[0] length"}  # the validation set is the same
+    assert data["train[0] length"] == ("64", "48")
+    a, b = data["train[0] fingerprint"]
+    assert a != b
+    assert _diff_rows(out, "hyperparameters") == {"datamodule/n_train": ("64", "48")}
+    assert "code: same" in out and "hardware: same" in out

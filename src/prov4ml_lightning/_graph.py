@@ -118,7 +118,8 @@ def _detail(category: str, a: dict[str, str]) -> str:
         if _truthy(get("p4l:best")):
             parts.append("best")
     elif category == "Dataset":
-        parts = [get("p4l:dataset_class", ""), f"{get('p4l:length')} samples" if get("p4l:length") else ""]
+        parts = [f"fingerprint {get('p4l:fingerprint', '')[:10]}" if get("p4l:fingerprint") else "",
+                 f"batch {get('p4l:batch_size')}" if get("p4l:batch_size") else ""]
     elif category == "Code":
         if get("p4l:git_commit"):
             parts.append(f"git {get('p4l:git_commit', '')[:10]}" + (" dirty" if _truthy(get("p4l:git_dirty")) else ""))
@@ -148,6 +149,8 @@ _NAMES = {
     "TrainingEpoch": ("epoch", "epochs"), "ValidationLoop": ("validation loop", "validation loops"),
     "TestLoop": ("test loop", "test loops"), "Checkpoint": ("checkpoint", "checkpoints"),
     "Artifact": ("artifact", "artifacts"), "Dataset": ("dataset", "datasets"), "Model": ("model", "models"),
+    "MetricSegment": ("metric segment", "metric segments"), "SanityCheck": ("sanity check", "sanity checks"),
+    "Fit": ("fit", "fits"),
 }
 
 
