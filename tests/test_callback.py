@@ -62,8 +62,21 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
     run_id = callback.run_id
     assert prov4ml.active_run() is None  # the callback opened the run and ended it at fit end
     assert client.get_run(run_id).info.status == "FINISHED"
+
+    # The model, logged through log_model, loads back and predicts like the trained module.
+    (model_entity,) = by_type(read_prov(callback.outputs.prov_json), "Model")
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        loaded = mlflow.pytorch.load_model(attr(model_entity, "model_uri"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(loaded(x), model(x))
+
+    # validate, test (of the best checkpoint) and predict after fit join the same run
     validated = trainer.validate(model, datamodule=data)
-    tested = trainer.test(model, datamodule=data)
+    tested = trainer.test(datamodule=data, ckpt_path="best")
+    trainer.predict(model, datamodule=data)
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -85,17 +98,7 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
     assert _history(client, run_id, "validation/val_loss")[-1][1] == pytest.approx(validated[0]["val_loss"])
     assert _history(client, run_id, "testing/test_acc")[0][1] == pytest.approx(tested[0]["test_acc"])
 
-    # The model, logged through log_model, loads back and predicts like the trained module.
     doc = read_prov(callback.outputs.prov_json)
-    (model_entity,) = by_type(doc, "Model")
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
-        loaded = mlflow.pytorch.load_model(attr(model_entity, "model_uri"))
-    finally:
-        mlflow.set_tracking_uri(None)
-    x = torch.randn(5, 4)
-    torch.testing.assert_close(loaded(x), model(x))
-
     # PROV: one Fit, epochs, loops, each started by the run and informed by what ran them.
     assert check_file(callback.outputs.prov_json, round_trip=False) == []
     kinds = {}
@@ -105,7 +108,7 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
     assert kinds["Fit"] == {"fit_1"}
     assert kinds["TrainingEpoch"] == {"fit_1.epoch_0", "fit_1.epoch_1"}
     assert {"fit_1.epoch_0.validation_1", "fit_1.epoch_1.validation_1"} < kinds["ValidationLoop"]
-    assert len(kinds["ValidationLoop"]) == 3 and len(kinds["TestLoop"]) == 1
+    assert len(kinds["ValidationLoop"]) == 3 and len(kinds["TestLoop"]) == 1 and len(kinds["PredictLoop"]) == 1
     assert kinds["SanityCheck"] == {"fit_1.sanity_check"}
     informed = _relations(doc, "wasInformedBy")
     assert ("fit_1.epoch_1", "fit_1") in informed and ("fit_1.epoch_1.validation_1", "fit_1.epoch_1") in informed
@@ -133,10 +136,12 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
         assert attr(ckpt, "score") == pytest.approx(float(checkpoints.best_k_models[attr(ckpt, "path")]))
         assert attr(ckpt, "best") == (attr(ckpt, "path") == str(Path(checkpoints.best_model_path).resolve()))
     assert (_local(ckpts[1]), _local(ckpts[0])) in _relations(doc, "wasDerivedFrom")
+    (best,) = [c for c in ckpts.values() if attr(c, "best")]
+    assert (test_loop, _local(best)) in _relations(doc, "used")  # the test evaluated the best checkpoint
 
     # Datasets: one entity per dataloader, used by the activities that read it.
     datasets = {attr(d, "role"): d for d in by_type(doc, "Dataset")}
-    assert set(datasets) == {"train", "val", "test"}
+    assert set(datasets) == {"train", "val", "test", "predict"}
     train = datasets["train"]
     assert attr(train, "length") == 64 and attr(train, "batch_size") == 8 and attr(train, "num_workers") == 0
     assert attr(train, "shuffle") is True and len(attr(train, "fingerprint")) == 64

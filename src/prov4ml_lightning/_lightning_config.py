@@ -12,6 +12,8 @@ Key layout (documented in the README's callback section):
   and the ``lr`` of each param group when groups differ.
 - ``lr_scheduler/<i>/<setting>``: class, ``interval``, ``frequency``, ``monitor`` and the
   scheduler's constructor settings (its running state, e.g. ``last_epoch``, is left out).
+
+Also here: the early-stopping decision (:func:`early_stopping_state`), an attribute of the fit.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["datamodule_hparams", "fit_params", "lr_names", "module_hparams", "optimizer_params", "trainer_params"]
+__all__ = [
+    "datamodule_hparams",
+    "early_stopping_state",
+    "fit_params",
+    "lr_names",
+    "module_hparams",
+    "optimizer_params",
+    "trainer_params",
+]
 
 _SCALARS = (bool, int, float, str)
 # Scheduler state_dict entries that are running state, not settings.
@@ -137,3 +147,23 @@ def _scalar(value: Any) -> Any:
         except Exception:
             return str(value)
     return value if isinstance(value, _SCALARS) else str(value)
+
+
+def early_stopping_state(trainer: Any) -> dict[str, Any]:
+    """Why training stopped early: monitor, stopped epoch, reason and message of each
+    EarlyStopping callback that stopped it (empty when none did)."""
+    out: dict[str, Any] = {}
+    for callback in getattr(trainer, "early_stopping_callbacks", []) or []:
+        reason = getattr(callback, "stopping_reason", None)
+        if getattr(reason, "name", "NOT_STOPPED") == "NOT_STOPPED" and not callback.stopped_epoch:
+            continue
+        out["early_stopping_monitor"] = callback.monitor
+        out["stopped_epoch"] = callback.stopped_epoch
+        out["stop_reason"] = getattr(reason, "name", "stopped")
+        message = getattr(callback, "stopping_reason_message", None)
+        if message:
+            out["stop_message"] = message
+        best = _scalar(getattr(callback, "best_score", None))
+        if isinstance(best, float):
+            out["early_stopping_best_score"] = best
+    return out

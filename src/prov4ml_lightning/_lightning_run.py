@@ -159,9 +159,11 @@ class RunLink:
         for _, _path, key in _checkpoint_files(trainer):
             self._ckpt_seen.add(key)
 
-    def note_resume(self, ckpt_path: str, step: int, epoch: int | None, fit: str) -> None:
-        """The fit ``fit`` starts from ``ckpt_path``: the checkpoint, used by the fit, and the
-        restored model state, derived from it."""
+    def use_checkpoint(self, ckpt_path: str, step: int, epoch: int | None, activity: str, *,
+                       restored_model: bool) -> None:
+        """``activity`` started from the checkpoint ``ckpt_path`` (saved at ``step``): the checkpoint
+        entity, used by it (the same id an earlier session gave the file, so the two meet in the
+        merged document) and, for a resumed fit, the restored model state derived from it."""
         name = checkpoint_name(ckpt_path, step)
         attrs: dict[str, Any] = {"path": str(Path(ckpt_path).resolve()), "global_step": step, "epoch": epoch}
         try:
@@ -169,12 +171,13 @@ class RunLink:
         except OSError as err:
             attrs["note"] = f"not readable for a hash ({err})"
         self.run.add_entity("checkpoint", "Checkpoint", name, attrs, label=Path(ckpt_path).name,
-                            relation="used", activity=fit)
-        self.run.add_entity("model_state", "ModelState", f"{fit}.initial",
-                            {"restored_from": attrs["path"], "global_step": step, "epoch": epoch},
-                            label=f"model restored at step {step}", relation="used", activity=fit,
-                            derived_from=[("checkpoint", name)])
-        self._ckpt_chain.append((step, name))
+                            relation="used", activity=activity)
+        if restored_model:
+            self.run.add_entity("model_state", "ModelState", f"{activity}.initial",
+                                {"restored_from": attrs["path"], "global_step": step, "epoch": epoch},
+                                label=f"model restored at step {step}", relation="used", activity=activity,
+                                derived_from=[("checkpoint", name)])
+            self._ckpt_chain.append((step, name))
 
     def poll_checkpoints(self, trainer: Any, activity: str | None, step: int, epoch: int,
                          upload: bool) -> None:
@@ -249,7 +252,7 @@ class NullLink:
     def seed_checkpoints(self, trainer: Any) -> None:
         pass
 
-    def note_resume(self, *args: Any, **kwargs: Any) -> None:
+    def use_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def poll_checkpoints(self, *args: Any, **kwargs: Any) -> None:

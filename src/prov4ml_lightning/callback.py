@@ -16,11 +16,8 @@ What is recorded is described in the class docstring and in the README's callbac
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +26,8 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from prov4ml_lightning import _validation as v
-from prov4ml_lightning._lightning_config import fit_params, lr_names
+from prov4ml_lightning._lightning_config import early_stopping_state, fit_params, lr_names
+from prov4ml_lightning._lightning_loops import STAGES, LoopTracker, stage_ident
 from prov4ml_lightning._lightning_metrics import EpochDiff, should_log_step, step_metrics
 from prov4ml_lightning._lightning_run import NullLink, RunLink
 from prov4ml_lightning.context import Context
@@ -39,11 +37,6 @@ from prov4ml_lightning.recorder import RunOutputs, RunRecorder, current_run
 __all__ = ["Prov4MLCallback"]
 
 log = logging.getLogger(__name__)
-
-_STAGES = {"validate": ("ValidationLoop", Context.VALIDATION, "val"),
-           "test": ("TestLoop", Context.TESTING, "test"),
-           "predict": ("PredictLoop", None, "predict")}
-
 
 class Prov4MLCallback(Callback):
     r"""Record a Lightning run as an MLflow run and a W3C PROV document.
@@ -146,21 +139,17 @@ class Prov4MLCallback(Callback):
         self.run_id: str | None = None
         self._fits = 0
         self._last_fit: str | None = None
-        self._eval_batches: dict[str, int] = {}
-        # Per fit / loop.
+        self._loops = LoopTracker()  # its .batches is checkpoint state too
+        # Per session.
         self._link: RunLink | NullLink | None = None
-        self.outputs: RunOutputs | None = None
+        self.outputs: RunOutputs | None = None  # where the run was written when the callback last ended it
         self._fit: str | None = None
-        self._resume: dict[str, Any] | None = None
+        self._loaded: dict[str, Any] | None = None  # step and epoch of the checkpoint Lightning loaded
         self._epoch: str | None = None
         self._epoch_values: dict[str, Any] | None = None  # set at on_train_epoch_end, logged at close
         self._epoch_diff = EpochDiff()
-        self._loop: str | None = None
-        self._loop_context: Context | None = None
-        self._loop_diff = EpochDiff()
-        self._loop_step_keys: set[str] = set()
         self._loops_in_epoch = 0
-        self._stage: str | None = None
+        self._stage: str | None = None  # a stand-alone validate/test/predict holding the run open
         self._ckpt_pending: tuple[int, int] | None = None
         self._last_step: int | None = None
         self._lrs: dict[str, Any] = {}
@@ -210,28 +199,36 @@ class Prov4MLCallback(Callback):
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        self._resume = {"global_step": checkpoint.get("global_step", 0), "epoch": checkpoint.get("epoch")}
+        self._loaded = {"global_step": int(checkpoint.get("global_step", 0)), "epoch": checkpoint.get("epoch")}
 
+    def _used_checkpoint(self, trainer: pl.Trainer, activity: str, restored_model: bool) -> dict[str, Any]:
+        """Record the checkpoint Lightning loaded for this stage (if any); its attributes for the activity."""
+        loaded, self._loaded = self._loaded, None
+        if loaded is None or not trainer.ckpt_path:
+            return {}
+        self.link.use_checkpoint(str(trainer.ckpt_path), loaded["global_step"], loaded["epoch"], activity,
+                                 restored_model=restored_model)
+        return {"resumed_from" if restored_model else "checkpoint": str(trainer.ckpt_path),
+                "start_step": loaded["global_step"]}
+
+    # -- fit ----------------------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         link = self._open(trainer)
+        first_fit = self._fits == 0
         self._fits += 1
         self._fit = f"fit_{self._fits}"
         params = fit_params(trainer, pl_module)
         attrs: dict[str, Any] = {k: val for k, val in params.items() if k.startswith("trainer/")}
-        resume, self._resume = self._resume, None
-        if resume is not None and trainer.ckpt_path:
-            attrs.update(resumed_from=str(trainer.ckpt_path), start_step=resume["global_step"])
-        if link.reopened:
-            # The first fit logged the run's params; a later one records its own as attributes.
-            attrs.update(params)
+        if first_fit:
+            attrs.update(link.log_params(params))  # conflicts with a joined run's params stay attributes
         else:
-            attrs.update(link.log_params(params))
+            # A resumed or repeated fit: the run holds the first fit's params; this one's are its own.
+            attrs.update(params)
+        attrs.update(self._used_checkpoint(trainer, self._fit, restored_model=True))
         # "a/b" keys become "a.b" attribute names ("/" is not allowed in a PROV local name).
         link.start(self._fit, "Fit", f"fit {self._fits}", informed_by=self._last_fit,
                    attributes={k.replace("/", "."): _attr(val) for k, val in attrs.items()})
-        if resume is not None and trainer.ckpt_path:
-            link.note_resume(str(trainer.ckpt_path), int(resume["global_step"]), resume["epoch"], self._fit)
         if self.log_checkpoints:
             link.seed_checkpoints(trainer)
 
@@ -294,10 +291,9 @@ class Prov4MLCallback(Callback):
             link.log(values, Context.TRAINING, step, self._epoch)
             self._epoch_values = None
         self._poll_checkpoints(trainer, force=True)
-        attrs: dict[str, Any] = {"last_step": step}
+        attrs: dict[str, Any] = {"last_step": step, **early_stopping_state(trainer)}
         if status is not None:
             attrs["status"] = status
-        attrs.update(_early_stopping(trainer))
         link.end(self._epoch, attrs)
         self._epoch = None
 
@@ -315,7 +311,7 @@ class Prov4MLCallback(Callback):
     def _poll_checkpoints(self, trainer: pl.Trainer, force: bool = False) -> None:
         """Record checkpoint files saved since the last poll; ``force`` looks even without a
         save seen in ``on_save_checkpoint`` (weights-only checkpoints skip that hook)."""
-        if not self.log_checkpoints or (self._ckpt_pending is None and not force):
+        if not self.log_checkpoints or (self._ckpt_pending is None and not force) or self._fit is None:
             return
         step, epoch = self._ckpt_pending or (trainer.global_step, trainer.current_epoch)
         self._ckpt_pending = None
@@ -333,53 +329,33 @@ class Prov4MLCallback(Callback):
             # A reopened run's recorder starts its model versions at 1 again: name by fit instead.
             link.log_model(pl_module, f"{name}_{self._fit}" if link.reopened else name)
         link.end(self._fit, {"status": "FINISHED", "last_step": trainer.global_step,
-                             "epochs_completed": trainer.current_epoch, **_early_stopping(trainer)})
+                             "epochs_completed": trainer.current_epoch, **early_stopping_state(trainer)})
         self._last_fit, self._fit = self._fit, None
         self._close("FINISHED")
 
     # -- validation, test, predict -------------------------------------------------------------
     def _start_loop(self, trainer: pl.Trainer, stage: str) -> None:
-        kind, context, role = _STAGES[stage]
         in_fit = self._fit is not None and stage == "validate"
-        link = self._open(trainer) if not in_fit else self.link
-        if not in_fit:
-            self._stage = stage
+        link = self.link if in_fit else self._open(trainer)
         if self._ckpt_pending is not None:
             self._poll_checkpoints(trainer)
-        loaders = {"validate": trainer.val_dataloaders, "test": trainer.test_dataloaders,
-                   "predict": trainer.predict_dataloaders}[stage]
+        role, loaders = STAGES[stage][2], getattr(trainer, STAGES[stage][3])
         used = link.datasets(loaders, role) if self.log_datasets else []
         if in_fit:
             self._loops_in_epoch += 1
-            self._loop = f"{self._epoch or self._fit}.validation_{self._loops_in_epoch}"
-            label, informed_by = f"validation (epoch {trainer.current_epoch})", self._epoch or self._fit
-        else:
-            self._loop = f"{stage}_{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:4]}"
-            label, informed_by = stage, self._last_fit
-        self._loop_context = context
-        self._loop_step_keys = set()
-        link.start(self._loop, kind, label, informed_by=informed_by,
-                   attributes={"epoch": trainer.current_epoch, "global_step": trainer.global_step}, used=used)
-        self._loop_diff.start(trainer)
-
-    def _loop_batch_end(self, trainer: pl.Trainer) -> None:
-        values = step_metrics(trainer)
-        if values and self._loop_context is not None:
-            counter = self._eval_batches.get(self._loop_context.value, 0)
-            self._eval_batches[self._loop_context.value] = counter + 1
-            self.link.log(values, self._loop_context, counter, self._loop)
-            self._loop_step_keys.update(values)
+            parent = self._epoch or self._fit
+            self._loops.start(trainer, link, f"{parent}.validation_{self._loops_in_epoch}", stage,
+                              f"validation (epoch {trainer.current_epoch})", informed_by=parent, used=used)
+            return
+        self._stage = stage
+        ident = stage_ident(stage)
+        checkpoint = self._used_checkpoint(trainer, ident, restored_model=False)
+        self._loops.start(trainer, link, ident, stage, stage, informed_by=self._last_fit, used=used,
+                          attributes=checkpoint)
 
     def _end_loop(self, trainer: pl.Trainer, status: str = "FINISHED") -> None:
-        if self._loop is None:
-            return
-        link = self.link
-        if self._loop_context is not None and status == "FINISHED":
-            values = self._loop_diff.collect(trainer, exclude=self._loop_step_keys)
-            link.log(values, self._loop_context, trainer.global_step, self._loop)
-        link.end(self._loop, {"status": status})
-        self._loop = None
-        if self._stage is not None:
+        self._loops.end(trainer, self.link, status)
+        if self._stage is not None:  # a stand-alone stage: the run goes back to closed
             self._stage = None
             self._close(status)
 
@@ -401,8 +377,8 @@ class Prov4MLCallback(Callback):
     @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not trainer.sanity_checking and self._loop is not None:
-            self._loop_batch_end(trainer)
+        if not trainer.sanity_checking:
+            self._loops.batch_end(trainer, self.link)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -416,7 +392,7 @@ class Prov4MLCallback(Callback):
     @override
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._loop_batch_end(trainer)
+        self._loops.batch_end(trainer, self.link)
 
     @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -435,11 +411,12 @@ class Prov4MLCallback(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         status = "KILLED" if isinstance(exception, KeyboardInterrupt) else "FAILED"
         link = self.link
+        error = f"{type(exception).__name__}: {str(exception)[:500]}"
         # Never raise from here: it would hide the exception that ended the run.
         for step in (lambda: self._close_epoch(trainer, status), lambda: self._end_loop(trainer, status),
                      lambda: link.mark_checkpoints(trainer),
-                     lambda: link.end(self._fit, {"status": status, "error": f"{type(exception).__name__}: "
-                                                  f"{str(exception)[:500]}", "last_step": trainer.global_step})):
+                     lambda: link.end(self._fit, {"status": status, "error": error,
+                                                  "last_step": trainer.global_step})):
             try:
                 step()
             except Exception:
@@ -450,7 +427,8 @@ class Prov4MLCallback(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Normally on_fit_end / on_*_end closed everything; this covers exits that skip them.
+        # on_fit_end / on_*_end closed everything already; this covers exits that skip them
+        # (Lightning's tuner ends a fit through teardown alone).
         if self._link is not None:
             self._close_epoch(trainer)
             self._end_loop(trainer)
@@ -463,34 +441,14 @@ class Prov4MLCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "fits": self._fits, "last_fit": self._fit or self._last_fit,
-                "eval_batches": dict(self._eval_batches)}
+                "eval_batches": dict(self._loops.batches)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.run_id = state_dict.get("run_id", self.run_id)
         self._fits = state_dict.get("fits", self._fits)
         self._last_fit = state_dict.get("last_fit", self._last_fit)
-        self._eval_batches = dict(state_dict.get("eval_batches", self._eval_batches))
-
-
-def _early_stopping(trainer: pl.Trainer) -> dict[str, Any]:
-    """Why training stopped early, from each EarlyStopping callback that stopped it."""
-    out: dict[str, Any] = {}
-    for callback in getattr(trainer, "early_stopping_callbacks", []) or []:
-        reason = getattr(callback, "stopping_reason", None)
-        if getattr(reason, "name", "NOT_STOPPED") == "NOT_STOPPED" and not callback.stopped_epoch:
-            continue
-        out["early_stopping_monitor"] = callback.monitor
-        out["stopped_epoch"] = callback.stopped_epoch
-        out["stop_reason"] = getattr(reason, "name", "stopped")
-        message = getattr(callback, "stopping_reason_message", None)
-        if message:
-            out["stop_message"] = message
-        best = getattr(callback, "best_score", None)
-        if best is not None:
-            with contextlib.suppress(TypeError, ValueError):
-                out["early_stopping_best_score"] = float(best)
-    return out
+        self._loops.batches = dict(state_dict.get("eval_batches", self._loops.batches))
 
 
 def _attr(value: Any) -> Any:
