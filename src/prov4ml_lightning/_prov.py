@@ -288,11 +288,13 @@ class _Builder:
         # ``activity``: the sub-activity (epoch, loop, fit) that used or generated it; default the run.
         activity = extra.get("activity") if extra.get("activity") in activities else None
         node = activities[activity] if activity else run
-        if extra.get("relation", "used") == "used":
+        relation = extra.get("relation", "used")
+        if relation == "used":
             when = self.when(extra.get("time"), activity) if activity else _time(self.snap.info.start_time)
             self.doc.used(node, ent, when)
-        else:
+        elif relation == "generated":
             self.doc.wasGeneratedBy(ent, node, self.when(extra.get("time"), activity))
+        # relation None: attributes only, for an entity an earlier session defined (merged by id)
         for kind, name in extra.get("derived_from") or ():
             if self.declared(kind, name):
                 self.doc.wasDerivedFrom(ent, self.rid(kind, name))
