@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,8 @@ COMMANDS: tuple[str, ...] = (
     "validate",
     "diff",
     "export",
+    "recover",
+    "sync",
 )
 
 _EPILOG = """\
@@ -73,13 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     scratch = Scratch()
     try:
-        return int(args.handler(args, scratch))
+        code = int(args.handler(args, scratch))
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
     except CliError as err:
         warn(f"prov4ml {args.command}: {err}")
         return err.code
     except Prov4MLError as err:
         warn(f"prov4ml {args.command}: {err}")
         return EXIT_USAGE
+    except BrokenPipeError:  # `prov4ml show run | head`: the reader has all it wanted
+        _silence_stdout()
+        return 0
     except OSError as err:  # unreadable/unwritable paths: the OS says which and why
         where = f"{err.filename}: " if err.filename else ""
         warn(f"prov4ml {args.command}: {where}{err.strerror or err}")
@@ -88,6 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         scratch.close()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (captured output)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
