@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -56,12 +57,18 @@ def _time(seconds: float | None) -> dt.datetime | None:
 
 def typed(value: Any) -> Any:
     """A PROV attribute value: ``prov`` types ints, floats (NaN/INF included), bools and datetimes
-    as ``xsd:int``/``xsd:long``, ``xsd:double``, ``xsd:boolean`` and ``xsd:dateTime``; anything
-    else is recorded as its string form, never as a stringified container of records."""
+    as ``xsd:int``/``xsd:long``, ``xsd:double``, ``xsd:boolean`` and ``xsd:dateTime``; lists, tuples
+    and dicts of such values are recorded as JSON text (never as a Python ``repr``); anything else
+    as its string form."""
     if isinstance(value, (bool, int, float, str, dt.datetime)):
         return value
     if value is None:
         return "None"
+    if isinstance(value, (list, tuple, dict)):
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError):
+            return str(value)
     return str(value)
 
 
@@ -171,7 +178,7 @@ class _Builder:
                     (PROV_TYPE, self.mls["HyperParameterSetting"]),
                     (PROV_LABEL, key),
                     (self.p4l["name"], key),
-                    (PROV_VALUE, typed(value)),
+                    *([] if value is None else [(PROV_VALUE, typed(value))]),  # no value, not the text "None"
                 ],
             )
             self.doc.used(run, ent, _time(info.start_time))
