@@ -114,6 +114,12 @@ class TrackingGuard:
         self.offline = True
         self._warned = True  # start_run has said so
 
+    def recheck(self) -> None:
+        """End the current backoff: the next call probes the server first (used at ``end_run``)."""
+        with self._lock:
+            if self._down_until:
+                self._down_until = min(self._down_until, time.monotonic())
+
     def _check(self, name: str) -> None:
         if self.offline:
             raise TrackingUnavailableError(f"{name}: this run is offline (no MLflow run); use `prov4ml sync`")

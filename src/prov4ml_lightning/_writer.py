@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.journal import ends_without_newline
 
 __all__ = ["MetricWriter", "Point"]
 
@@ -73,7 +74,10 @@ class MetricWriter(threading.Thread):
         self.points_written = 0
         self.points_sent = 0
         new = not sidecar.exists()
+        cut_short = ends_without_newline(sidecar)
         self._file = open(sidecar, "a", newline="", encoding="utf-8")  # noqa: SIM115 - kept open
+        if cut_short:  # a killed run left half a row: start the next on a line of its own
+            self._file.write("\r\n")
         self._csv = csv.writer(self._file)
         if new:
             self._csv.writerow(["key", "context", "mlflow_key", "step", "value", "timestamp_ms"])

@@ -49,7 +49,7 @@ from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLWarning
 
-__all__ = ["JOURNAL_PREFIX", "Journal", "journal_path", "read_journal"]
+__all__ = ["JOURNAL_PREFIX", "Journal", "ends_without_newline", "journal_path", "read_journal"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,11 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        cut_short = ends_without_newline(path)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        if cut_short:  # a killed writer left half a line: start ours on a line of its own
+            self._file.write("\n")
+            self._file.flush()
         self._warned = False
 
     def write(self, event: str, **data: Any) -> None:
@@ -121,6 +125,19 @@ class Journal:
                 self._file.close()
 
 
+def ends_without_newline(path: Path) -> bool:
+    """Whether ``path`` exists, is not empty and its last byte is not a newline."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() == 0:
+                return False
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
 def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     with open(path, encoding="utf-8", errors="replace") as fh:
         yield from enumerate(fh, start=1)
@@ -145,7 +162,8 @@ def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if number == len(lines) and not line.endswith("\n"):
                 log.info("prov4ml: skipping the partial last line of %s (the process died while writing it)", p)
             else:
-                warnings.warn(f"prov4ml: {p}:{number} is not a journal line; skipped", Prov4MLWarning, stacklevel=2)
+                warnings.warn(f"prov4ml: {p}:{number} is cut short or not JSON (a process died while writing it?); "
+                              "skipped", Prov4MLWarning, stacklevel=2)
             continue
         if isinstance(event, dict) and "event" in event:
             events.append(event)

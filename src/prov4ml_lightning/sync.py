@@ -1,0 +1,223 @@
+"""Bring MLflow up to date with what a run recorded locally: ``prov4ml sync DIR``.
+
+The local files are the reference: the journal (params, tags, artifacts, status), the metric
+sidecar (every point) and the PROV files. For each run journal in the folder :func:`sync`:
+
+1. finds the MLflow run: the run's own id; for a run started *offline* (the tracking server was
+   unreachable at ``start_run``) the run tagged ``prov4ml.local_run_id=<local id>``, created in
+   the same experiment the first time (the PROV document keeps the local id);
+2. logs the params MLflow lacks and sets the tags;
+3. sends every sidecar point MLflow lacks, compared by ``(key, step, timestamp)`` per metric,
+   so points spilled to ``mlflow_unsent_<run_id>.csv``, points a ``SIGKILL`` left unsent and
+   points of an offline run all arrive, and running it twice sends nothing twice; the spill
+   file is removed once everything is in;
+4. uploads artifacts whose upload failed (when the local file still has its recorded sha256)
+   and the PROV files, the sidecar and ``long_params`` under ``prov/``/``params/``;
+5. ends the MLflow run with the recorded status (``FAILED`` plus the tag ``prov4ml.crashed=true``
+   for a recovered run), and appends a ``synced`` event to the journal.
+
+A run still in progress is skipped, and so is a crashed one that was not recovered yet
+(``prov4ml recover DIR`` recovers and then syncs). Models whose logging failed cannot be
+replayed (the object is gone): they are reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prov4ml_lightning._files import sha256_path
+from prov4ml_lightning._guard import TrackingGuard, redact_uri
+from prov4ml_lightning.errors import Prov4MLInputError, TrackingUnavailableError
+from prov4ml_lightning.journal import Journal
+from prov4ml_lightning.recovery import CRASHED, CRASHED_TAG, JournaledRun, _alive, load_run, read_sidecar, run_journals
+
+__all__ = ["LOCAL_RUN_TAG", "SyncedRun", "sync", "sync_run"]
+
+log = logging.getLogger(__name__)
+
+#: MLflow tag linking a run created by ``sync`` to the local id its PROV document uses.
+LOCAL_RUN_TAG = "prov4ml.local_run_id"
+_CHUNK = 1000
+
+
+@dataclass
+class SyncedRun:
+    """What :func:`sync` did for one run."""
+
+    run_id: str
+    mlflow_run_id: str | None = None
+    created: bool = False
+    metric_points: int = 0
+    params: int = 0
+    artifacts: int = 0
+    status: str | None = None
+    skipped: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _tracking_uri(run: JournaledRun, override: str | None) -> str:
+    if override:
+        return override
+    recorded = run.info.tracking_uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and redact_uri(env) == recorded:
+        return env
+    if "***@" in recorded:
+        raise Prov4MLInputError(
+            f"sync: run {run.run_id} was tracked at {recorded}, whose credentials are not stored; pass "
+            "tracking_uri= (--tracking-uri) or set MLFLOW_TRACKING_URI"
+        )
+    return recorded
+
+
+def sync(directory: str | os.PathLike[str], *, tracking_uri: str | None = None,
+         run_id: str | None = None) -> list[SyncedRun]:
+    """Sync every run journaled in ``directory`` (or only ``run_id``) to MLflow; see the module docstring.
+
+    Args:
+        directory: a ``provenance_save_dir``.
+        tracking_uri: the MLflow store to write to; default: the one each run recorded.
+        run_id: only this run (its local id).
+    """
+    out = []
+    for journal in run_journals(directory):
+        run = load_run(journal)
+        if run_id is None or run.run_id == run_id:
+            out.append(sync_run(run, tracking_uri=tracking_uri))
+    if run_id is not None and not out:
+        raise Prov4MLInputError(f"sync: no journal of run {run_id!r} in {directory}")
+    return out
+
+
+def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun:
+    """Sync one journaled run; failures are reported in the result, never raised."""
+    report = SyncedRun(run.run_id)
+    status = run.final_status
+    if status is None:
+        report.skipped = ("still running" if _alive(run)
+                          else "it did not end cleanly: run `prov4ml recover` on its folder first")
+        return report
+    try:
+        uri = _tracking_uri(run, tracking_uri)
+    except Prov4MLInputError as err:
+        report.skipped = str(err)
+        return report
+    from prov4ml_lightning._mlflow_sink import MlflowSink
+
+    sink = TrackingGuard(MlflowSink(uri, run.start.get("mlflow_save_dir") or run.directory), uri)
+    if not sink.available():
+        report.skipped = f"tracking server {sink.public_uri} is unreachable"
+        return report
+    try:
+        _sync(run, sink, status, report)
+    except TrackingUnavailableError as err:
+        report.problems.append(str(err))
+    if not report.problems:
+        writer = Journal(run.journal)
+        try:
+            writer.write("synced", mlflow_run_id=report.mlflow_run_id, tracking_uri=sink.public_uri,
+                         metric_points=report.metric_points)
+        finally:
+            writer.close()
+    return report
+
+
+def _mlflow_run(run: JournaledRun, sink: TrackingGuard, report: SyncedRun) -> str | None:
+    if not run.start.get("offline"):
+        if sink.get_run(run.run_id) is None:
+            report.problems.append(f"MLflow at {sink.public_uri} has no run {run.run_id}")
+            return None
+        return run.run_id
+    if run.synced and run.synced.get("mlflow_run_id") and sink.get_run(run.synced["mlflow_run_id"]) is not None:
+        return str(run.synced["mlflow_run_id"])
+    experiment_id = sink.experiment_id(run.info.experiment_name)
+    found = sink.search_runs(experiment_id, LOCAL_RUN_TAG, run.run_id)
+    if found:
+        return found[0]
+    tags = {**run.info.tags, LOCAL_RUN_TAG: run.run_id}
+    mlflow_id, _ = sink.create_run(experiment_id, run.info.run_name, tags, run.info.description, None,
+                                   int(run.info.start_time * 1000))
+    report.created = True
+    return mlflow_id
+
+
+def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun) -> None:
+    mlflow_id = _mlflow_run(run, sink, report)
+    if mlflow_id is None:
+        return
+    report.mlflow_run_id = mlflow_id
+    state = sink.get_run(mlflow_id) or {"params": {}, "tags": {}, "status": None}
+
+    missing = [(k, v) for k, v in run.mlflow_params.items() if k not in state["params"]]
+    if missing:
+        sink.log_params(mlflow_id, missing)
+    report.params = len(missing)
+    tags = dict(run.info.tags)
+    if run.recovered is not None and run.recovered.get("status") == CRASHED:
+        tags[CRASHED_TAG] = "true"
+    tags["prov4ml.provenance_file"] = f"prov/provgraph_{run.run_id}.json"
+    changed = [(k, str(v)) for k, v in tags.items() if state["tags"].get(k) != str(v)]
+    if changed:
+        sink.set_tags(mlflow_id, changed)
+
+    report.metric_points = _sync_metrics(run, sink, mlflow_id)
+    spill = run.directory / f"mlflow_unsent_{run.run_id}.csv"
+    if spill.exists():
+        spill.unlink()  # every sidecar point is in MLflow now; the sidecar stays the full record
+
+    report.artifacts = _sync_artifacts(run, sink, mlflow_id, report)
+    for model in run.models:
+        if not model.model_uri:
+            report.problems.append(f"model {model.name!r} v{model.version} was never stored in MLflow and cannot "
+                                   "be replayed (log it again); PROV records it")
+    end_ms = int(float((run.end or run.recovered or {}).get("end_time", run.last_time)) * 1000)
+    if state.get("status") != status:
+        sink.end_run(mlflow_id, status, end_ms)
+    report.status = status
+
+
+def _sync_metrics(run: JournaledRun, sink: TrackingGuard, mlflow_id: str) -> int:
+    by_key: dict[str, list[tuple[str, float, int, int]]] = defaultdict(list)
+    for _key, _ctx, mkey, step, value, ts in read_sidecar(run.sidecar):
+        by_key[mkey].append((mkey, value, ts, step))
+    sent = 0
+    for mkey, points in by_key.items():
+        have = sink.get_metric_history(mlflow_id, mkey)
+        todo = [p for p in points if (p[3], p[2]) not in have]
+        for start in range(0, len(todo), _CHUNK):
+            sink.log_metrics(mlflow_id, todo[start : start + _CHUNK])
+        sent += len(todo)
+    return sent
+
+
+def _sync_artifacts(run: JournaledRun, sink: TrackingGuard, mlflow_id: str, report: SyncedRun) -> int:
+    uploaded = 0
+    listed: dict[str | None, set[str]] = {}
+
+    def present(folder: str | None, name: str) -> bool:
+        if folder not in listed:
+            listed[folder] = set(sink.list_artifacts(mlflow_id, folder))
+        return (f"{folder}/{name}" if folder else name) in listed[folder]
+
+    for record, upload in zip(run.artifacts, run.uploads):
+        local = Path(record.local_path)
+        folder = upload.get("artifact_path")
+        if not upload.get("upload", True) or present(folder, local.name):
+            continue
+        if not local.exists() or sha256_path(local)[0] != record.sha256:
+            report.problems.append(f"artifact {local} is gone or changed since it was recorded; not uploaded")
+            continue
+        sink.log_artifact(mlflow_id, str(local), folder)
+        uploaded += 1
+    long_params = run.directory / f"long_params_{run.run_id}.json"
+    if long_params.exists():
+        sink.log_artifact(mlflow_id, str(long_params), "params")
+    base = run.directory / f"provgraph_{run.run_id}"
+    for path in [*(base.with_suffix(s) for s in (".json", ".dot", ".svg", ".provn", ".ttl", ".xml")), run.sidecar]:
+        if path.exists():
+            sink.log_artifact(mlflow_id, str(path), "prov")
+    return uploaded

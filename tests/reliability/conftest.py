@@ -1,0 +1,100 @@
+"""Fixtures of the fault-injection suite: the real MLflow server and training scripts in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.mlflow_server import mlflow_server, mlflow_server_factory  # noqa: F401 - fixtures
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT_TIMEOUT_S = 120
+
+
+class Script:
+    """A Python script run in a subprocess, with every wait bounded."""
+
+    def __init__(self, path: Path, cwd: Path, env: dict[str, str]) -> None:
+        self.path, self.cwd, self.env = path, cwd, env
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+
+    def run(self, *args: str, timeout: float = SCRIPT_TIMEOUT_S) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(self.path), *args], cwd=self.cwd, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self, *args: str) -> Script:
+        self.proc = subprocess.Popen([sys.executable, str(self.path), *args], cwd=self.cwd, env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self
+
+    def wait_for(self, prefix: str, timeout: float = SCRIPT_TIMEOUT_S) -> str:
+        """The first stdout line starting with ``prefix`` (fails on exit or timeout)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.5):
+                if self.proc.poll() is not None:
+                    break
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith(prefix):
+                return line.rstrip("\n")
+        self.kill()
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        pytest.fail(f"{self.path.name} never printed {prefix!r}; stdout {self.lines}; stderr {err[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = SCRIPT_TIMEOUT_S) -> tuple[int, str, str]:
+        """Wait for the exit; return ``(returncode, rest of stdout, stderr)``."""
+        assert self.proc is not None
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = self.proc.communicate(timeout=10)
+            pytest.fail(f"{self.path.name} did not exit within {timeout} s: {err[-3000:]}")
+        self.lines.extend(out.splitlines())
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def script(tmp_path: Path):
+    """``script(source)`` writes a training script to ``tmp_path`` and returns a :class:`Script`."""
+    made: list[Script] = []
+
+    def make(source: str, name: str = "train.py", env: dict[str, str] | None = None, cwd: Path | None = None) -> Script:
+        path = (cwd or tmp_path) / name
+        path.write_text(textwrap.dedent(source))
+        full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")])
+        full_env.update(env or {})
+        s = Script(path, cwd or tmp_path, full_env)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.kill()
