@@ -198,7 +198,8 @@ def test_resume_from_checkpoint_continues_the_run(run_args, client, tmp_path):
     assert [s["run_id"] for k, s in state.items() if k.startswith("Prov4MLCallback")] == [first.run_id]
 
     second = _callback(run_args, log_model=False)  # a new process would build a new callback
-    trainer = fast_trainer(tmp_path, [second, ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], max_epochs=3)
+    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
+    trainer = fast_trainer(tmp_path, [second, checkpoints], max_epochs=3)
     trainer.fit(TinyModel(), datamodule=TinyDataModule(), ckpt_path=str(last))
     assert second.run_id == first.run_id
     runs = client.search_runs([client.get_run(first.run_id).info.experiment_id])
@@ -222,6 +223,11 @@ def test_resume_from_checkpoint_continues_the_run(run_args, client, tmp_path):
     assert attr(ckpt, "global_step") == 8 and ("fit_1.epoch_0", source) in {
         (b, a) for a, b in _relations(doc, "wasGeneratedBy")}
     assert ("fit_2", _local(state_entity)) in _relations(doc, "used")
+    # one best checkpoint over both sessions; the first session's, since removed, says so
+    (best,) = [c for c in by_type(doc, "Checkpoint") if attr(c, "best")]
+    assert attr(best, "path") == str(Path(checkpoints.best_model_path).resolve())
+    (first_best,) = [c for c in by_type(doc, "Checkpoint") if attr(c, "path").endswith("epoch=0-step=8.ckpt")]
+    assert attr(first_best, "best") is False and attr(first_best, "deleted") is True
     # series entities count the points of both sessions
     series = {(attr(s, "name"), attr(s, "context")): s for s in by_type(doc, "MetricSeries")}
     assert attr(series[("train_loss_epoch", "training")], "count") == 3

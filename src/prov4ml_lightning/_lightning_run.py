@@ -68,6 +68,8 @@ class RunLink:
         self._ckpt_seen: set[tuple[str, int, int]] = set()
         self._ckpt_chain: list[tuple[int, str]] = []  # (global step, name), in save order
         self._ckpt_records: dict[str, Any] = {}  # absolute path -> latest ArtifactRecord
+        self._ckpt_earlier: dict[str, str] = {}  # absolute path -> name, recorded by an earlier session
+        self._ckpt_used: dict[str, dict[str, Any]] = {}  # absolute path -> attributes of a loaded checkpoint
 
     @property
     def run_id(self) -> str:
@@ -154,10 +156,17 @@ class RunLink:
         return refs
 
     # -- checkpoints --------------------------------------------------------------------------
-    def seed_checkpoints(self, trainer: Any) -> None:
-        """Remember the checkpoint files that exist now, so only later saves are recorded."""
+    def seed_checkpoints(self, trainer: Any, earlier: Mapping[str, str]) -> None:
+        """Remember the checkpoint files that exist now, so only later saves are recorded, and the
+        names an earlier session gave its checkpoints (from the callback's checkpoint state)."""
         for _, _path, key in _checkpoint_files(trainer):
             self._ckpt_seen.add(key)
+        self._ckpt_earlier.update(earlier)
+
+    def checkpoint_names(self) -> dict[str, str]:
+        """``{absolute path: PROV name}`` of the recorded checkpoint files that still exist."""
+        names = {**self._ckpt_earlier, **{path: r.name for path, r in self._ckpt_records.items()}}
+        return {path: name for path, name in names.items() if os.path.lexists(path)}
 
     def use_checkpoint(self, ckpt_path: str, step: int, epoch: int | None, activity: str, *,
                        restored_model: bool) -> None:
@@ -170,8 +179,9 @@ class RunLink:
             attrs["sha256"], attrs["size_bytes"] = sha256_path(Path(ckpt_path))
         except OSError as err:
             attrs["note"] = f"not readable for a hash ({err})"
-        self.run.add_entity("checkpoint", "Checkpoint", name, attrs, label=Path(ckpt_path).name,
+        self.run.add_entity("checkpoint", "Checkpoint", name, attrs, label=name,
                             relation="used", activity=activity)
+        self._ckpt_used[os.path.abspath(ckpt_path)] = self.run.extra_entities[-1]["attributes"]
         if restored_model:
             self.run.add_entity("model_state", "ModelState", f"{activity}.initial",
                                 {"restored_from": attrs["path"], "global_step": step, "epoch": epoch},
@@ -205,13 +215,21 @@ class RunLink:
             self._ckpt_records[os.path.abspath(path)] = record
 
     def mark_checkpoints(self, trainer: Any) -> None:
-        """Mark the best checkpoint of each ModelCheckpoint, and files removed since they were saved."""
+        """Mark the best checkpoint of each ModelCheckpoint, and files removed since they were saved.
+        Checkpoints an earlier session recorded get their ``best`` flag restated (attributes only),
+        so a resumed run has one best checkpoint, not one per session."""
         best = {os.path.abspath(p) for p in (getattr(cb, "best_model_path", "") for cb in
                                              getattr(trainer, "checkpoint_callbacks", []) or []) if p}
         for path, record in self._ckpt_records.items():
             record.attributes["best"] = path in best
             if not os.path.lexists(path):
                 record.attributes["deleted"] = True
+        for path, attrs in self._ckpt_used.items():
+            attrs["best"] = path in best
+        for path, name in self._ckpt_earlier.items():
+            if path not in self._ckpt_records and path not in self._ckpt_used:
+                attrs = {"best": path in best, **({} if os.path.lexists(path) else {"deleted": True})}
+                self.run.add_entity("checkpoint", "Checkpoint", name, attrs, label=name, relation="none")
 
     # -- model, end -----------------------------------------------------------------------------
     def log_model(self, module: torch.nn.Module, name: str) -> None:
@@ -249,8 +267,11 @@ class NullLink:
     def datasets(self, loaders: Any, role: str) -> list[Ref]:
         return []
 
-    def seed_checkpoints(self, trainer: Any) -> None:
+    def seed_checkpoints(self, trainer: Any, earlier: Mapping[str, str]) -> None:
         pass
+
+    def checkpoint_names(self) -> dict[str, str]:
+        return {}
 
     def use_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         pass

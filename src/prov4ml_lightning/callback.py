@@ -140,6 +140,7 @@ class Prov4MLCallback(Callback):
         self._fits = 0
         self._last_fit: str | None = None
         self._loops = LoopTracker()  # its .batches is checkpoint state too
+        self._earlier_checkpoints: dict[str, str] = {}  # path -> PROV name, from the checkpoint state
         # Per session.
         self._link: RunLink | NullLink | None = None
         self.outputs: RunOutputs | None = None  # where the run was written when the callback last ended it
@@ -230,7 +231,7 @@ class Prov4MLCallback(Callback):
         link.start(self._fit, "Fit", f"fit {self._fits}", informed_by=self._last_fit,
                    attributes={k.replace("/", "."): _attr(val) for k, val in attrs.items()})
         if self.log_checkpoints:
-            link.seed_checkpoints(trainer)
+            link.seed_checkpoints(trainer, self._earlier_checkpoints)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -306,7 +307,12 @@ class Prov4MLCallback(Callback):
                            checkpoint: dict[str, Any]) -> None:
         # The file is written after this hook; it is hashed at the next hook (see _poll_checkpoints).
         if self.log_checkpoints:
+            self._poll_checkpoints(trainer)  # an earlier save of this step (top-k before last) is on disk now
             self._ckpt_pending = (trainer.global_step, trainer.current_epoch)
+            # state_dict() ran before that poll: give this checkpoint the names known now
+            state = checkpoint.get("callbacks", {}).get(self.state_key)
+            if state is not None:
+                state["checkpoints"] = {**self._earlier_checkpoints, **self.link.checkpoint_names()}
 
     def _poll_checkpoints(self, trainer: pl.Trainer, force: bool = False) -> None:
         """Record checkpoint files saved since the last poll; ``force`` looks even without a
@@ -441,7 +447,8 @@ class Prov4MLCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "fits": self._fits, "last_fit": self._fit or self._last_fit,
-                "eval_batches": dict(self._loops.batches)}
+                "eval_batches": dict(self._loops.batches),
+                "checkpoints": {**self._earlier_checkpoints, **self.link.checkpoint_names()}}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -449,6 +456,7 @@ class Prov4MLCallback(Callback):
         self._fits = state_dict.get("fits", self._fits)
         self._last_fit = state_dict.get("last_fit", self._last_fit)
         self._loops.batches = dict(state_dict.get("eval_batches", self._loops.batches))
+        self._earlier_checkpoints = dict(state_dict.get("checkpoints", {}))
 
 
 def _attr(value: Any) -> Any:
