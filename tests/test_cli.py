@@ -114,6 +114,17 @@ def test_every_subcommand_has_help(capsys):
         assert out_sub.startswith(f"usage: prov4ml {name}"), out_sub[:80]
 
 
+def test_subcommand_modules_follow_the_registration_contract():
+    """What a new subcommand module needs (see prov4ml_lightning.cli's docstring)."""
+    import importlib
+
+    for name in COMMANDS:
+        module = importlib.import_module(f"prov4ml_lightning.cli.{name}")
+        assert name == module.NAME
+        assert module.HELP and module.__doc__
+        assert callable(module.add_arguments) and callable(module.run)
+
+
 def test_usage_error_exits_2(capsys):
     code, _, err = _cli(capsys, "render")
     assert code == 2 and "RUN_OR_FILE" in err
@@ -253,6 +264,10 @@ def test_validate_malformed_json_fails_the_check(tmp_path, capsys):
     bad.write_text('{"entity": ')
     code, out, _ = _cli(capsys, "validate", bad)
     assert code == 1 and out.startswith(f"{bad}: [json]")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    code, out, _ = _cli(capsys, "validate", binary)
+    assert code == 1 and out.startswith(f"{binary}: [json]: not JSON: not UTF-8")
 
 
 # -- diff ------------------------------------------------------------------------------------------

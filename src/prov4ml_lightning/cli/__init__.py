@@ -105,7 +105,3 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # no real file descriptor (captured output)
         pass
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -13,7 +13,6 @@ import argparse
 from prov4ml_lightning.cli._common import (
     EXIT_DIFFERENT,
     EXIT_OK,
-    CliError,
     Scratch,
     add_run_argument,
     echo,
@@ -33,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
-    from prov4ml_lightning.checks import check_file
+    from prov4ml_lightning.checks import Problem, check_file
 
     # Resolve every argument first: a typo in the third name should not wait for two checks.
     paths = [resolve_prov_file(target, args.tracking_uri, scratch) for target in args.files]
@@ -41,8 +40,8 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
     for path in paths:
         try:
             problems = check_file(path, round_trip=not args.quick)
-        except UnicodeDecodeError as err:
-            raise CliError(f"{path}: not a PROV-JSON file (not UTF-8 text: {err.reason})") from err
+        except UnicodeDecodeError as err:  # not text at all: as much a failed JSON check as bad syntax
+            problems = [Problem("", "json", f"not JSON: not UTF-8 text ({err.reason} at byte {err.start})")]
         if problems:
             failed += 1
             for problem in problems:
