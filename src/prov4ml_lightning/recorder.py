@@ -31,6 +31,7 @@ from prov4ml_lightning import _validation as v
 from prov4ml_lightning._files import sha256_path
 from prov4ml_lightning._guard import TrackingGuard
 from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
+from prov4ml_lightning._uploader import MetricUploader
 from prov4ml_lightning._writer import MetricWriter, Point
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import (
@@ -122,11 +123,13 @@ class RunRecorder:
                            formats=list(provenance_formats), offline=bool(getattr(sink, "offline", False)),
                            mlflow_save_dir=str(getattr(sink, "mlflow_save_dir", "")),
                            metrics_file=f"metrics_{info.run_id}.csv")
+        # Sends in-process, or from a child process once MLflow's inserts cost the training time.
+        self._uploader = MetricUploader(sink, info.run_id)
         self.writer = MetricWriter(
             take=self._take_buffer,
             summarise=self._summarise,
             sidecar=self.provenance_dir / f"metrics_{info.run_id}.csv",
-            send=lambda pts: self.sink.log_metrics(info.run_id, pts),
+            send=self._uploader,
             spill=self.provenance_dir / f"mlflow_unsent_{info.run_id}.csv",
             flush_interval=flush_interval,
         )
@@ -235,7 +238,6 @@ class RunRecorder:
         from prov4ml_lightning.capture import capture_context
 
         self.context = capture_context(self.provenance_dir, self.run_id)
-        self.journal.write("context", context=self.context.for_prov())
         for path, folder in self.context.files:
             self._safely(f"upload {path.name}", self.sink.log_artifact, self.run_id, str(path), folder)
 
@@ -278,8 +280,6 @@ class RunRecorder:
         number = v.to_number(value, call, key)
         series_key = (key, ctx)
         with self._lock:
-            if self._ended:  # the writer is closed: a point appended now would be lost silently
-                raise NoActiveRunError(f"{call}({key!r}): run {self.run_id} has ended")
             mkey = self._mlflow_keys.get(series_key)
             if mkey is None:
                 mkey = self._new_series(key, ctx, call)
@@ -439,8 +439,7 @@ class RunRecorder:
             return
         record.end_time = time.time()
         record.attributes.update(attributes or {})
-        self.journal.write("activity_end", ident=ident, end_time=record.end_time, attributes=dict(attributes or {}),
-                           used=list(record.used))
+        self.journal.write("activity_end", ident=ident, end_time=record.end_time, attributes=dict(attributes or {}))
 
     def add_entity(self, kind: str, type_: str, name: str, attributes: Mapping[str, Any], *,
                    label: str | None = None, relation: str = "used", activity: str | None = None,
@@ -500,9 +499,8 @@ class RunRecorder:
     def _finish(self, status: str) -> RunOutputs:
         if self._sampler is not None:
             self._sampler.stop()
-        if hasattr(self.sink, "recheck"):
-            self.sink.recheck()  # a server back from an outage gets the last points now, not after a backoff
         self.writer.close()
+        self._uploader.close()
         now = time.time()
         for act in self.activities.values():
             if act.end_time is None:
