@@ -238,6 +238,7 @@ class RunRecorder:
         from prov4ml_lightning.capture import capture_context
 
         self.context = capture_context(self.provenance_dir, self.run_id)
+        self.journal.write("context", context=self.context.for_prov())
         for path, folder in self.context.files:
             self._safely(f"upload {path.name}", self.sink.log_artifact, self.run_id, str(path), folder)
 
@@ -280,6 +281,8 @@ class RunRecorder:
         number = v.to_number(value, call, key)
         series_key = (key, ctx)
         with self._lock:
+            if self._ended:  # the writer is closed: a point appended now would be lost silently
+                raise NoActiveRunError(f"{call}({key!r}): run {self.run_id} has ended")
             mkey = self._mlflow_keys.get(series_key)
             if mkey is None:
                 mkey = self._new_series(key, ctx, call)
@@ -439,7 +442,8 @@ class RunRecorder:
             return
         record.end_time = time.time()
         record.attributes.update(attributes or {})
-        self.journal.write("activity_end", ident=ident, end_time=record.end_time, attributes=dict(attributes or {}))
+        self.journal.write("activity_end", ident=ident, end_time=record.end_time, attributes=dict(attributes or {}),
+                           used=list(record.used))
 
     def add_entity(self, kind: str, type_: str, name: str, attributes: Mapping[str, Any], *,
                    label: str | None = None, relation: str = "used", activity: str | None = None,
@@ -499,6 +503,8 @@ class RunRecorder:
     def _finish(self, status: str) -> RunOutputs:
         if self._sampler is not None:
             self._sampler.stop()
+        if hasattr(self.sink, "recheck"):
+            self.sink.recheck()  # a server back from an outage gets the last points now, not after a backoff
         self.writer.close()
         self._uploader.close()
         now = time.time()
