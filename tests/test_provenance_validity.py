@@ -36,7 +36,8 @@ def _run(args: dict, tmp: Path) -> tuple[prov4ml.RunOutputs, prov4ml.RunOutputs]
     data = tmp / "data.csv"
     data.write_text("x,y\n1,2\n")
     prov4ml.start_run(**args, provenance_formats=("json", "provn", "ttl", "xml"), run_name="parent")
-    prov4ml.log_params({"lr": 0.01, "epochs": 3, "nesterov": True, "optim": {"name": "sgd"}, "big": 2**40})
+    prov4ml.log_params({"lr": 0.01, "epochs": 3, "nesterov": True, "optim": {"name": "sgd"}, "big": 2**40,
+                        "layers": [64, 32], "betas": (0.9, 0.999), "names": ["a", "b"], "scheduler": None})
     for step in range(5):
         prov4ml.log_metric("loss", 1.0 / (step + 1), Context.TRAINING, step=step)
         prov4ml.log_metric("acc", torch.tensor(0.2 * step), Context.VALIDATION, step=step)
@@ -70,6 +71,7 @@ def documents(outputs) -> list[Path]:
 def test_documents_pass_every_check(documents):
     for path in documents:
         assert check_file(path) == [], path
+        assert check_document(read_prov(path), round_trip=False) == []  # a ProvDocument works too
 
 
 def test_documents_validate_against_the_verbatim_prov_json_schema(documents):
@@ -124,18 +126,26 @@ def _values(data: dict):
                         yield ident, key, v
 
 
-def test_literals_are_typed_never_stringified_objects(documents):
-    for path in documents:
+def _assert_typed_literals(paths: list[Path]) -> None:
+    for path in paths:
         for ident, key, value in _values(json.loads(path.read_text())):
             if isinstance(value, dict):
                 assert value.get("type") in _XSD_TYPES, (ident, key, value)
             else:
                 assert isinstance(value, (str, bool, int, float)), (ident, key, value)
                 text = str(value)
-                assert not re.search(r" object at 0x|^<class |^\{'|^\[\(|^tensor\(", text), (ident, key, value)
+                assert not re.search(r" object at 0x|^<class |^tensor\(|^array\(|^\(.*\)$|^None$", text), (
+                    ident, key, value)
+                if text.startswith(("[", "{")):  # containers are JSON text, not a Python repr
+                    json.loads(text)
+
+
+def test_literals_are_typed_never_stringified_objects(documents):
+    _assert_typed_literals(documents)
     doc = read_prov(documents[0])
     params = {attr(p, "name"): attr(p, "value") for p in by_type(doc, "Parameter")}
-    assert params == {"lr": 0.01, "epochs": 3, "nesterov": True, "optim/name": "sgd", "big": 2**40}
+    assert params == {"lr": 0.01, "epochs": 3, "nesterov": True, "optim/name": "sgd", "big": 2**40,
+                      "layers": "[64, 32]", "betas": "[0.9, 0.999]", "names": '["a", "b"]', "scheduler": None}
     assert type(params["big"]) is int and type(params["lr"]) is float
     series = {attr(s, "name"): s for s in by_type(doc, "MetricSeries")}
     assert math.isnan(attr(series["nan_metric"], "last_value"))
@@ -191,15 +201,26 @@ def _family(key: str) -> str:
 
 
 def test_every_term_is_documented(documents):
-    """Each p4l/provml/mls type and p4l attribute used is named in docs/provenance-model.md."""
+    _assert_terms_documented(documents)
+
+
+def _assert_terms_documented(paths: list[Path]) -> None:
+    """Each p4l/provml/mls type and p4l attribute used is named in docs/provenance-model.md; a
+    Fit's own hyperparameters (named after the run's parameters) are one documented family."""
     text = DOCS.read_text()
     terms: set[str] = set()
-    for path in documents:
-        for _, key, value in _values(json.loads(path.read_text())):
-            if key.startswith("p4l:"):
+    for path in paths:
+        data = json.loads(path.read_text())
+        params = {body.get("p4l:name") for body in data.get("entity", {}).values()
+                  if "p4l:Parameter" in json.dumps(body.get("prov:type"))}
+        fits = {ident for ident, body in data.get("activity", {}).items()
+                if "p4l:Fit" in json.dumps(body.get("prov:type"))}
+        for ident, key, value in _values(data):
+            if key.startswith("p4l:") and not (ident in fits and key[4:].replace(".", "/") in params):
                 terms.add(_family(key))
             if isinstance(value, dict) and value.get("type") == "xsd:QName":
                 terms.add(value["$"])
+
     def documented(term: str) -> bool:
         return f"`{term.split(':', 1)[1]}`" in text or f"`{term}`" in text
 
@@ -263,3 +284,57 @@ def test_check_file_reports_broken_json(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert [p.check for p in check_file(bad)] == ["json"]
+
+
+# -- documents written by the Lightning callback -----------------------------------------------------
+@pytest.fixture(scope="module")
+def callback_documents(tmp_path_factory, mlflow_dir) -> list[Path]:
+    """fit (checkpoints every epoch) + test of the best checkpoint in one run, then a second
+    session resumed from the last checkpoint (the document merges both sessions)."""
+    from lightning.pytorch import seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.lightning_models import TinyDataModule, TinyModel, fast_trainer
+
+    tmp = tmp_path_factory.mktemp("callback-validity")
+    args = {"prov_user_namespace": "https://example.org/ns", "experiment_name": f"cb-{uuid.uuid4().hex[:8]}",
+            "provenance_save_dir": str(tmp / "prov"), "mlflow_save_dir": str(mlflow_dir)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("PL_GLOBAL_SEED", raising=False)
+        mp.delenv("PL_SEED_WORKERS", raising=False)
+        seed_everything(3, verbose=False)
+        ckpt = tmp / "ckpt"
+        first = prov4ml.Prov4MLCallback(**args)
+        trainer = fast_trainer(tmp, [first, ModelCheckpoint(dirpath=ckpt, monitor="val_loss", save_last=True)],
+                               max_epochs=2)
+        model, data = TinyModel(), TinyDataModule()
+        trainer.fit(model, datamodule=data)
+        trainer.test(datamodule=data, ckpt_path="best")
+        second = prov4ml.Prov4MLCallback(**args, log_model=False)
+        fast_trainer(tmp, [second, ModelCheckpoint(dirpath=ckpt, save_last=True)], max_epochs=3).fit(
+            TinyModel(), datamodule=TinyDataModule(), ckpt_path=str(ckpt / "last.ckpt"))
+    assert second.run_id == first.run_id
+    return [second.outputs.prov_json]
+
+
+@pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
+def test_callback_documents_pass_every_check(callback_documents):
+    path = callback_documents[0]
+    assert check_file(path) == []  # schema, references, time order, PROV-N/XML/Turtle round trips
+    schema = json.loads(SCHEMA.read_text())
+    assert list(jsonschema.validators.validator_for(schema)(schema).iter_errors(json.loads(path.read_text()))) == []
+    doc = read_prov(path)
+    assert {"Fit", "TrainingEpoch", "ValidationLoop", "TestLoop", "Checkpoint", "Code", "Environment"} <= {
+        t.localpart for r in doc.get_records() if r.is_element() for t in r.get_attribute("prov:type")}
+    (run,) = by_type(doc, "Run")
+    assert attr(run, "seed") == 3 and attr(run, "seed_source") == "lightning.seed_everything"
+
+
+@pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
+def test_callback_documents_literals_identifiers_and_terms(callback_documents):
+    _assert_typed_literals(callback_documents)
+    data = json.loads(callback_documents[0].read_text())
+    (run,) = by_type(read_prov(callback_documents[0]), "Run")
+    for section in ("entity", "activity"):
+        assert all(f"run_{attr(run, 'run_id')}" in ident for ident in data[section]), section
+    _assert_terms_documented(callback_documents)

@@ -359,7 +359,9 @@ class RunRecorder:
                 warnings.warn(f"{call}: param {key!r} is {len(self._long_params[key])} characters; MLflow keeps "
                               "a truncated copy, PROV and params/long_params.json keep it whole",
                               Prov4MLWarning, stacklevel=3)
-            self.params[key] = value if isinstance(value, (int, float, str, bool)) or value is None else text
+            # PROV keeps numbers, bools and lists typed (a list becomes JSON text there, not a Python repr)
+            self.params[key] = (value if isinstance(value, (int, float, str, bool)) or value is None
+                                else list(value) if isinstance(value, (list, tuple)) else text)
             new.append((mkey, text))
             added.append(key)
         if new:
