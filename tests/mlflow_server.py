@@ -2,13 +2,13 @@
 
 Use the fixtures from any test folder by importing them into its ``conftest.py``::
 
-    from tests.mlflow_server import mlflow_server, mlflow_server_factory  # noqa: F401
+    from tests.mlflow_server import mlflow_server, mlflow_server_factory, mlflow_server_session  # noqa: F401
 
-``mlflow_server`` is one server for the whole session (starting one costs about 10 s on two
-cores); a test that kills it must leave it running again (``restart()``), and the fixture
-restarts it anyway when a test left it down. ``mlflow_server_factory(tmp_path)`` starts a
-private one. Every wait is bounded; the server runs in its own process group, so ``stop()`` and
-``kill()`` also end the uvicorn worker it spawns.
+``mlflow_server`` is one server for the whole session, held by ``mlflow_server_session``
+(starting one costs about 10 s on two cores); a test that kills it should leave it running
+again (``restart()``), and the fixture restarts it anyway when a test left it down.
+``mlflow_server_factory(tmp_path)`` starts a private one. Every wait is bounded; the server
+runs in its own process group, so ``stop()`` and ``kill()`` also end the uvicorn worker it spawns.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["MlflowServer", "free_port", "mlflow_server", "mlflow_server_factory"]
+__all__ = ["MlflowServer", "free_port", "mlflow_server", "mlflow_server_factory", "mlflow_server_session"]
 
 START_TIMEOUT_S = 90.0
 
@@ -134,18 +134,18 @@ class MlflowServer:
 
 
 @pytest.fixture(scope="session")
-def _session_mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+def mlflow_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def mlflow_server(_session_mlflow_server: MlflowServer) -> MlflowServer:
+def mlflow_server(mlflow_server_session: MlflowServer) -> MlflowServer:
     """The session's real tracking server, running (restarted if a test left it down)."""
-    if not _session_mlflow_server.healthy(timeout=2.0):
-        _session_mlflow_server.restart()
-    return _session_mlflow_server
+    if not mlflow_server_session.healthy(timeout=2.0):
+        mlflow_server_session.restart()
+    return mlflow_server_session
 
 
 @pytest.fixture

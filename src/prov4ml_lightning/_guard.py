@@ -8,9 +8,10 @@ calls instead:
 - :meth:`TrackingGuard.available` asks ``GET <uri>/health`` once, with a 2-second timeout and no
   retry. Any HTTP reply counts as reachable (a proxy asking for credentials is reachable); a
   refused connection, a DNS failure or a timeout does not.
-- Small calls (params, tags, metric batches, run status) run on a helper thread and are given
-  up after ``deadline`` seconds (the helper finishes or fails on its own; MLflow merges a
-  metric point that arrives twice).
+- Small calls (params, tags, metric batches, run status) run on a helper thread. While one has
+  not returned, the server is probed every half second; the call is given up as soon as the
+  server does not answer, and after ``deadline`` seconds in any case (the helper finishes or
+  fails on its own; MLflow's SQL stores merge a metric point that arrives twice).
 - Uploads (artifacts, models), which may rightly take long, are preceded by a probe instead.
 - After a failure the server is probed; if it is down, every call fails at once for a backoff
   period (1, 2, 4 ... 30 s) and the first call after it probes again (a circuit breaker).
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 2.0
 CALL_DEADLINE_S = 15.0
 _MAX_BACKOFF_S = 30.0
+_SLICE_S = 0.5  # how long a call may hang before the server is probed
 #: sink methods bounded by a deadline thread, and those preceded by a probe (long uploads).
 _DEADLINE = frozenset({"experiment_id", "create_run", "reopen_run", "end_run", "log_metrics", "log_params",
                        "set_tags", "artifact_uri", "get_metric_history", "get_run", "search_runs"})
@@ -205,11 +207,18 @@ class TrackingGuard:
 
         helper = threading.Thread(target=call, name=f"prov4ml-mlflow-{name}", daemon=True)
         helper.start()
-        helper.join(self.deadline)
-        if helper.is_alive():
-            self._down(name)
-            raise TrackingUnavailableError(
-                f"{name}: tracking server {self.public_uri} did not answer within {self.deadline:g} s")
+        give_up = time.monotonic() + self.deadline
+        while True:
+            helper.join(min(_SLICE_S, max(0.0, give_up - time.monotonic())))
+            if not helper.is_alive():
+                break
+            # Still waiting: MLflow may be retrying a refused connection for minutes. Ask the server
+            # ourselves; if it does not answer, the outage is known now, not at the deadline.
+            if time.monotonic() >= give_up or not probe(self._uri):
+                self._down(name)
+                raise TrackingUnavailableError(
+                    f"{name}: tracking server {self.public_uri} did not answer "
+                    f"(gave up after {self.deadline - max(0.0, give_up - time.monotonic()):.1f} s)")
         if "error" in box:
             raise self._failed(name, box["error"]) from None
         self._up()

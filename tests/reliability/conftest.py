@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflow_server import mlflow_server, mlflow_server_factory  # noqa: F401 - fixtures
+from tests.mlflow_server import mlflow_server, mlflow_server_factory, mlflow_server_session  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT_TIMEOUT_S = 120
@@ -98,3 +98,21 @@ def script(tmp_path: Path):
     yield make
     for s in made:
         s.kill()
+
+
+@pytest.fixture
+def measure(record_property):
+    """``measure(label, **numbers)``: keep a measurement in the JUnit report and, when
+    ``$PROV4ML_RELIABILITY_REPORT`` names a file, append it there as a JSON line (docs/reliability.md
+    is filled from such a file)."""
+    import json
+
+    def record(label: str, **numbers: float) -> None:
+        for key, value in numbers.items():
+            record_property(f"{label}.{key}", value)
+        target = os.environ.get("PROV4ML_RELIABILITY_REPORT")
+        if target:
+            with open(target, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"label": label, **numbers}) + "\n")
+
+    return record
