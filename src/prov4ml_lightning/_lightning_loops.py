@@ -1,5 +1,6 @@
-"""The evaluation loops of a Lightning run (validation inside fit, ``validate``, ``test``,
-``predict``): one PROV activity each, with its step values and its epoch values.
+"""The loops of a Lightning run, one PROV activity each with its step and epoch values:
+training epochs (:class:`EpochTracker`) and evaluation loops (:class:`LoopTracker`: validation
+inside fit, ``validate``, ``test``, ``predict``).
 
 Validation loops inside ``fit`` are named ``<epoch>.validation_<k>`` and informed by their
 training epoch; stand-alone stages are named ``<stage>_<time>_<random>`` (unique across the
@@ -12,10 +13,11 @@ import time
 import uuid
 from typing import Any
 
-from prov4ml_lightning._lightning_metrics import EpochDiff, step_metrics
+from prov4ml_lightning._lightning_config import lr_names
+from prov4ml_lightning._lightning_metrics import EpochDiff, should_log_step, step_metrics
 from prov4ml_lightning.context import Context
 
-__all__ = ["STAGES", "LoopTracker", "stage_ident"]
+__all__ = ["STAGES", "EpochTracker", "LoopTracker", "stage_ident"]
 
 #: stage -> (activity kind, metric context, dataset role, trainer attribute with its dataloaders)
 STAGES: dict[str, tuple[str, Context | None, str, str]] = {
@@ -76,3 +78,57 @@ class LoopTracker:
         link.end(self.ident, {"status": status})
         self.ident = None
         return True
+
+
+class EpochTracker:
+    """The training epoch running now: its activity, its step values (every ``log_every_n_steps``
+    optimizer steps, with the learning rates) and its epoch values."""
+
+    def __init__(self) -> None:
+        self.ident: str | None = None
+        self.loops = 0  # validation loops run inside this epoch
+        self._values: dict[str, Any] | None = None
+        self._diff = EpochDiff()
+        self._last_step: int | None = None
+        self._lrs: dict[str, Any] = {}
+
+    def fit_started(self, trainer: Any) -> None:
+        self._last_step = trainer.global_step  # restored by now when resuming
+
+    def start(self, trainer: Any, link: Any, fit: str | None, used: list[tuple[str, str]]) -> None:
+        epoch = trainer.current_epoch
+        self.ident, self.loops, self._values = f"{fit}.epoch_{epoch}", 0, None
+        link.start(self.ident, "TrainingEpoch", f"epoch {epoch}", informed_by=fit,
+                   attributes={"epoch": epoch, "first_step": trainer.global_step}, used=used)
+
+    def batch_start(self, trainer: Any, learning_rates: bool) -> None:
+        if learning_rates:
+            # Read before the step: Lightning steps schedulers before on_train_batch_end, and the
+            # rate to record is the one this batch trained with.
+            self._lrs = {name: opt.param_groups[j]["lr"] for name, opt, j in lr_names(trainer)}
+
+    def batch_end(self, trainer: Any, link: Any, automatic: bool, every: int) -> None:
+        step = trainer.global_step
+        stepped, self._last_step = step != self._last_step, step
+        if automatic and not stepped:
+            return  # accumulating gradients: Lightning logs nothing either
+        if not should_log_step(trainer, every):
+            return
+        link.log(step_metrics(trainer), Context.TRAINING, step, self.ident)
+        link.log(self._lrs, Context.TRAINING, step, self.ident)
+
+    def epoch_end(self, trainer: Any) -> None:
+        # Values logged in training_step with on_epoch=True are final here; the module's own
+        # on_train_epoch_end runs after the callback's, so its values are collected at close.
+        self._values = step_metrics(trainer)
+        self._diff.start(trainer)
+
+    def log_epoch_values(self, trainer: Any, link: Any) -> None:
+        if self.ident is not None and self._values is not None:
+            values = {**self._values, **self._diff.collect(trainer)}
+            link.log(values, Context.TRAINING, trainer.global_step, self.ident)
+            self._values = None
+
+    def end(self, link: Any, attributes: dict[str, Any]) -> None:
+        link.end(self.ident, attributes)
+        self.ident = None

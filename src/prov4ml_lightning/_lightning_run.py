@@ -31,9 +31,9 @@ from prov4ml_lightning._datasets import DatasetInfo, describe_dataloader, flatte
 from prov4ml_lightning._files import sha256_path
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning
-from prov4ml_lightning.recorder import RunOutputs, RunRecorder
+from prov4ml_lightning.recorder import RunOutputs, RunRecorder, current_run
 
-__all__ = ["NullLink", "RunLink", "checkpoint_name"]
+__all__ = ["NullLink", "RunLink", "checkpoint_name", "open_link"]
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,33 @@ class NullLink:
 
     def close(self, status: str) -> None:
         return None
+
+
+def open_link(global_zero: bool, run_kwargs: Mapping[str, Any], run_id: str | None,
+              nested: bool) -> RunLink | NullLink:
+    """The run a callback session writes into, in this order of preference:
+
+    - other ranks than zero: nothing (a :class:`NullLink`);
+    - the run the user opened with ``prov4ml.start_run`` (joined, not ended by the callback),
+      unless ``nested``, which starts a child run of it;
+    - the run ``run_id`` names (the callback's checkpoint state, or its earlier fit), reopened;
+      if the store no longer has it, a new run tagged ``prov4ml.continues_run``;
+    - a new run.
+    """
+    if not global_zero:
+        return NullLink()
+    joined = current_run()
+    if joined is not None and not nested:
+        return RunLink(joined, owned=False, reopened=False)
+    if run_id is not None and joined is None:
+        try:
+            return RunLink(RunRecorder.start(**run_kwargs, run_id=run_id), owned=True, reopened=True)
+        except Exception as err:
+            log.warning("prov4ml: could not reopen run %s (%r); starting a new run", run_id, err)
+            tags = {**(run_kwargs.get("tags") or {}), "prov4ml.continues_run": run_id}
+            return RunLink(RunRecorder.start(**{**run_kwargs, "tags": tags}, nested=nested),
+                           owned=True, reopened=False)
+    return RunLink(RunRecorder.start(**run_kwargs, nested=nested), owned=True, reopened=False)
 
 
 def _checkpoint_files(trainer: Any) -> Iterable[tuple[Any, str, tuple[str, int, int]]]:

@@ -1,17 +1,9 @@
 """``Prov4MLCallback``: full provenance of a Lightning fit, validate, test or predict, with no logging code.
 
 A thin front door over the same :class:`~prov4ml_lightning.recorder.RunRecorder` the functional
-API uses. Run lifecycle:
-
-- ``fit``: ``on_fit_start`` opens the run, or joins the run the user opened with
-  ``prov4ml.start_run`` (then the user ends it), or, when the callback's state restored from a
-  checkpoint names a run, reopens that run (resume). ``on_fit_end`` logs the model and ends a
-  run the callback opened; ``on_exception`` ends it ``FAILED`` (``KILLED`` on Ctrl-C) and the
-  PROV document is written either way.
-- ``validate``/``test``/``predict`` after ``fit`` (same callback object) reopen the same run, add
-  their own activity and end it again; without an earlier fit they open a new run.
-
-What is recorded is described in the class docstring and in the README's callback section.
+API uses; its hooks read Lightning's state and hand it to ``_lightning_run.RunLink`` (the
+writes), ``_lightning_loops`` (epochs and evaluation loops) and ``_lightning_config``
+(hyperparameters). What is recorded: the class docstring and the README's callback section.
 """
 
 from __future__ import annotations
@@ -26,13 +18,11 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from prov4ml_lightning import _validation as v
-from prov4ml_lightning._lightning_config import early_stopping_state, fit_params, lr_names
-from prov4ml_lightning._lightning_loops import STAGES, LoopTracker, stage_ident
-from prov4ml_lightning._lightning_metrics import EpochDiff, should_log_step, step_metrics
-from prov4ml_lightning._lightning_run import NullLink, RunLink
-from prov4ml_lightning.context import Context
+from prov4ml_lightning._lightning_config import early_stopping_state, fit_params
+from prov4ml_lightning._lightning_loops import STAGES, EpochTracker, LoopTracker, stage_ident
+from prov4ml_lightning._lightning_run import NullLink, RunLink, open_link
 from prov4ml_lightning.errors import Prov4MLInputError
-from prov4ml_lightning.recorder import RunOutputs, RunRecorder, current_run
+from prov4ml_lightning.recorder import RunOutputs
 
 __all__ = ["Prov4MLCallback"]
 
@@ -146,14 +136,9 @@ class Prov4MLCallback(Callback):
         self.outputs: RunOutputs | None = None  # where the run was written when the callback last ended it
         self._fit: str | None = None
         self._loaded: dict[str, Any] | None = None  # step and epoch of the checkpoint Lightning loaded
-        self._epoch: str | None = None
-        self._epoch_values: dict[str, Any] | None = None  # set at on_train_epoch_end, logged at close
-        self._epoch_diff = EpochDiff()
-        self._loops_in_epoch = 0
+        self._epochs = EpochTracker()
         self._stage: str | None = None  # a stand-alone validate/test/predict holding the run open
         self._ckpt_pending: tuple[int, int] | None = None
-        self._last_step: int | None = None
-        self._lrs: dict[str, Any] = {}
 
     @property
     @override
@@ -162,27 +147,9 @@ class Prov4MLCallback(Callback):
 
     # -- run lifecycle ----------------------------------------------------------------------
     def _open(self, trainer: pl.Trainer) -> RunLink | NullLink:
-        if self._link is not None:
-            return self._link
-        if not trainer.is_global_zero:
-            self._link = NullLink()
-            return self._link
-        joined = current_run()
-        if joined is not None and not self._nested:
-            self._link = RunLink(joined, owned=False, reopened=False)
-        elif self.run_id is not None and joined is None:
-            try:
-                run = RunRecorder.start(**self._run_kwargs, run_id=self.run_id)
-                self._link = RunLink(run, owned=True, reopened=True)
-            except Exception as err:  # the store no longer has it: a new run, pointing at the old id
-                log.warning("prov4ml: could not reopen run %s (%r); starting a new run", self.run_id, err)
-                tags = {**(self._run_kwargs["tags"] or {}), "prov4ml.continues_run": self.run_id}
-                run = RunRecorder.start(**{**self._run_kwargs, "tags": tags}, nested=self._nested)
-                self._link = RunLink(run, owned=True, reopened=False)
-        else:
-            run = RunRecorder.start(**self._run_kwargs, nested=self._nested)
-            self._link = RunLink(run, owned=True, reopened=False)
-        self.run_id = self._link.run_id
+        if self._link is None:
+            self._link = open_link(trainer.is_global_zero, self._run_kwargs, self.run_id, self._nested)
+            self.run_id = self._link.run_id if self._link.active else self.run_id
         return self._link
 
     def _close(self, status: str) -> None:
@@ -235,68 +202,43 @@ class Prov4MLCallback(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step = trainer.global_step  # restored by now when resuming
+        self._epochs.fit_started(trainer)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close_epoch(trainer)
         link = self.link
         used = link.datasets(trainer.train_dataloader, "train") if self.log_datasets else []
-        epoch = trainer.current_epoch
-        self._epoch = f"{self._fit}.epoch_{epoch}"
-        self._loops_in_epoch = 0
-        link.start(self._epoch, "TrainingEpoch", f"epoch {epoch}", informed_by=self._fit,
-                   attributes={"epoch": epoch, "first_step": trainer.global_step}, used=used)
+        self._epochs.start(trainer, link, self._fit, used)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self._ckpt_pending is not None:
             self._poll_checkpoints(trainer)
-        if self.log_learning_rates:
-            # Read before the step: Lightning steps schedulers before on_train_batch_end, and the
-            # rate to record is the one this batch trained with.
-            self._lrs = {name: opt.param_groups[j]["lr"] for name, opt, j in lr_names(trainer)}
+        self._epochs.batch_start(trainer, self.log_learning_rates)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        step = trainer.global_step
-        stepped, self._last_step = step != self._last_step, step
-        if pl_module.automatic_optimization and not stepped:
-            return  # accumulating gradients: Lightning logs nothing either
         every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
-        if not should_log_step(trainer, every):
-            return
-        link = self.link
-        link.log(step_metrics(trainer), Context.TRAINING, step, self._epoch)
-        if self.log_learning_rates:
-            link.log(self._lrs, Context.TRAINING, step, self._epoch)
+        self._epochs.batch_end(trainer, self.link, pl_module.automatic_optimization, every)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Values logged in training_step with on_epoch=True are final here; the module's own
-        # on_train_epoch_end runs after this hook, so its values are collected when the epoch closes.
-        self._epoch_values = step_metrics(trainer)
-        self._epoch_diff.start(trainer)
+        self._epochs.epoch_end(trainer)
         if self._ckpt_pending is not None:
             self._poll_checkpoints(trainer)
 
     def _close_epoch(self, trainer: pl.Trainer, status: str | None = None) -> None:
-        if self._epoch is None:
+        if self._epochs.ident is None:
             return
-        link = self.link
-        step = trainer.global_step
-        if self._epoch_values is not None:
-            values = {**self._epoch_values, **self._epoch_diff.collect(trainer)}
-            link.log(values, Context.TRAINING, step, self._epoch)
-            self._epoch_values = None
-        self._poll_checkpoints(trainer, force=True)
-        attrs: dict[str, Any] = {"last_step": step, **early_stopping_state(trainer)}
+        self._epochs.log_epoch_values(trainer, self.link)
+        self._poll_checkpoints(trainer, force=True)  # before the epoch ends: it generated them
+        attrs: dict[str, Any] = {"last_step": trainer.global_step, **early_stopping_state(trainer)}
         if status is not None:
             attrs["status"] = status
-        link.end(self._epoch, attrs)
-        self._epoch = None
+        self._epochs.end(self.link, attrs)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -321,7 +263,7 @@ class Prov4MLCallback(Callback):
             return
         step, epoch = self._ckpt_pending or (trainer.global_step, trainer.current_epoch)
         self._ckpt_pending = None
-        self.link.poll_checkpoints(trainer, self._epoch or self._fit, step, epoch, self.upload_checkpoints)
+        self.link.poll_checkpoints(trainer, self._epochs.ident or self._fit, step, epoch, self.upload_checkpoints)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -348,9 +290,9 @@ class Prov4MLCallback(Callback):
         role, loaders = STAGES[stage][2], getattr(trainer, STAGES[stage][3])
         used = link.datasets(loaders, role) if self.log_datasets else []
         if in_fit:
-            self._loops_in_epoch += 1
-            parent = self._epoch or self._fit
-            self._loops.start(trainer, link, f"{parent}.validation_{self._loops_in_epoch}", stage,
+            self._epochs.loops += 1
+            parent = self._epochs.ident or self._fit
+            self._loops.start(trainer, link, f"{parent}.validation_{self._epochs.loops}", stage,
                               f"validation (epoch {trainer.current_epoch})", informed_by=parent, used=used)
             return
         self._stage = stage
