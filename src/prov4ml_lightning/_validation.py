@@ -53,7 +53,8 @@ def to_number(value: Any, call: str, key: str = "") -> float | int | torch.Tenso
             raise _number_error(call, key, value, f"value must be a scalar, got a tensor of shape {tuple(value.shape)}")
         if value.is_complex() or value.dtype == torch.bool:
             raise _number_error(call, key, value, f"value must be a real number, got a {value.dtype} tensor")
-        value = value.detach()
+        if value.requires_grad:  # keep no autograd graph alive in the buffer (a grad-free tensor has none)
+            value = value.detach()
         return value if value.dim() == 0 else value.reshape(())
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
@@ -146,15 +147,24 @@ def normalise_namespace(namespace: Any, call: str = "start_run") -> str:
     if not isinstance(namespace, str) or not namespace.strip():
         raise Prov4MLInputError(f"{call}: prov_user_namespace must be a non-empty string, got {namespace!r}")
     iri = namespace.strip()
-    if "://" not in iri and not iri.startswith("urn:"):
+    usable = (f"{call}: prov_user_namespace {namespace!r} is not a usable IRI; expected e.g. 'www.example.org', "
+              "'https://example.org/ns/' or 'urn:example:ns:'")
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.\-]*):", iri)
+    opaque = scheme is not None and scheme.group(1).lower() in ("urn", "tag")
+    if "://" not in iri and not opaque:
+        if scheme is not None and not iri[scheme.end():][:1].isdigit():  # 'mailto:x', not 'localhost:8080/ns'
+            raise Prov4MLInputError(f"{usable} (scheme {scheme.group(1)!r} names no namespace)")
         iri = "http://" + iri
     parts = urlsplit(iri)
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise Prov4MLInputError(f"{usable} (bad port)") from None
     bad = re.search(r"[\s<>\"{}|\\^`]", iri)
-    if bad or not parts.scheme or (parts.scheme != "urn" and not parts.netloc):
-        raise Prov4MLInputError(
-            f"{call}: prov_user_namespace {namespace!r} is not a usable IRI; "
-            "expected e.g. 'www.example.org' or 'https://example.org/ns/'"
-        )
+    if bad or not parts.scheme or (not opaque and not parts.netloc):
+        raise Prov4MLInputError(usable)
+    if "@" in parts.netloc:  # a user name or password would be copied into every document
+        raise Prov4MLInputError(f"{usable} (no user name or password in it)")
     if not iri.endswith(("/", "#")):
         iri += "/"
     return iri
