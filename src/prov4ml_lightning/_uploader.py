@@ -153,14 +153,23 @@ class MetricUploader:
             return
         try:
             if self._ready.is_set() and not self._dead:
+                # Every batch was acknowledged after MLflow committed it, so nothing is left to wait
+                # for: the child's interpreter shutdown (about a second with MLflow) is reaped off-thread.
                 assert proc.stdin is not None
                 pickle.dump(None, proc.stdin)
                 proc.stdin.close()
-                proc.wait(timeout=_STOP_TIMEOUT_S)
             else:
                 proc.kill()
-                proc.wait(timeout=_STOP_TIMEOUT_S)
         except Exception as err:
             log.info("prov4ml: stopping the metric upload process: %r", err)
             proc.kill()
+        threading.Thread(target=_reap, args=(proc,), name="prov4ml-uploader-stop", daemon=True).start()
         self._dead = True
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.wait(timeout=_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
