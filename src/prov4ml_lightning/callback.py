@@ -28,6 +28,7 @@ __all__ = ["Prov4MLCallback"]
 
 log = logging.getLogger(__name__)
 
+
 class Prov4MLCallback(Callback):
     r"""Record a Lightning run as an MLflow run and a W3C PROV document.
 
@@ -163,7 +164,7 @@ class Prov4MLCallback(Callback):
     def link(self) -> RunLink | NullLink:
         return self._link if self._link is not None else NullLink()
 
-    # -- fit ----------------------------------------------------------------------------------
+    # -- a checkpoint Lightning loads (resume, or test/validate of a checkpoint) --------------
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -394,6 +395,10 @@ class Prov4MLCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A fresh callback adopts the checkpoint's run (resume). One that already records a run
+        # keeps it: testing another run's checkpoint is recorded in this run, which notes the file.
+        if self.run_id is not None and state_dict.get("run_id") not in (None, self.run_id):
+            return
         self.run_id = state_dict.get("run_id", self.run_id)
         self._fits = state_dict.get("fits", self._fits)
         self._last_fit = state_dict.get("last_fit", self._last_fit)
