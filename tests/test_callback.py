@@ -305,3 +305,17 @@ def test_bad_options_fail_at_construction(run_args):
         Prov4MLCallback(**run_args, log_every_n_steps=-1)
     with pytest.raises(Prov4MLInputError, match="prov_user_namespace"):
         Prov4MLCallback(**{**run_args, "prov_user_namespace": "not an iri"})
+
+
+def test_metric_segment_summary_folds_tensors_in_batches(monkeypatch):
+    from prov4ml_lightning import _lightning_run
+
+    monkeypatch.setattr(_lightning_run, "_FOLD_EVERY", 3)
+    segment = _lightning_run._Segment()
+    values = [1.0, torch.tensor(5.0), torch.tensor(float("nan")), 2, torch.tensor(-1.0), 0.5, torch.tensor(3.0)]
+    for step, value in enumerate(values, start=10):
+        segment.add(step, value)
+    assert len(segment.pending) == 1  # two folds of three points happened on the way
+    segment.fold()
+    assert (segment.count, segment.first_step, segment.last_step) == (7, 10, 16)
+    assert (segment.min_value, segment.max_value, segment.last_value, segment.non_finite) == (-1.0, 5.0, 3.0, 1)
