@@ -339,6 +339,7 @@ class RunRecorder:
 
     # -- params, tags ----------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any], *, call: str = "log_params") -> None:
+        self._require_open(call)
         flat = v.flatten_params(params, call)
         new: list[tuple[str, str]] = []
         added: list[str] = []
@@ -370,6 +371,7 @@ class RunRecorder:
             self._safely("log params", self.sink.log_params, self.run_id, new)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._require_open("set_tags")
         items = [(str(k), v.param_text(val)) for k, val in tags.items()]
         self.info.tags.update(items)
         self.journal.write("tags", tags=dict(items))
@@ -381,6 +383,7 @@ class RunRecorder:
                      activity: str | None = None, attributes: Mapping[str, Any] | None = None,
                      derived_from: str | None = None, upload: bool = True,
                      call: str = "log_artifact", name: str | None = None) -> ArtifactRecord:
+        self._require_open(call)
         ctx = None if context is None else v.check_context(context, call)
         p = Path(path)
         if not p.exists():
@@ -409,6 +412,7 @@ class RunRecorder:
 
     def log_model(self, model: Any, model_name: str, log_model_info: bool = True, **mlflow_kwargs: Any) -> ModelRecord:
         call = f"log_model(model, {model_name!r})"
+        self._require_open(call)
         if not isinstance(model, torch.nn.Module):
             raise Prov4MLInputError(f"{call}: model must be a torch.nn.Module, got {type(model).__name__}")
         v.check_name(model_name, call, "model_name")
@@ -432,6 +436,7 @@ class RunRecorder:
     # -- activities (used by the callback) -------------------------------------------------
     def start_activity(self, ident: str, kind: str, label: str, *, informed_by: str | None = None,
                        attributes: Mapping[str, Any] | None = None) -> ActivityRecord:
+        self._require_open(f"start_activity({ident!r})")
         record = ActivityRecord(ident, kind, label, time.time(), informed_by=informed_by,
                                 attributes=dict(attributes or {}))
         self.activities[ident] = record
@@ -456,6 +461,7 @@ class RunRecorder:
         ``derived_from`` lists ``(kind, name)`` of entities it was derived from; ``member_of``
         is the id parts of a collection it belongs to (``("metric", context, key)``).
         """
+        self._require_open(f"add_entity({kind!r}, {name!r})")
         self.extra_entities.append({"kind": kind, "type": type_, "name": name, "label": label or name,
                                     "attributes": dict(attributes), "relation": relation,
                                     "time": time.time(), "activity": activity,
@@ -611,6 +617,12 @@ class RunRecorder:
             paths["svg"] = svg
         return paths
 
+    def _require_open(self, call: str) -> None:
+        # After end_run the PROV files are written: a late record would reach MLflow only, or nothing.
+        if self._ended:
+            raise NoActiveRunError(f"{call}: run {self.run_id} has ended; start a new run (or reopen this one "
+                                   "with run_id=...)")
+
     def _safely(self, what: str, fn: Any, *args: Any) -> bool:
         """Call a sink; a failure warns and the run goes on (the PROV side keeps the record)."""
         try:
@@ -626,7 +638,9 @@ class RunRecorder:
 
 
 def _check_step(step: Any, call: str) -> int:
-    if isinstance(step, bool) or not isinstance(step, int):
+    if isinstance(step, bool) or type(step).__name__ == "bool_":  # NumPy's bool has __index__ too
+        raise Prov4MLInputError(f"{call}: step must be an int, got {type(step).__name__}")
+    if not isinstance(step, int):
         if hasattr(step, "__index__"):
             return int(step.__index__())
         raise Prov4MLInputError(f"{call}: step must be an int, got {type(step).__name__}")
