@@ -362,8 +362,9 @@ class Prov4MLCallback(Callback):
         link = self.link
         error = f"{type(exception).__name__}: {str(exception)[:500]}"
         # Never raise from here: it would hide the exception that ended the run.
+        in_fit = self._fit is not None
         for step in (lambda: self._close_epoch(trainer, status), lambda: self._end_loop(trainer, status),
-                     lambda: link.mark_checkpoints(trainer),
+                     lambda: in_fit and link.mark_checkpoints(trainer),
                      lambda: link.end(self._fit, {"status": status, "error": error,
                                                   "last_step": trainer.global_step})):
             try:
