@@ -404,6 +404,10 @@ def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
     """Serialise ``doc`` to ``path`` atomically (temp file + rename): never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # mkstemp creates the file 0600; give it the mode any other file of the user gets.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             if fmt == "json":
