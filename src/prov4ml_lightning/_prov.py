@@ -400,14 +400,21 @@ def merge_previous(doc: ProvDocument, previous: ProvDocument) -> None:
         doc.add_record(record)
 
 
+def _default_file_mode() -> int:
+    # Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
     """Serialise ``doc`` to ``path`` atomically (temp file + rename): never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    # mkstemp creates the file 0600; give it the mode any other file of the user gets.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give it the mode any other file of the user gets
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             if fmt == "json":
