@@ -107,7 +107,15 @@ class MlflowSink:
         }
 
     def end_run(self, run_id: str, status: str, end_time_ms: int) -> None:
-        self.client.set_terminated(run_id, status=status, end_time=end_time_ms)
+        # MlflowClient.set_terminated prints "View run ... at: <tracking URI>" to stdout for HTTP
+        # stores, credentials in the URI included; the store call it wraps does the same update.
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        if store is None:
+            self.client.set_terminated(run_id, status=status, end_time=end_time_ms)
+            return
+        from mlflow.entities import RunStatus
+
+        store.update_run_info(run_id, run_status=RunStatus.from_string(status), end_time=end_time_ms, run_name=None)
 
     # -- data ----------------------------------------------------------------------------
     def log_metrics(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> None:

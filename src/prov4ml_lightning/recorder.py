@@ -196,7 +196,7 @@ class RunRecorder:
                         raise TrackingUnavailableError("no answer to GET /health")
                     experiment_id = sink.experiment_id(experiment_name)
                     run_id, run_name = sink.create_run(
-                        experiment_id, run_name, str_tags, description,
+                        experiment_id, run_name, _mlflow_tags(str_tags), description,
                         parent.info.run_id if parent else None, int(start * 1000),
                     )
                 except TrackingUnavailableError as err:
@@ -375,7 +375,7 @@ class RunRecorder:
         items = [(str(k), v.param_text(val)) for k, val in tags.items()]
         self.info.tags.update(items)
         self.journal.write("tags", tags=dict(items))
-        self._safely("set tags", self.sink.set_tags, self.run_id, items)
+        self._safely("set tags", self.sink.set_tags, self.run_id, list(_mlflow_tags(dict(items)).items()))
 
     # -- artifacts and models -----------------------------------------------------------------
     def log_artifact(self, path: str | os.PathLike[str], context: Any = None, *,
@@ -418,6 +418,11 @@ class RunRecorder:
         v.check_name(model_name, call, "model_name")
         version = 1 + sum(1 for m in self.models if m.name == model_name)
         info = model_statistics(model) if log_model_info else {}
+        # pt2 (torch.export: a graph and weights, no pickled code) needs an input example to trace;
+        # without one MLflow can only pickle the module. PROV says which one was used.
+        mlflow_kwargs.setdefault("serialization_format",
+                                 "pt2" if mlflow_kwargs.get("input_example") is not None else "pickle")
+        info = {**info, "serialization_format": mlflow_kwargs["serialization_format"]}
         created = time.time()
         uri, model_id = "", None
         try:
@@ -635,6 +640,11 @@ class RunRecorder:
             warnings.warn(f"prov4ml: could not {what} in MLflow ({err!r}); the run goes on",
                           Prov4MLWarning, stacklevel=3)
             return False
+
+
+def _mlflow_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """Tag keys MLflow accepts (``mlflow_safe_key``: no ``..``, ``:``, ...); PROV keeps the originals."""
+    return {v.mlflow_safe_key(k): val for k, val in tags.items()}
 
 
 def _check_step(step: Any, call: str) -> int:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from prov4ml_lightning._files import sha256_path
 from prov4ml_lightning._guard import TrackingGuard, redact_uri
+from prov4ml_lightning._validation import mlflow_safe_key
 from prov4ml_lightning.errors import Prov4MLInputError, TrackingUnavailableError
 from prov4ml_lightning.journal import Journal
 from prov4ml_lightning.recovery import CRASHED, CRASHED_TAG, JournaledRun, _alive, load_run, read_sidecar, run_journals
@@ -160,7 +161,8 @@ def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun
     if run.recovered is not None and run.recovered.get("status") == CRASHED:
         tags[CRASHED_TAG] = "true"
     tags["prov4ml.provenance_file"] = f"prov/provgraph_{run.run_id}.json"
-    changed = [(k, str(v)) for k, v in tags.items() if state["tags"].get(k) != str(v)]
+    safe = {mlflow_safe_key(k): str(v) for k, v in tags.items()}
+    changed = [(k, v) for k, v in safe.items() if state["tags"].get(k) != v]
     if changed:
         sink.set_tags(mlflow_id, changed)
 
