@@ -28,8 +28,10 @@ from prov4ml_lightning.errors import (
     Prov4MLInputError,
     Prov4MLWarning,
     RunAlreadyActiveError,
+    TrackingUnavailableError,
 )
 from prov4ml_lightning.recorder import RunOutputs, RunRecorder
+from prov4ml_lightning.signals import RunTerminated, install_signal_handlers
 
 __all__ = [
     "Context",
@@ -41,10 +43,13 @@ __all__ = [
     "RunAlreadyActiveError",
     "RunOutputs",
     "RunRecorder",
+    "RunTerminated",
+    "TrackingUnavailableError",
     "__version__",
     "active_run",
     "end_run",
     "get_run_id",
+    "install_signal_handlers",
     "log_artifact",
     "log_current_execution_time",
     "log_metric",
