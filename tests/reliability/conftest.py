@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -33,29 +35,37 @@ class Script:
     def start(self, *args: str) -> Script:
         self.proc = subprocess.Popen([sys.executable, str(self.path), *args], cwd=self.cwd, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Readers on threads: select() on a buffered pipe misses lines already read into the buffer,
+        # and an unread stderr pipe that fills up would stall the child.
+        self._stdout: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str | None] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self._stderr.append), daemon=True).start()
         return self
+
+    @staticmethod
+    def _pump(stream, put) -> None:
+        for line in stream:
+            put(line.rstrip("\n"))
+        put(None)
 
     def wait_for(self, prefix: str, timeout: float = SCRIPT_TIMEOUT_S) -> str:
         """The first stdout line starting with ``prefix`` (fails on exit or timeout)."""
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=0.5):
-                if self.proc.poll() is not None:
-                    break
-                continue
-            line = self.proc.stdout.readline()
-            if not line:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._stdout.get(timeout=left)
+            except queue.Empty:
                 break
-            self.lines.append(line.rstrip("\n"))
+            if line is None:
+                break
+            self.lines.append(line)
             if line.startswith(prefix):
-                return line.rstrip("\n")
+                return line
         self.kill()
-        err = self.proc.stderr.read() if self.proc.stderr else ""
+        time.sleep(0.5)  # let the stderr reader catch up with the killed child
+        err = "\n".join(line for line in self._stderr if line is not None)
         pytest.fail(f"{self.path.name} never printed {prefix!r}; stdout {self.lines}; stderr {err[-3000:]}")
 
     def signal(self, sig: int) -> None:
@@ -66,13 +76,20 @@ class Script:
         """Wait for the exit; return ``(returncode, rest of stdout, stderr)``."""
         assert self.proc is not None
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            out, err = self.proc.communicate(timeout=10)
+            err = "\n".join(line for line in self._stderr if line is not None)
             pytest.fail(f"{self.path.name} did not exit within {timeout} s: {err[-3000:]}")
-        self.lines.extend(out.splitlines())
-        return self.proc.returncode, out, err
+        rest = []
+        while (line := self._stdout.get(timeout=30)) is not None:
+            rest.append(line)
+        self.lines.extend(rest)
+        deadline = time.monotonic() + 30
+        while (not self._stderr or self._stderr[-1] is not None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        err = "\n".join(line for line in self._stderr if line is not None)
+        return self.proc.returncode, "\n".join(rest), err
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,5 +1,6 @@
-"""SIGTERM to a Lightning training process with Prov4MLCallback: Lightning's own signal connector
-alone, and with prov4ml's handler installed before ``fit`` (Lightning chains it)."""
+"""SIGTERM to a Lightning training process with Prov4MLCallback (Lightning's own signal connector
+alone, and with prov4ml's handler installed before ``fit``, which Lightning chains), and SIGKILL
+mid-fit followed by ``recover`` + ``sync``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ class Slow(pl.Callback):
         time.sleep(0.01)
         if trainer.global_step == 20:
             print("ready", flush=True)
+            if cfg["stall"]:
+                import prov4ml_lightning
+                prov4ml_lightning.active_run().flush()
+                print("flushed", flush=True)
+                time.sleep(600)
 
 
 cb = Prov4MLCallback("www.example.org", cfg["experiment"], cfg["prov"], cfg["mlflow"], log_every_n_steps=1)
@@ -41,21 +47,46 @@ trainer.fit(TinyModel(), datamodule=TinyDataModule())
 """
 
 
-def test_sigterm_during_fit_ends_the_run_with_its_provenance(script, tmp_path, mlflow_dir, client):
+def test_sigterm_or_sigkill_during_fit_keeps_the_provenance(script, tmp_path, mlflow_dir, client):
     # Both variants run at once: importing Lightning costs most of each process's time.
     procs = {}
-    for handlers in (False, True):
+    for handlers in (False, True, "kill"):
         cfg = {"experiment": f"pl-sigterm-{handlers}", "prov": str(tmp_path / f"prov-{handlers}"),
-               "mlflow": str(mlflow_dir), "root": str(tmp_path / f"root-{handlers}"), "handlers": handlers}
+               "mlflow": str(mlflow_dir), "root": str(tmp_path / f"root-{handlers}"),
+               "handlers": handlers is True, "stall": handlers == "kill"}
         procs[handlers] = script(FIT, name=f"fit_{handlers}.py").start(json.dumps(cfg))
+    killed = procs.pop("kill")
     for proc in procs.values():
         proc.wait_for("ready")
         proc.signal(signal.SIGTERM)
+    killed.wait_for("flushed")
+    killed.signal(signal.SIGKILL)
+    assert killed.finish()[0] == -signal.SIGKILL
+    _check_recovered(tmp_path / "prov-kill", client)
     for handlers, proc in procs.items():
         code, _, err = proc.finish()
         # Lightning's SIGTERMException is a bare SystemExit (status 0); ours exits 128 + 15.
         assert code == (143 if handlers else 0), err[-3000:]
         _check_run(tmp_path / f"prov-{handlers}", client)
+
+
+def _check_recovered(prov_dir, client) -> None:
+    """SIGKILL mid-fit: ``recover`` rebuilds a document that passes every PROV check."""
+    from prov4ml_lightning.checks import check_file
+    from prov4ml_lightning.recovery import recover
+    from prov4ml_lightning.sync import sync
+
+    (rec,) = recover(prov_dir)
+    assert rec.status == "CRASHED" and rec.metric_points > 0
+    assert check_file(rec.prov_json, round_trip=False) == []
+    doc = read_prov(rec.prov_json)
+    assert by_type(doc, "Fit") and by_type(doc, "TrainingEpoch") and by_type(doc, "Dataset")
+    (report,) = sync(prov_dir)
+    assert not report.problems and report.status == "FAILED"
+    assert client.get_run(rec.run_id).data.tags["prov4ml.crashed"] == "true"
+    series = {attr(s, "mlflow_key"): attr(s, "count") for s in by_type(doc, "MetricSeries")}
+    for key, count in series.items():
+        assert len(client.get_metric_history(rec.run_id, key)) == count, key
 
 
 def _check_run(prov_dir, client) -> None:
