@@ -18,6 +18,7 @@ import pytest
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context
+from prov4ml_lightning.checks import check_file
 from prov4ml_lightning.journal import read_journal
 from tests.helpers import attr, by_type, read_prov
 
@@ -83,6 +84,7 @@ TRAIN = """
 import json, sys, time
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context
+from prov4ml_lightning.checks import check_file
 
 cfg = json.loads(sys.argv[1])
 if cfg.get("handlers"):
@@ -171,6 +173,7 @@ def test_killed_process_is_recovered_from_journal_and_sidecar(script, tmp_path, 
     out = capsys.readouterr().out
     assert f"{run_id}: recovered as CRASHED, {int(logged) + int(val)} metric points" in out
     prov_json = prov_dir / f"provgraph_{run_id}.json"
+    assert check_file(prov_json, round_trip=False) == []  # schema, references, time order
     doc = read_prov(prov_json)
     (run,) = by_type(doc, "Run")
     assert attr(run, "status") == "CRASHED"
