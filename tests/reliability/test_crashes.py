@@ -206,3 +206,29 @@ def test_recover_leaves_a_live_run_alone(script, tmp_path, mlflow_dir):
     assert rec.run_id == run_id and rec.skipped and "still running" in rec.skipped
     assert not (tmp_path / "prov" / f"provgraph_{run_id}.json").exists()
     proc.kill()
+
+
+def test_files_cut_short_by_a_kill_take_new_lines_cleanly(tmp_path):
+    """A resumed run appends to the journal and sidecar a killed run left with half a last line."""
+    from prov4ml_lightning._writer import MetricWriter
+    from prov4ml_lightning.journal import Journal
+    from prov4ml_lightning.recovery import read_sidecar
+
+    journal_file = tmp_path / "journal_r.jsonl"
+    journal_file.write_text('{"event": "start", "time": 1}\n{"event": "par')
+    journal = Journal(journal_file)
+    journal.write("params", params={"lr": 0.1})
+    journal.close()
+    with pytest.warns(prov4ml.Prov4MLWarning, match="cut short"):
+        events = read_journal(journal_file)
+    assert [e["event"] for e in events] == ["start", "params"] and events[1]["params"] == {"lr": 0.1}
+
+    sidecar = tmp_path / "metrics_r.csv"
+    sidecar.write_text("key,context,mlflow_key,step,value,timestamp_ms\r\nloss,training,training/loss,0,1.0,5\r\nlo")
+    points = [("loss", "training", "training/loss", 1, 0.5, 6)]
+    writer = MetricWriter(take=lambda: [points.pop()] if points else [],
+                          summarise=lambda pts: None, sidecar=sidecar, send=lambda pts: None,
+                          spill=tmp_path / "spill.csv", flush_interval=60)
+    writer.flush(final=True)
+    writer._file.close()
+    assert [(p[0], p[3], p[4]) for p in read_sidecar(sidecar)] == [("loss", 0, 1.0), ("loss", 1, 0.5)]
