@@ -1,0 +1,322 @@
+"""Peer benchmark: the same Lightning workload under each tracking tool, one process per run.
+
+Configurations run in separate processes, in a rotated order each round, and the report gives
+medians over rounds. For every run: steady-state seconds per training step, the fixed cost at
+start (setup to first batch) and end (last batch to everything written), import time, peak
+RSS, the child's whole wall time, and the metric points that were actually persisted, read
+back from the store after the child exited (so nobody wins by dropping data).
+
+Usage::
+
+    python benchmarks/peers.py --rounds 5 --epochs 4 --out benchmarks/results/peers.json
+
+yProv4ML runs in its own interpreter (``--yprov-python``, default ``benchmarks/.venv/bin/python``;
+see benchmarks/README.md); without it that config is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import time
+
+_T_PROC = time.perf_counter()
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = ("bare", "csv", "mlflow", "mlflow_async", "autolog", "yprov4ml", "prov4ml_api", "prov4ml_api_inproc",
+           "prov4ml", "prov4ml_sysmetrics")
+LABELS = {
+    "bare": "bare Lightning (logger=False)",
+    "csv": "CSVLogger",
+    "mlflow": "MLFlowLogger, SQLite, synchronous",
+    "mlflow_async": "MLFlowLogger, SQLite, synchronous=False",
+    "autolog": "mlflow.pytorch.autolog(log_every_n_step=1)",
+    "yprov4ml": "yProv4ML ProvMLLogger",
+    "prov4ml_api": "prov4ml functional API (4-line callback)",
+    "prov4ml_api_inproc": "same, MLflow inserts kept in-process (no upload child)",
+    "prov4ml": "Prov4MLCallback (defaults)",
+    "prov4ml_sysmetrics": "Prov4MLCallback, system metrics every 1 s",
+}
+NS = "www.example.org"
+
+
+# -- child: one run of one config --------------------------------------------------------------
+def child(cfg: str, epochs: int, workdir: Path) -> dict[str, Any]:
+    t_imp = time.perf_counter()
+    sys.path.insert(0, str(HERE))
+    import torch
+
+    # One intra-op thread: the MLP gains nothing from two, and spinning OpenMP workers on a
+    # shared 2-core machine turn every other process into noise.
+    torch.set_num_threads(1)
+    import lightning.pytorch as pl
+    from _workload import Probe, loaders, make_trainer
+
+    uri = f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}"
+    if cfg in ("mlflow", "mlflow_async", "autolog"):
+        import mlflow
+        from lightning.pytorch.loggers import MLFlowLogger
+        if cfg == "autolog":
+            import mlflow.pytorch
+    elif cfg == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+    elif cfg == "yprov4ml":
+        import yprov4ml
+        from yprov4ml.loggers.prov4ml_logger import ProvMLLogger
+    elif cfg.startswith("prov4ml"):
+        import prov4ml_lightning as prov4ml
+    t_setup = time.perf_counter()
+    cpu0 = time.process_time()
+    kids = _ChildRss()
+
+    pl.seed_everything(0, verbose=False)
+    from _workload import Regressor
+
+    model = Regressor()
+    train, val = loaders()
+    probe = Probe()
+    logger: Any = False
+    callbacks: list[Any] = []
+    info: dict[str, Any] = {"uri": uri}
+    if cfg == "csv":
+        logger = CSVLogger(str(workdir / "csv"), name="bench")
+    elif cfg in ("mlflow", "mlflow_async"):
+        logger = MLFlowLogger("bench", tracking_uri=uri, synchronous=cfg == "mlflow")
+    elif cfg == "autolog":
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("bench")
+        mlflow.pytorch.autolog(log_every_n_step=1, silent=True)
+    elif cfg == "yprov4ml":
+        yprov4ml.start_run(experiment_name="bench", prov_user_namespace=NS,
+                           provenance_save_dir=str(workdir / "yprov"))
+        logger = ProvMLLogger()
+    elif cfg.startswith("prov4ml_api"):
+        callbacks.append(_api_callback(prov4ml, workdir, child=cfg == "prov4ml_api"))
+    elif cfg.startswith("prov4ml"):
+        sysm = cfg == "prov4ml_sysmetrics"
+        callbacks.append(prov4ml.Prov4MLCallback(
+            NS, "bench", workdir / "prov", workdir / "mlflow", log_system_metrics=sysm,
+            **({"system_metrics_interval": 1.0} if sysm else {})))
+    trainer = make_trainer(epochs, probe, logger=logger, callbacks=callbacks, default_root_dir=str(workdir))
+    trainer.fit(model, train, val)
+    if cfg == "yprov4ml":
+        yprov4ml.end_run()
+    t_done = time.perf_counter()
+
+    if cfg in ("mlflow", "mlflow_async"):
+        info["run_id"] = logger.run_id
+    elif cfg == "autolog":
+        info["run_id"] = mlflow.last_active_run().info.run_id
+    elif cfg.startswith("prov4ml"):
+        info["run_id"] = callbacks[0].run_id
+    starts = probe.batch_starts
+    per_step = [(s[-1] - s[0]) / (len(s) - 1) for s in starts[1:] if len(s) > 1]
+    # The median single step shrugs off other processes' bursts, and also hides periodic costs
+    # (a writer's drain every 2 s): reported beside the epoch mean, not instead of it.
+    steps = [b - a for s in starts[1:] for a, b in itertools.pairwise(s)]
+    epoch_gaps = [nxt[0] - cur[-1] for cur, nxt in itertools.pairwise(starts[1:])]
+    return {
+        "cfg": cfg, "epochs": epochs, "import_s": t_setup - t_imp, "boot_s": t_imp - _T_PROC,
+        "start_s": starts[0][0] - t_setup, "step_s": statistics.median(per_step),
+        "step_median_s": statistics.median(steps),
+        "epoch_gap_s": statistics.median(epoch_gaps) if epoch_gaps else None,
+        "end_s": t_done - probe.last_batch_end, "fit_s": t_done - t_setup,
+        "cpu_s": time.process_time() - cpu0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_child_rss_mb": kids.stop(), **info,
+    }
+
+
+class _ChildRss:
+    """Peak summed RSS (MB) of this process's live children (an upload process, say), sampled
+    twice a second. ru_maxrss of children is useless here: a forked child counts its parent's
+    pages from before exec."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.peak = 0.0
+        self._proc = psutil.Process()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._halt.wait(0.5):
+            try:
+                rss = sum(c.memory_info().rss for c in self._proc.children(recursive=True))
+            except Exception:  # a child that exits between listing and reading
+                continue
+            self.peak = max(self.peak, rss / 2**20)
+
+    def stop(self) -> float:
+        self._halt.set()
+        self._thread.join()
+        return self.peak
+
+
+def _api_callback(prov4ml: Any, workdir: Path, child: bool) -> Any:
+    import lightning.pytorch as pl
+
+    class ApiCallback(pl.Callback):
+        """The functional API driven from four hooks: the core's cost without the callback's extras."""
+
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            self.run = prov4ml.start_run(NS, "bench", workdir / "prov", workdir / "mlflow")
+            self.run_id = self.run.run_id
+            if not child:  # the A/B of the upload child: every MLflow insert on the writer thread
+                self.run._uploader.budget = None
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+            m = trainer.callback_metrics
+            prov4ml.log_metrics({"train_loss": m["train_loss"], "train_mae": m["train_mae"]},
+                                step=trainer.global_step)
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            prov4ml.log_metric("val_loss", trainer.callback_metrics["val_loss"], prov4ml.Context.VALIDATION,
+                               step=trainer.current_epoch)
+
+        def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+            prov4ml.end_run()
+
+    return ApiCallback()
+
+
+# -- reading back what each config persisted ---------------------------------------------------
+def persisted(result: dict[str, Any], workdir: Path) -> dict[str, int]:
+    """Points per workload key (``train_loss``, ``train_mae``, ``val_loss``) and in total, read back."""
+    cfg = result["cfg"]
+    keys = ("train_loss", "train_mae", "val_loss")
+    counts = dict.fromkeys(keys, 0)
+    total = 0
+    if cfg == "csv":
+        for path in workdir.glob("csv/**/metrics.csv"):
+            with open(path, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    for k, val in row.items():
+                        if val not in ("", None) and k not in ("epoch", "step"):
+                            total += 1
+                            if k in counts:
+                                counts[k] += 1
+    elif "run_id" in result:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(result["uri"])
+        run = client.get_run(result["run_id"])
+        for key in run.data.metrics:
+            n = len(client.get_metric_history(result["run_id"], key))
+            total += n
+            for k in keys:
+                if key == k or key.endswith("/" + k):
+                    counts[k] += n
+    elif cfg == "yprov4ml":
+        for path in workdir.glob("yprov/**/*.csv"):
+            name = path.stem
+            with open(path, newline="") as fh:
+                n = max(0, sum(1 for _ in fh) - 1)
+            total += n
+            for k in keys:
+                if name.startswith(k + "_") or name == k:
+                    counts[k] += n
+    return {**counts, "total": total}
+
+
+def make_template(root: Path) -> Path:
+    """An empty SQLite store, copied into each run's folder: creating one costs seconds of schema
+    migrations, which a user pays once per store, not once per run."""
+    from mlflow.tracking import MlflowClient
+
+    db = root / "template" / "mlflow.db"
+    if db.parent.exists():
+        shutil.rmtree(db.parent)
+    db.parent.mkdir(parents=True)
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def run_child(cfg: str, epochs: int, workdir: Path, yprov_python: str | None, template: Path) -> dict[str, Any]:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    (workdir / "mlflow").mkdir(parents=True)
+    shutil.copy(template, workdir / "mlflow" / "mlflow.db")
+    python = yprov_python if cfg == "yprov4ml" else sys.executable
+    out = workdir / "result.json"
+    t0 = time.perf_counter()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([python, __file__, "--child", cfg, "--epochs", str(epochs), "--workdir", str(workdir),
+                           "--out", str(out)], capture_output=True, text=True, cwd=workdir, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"cfg": cfg, "error": proc.stderr[-3000:]}
+    result = json.loads(out.read_text())
+    result["wall_s"] = wall
+    result["persisted"] = persisted(result, workdir)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--yprov-python", default=str(HERE / ".venv" / "bin" / "python"))
+    parser.add_argument("--workdir", default="/tmp/prov4ml-bench/peers")
+    parser.add_argument("--out", default=str(HERE / "results" / "peers.json"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        result = child(args.child, args.epochs, Path(args.workdir))
+        Path(args.out).write_text(json.dumps(result))
+        return
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configs {sorted(unknown)}; choose among {', '.join(CONFIGS)}")
+    yprov = args.yprov_python if Path(args.yprov_python).exists() else None
+    template = make_template(Path(args.workdir))
+    runs: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    if "yprov4ml" in configs and yprov is None:
+        skipped["yprov4ml"] = f"no interpreter at {args.yprov_python} (see benchmarks/README.md)"
+        configs.remove("yprov4ml")
+    for r in range(args.rounds):
+        order = configs[r % len(configs):] + configs[: r % len(configs)]
+        for cfg in order:
+            if cfg in skipped:
+                continue
+            # A folder per run: MLflow caches one store per URI in this process, which would read a
+            # replaced database file through its old connection.
+            res = run_child(cfg, args.epochs, Path(args.workdir) / f"{cfg}-{r}", yprov, template)
+            res["round"] = r
+            runs.append(res)
+            if "error" in res:
+                print(f"round {r} {cfg}: FAILED\n{res['error']}", file=sys.stderr)
+                if cfg == "yprov4ml":
+                    skipped[cfg] = "failed: " + res["error"].strip().splitlines()[-1]
+            else:
+                print(f"round {r} {cfg:20s} step {res['step_s'] * 1e3:7.3f} ms  start {res['start_s']:6.2f} s  "
+                      f"end {res['end_s']:6.2f} s  rss {res['peak_rss_mb']:6.0f} MB  kept {res['persisted']}",
+                      file=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"epochs": args.epochs, "rounds": args.rounds, "runs": runs, "skipped": skipped,
+                               "load_before": os.getloadavg()}, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
