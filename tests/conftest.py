@@ -9,6 +9,7 @@ import pytest
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import recorder
+from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401  (a real `mlflow server`)
 
 
 @pytest.fixture(scope="session")

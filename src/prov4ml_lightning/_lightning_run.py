@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from prov4ml_lightning._datasets import DatasetInfo, describe_dataloader, flatten_dataloaders
+from prov4ml_lightning._distributed import RankInfo
 from prov4ml_lightning._files import sha256_path
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning
@@ -327,22 +328,29 @@ class NullLink:
         return None
 
 
-def open_link(global_zero: bool, run_kwargs: Mapping[str, Any], run_id: str | None,
+def open_link(rank: RankInfo, run_kwargs: Mapping[str, Any], run_id: str | None,
               nested: bool) -> RunLink | NullLink:
     """The run a callback session writes into, in this order of preference:
 
-    - other ranks than zero: nothing (a :class:`NullLink`);
+    - other ranks than zero: nothing (a :class:`NullLink`; their own part is ``_rank_parts``'s);
     - the run the user opened with ``prov4ml.start_run`` (joined, not ended by the callback),
       unless ``nested``, which starts a child run of it;
     - the run ``run_id`` names (the callback's checkpoint state, or its earlier fit), reopened;
       if the store no longer has it, a new run tagged ``prov4ml.continues_run``;
     - a new run.
+
+    In a distributed job the run (joined or opened) expects the parts of every rank.
     """
-    if not global_zero:
+    if rank.global_rank != 0:
         return NullLink()
     joined = current_run()
     if joined is not None and not nested:
+        if rank.distributed:
+            from prov4ml_lightning._rank_parts import attach_ranks
+
+            attach_ranks(joined, rank, collect=True)
         return RunLink(joined, owned=False, reopened=False)
+    run_kwargs = {**run_kwargs, "rank": rank, "collect_all_ranks": True}
     if run_id is not None and joined is None:
         try:
             return RunLink(RunRecorder.start(**run_kwargs, run_id=run_id), owned=True, reopened=True)

@@ -57,6 +57,7 @@ def start_run(
     run_name: str | None = None,
     system_metrics_interval: float = 10.0,
     provenance_formats: tuple[str, ...] = ("json",),
+    collect_all_ranks: bool = False,
 ) -> RunRecorder:
     """Open a run; usable as a context manager (an exception inside ends it FAILED and re-raises).
 
@@ -78,17 +79,30 @@ def start_run(
         system_metrics_interval: seconds between background system-metric samples.
         provenance_formats: PROV serialisations written by ``end_run`` among
             ``json`` (always), ``provn``, ``ttl`` and ``xml``.
+        collect_all_ranks: in a distributed job (``torchrun``: rank and world size from
+            ``torch.distributed`` or ``RANK``/``WORLD_SIZE``), whether ranks other than zero
+            record too. Either way global rank zero alone writes the MLflow run and the PROV
+            document. ``False``: the other ranks get a run that records nothing (no rank
+            communicates). ``True``: every rank must call ``start_run`` after
+            ``torch.distributed.init_process_group`` (the run id is broadcast); each records
+            into its part folder, which rank zero merges at ``end_run`` (metrics as
+            ``rank<k>/<key>``). See docs/distributed-and-servers.md.
 
     Raises:
         RunAlreadyActiveError: a run is open and ``nested`` is false.
         Prov4MLInputError: a name, namespace or folder is unusable.
     """
+    from prov4ml_lightning._distributed import start_on_ranks
+
     formats = tuple(dict.fromkeys(("json", *provenance_formats)))
-    return RunRecorder.start(
+    return start_on_ranks(lambda rank: RunRecorder.start(
         prov_user_namespace, experiment_name, provenance_save_dir, mlflow_save_dir, nested, tags,
         description, log_system_metrics, tracking_uri=tracking_uri, run_name=run_name,
         system_metrics_interval=system_metrics_interval, provenance_formats=formats,
-    )
+        rank=rank, collect_all_ranks=collect_all_ranks,
+    ), {"prov_user_namespace": prov_user_namespace, "experiment_name": experiment_name,
+        "provenance_save_dir": provenance_save_dir, "log_system_metrics": log_system_metrics,
+        "system_metrics_interval": system_metrics_interval}, collect_all_ranks)
 
 
 def end_run(status: str = "FINISHED") -> RunOutputs | None:
@@ -158,7 +172,8 @@ def log_system_metrics(context: Context = Context.TRAINING, step: int | None = N
 
 
 def get_run_id() -> str:
-    """The MLflow run id of the current run."""
+    """The MLflow run id of the current run (``None`` on a rank other than zero that records
+    nothing: ``start_run(collect_all_ranks=False)`` in a distributed job)."""
     return require_run("get_run_id").run_id
 
 

@@ -18,9 +18,11 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from prov4ml_lightning import _validation as v
+from prov4ml_lightning._distributed import rank_from_trainer, share_run
 from prov4ml_lightning._lightning_config import early_stopping_state, fit_params
 from prov4ml_lightning._lightning_loops import STAGES, EpochTracker, LoopTracker, stage_ident
 from prov4ml_lightning._lightning_run import NullLink, RunLink, open_link
+from prov4ml_lightning._rank_parts import RankRecorder, SilentRun, open_part, shared_of
 from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.recorder import RunOutputs
 
@@ -41,6 +43,12 @@ class Prov4MLCallback(Callback):
     model. Metric steps are ``trainer.global_step`` (optimizer steps taken), so they continue
     across a resume. The sanity check is recorded as an activity but its metrics are not (an
     untrained model on a few batches; Lightning's loggers drop them too).
+
+    In a distributed job (``strategy="ddp"``, ``"ddp_spawn"``, several nodes) global rank zero
+    writes the one MLflow run and PROV document; each rank is a ``Rank`` activity of it (global,
+    local and node rank, host, device, status), and with ``log_system_metrics`` each rank's
+    samples are ``rank<k>/system/...`` (docs/distributed-and-servers.md). The values the module
+    logs are rank zero's, as Lightning reduced them (``sync_dist``), like Lightning's loggers.
 
     Args:
         prov_user_namespace, experiment_name, provenance_save_dir, mlflow_save_dir, nested,
@@ -134,6 +142,7 @@ class Prov4MLCallback(Callback):
         self._earlier_checkpoints: dict[str, str] = {}  # path -> PROV name, from the checkpoint state
         # Per session.
         self._link: RunLink | NullLink | None = None
+        self._part: RankRecorder | SilentRun | None = None  # this rank's part (ranks other than zero)
         self.outputs: RunOutputs | None = None  # where the run was written when the callback last ended it
         self._fit: str | None = None
         self._loaded: dict[str, Any] | None = None  # step and epoch of the checkpoint Lightning loaded
@@ -149,11 +158,25 @@ class Prov4MLCallback(Callback):
     # -- run lifecycle ----------------------------------------------------------------------
     def _open(self, trainer: pl.Trainer) -> RunLink | NullLink:
         if self._link is None:
-            self._link = open_link(trainer.is_global_zero, self._run_kwargs, self.run_id, self._nested)
-            self.run_id = self._link.run_id if self._link.active else self.run_id
+            rank = rank_from_trainer(trainer)
+
+            def open_zero() -> tuple[RunLink | NullLink, dict[str, Any]]:
+                link = open_link(rank, self._run_kwargs, self.run_id, self._nested)
+                return link, shared_of(link.run) if isinstance(link, RunLink) else {"run_id": None}
+
+            # Every rank gets here (fit start, or a stand-alone stage's start) and joins the broadcast
+            # of the run id; rank zero alone opens the run.
+            link, shared = share_run(rank, open_zero, trainer.strategy.broadcast, "Prov4MLCallback")
+            self._link = link if link is not None else NullLink()
+            self.run_id = shared.get("run_id") or self.run_id
+            if rank.distributed and rank.global_rank != 0:
+                self._part = open_part(rank, shared, self._run_kwargs, join_current=True)
         return self._link
 
-    def _close(self, status: str) -> None:
+    def _close(self, status: str, error: str | None = None) -> None:
+        part, self._part = self._part, None
+        if part is not None:  # a rank other than zero: its part is complete, rank zero may merge it
+            part.end(status, error)
         link, self._link = self._link, None
         if link is not None:
             outputs = link.close(status)
@@ -373,7 +396,7 @@ class Prov4MLCallback(Callback):
                 log.exception("prov4ml: could not record the end of the failed run")
         if self._fit is not None:
             self._last_fit, self._fit = self._fit, None
-        self._close(status)
+        self._close(status, error)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -113,6 +113,7 @@ class RunRecorder:
         self._previous_document: str | None = None  # PROV-JSON of an earlier session of this run
         self.context: Any = None  # capture.RunContext: code, environment, seed
         self._sampler: Any = None
+        self.ranks: Any = None  # _rank_parts.RankGroup: rank zero's run of a distributed job
         self._ended = False
         self.outputs: RunOutputs | None = None
         self._t0 = time.monotonic()
@@ -154,8 +155,14 @@ class RunRecorder:
         system_metrics_interval: float = 10.0,
         flush_interval: float = 2.0,
         provenance_formats: tuple[str, ...] = ("json",),
+        rank: Any = None,
+        collect_all_ranks: bool = False,
     ) -> RunRecorder:
-        """Open (or, with ``run_id``, reopen) a run and make it the current one."""
+        """Open (or, with ``run_id``, reopen) a run and make it the current one.
+
+        ``rank`` (a ``_distributed.RankInfo`` of global rank zero) makes it the run of a
+        distributed job; ``collect_all_ranks`` says whether the other ranks send their parts.
+        """
         global _current
         call = "start_run"
         namespace = v.normalise_namespace(prov_user_namespace, call)
@@ -226,6 +233,10 @@ class RunRecorder:
             if reopened is not None:
                 run._continue_earlier_session()
             run._capture_context()
+            if rank is not None and rank.distributed:
+                from prov4ml_lightning._rank_parts import attach_ranks
+
+                attach_ranks(run, rank, collect_all_ranks)
             if log_system_metrics:
                 run.start_system_metrics(system_metrics_interval)
             _current = run
@@ -479,7 +490,7 @@ class RunRecorder:
         from prov4ml_lightning.system_metrics import sample_system_metrics
 
         sample = sample_system_metrics(self.provenance_dir)
-        self.log_metrics(sample, context, step)
+        self.log_metrics(self._rank_keys(sample), context, step)
         return sample
 
     def start_system_metrics(self, interval: float) -> None:
@@ -488,9 +499,15 @@ class RunRecorder:
         if self._sampler is not None:
             return
         self._sampler = SystemMetricsSampler(
-            lambda sample, i: self.log_metrics(sample, Context.TRAINING, i), interval, self.provenance_dir
+            lambda sample, i: self.log_metrics(self._rank_keys(sample), Context.TRAINING, i), interval,
+            self.provenance_dir,
         )
         self._sampler.start()
+
+    def _rank_keys(self, sample: dict[str, float]) -> dict[str, float]:
+        # In a distributed run every rank's system metrics name the rank (rank0/system/...).
+        prefix = self.ranks.prefix if self.ranks is not None else ""
+        return {f"{prefix}{k}": val for k, val in sample.items()} if prefix else sample
 
     # -- the end --------------------------------------------------------------------------------
     def end(self, status: str = "FINISHED") -> RunOutputs:
@@ -498,6 +515,14 @@ class RunRecorder:
         global _current
         if status not in _STATUSES:
             raise Prov4MLInputError(f"end_run(status={status!r}): status must be one of {', '.join(_STATUSES)}")
+        if self.ranks is not None and not self._ended:
+            # Before the run closes: the other ranks' points go in through log_metric. Outside
+            # the lock: it may wait for a rank that has not ended yet (bounded).
+            try:
+                self.ranks.merge(self, status)
+            except Exception as err:
+                warnings.warn(f"end_run: could not merge the parts of the other ranks ({err!r}); rank 0's "
+                              "records are written", Prov4MLWarning, stacklevel=2)
         with _lock:
             if self._ended:
                 assert self.outputs is not None
@@ -548,7 +573,9 @@ class RunRecorder:
         self.journal.write("end", status=status, end_time=now)
         self.journal.close()
         for path in [paths["json"], paths["dot"], paths.get("svg"), self.writer.sidecar,
-                     *(paths.get(f) for f in ("provn", "ttl", "xml"))]:
+                     *(paths.get(f) for f in ("provn", "ttl", "xml")),
+                     # packages list and code diff beside the document, where `prov4ml show/diff <run id>` looks
+                     *(f for f, _ in (self.context.files if self.context is not None else ()) if f.exists())]:
             if path is not None:
                 self._safely(f"upload {path.name}", self.sink.log_artifact, self.run_id, str(path), "prov")
         self._safely("set provenance tag", self.sink.set_tags, self.run_id,
@@ -645,6 +672,24 @@ class RunRecorder:
 def _mlflow_tags(tags: Mapping[str, str]) -> dict[str, str]:
     """Tag keys MLflow accepts (``mlflow_safe_key``: no ``..``, ``:``, ...); PROV keeps the originals."""
     return {v.mlflow_safe_key(k): val for k, val in tags.items()}
+
+
+def _make_current(make: Any, call: str) -> Any:
+    """Make ``make()`` the current run (a rank's part or silent run, see ``_rank_parts``)."""
+    global _current
+    with _lock:
+        if _current is not None:
+            raise RunAlreadyActiveError(f"{call}: run {_current.run_id} is still open; call end_run() first")
+        _current = make()
+        return _current
+
+
+def _release(run: Any) -> None:
+    """``run`` (a rank's part or silent run) has ended: no current run any more."""
+    global _current
+    with _lock:
+        if _current is run:
+            _current = None
 
 
 def _check_step(step: Any, call: str) -> int:
