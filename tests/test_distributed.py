@@ -55,6 +55,18 @@ def test_rank_from_env_reads_torchrun_and_lightning_variables(monkeypatch):
     rank = rank_from_env()
     assert (rank.node_rank, rank.local_rank) == (7, 5)  # a bad LOCAL_RANK falls back to the global rank
 
+    # a process Lightning's launcher started: LOCAL_RANK, NODE_RANK, WORLD_SIZE, no RANK
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("NODE_RANK", "0")
+    assert rank_from_env().global_rank == 1
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert rank_from_env().global_rank != 0  # the first process of the second node does not write
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert rank_from_env().global_rank == 2
+
 
 def test_share_run_broadcasts_rank_zeros_run_or_its_failure():
     sent: list = []

@@ -81,11 +81,19 @@ def _default_device(local_rank: int) -> str:
 def rank_from_env() -> RankInfo:
     """This process as ``torch.distributed`` (when initialised) and the launcher's variables see it.
 
-    ``RANK``/``WORLD_SIZE`` (torchrun, Lightning, SLURM via ``torch.distributed``), ``LOCAL_RANK``,
-    and ``GROUP_RANK`` (torchrun) or ``NODE_RANK`` (Lightning) for the node.
+    ``RANK``/``WORLD_SIZE`` (torchrun), ``LOCAL_RANK``, and ``GROUP_RANK`` (torchrun) or
+    ``NODE_RANK`` (Lightning) for the node. Lightning's launcher gives the processes it starts
+    ``LOCAL_RANK``/``NODE_RANK``/``WORLD_SIZE`` but no ``RANK``: the global rank is then derived
+    from them (exactly on the first node or with ``LOCAL_WORLD_SIZE``; otherwise only known not
+    to be zero, which is what decides who writes).
     """
-    rank = _env_int(("RANK",), 0)
+    node = _env_int(("GROUP_RANK", "NODE_RANK"), 0)
     world = _env_int(("WORLD_SIZE",), 1)
+    rank = _env_int(("RANK",), -1)
+    if rank < 0:
+        local = _env_int(("LOCAL_RANK",), 0)
+        per_node = _env_int(("LOCAL_WORLD_SIZE",), 0)
+        rank = node * per_node + local if per_node else local + node
     try:
         import torch.distributed as dist
 
@@ -94,8 +102,8 @@ def rank_from_env() -> RankInfo:
     except ImportError:
         pass
     local = _env_int(("LOCAL_RANK",), rank if world > 1 else 0)
-    return RankInfo(global_rank=rank, local_rank=local, node_rank=_env_int(("GROUP_RANK", "NODE_RANK"), 0),
-                    world_size=max(world, 1), device=_default_device(local) if world > 1 else "cpu")
+    return RankInfo(global_rank=rank, local_rank=local, node_rank=node, world_size=max(world, 1),
+                    device=_default_device(local) if world > 1 else "cpu")
 
 
 def rank_from_trainer(trainer: Any) -> RankInfo:

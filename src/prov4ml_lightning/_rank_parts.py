@@ -100,7 +100,8 @@ class RankGroup:
         if not journal.exists():
             run.start_activity(ident, "Rank", f"rank {k} (no part found)", attributes={
                 "global_rank": k, "world_size": self.rank.world_size, "status": "MISSING", "part": str(folder),
-                "note": "no part at this path: the rank never opened it, or it ran on another node whose "
+                "note": "no part at this path: the rank never opened one (a run opened there with "
+                        "collect_all_ranks=False records nothing), or it ran on another node whose "
                         "provenance folder is not shared with rank 0"})
             run.end_activity(ident)
             return
