@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,6 +44,10 @@ from prov4ml_lightning.errors import (
 )
 from prov4ml_lightning.journal import Journal, journal_path
 from prov4ml_lightning.model_info import model_statistics
+
+if TYPE_CHECKING:
+    from prov4ml_lightning._distributed import RankInfo
+    from prov4ml_lightning._rank_parts import RankGroup
 
 __all__ = ["RunOutputs", "RunRecorder", "current_run", "require_run"]
 
@@ -113,7 +117,7 @@ class RunRecorder:
         self._previous_document: str | None = None  # PROV-JSON of an earlier session of this run
         self.context: Any = None  # capture.RunContext: code, environment, seed
         self._sampler: Any = None
-        self.ranks: Any = None  # _rank_parts.RankGroup: rank zero's run of a distributed job
+        self.ranks: RankGroup | None = None  # rank zero's run of a distributed job
         self._ended = False
         self.outputs: RunOutputs | None = None
         self._t0 = time.monotonic()
@@ -155,7 +159,7 @@ class RunRecorder:
         system_metrics_interval: float = 10.0,
         flush_interval: float = 2.0,
         provenance_formats: tuple[str, ...] = ("json",),
-        rank: Any = None,
+        rank: RankInfo | None = None,
         collect_all_ranks: bool = False,
     ) -> RunRecorder:
         """Open (or, with ``run_id``, reopen) a run and make it the current one.
