@@ -3,7 +3,7 @@ tests/test_distributed.py (Lightning's launcher starts the second process itself
 never forked).
 
 Usage: ``python tests/ddp_train.py ROOT [--strategy ddp|ddp_spawn] [--fail-rank K] [--tracking-uri URI]
-[--upload-checkpoints]``. Prints ``RANK <k> RUN <run_id>`` per rank.
+[--upload-checkpoints] [--test]``. Prints ``RANK <k> RUN <run_id>`` per rank.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--tracking-uri")
     parser.add_argument("--upload-checkpoints", action="store_true")
+    parser.add_argument("--test", action="store_true", help="then test the best checkpoint (a second session)")
     args = parser.parse_args()
     root = Path(args.root)
     torch.manual_seed(0)
@@ -57,7 +58,10 @@ def main() -> None:
         num_sanity_val_steps=1, callbacks=[callback, ModelCheckpoint(dirpath=root / "ckpt", monitor="val_loss")],
     )
     try:
-        trainer.fit(RankModel(fail_rank=args.fail_rank), datamodule=TinyDataModule(batch_size=8))
+        data = TinyDataModule(batch_size=8)
+        trainer.fit(RankModel(fail_rank=args.fail_rank), datamodule=data)
+        if args.test:
+            trainer.test(datamodule=data, ckpt_path="best")
     finally:
         # with ddp_spawn this process launched the ranks and is none of them: its run_id stays None
         sys.stdout.write(f"RANK {trainer.global_rank} RUN {callback.run_id}\n")

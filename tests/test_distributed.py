@@ -203,7 +203,7 @@ def _ranks_of(prov_json: Path) -> dict[int, object]:
 
 def test_ddp_fit_through_a_tracking_server_is_one_run_with_every_rank(mlflow_server, tmp_path):
     done = _job([str(REPO / "tests" / "ddp_train.py"), str(tmp_path), "--tracking-uri", mlflow_server.uri,
-                 "--upload-checkpoints"], tmp_path)
+                 "--upload-checkpoints", "--test"], tmp_path)  # fit, then test the best checkpoint
     assert done.returncode == 0, done.stderr[-3000:]
     printed = _printed_runs(done.stdout)
     assert sorted(printed) == [0, 1] and printed[0] == printed[1]  # the run id reached both ranks
@@ -220,10 +220,15 @@ def test_ddp_fit_through_a_tracking_server_is_one_run_with_every_rank(mlflow_ser
         assert client.get_metric_history(run_id, f"training/rank{k}/system/process_rss_mb")
     assert not any(key.startswith("training/system/") for key in run.data.metrics)
 
+    assert client.get_metric_history(run_id, "testing/test_acc")  # the test joined the same run
+
     # the PROV document, fetched through the server the way `prov4ml show <run id>` does
     prov_json = fetch_provenance(mlflow_server.uri, run_id, tmp_path / "fetched")
-    ranks = _ranks_of(prov_json)
-    assert sorted(ranks) == [0, 1]
+    sessions = {(attr(r, "session"), attr(r, "global_rank")): r for r in by_type(read_prov(prov_json), "Rank")}
+    assert sorted(sessions) == [("session_1", 0), ("session_1", 1), ("session_2", 0), ("session_2", 1)]
+    assert sessions[("session_2", 1)].identifier.localpart == f"run_{run_id}.rank_1.session_2"
+    ranks = {k: sessions[("session_1", k)] for k in (0, 1)}  # the fit
+    assert {attr(r, "status") for r in sessions.values()} == {"FINISHED"}
     assert {attr(r, "status") for r in ranks.values()} == {"FINISHED"}
     assert [attr(ranks[k], "local_rank") for k in (0, 1)] == [0, 1]
     assert {attr(r, "node_rank") for r in ranks.values()} == {0}
@@ -235,8 +240,8 @@ def test_ddp_fit_through_a_tracking_server_is_one_run_with_every_rank(mlflow_ser
 
     # files: rank 1 wrote only inside its own part folder; rank 0 wrote no part
     prov_dir = tmp_path / "prov"
-    part = prov_dir / f"ranks_{run_id}" / "session_1"
-    assert sorted(p.name for p in part.iterdir()) == ["rank1"]
+    for session in ("session_1", "session_2"):
+        assert sorted(p.name for p in (prov_dir / f"ranks_{run_id}" / session).iterdir()) == ["rank1"]
     assert sorted(p.name for p in prov_dir.iterdir() if p.name.startswith("journal_")) == [f"journal_{run_id}.jsonl"]
     # artifacts went through the server: checkpoints, PROV files, the model (loads back)
     artifacts = {a.path for a in client.list_artifacts(run_id, "checkpoints")}

@@ -99,7 +99,8 @@ class RankGroup:
         ident = self.ident(k)
         if not journal.exists():
             run.start_activity(ident, "Rank", f"rank {k} (no part found)", attributes={
-                "global_rank": k, "world_size": self.rank.world_size, "status": "MISSING", "part": str(folder),
+                "global_rank": k, "world_size": self.rank.world_size, "session": self.session, "status": "MISSING",
+                "part": str(folder),
                 "note": "no part at this path: the rank never opened one (a run opened there with "
                         "collect_all_ranks=False records nothing), or it ran on another node whose "
                         "provenance folder is not shared with rank 0"})
@@ -109,7 +110,8 @@ class RankGroup:
         part = load_run(journal)
         rank_attrs = next((e.get("rank", {}) for e in events if e["event"] == "rank"), {"global_rank": k})
         end = part.end
-        attrs: dict[str, Any] = {**rank_attrs, "status": end["status"] if end else "RUNNING", "part": str(folder)}
+        attrs: dict[str, Any] = {**rank_attrs, "session": self.session, "status": end["status"] if end else "RUNNING",
+                                 "part": str(folder)}
         if end and end.get("error"):
             attrs["error"] = end["error"]
         if end is None:
@@ -158,7 +160,8 @@ def attach_ranks(run: RunRecorder, rank: RankInfo, collect: bool) -> RankGroup:
     run.journal.write("ranks", rank=rank.attributes(), collect_all_ranks=collect, session=session,
                       parts=str(group.parts))
     run.set_tags({"prov4ml.world_size": rank.world_size, "prov4ml.ranks_recorded": "all" if collect else "0"})
-    run.start_activity(group.ident(0), "Rank", rank.label, attributes={**rank.attributes(), "writes_mlflow_run": True})
+    run.start_activity(group.ident(0), "Rank", rank.label,
+                       attributes={**rank.attributes(), "session": session, "writes_mlflow_run": True})
     return group
 
 
