@@ -102,6 +102,12 @@ def test_other_rank_records_nothing_without_collect_all_ranks(run_args, prov_dir
     prov4ml.log_metric("loss", 1.0)
     prov4ml.log_params({"lr": 0.1})
     assert prov4ml.get_run_id() is None
+    with pytest.raises(prov4ml.RunAlreadyActiveError):  # as on rank 0
+        prov4ml.start_run(**run_args)
+    child = prov4ml.start_run(**run_args, nested=True)
+    assert isinstance(child, SilentRun) and child.parent is run and prov4ml.active_run() is child
+    assert prov4ml.end_run() is None
+    assert prov4ml.active_run() is run
     assert prov4ml.end_run() is None
     assert prov4ml.active_run() is None
     assert not prov_dir.exists() or not any(prov_dir.iterdir())  # this rank wrote no file

@@ -169,7 +169,8 @@ def start_on_ranks(open_zero: Callable[[RankInfo | None], Any], run_kwargs: Mapp
     if not rank.distributed:
         return open_zero(None)
     if not collect_all_ranks:
-        return open_zero(rank) if rank.global_rank == 0 else _rank_parts.open_silent(rank)
+        return open_zero(rank) if rank.global_rank == 0 else _rank_parts.open_silent(
+            rank, nested=bool(run_kwargs.get("nested")))
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):

@@ -200,8 +200,9 @@ class RankRecorder(RunRecorder):
     """The recorder of a rank other than zero: journal and metric sidecar in its part folder, no
     MLflow, no PROV document (rank zero merges the part into its own)."""
 
-    def __init__(self, info: RunInfo, rank: RankInfo, *, flush_interval: float) -> None:
-        super().__init__(info, _PartSink(), parent=None, flush_interval=flush_interval, provenance_formats=("json",))
+    def __init__(self, info: RunInfo, rank: RankInfo, *, flush_interval: float, parent: Any = None) -> None:
+        super().__init__(info, _PartSink(), parent=parent, flush_interval=flush_interval,
+                         provenance_formats=("json",))
         self.rank = rank
         self.journal.write("rank", rank=rank.attributes())
 
@@ -241,7 +242,7 @@ def open_part(rank: RankInfo, shared: Mapping[str, Any], run_kwargs: Mapping[str
         return None
     run_id, session = shared.get("run_id"), shared.get("session")
     if session is None:  # rank zero records only itself
-        return None if join_current else open_silent(rank, run_id)
+        return None if join_current else open_silent(rank, run_id, bool(run_kwargs.get("nested")))
     call = "start_run"
     namespace = v.normalise_namespace(run_kwargs["prov_user_namespace"], call)
     folder = Path(run_kwargs["provenance_save_dir"]).resolve() / f"ranks_{run_id}" / session / f"rank{rank.global_rank}"
@@ -251,28 +252,28 @@ def open_part(rank: RankInfo, shared: Mapping[str, Any], run_kwargs: Mapping[str
         raise Prov4MLInputError(f"{call} on rank {rank.global_rank}: cannot create its part folder {folder} ({err})") \
             from err
 
-    def make() -> RankRecorder:
+    def make(parent: Any) -> RankRecorder:
         info = RunInfo(run_id=str(run_id), experiment_name=str(run_kwargs["experiment_name"]), experiment_id="",
                        run_name=f"rank{rank.global_rank}", namespace=namespace, tracking_uri="",
                        provenance_dir=str(folder), start_time=time.time(), user="")
-        part = RankRecorder(info, rank, flush_interval=float(run_kwargs.get("flush_interval", 2.0)))
+        part = RankRecorder(info, rank, flush_interval=float(run_kwargs.get("flush_interval", 2.0)), parent=parent)
         if run_kwargs.get("log_system_metrics"):
             part.start_system_metrics(float(run_kwargs.get("system_metrics_interval", 10.0)))
         return part
 
-    return _make_current(make, call)
+    return _make_current(make, call, bool(run_kwargs.get("nested")))
 
 
 class SilentRun:
     """The run of a rank that records nothing (``collect_all_ranks=False``): every call is accepted
     and dropped, so one script runs unchanged on every rank."""
 
-    parent = None
     ranks = None
 
-    def __init__(self, rank: RankInfo, run_id: str | None = None) -> None:
+    def __init__(self, rank: RankInfo, run_id: str | None = None, parent: Any = None) -> None:
         self.rank = rank
         self.run_id = run_id
+        self.parent = parent
         self._ended = False
         self._t0 = time.monotonic()
 
@@ -284,7 +285,7 @@ class SilentRun:
         return time.monotonic() - self._t0
 
     def ancestors(self) -> list[Any]:
-        return []
+        return [] if self.parent is None else [self.parent, *self.parent.ancestors()]
 
     def log_metric(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -323,6 +324,6 @@ class SilentRun:
         self.end("FAILED" if exc[0] is not None else "FINISHED")
 
 
-def open_silent(rank: RankInfo, run_id: str | None = None) -> SilentRun:
-    """Make a :class:`SilentRun` the current run of this rank."""
-    return _make_current(lambda: SilentRun(rank, run_id), "start_run")
+def open_silent(rank: RankInfo, run_id: str | None = None, nested: bool = False) -> SilentRun:
+    """Make a :class:`SilentRun` the current run of this rank (a child of the open one when ``nested``)."""
+    return _make_current(lambda parent: SilentRun(rank, run_id, parent), "start_run", nested)

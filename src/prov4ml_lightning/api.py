@@ -102,7 +102,7 @@ def start_run(
         rank=rank, collect_all_ranks=collect_all_ranks,
     ), {"prov_user_namespace": prov_user_namespace, "experiment_name": experiment_name,
         "provenance_save_dir": provenance_save_dir, "log_system_metrics": log_system_metrics,
-        "system_metrics_interval": system_metrics_interval}, collect_all_ranks)
+        "system_metrics_interval": system_metrics_interval, "nested": nested}, collect_all_ranks)
 
 
 def end_run(status: str = "FINISHED") -> RunOutputs | None:

@@ -678,22 +678,24 @@ def _mlflow_tags(tags: Mapping[str, str]) -> dict[str, str]:
     return {v.mlflow_safe_key(k): val for k, val in tags.items()}
 
 
-def _make_current(make: Any, call: str) -> Any:
-    """Make ``make()`` the current run (a rank's part or silent run, see ``_rank_parts``)."""
+def _make_current(make: Any, call: str, nested: bool = False) -> Any:
+    """Make ``make(parent)`` the current run (a rank's part or silent run, see ``_rank_parts``);
+    ``parent`` is the run open now, which only a ``nested`` run may have."""
     global _current
     with _lock:
-        if _current is not None:
-            raise RunAlreadyActiveError(f"{call}: run {_current.run_id} is still open; call end_run() first")
-        _current = make()
+        if _current is not None and not nested:
+            raise RunAlreadyActiveError(f"{call}: run {_current.run_id} is still open; call end_run() first "
+                                        "or pass nested=True to start a child run")
+        _current = make(_current)
         return _current
 
 
 def _release(run: Any) -> None:
-    """``run`` (a rank's part or silent run) has ended: no current run any more."""
+    """``run`` (a rank's part or silent run) has ended: its parent is the current run again."""
     global _current
     with _lock:
         if _current is run:
-            _current = None
+            _current = run.parent
 
 
 def _check_step(step: Any, call: str) -> int:
