@@ -192,6 +192,20 @@ def test_metric_from_another_thread_lands_in_same_run(run_args, client):
         assert len(client.get_metric_history(run.run_id, f"training/t{i}")) == 100
 
 
+def test_tensors_of_mixed_dtypes_keep_exact_values(run_args, client):
+    # Tensors are converted in one stack per device and dtype: an int64 above 2**24 stacked with
+    # float32 values would come back rounded to float32.
+    big = 2**25 + 1
+    with prov4ml.start_run(**run_args) as run:
+        prov4ml.log_metric("big", torch.tensor(big), step=0)
+        prov4ml.log_metric("small", torch.tensor(0.5), step=0)
+        prov4ml.log_metric("half", torch.tensor(1.5, dtype=torch.bfloat16), step=0)
+    assert [m.value for m in client.get_metric_history(run.run_id, "training/big")] == [float(big)]
+    assert [m.value for m in client.get_metric_history(run.run_id, "training/half")] == [1.5]
+    series = {attr(s, "name"): s for s in by_type(read_prov(run.outputs.prov_json), "MetricSeries")}
+    assert attr(series["big"], "max_value") == big and attr(series["small"], "max_value") == 0.5
+
+
 def test_tracking_uri_from_environment(run_args, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

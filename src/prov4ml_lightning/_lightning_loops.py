@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from prov4ml_lightning._lightning_config import lr_names
-from prov4ml_lightning._lightning_metrics import EpochDiff, should_log_step, step_metrics
+from prov4ml_lightning._lightning_metrics import EpochDiff, loop_results, should_log_step, step_metrics
 from prov4ml_lightning.context import Context
 
 __all__ = ["STAGES", "EpochTracker", "LoopTracker", "stage_ident"]
@@ -47,6 +47,7 @@ class LoopTracker:
         self.batches: dict[str, int] = {}
         self._diff = EpochDiff()
         self._step_keys: set[str] = set()
+        self._results: Any = None
 
     def start(self, trainer: Any, link: Any, ident: str, stage: str, label: str, *,
               informed_by: str | None, used: list[tuple[str, str]],
@@ -57,11 +58,12 @@ class LoopTracker:
                    attributes={"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                                **(attributes or {})})
         self._diff.start(trainer)
+        self._results = loop_results(trainer)
 
     def batch_end(self, trainer: Any, link: Any) -> None:
         if self.ident is None or self.context is None:
             return
-        values = step_metrics(trainer)
+        values = step_metrics(trainer, self._results)
         if values:
             counter = self.batches.get(self.context.value, 0)
             self.batches[self.context.value] = counter + 1
@@ -76,7 +78,7 @@ class LoopTracker:
             values = self._diff.collect(trainer, exclude=self._step_keys)
             link.log(values, self.context, trainer.global_step, self.ident)
         link.end(self.ident, {"status": status})
-        self.ident = None
+        self.ident, self._results = None, None
         return True
 
 
@@ -91,6 +93,7 @@ class EpochTracker:
         self._diff = EpochDiff()
         self._last_step: int | None = None
         self._lrs: dict[str, Any] = {}
+        self._results: Any = None
 
     def fit_started(self, trainer: Any) -> None:
         self._last_step = trainer.global_step  # restored by now when resuming
@@ -98,6 +101,7 @@ class EpochTracker:
     def start(self, trainer: Any, link: Any, fit: str | None, used: list[tuple[str, str]]) -> None:
         epoch = trainer.current_epoch
         self.ident, self.loops, self._values = f"{fit}.epoch_{epoch}", 0, None
+        self._results = loop_results(trainer)
         link.start(self.ident, "TrainingEpoch", f"epoch {epoch}", informed_by=fit,
                    attributes={"epoch": epoch, "first_step": trainer.global_step}, used=used)
 
@@ -114,7 +118,7 @@ class EpochTracker:
             return  # accumulating gradients: Lightning logs nothing either
         if not should_log_step(trainer, every):
             return
-        link.log(step_metrics(trainer), Context.TRAINING, step, self.ident)
+        link.log(step_metrics(trainer, self._results), Context.TRAINING, step, self.ident)
         link.log(self._lrs, Context.TRAINING, step, self.ident)
 
     def epoch_end(self, trainer: Any) -> None:
@@ -131,4 +135,4 @@ class EpochTracker:
 
     def end(self, link: Any, attributes: dict[str, Any]) -> None:
         link.end(self.ident, attributes)
-        self.ident = None
+        self.ident, self._results = None, None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import warnings
 import weakref
@@ -66,16 +67,21 @@ class _Segment:
 
     def fold(self) -> None:
         points, self.pending = self.pending, []
-        for (step, _), value in zip(points, _floats([value for _, value in points])):
-            self.count += 1
-            self.first_step = step if self.first_step is None else min(self.first_step, step)
-            self.last_step = step if self.last_step is None else max(self.last_step, step)
-            self.last_value = value
-            if value != value or value in (float("inf"), float("-inf")):
-                self.non_finite += 1
-                continue
-            self.min_value = value if self.min_value is None else min(self.min_value, value)
-            self.max_value = value if self.max_value is None else max(self.max_value, value)
+        if not points:
+            return
+        steps = [step for step, _ in points]
+        values = _floats([value for _, value in points])
+        self.count += len(values)
+        first, last = min(steps), max(steps)
+        self.first_step = first if self.first_step is None else min(self.first_step, first)
+        self.last_step = last if self.last_step is None else max(self.last_step, last)
+        self.last_value = values[-1]
+        finite = [value for value in values if math.isfinite(value)]
+        self.non_finite += len(values) - len(finite)
+        if finite:
+            low, high = min(finite), max(finite)
+            self.min_value = low if self.min_value is None else min(self.min_value, low)
+            self.max_value = high if self.max_value is None else max(self.max_value, high)
 
 
 def checkpoint_name(path: str | os.PathLike[str], step: int) -> str:
@@ -121,12 +127,12 @@ class RunLink:
         run = self.run
         segments = self._segments.setdefault(activity, {}) if activity else None
         for key, value in metrics.items():
-            run.log_metric(key, value, context, step, call="Prov4MLCallback")
+            number = run.log_metric(key, value, context, step, call="Prov4MLCallback")
             if segments is not None:
                 segment = segments.get((key, context))
                 if segment is None:
                     segment = segments[(key, context)] = _Segment()
-                segment.add(step, value)
+                segment.add(step, number)
 
     # -- activities -------------------------------------------------------------------------
     def start(self, ident: str, kind: str, label: str, *, informed_by: str | None = None,
@@ -385,16 +391,16 @@ def _float(value: Any) -> float | None:
 
 
 def _floats(values: list[Any]) -> list[float]:
-    """Floats of a mix of numbers and tensors: one stack and copy per device."""
+    """Floats of numbers and detached 0-d tensors (as ``log_metric`` buffers them): one stack and
+    one copy per device and dtype (mixing dtypes in one stack would round int64 to float32)."""
     out: list[Any] = list(values)
-    by_device: dict[Any, list[int]] = {}
+    groups: dict[tuple[Any, Any], list[int]] = {}
     for i, value in enumerate(values):
         if isinstance(value, torch.Tensor):
-            by_device.setdefault(value.device, []).append(i)
+            groups.setdefault((value.device, value.dtype), []).append(i)
         else:
             out[i] = float(value)
-    for indices in by_device.values():
-        stacked = torch.stack([values[i].detach().reshape(()).to(torch.float64) for i in indices]).cpu().tolist()
-        for i, number in zip(indices, stacked):
-            out[i] = number
+    for indices in groups.values():
+        for i, number in zip(indices, torch.stack([values[i] for i in indices]).cpu().tolist()):
+            out[i] = float(number)
     return out

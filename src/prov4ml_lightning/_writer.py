@@ -182,16 +182,17 @@ class MetricWriter(threading.Thread):
 
 
 def _to_floats(points: list[Point]) -> list[Point]:
-    """Turn tensor values into floats: one stack and one copy per device, so one sync per flush."""
-    by_device: dict[Any, list[int]] = {}
+    """Turn tensor values into floats: one stack and one copy per device and dtype (one stack of
+    mixed dtypes would round int64 values to float32), so one sync per device per flush."""
+    groups: dict[tuple[Any, Any], list[int]] = {}
     for i, p in enumerate(points):
         value = p[4]
         if type(value) is not float and isinstance(value, torch.Tensor):
-            by_device.setdefault(value.device, []).append(i)
-    if not by_device:
+            groups.setdefault((value.device, value.dtype), []).append(i)
+    if not groups:
         return points
     out = list(points)
-    for indices in by_device.values():
+    for indices in groups.values():
         values = torch.stack([points[i][4] for i in indices]).to("cpu", torch.float64).tolist()
         for i, value in zip(indices, values):
             key, ctx, mkey, step, _, ts = out[i]

@@ -126,7 +126,9 @@ class Prov4MLCallback(Callback):
             provenance_formats=tuple(dict.fromkeys(("json", *provenance_formats))),
         )
         self._nested = nested
-        self._experiment_name = experiment_name
+        # Lightning reads state_key around every hook of every callback (its profiler names the
+        # action with it): built once, it costs nothing per step.
+        self._state_key = self._generate_state_key(experiment_name=experiment_name)
         self.log_every_n_steps = log_every_n_steps
         self.log_learning_rates = log_learning_rates
         self.log_datasets = log_datasets
@@ -153,7 +155,7 @@ class Prov4MLCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(experiment_name=self._experiment_name)
+        return self._state_key
 
     # -- run lifecycle ----------------------------------------------------------------------
     def _open(self, trainer: pl.Trainer) -> RunLink | NullLink:

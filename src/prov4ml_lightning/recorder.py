@@ -106,7 +106,7 @@ class RunRecorder:
         self._lock = threading.Lock()  # guards the hot-path buffer only
         self._buffer: list[Point] = []
         self._next_step: dict[tuple[str, Context], int] = {}
-        self._mlflow_keys: dict[tuple[str, Context], str] = {}
+        self._mlflow_keys: dict[tuple[str, Context], tuple[str, str]] = {}  # -> (MLflow key, context value)
         self.series: dict[tuple[str, Context], MetricSeries] = {}
         self.params: dict[str, Any] = {}
         self._long_params: dict[str, str] = {}
@@ -291,25 +291,27 @@ class RunRecorder:
 
     # -- metrics (hot path) --------------------------------------------------------------------
     def log_metric(self, key: str, value: Any, context: Any = Context.TRAINING, step: int | None = None,
-                   timestamp: int | None = None, *, call: str = "log_metric") -> None:
+                   timestamp: int | None = None, *, call: str = "log_metric") -> float | int | torch.Tensor:
+        """Buffer one point; returns the value as buffered (a number, or a detached 0-d tensor)."""
         ctx = context if type(context) is Context else v.check_context(context, f"{call}({key!r})")
         number = v.to_number(value, call, key)
         series_key = (key, ctx)
         with self._lock:
             if self._ended:  # the writer is closed: a point appended now would be lost silently
                 raise NoActiveRunError(f"{call}({key!r}): run {self.run_id} has ended")
-            mkey = self._mlflow_keys.get(series_key)
-            if mkey is None:
-                mkey = self._new_series(key, ctx, call)
+            names = self._mlflow_keys.get(series_key)
+            if names is None:
+                names = self._new_series(key, ctx, call)
             if step is None:
                 step = self._next_step[series_key]
             elif type(step) is not int:
                 step = _check_step(step, f"{call}({key!r})")
             self._next_step[series_key] = step + 1
-            self._buffer.append((key, ctx.value, mkey, step, number,
+            self._buffer.append((key, names[1], names[0], step, number,
                                  timestamp if timestamp is not None else int(time.time() * 1000)))
             if len(self._buffer) >= _BUFFER_WAKE:
                 self.writer.wake()
+        return number
 
     def log_metrics(self, metrics: Mapping[str, Any], context: Any = Context.TRAINING,
                     step: int | None = None, timestamp: int | None = None) -> None:
@@ -319,7 +321,7 @@ class RunRecorder:
         for key, value in metrics.items():
             self.log_metric(key, value, context, step, ts, call="log_metrics")
 
-    def _new_series(self, key: Any, ctx: Context, call: str) -> str:
+    def _new_series(self, key: Any, ctx: Context, call: str) -> tuple[str, str]:
         v.check_key(key, call)
         if self._ended:
             raise NoActiveRunError(f"{call}({key!r}): run {self.run_id} has ended")
@@ -328,9 +330,9 @@ class RunRecorder:
         if mkey != full:
             warnings.warn(f"{call}: metric key {key!r} is stored in MLflow as {mkey!r} "
                           "(MLflow's name rules); PROV keeps the original", Prov4MLWarning, stacklevel=4)
-        self._mlflow_keys[(key, ctx)] = mkey
+        names = self._mlflow_keys[(key, ctx)] = (mkey, ctx.value)
         self._next_step[(key, ctx)] = 0
-        return mkey
+        return names
 
     def _take_buffer(self) -> list[Point]:
         with self._lock:
@@ -626,7 +628,7 @@ class RunRecorder:
                 series = self.series.get((key, ctx.value))  # keyed like _summarise keys them
                 if series is None:
                     series = self.series[(key, ctx.value)] = MetricSeries(key, ctx, row["mlflow_key"])
-                    self._mlflow_keys[(key, ctx)] = row["mlflow_key"]
+                    self._mlflow_keys[(key, ctx)] = (row["mlflow_key"], ctx.value)
                 series.add(step, value, ts)
                 self._next_step[(key, ctx)] = max(self._next_step.get((key, ctx), 0), step + 1)
 
