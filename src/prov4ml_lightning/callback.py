@@ -383,7 +383,7 @@ class Prov4MLCallback(Callback):
     # -- failures and teardown ------------------------------------------------------------------
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        status = "KILLED" if isinstance(exception, KeyboardInterrupt) else "FAILED"
+        status = "KILLED" if _is_termination(exception) else "FAILED"
         link = self.link
         error = f"{type(exception).__name__}: {str(exception)[:500]}"
         # Never raise from here: it would hide the exception that ended the run.
@@ -430,6 +430,16 @@ class Prov4MLCallback(Callback):
         self._last_fit = state_dict.get("last_fit", self._last_fit)
         self._loops.batches = dict(state_dict.get("eval_batches", self._loops.batches))
         self._earlier_checkpoints = dict(state_dict.get("checkpoints", {}))
+
+
+def _is_termination(exception: BaseException) -> bool:
+    """Ctrl+C or SIGTERM (Lightning's ``SIGTERMException``, or ours from ``install_signal_handlers``):
+    the run was stopped from outside (MLflow ``KILLED``), not broken (``FAILED``)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from prov4ml_lightning.signals import RunTerminated
+
+    return isinstance(exception, (KeyboardInterrupt, SIGTERMException, RunTerminated))
 
 
 def _attr(value: Any) -> Any:

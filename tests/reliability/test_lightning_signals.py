@@ -93,7 +93,7 @@ def _check_run(prov_dir, client) -> None:
     (journal,) = run_journals(prov_dir)
     run_id = journal.name[len("journal_"):-len(".jsonl")]
     mrun = client.get_run(run_id)
-    assert mrun.info.status in ("FAILED", "KILLED")
+    assert mrun.info.status == "KILLED"  # stopped from outside, not broken
     doc = read_prov(prov_dir / f"provgraph_{run_id}.json")
     (run,) = by_type(doc, "Run")
     assert attr(run, "status") == mrun.info.status
