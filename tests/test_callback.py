@@ -110,6 +110,8 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
     assert {"fit_1.epoch_0.validation_1", "fit_1.epoch_1.validation_1"} < kinds["ValidationLoop"]
     assert len(kinds["ValidationLoop"]) == 3 and len(kinds["TestLoop"]) == 1 and len(kinds["PredictLoop"]) == 1
     assert kinds["SanityCheck"] == {"fit_1.sanity_check"}
+    (sanity,) = [a for a in records_of(doc, "activity") if _local(a) == "fit_1.sanity_check"]
+    assert (attr(sanity, "batches"), attr(sanity, "dataloaders")) == (1, 1)  # num_sanity_val_steps=1; integers
     informed = _relations(doc, "wasInformedBy")
     assert ("fit_1.epoch_1", "fit_1") in informed and ("fit_1.epoch_1.validation_1", "fit_1.epoch_1") in informed
     (test_loop,) = kinds["TestLoop"]

@@ -341,7 +341,8 @@ class Prov4MLCallback(Callback):
 
     @override
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.link.end(f"{self._fit}.sanity_check", {"batches": str(trainer.num_sanity_val_batches)})
+        per_loader = [int(n) for n in trainer.num_sanity_val_batches]
+        self.link.end(f"{self._fit}.sanity_check", {"batches": sum(per_loader), "dataloaders": len(per_loader)})
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
