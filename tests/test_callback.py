@@ -135,6 +135,7 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
         assert attr(ckpt, "sha256") == _sha256(attr(ckpt, "path"))
         assert (_local(ckpt), f"fit_1.epoch_{epoch}") in generated
         assert attr(ckpt, "monitor") == "val_loss"
+        assert not any(k.localpart == "artifact_uri" for k, _ in ckpt.attributes)  # not uploaded by default
         assert attr(ckpt, "score") == pytest.approx(float(checkpoints.best_k_models[attr(ckpt, "path")]))
         assert attr(ckpt, "best") == (attr(ckpt, "path") == str(Path(checkpoints.best_model_path).resolve()))
     assert (_local(ckpts[1]), _local(ckpts[0])) in _relations(doc, "wasDerivedFrom")

@@ -271,7 +271,7 @@ class _Builder:
                 *self.attrs(
                     {
                         "path": a.local_path,
-                        "artifact_uri": a.artifact_uri,
+                        "artifact_uri": a.artifact_uri or None,  # omitted when not uploaded
                         "sha256": a.sha256,
                         "size_bytes": a.size_bytes,
                         "is_directory": a.is_dir,
