@@ -234,6 +234,16 @@ def test_resume_from_checkpoint_continues_the_run(run_args, client, tmp_path):
     # series entities count the points of both sessions
     series = {(attr(s, "name"), attr(s, "context")): s for s in by_type(doc, "MetricSeries")}
     assert attr(series[("train_loss_epoch", "training")], "count") == 3
+    # each session's code and environment are kept (a resume may run elsewhere), the second's
+    # beside the first's, each with its own packages file, both used by the run
+    for kind, name in (("Environment", "environment"), ("Code", "code")):
+        found = {_local(e): e for e in by_type(doc, kind)}
+        assert set(found) == {name, f"{name}.session_2"}
+        assert [attr(found[k], "session") for k in sorted(found)] == [1, 2]
+        assert {(f"run_{first.run_id}", k) for k in found} <= _relations(doc, "used")
+    envs = {_local(e): e for e in by_type(doc, "Environment")}
+    files = {attr(e, "packages_file") for e in envs.values()}
+    assert len(files) == 2 and all((Path(run_args["provenance_save_dir"]) / f).is_file() for f in files)
 
 
 def test_callback_joins_a_run_opened_with_the_functional_api(run_args, client, tmp_path):

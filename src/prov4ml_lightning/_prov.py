@@ -329,20 +329,26 @@ class _Builder:
     def _context(self, run: Any) -> Any:
         """The ``code`` (also a ``prov:Plan``) and ``environment`` entities and the host agent."""
         context = self.snap.context or {}
-        start = _time(self.snap.info.start_time)
+        # A reopened run's later sessions (resume, possibly elsewhere) get their own code and
+        # environment entities beside the first session's, used when that session started.
+        session = int(context.get("session") or 1)
+        suffix, label_suffix = ("", "") if session == 1 else (f".session_{session}", f" (session {session})")
+        start = _time(self.snap.info.start_time if session == 1 else
+                      max(self.snap.info.start_time, float(context.get("started_at") or 0)))
         code = env = None
         if context.get("code"):
             attrs = context["code"]
             label = Path(attrs["script_path"]).name if attrs.get("script_path") else "code"
-            code = self.doc.entity(self.rid("code"), [
+            code = self.doc.entity(self.rid(f"code{suffix}"), [
                 (PROV_TYPE, self.p4l["Code"]), (PROV_TYPE, self.doc.valid_qualified_name("prov:Plan")),
-                (PROV_LABEL, label), *self.attrs(attrs)])
+                (PROV_LABEL, label + label_suffix), *self.attrs({**attrs, "session": session})])
             self.doc.used(run, code, start)
         if context.get("environment"):
             attrs = context["environment"]
-            env = self.doc.entity(self.rid("environment"), [
-                (PROV_TYPE, self.p4l["Environment"]), (PROV_LABEL, f"environment of {self.snap.info.run_name}"),
-                *self.attrs(attrs)])
+            env = self.doc.entity(self.rid(f"environment{suffix}"), [
+                (PROV_TYPE, self.p4l["Environment"]),
+                (PROV_LABEL, f"environment of {self.snap.info.run_name}{label_suffix}"),
+                *self.attrs({**attrs, "session": session})])
             self.doc.used(run, env, start)
             if attrs.get("hostname"):
                 host = self.doc.agent(self.user[f"host.{local_id(attrs['hostname'])}"], [

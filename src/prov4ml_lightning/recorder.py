@@ -42,7 +42,7 @@ from prov4ml_lightning.errors import (
     RunAlreadyActiveError,
     TrackingUnavailableError,
 )
-from prov4ml_lightning.journal import Journal, journal_path
+from prov4ml_lightning.journal import Journal, journal_path, read_journal
 from prov4ml_lightning.model_info import model_statistics
 
 if TYPE_CHECKING:
@@ -234,9 +234,10 @@ class RunRecorder:
             )
             run = cls(info, sink, parent=parent, flush_interval=flush_interval,
                       provenance_formats=tuple(provenance_formats))
+            session = 1
             if reopened is not None:
-                run._continue_earlier_session()
-            run._capture_context()
+                session = run._continue_earlier_session()
+            run._capture_context(session)
             if rank is not None and rank.distributed:
                 from prov4ml_lightning._rank_parts import attach_ranks
 
@@ -247,12 +248,12 @@ class RunRecorder:
         log.info("prov4ml run %s started (tracking %s)", run_id, info.tracking_uri)
         return run
 
-    def _capture_context(self) -> None:
-        """Code, environment and seed, once per run; their files go to MLflow right away, so a
-        process killed before ``end_run`` still leaves them (see ``capture/``)."""
+    def _capture_context(self, session: int = 1) -> None:
+        """Code, environment and seed, once per session of the run; their files go to MLflow right
+        away, so a process killed before ``end_run`` still leaves them (see ``capture/``)."""
         from prov4ml_lightning.capture import capture_context
 
-        self.context = capture_context(self.provenance_dir, self.run_id)
+        self.context = capture_context(self.provenance_dir, self.run_id, session)
         self.journal.write("context", context=self.context.for_prov())
         for path, folder in self.context.files:
             self._safely(f"upload {path.name}", self.sink.log_artifact, self.run_id, str(path), folder)
@@ -607,17 +608,19 @@ class RunRecorder:
             previous_document=self._previous_document,
         )
 
-    def _continue_earlier_session(self) -> None:
+    def _continue_earlier_session(self) -> int:
         """A reopened run (resume, or validate/test after fit) picks up what its earlier sessions
         left in the provenance folder: the series summaries from the metric sidecar (so series
         entities count every point and steps go on), and the PROV document, whose records the
-        next document carries over (see ``_prov.merge_previous``)."""
+        next document carries over (see ``_prov.merge_previous``). Returns this session's number:
+        the start events in the run's journal, this one included."""
         doc = self.provenance_dir / f"provgraph_{self.run_id}.json"
         if doc.exists():
             self._previous_document = doc.read_text(encoding="utf-8")
+        session = max(1, sum(1 for e in read_journal(self.journal.path) if e.get("event") == "start"))
         sidecar = self.writer.sidecar
         if not sidecar.exists():
-            return
+            return session
         with open(sidecar, newline="", encoding="utf-8") as fh, self._lock:
             for row in csv.DictReader(fh):
                 try:
@@ -631,6 +634,7 @@ class RunRecorder:
                     self._mlflow_keys[(key, ctx)] = (row["mlflow_key"], ctx.value)
                 series.add(step, value, ts)
                 self._next_step[(key, ctx)] = max(self._next_step.get((key, ctx), 0), step + 1)
+        return session
 
     def write_provenance(self) -> dict[str, Path]:
         """Write the PROV document (and graph) of the run as it stands; return the paths."""

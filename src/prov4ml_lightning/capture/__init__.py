@@ -34,6 +34,10 @@ class RunContext:
         seed_at_start: the seed detected when the run started.
         files: ``(local file, MLflow artifact folder)`` pairs to attach to the run.
         seconds: how long the capture took.
+        session: which session of the run this is: 1, or ``n`` for the ``n``-th time a run was
+            reopened in a process (resume, validate/test after fit), whose code and environment
+            may differ from the first one's and are recorded beside them, not over them.
+        started_at: when this session captured its context (Unix seconds).
     """
 
     code: dict[str, Any] = field(default_factory=dict)
@@ -41,6 +45,8 @@ class RunContext:
     seed_at_start: SeedInfo = field(default_factory=lambda: SeedInfo(None, None, None))
     files: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+    session: int = 1
+    started_at: float = field(default_factory=time.time)
 
     def run_attributes(self) -> dict[str, Any]:
         """Seed attributes of the run activity: the start-time seed, else one set during the run
@@ -56,8 +62,10 @@ class RunContext:
         return attrs
 
     def for_prov(self) -> dict[str, Any]:
-        """The plain mapping the PROV builder reads (``code``, ``environment``, ``run``)."""
-        return {"code": self.code, "environment": self.environment, "run": self.run_attributes()}
+        """The plain mapping the PROV builder reads (``code``, ``environment``, ``run``, ``session``,
+        ``started_at``)."""
+        return {"code": self.code, "environment": self.environment, "run": self.run_attributes(),
+                "session": self.session, "started_at": self.started_at}
 
 
 def _part(what: str, fn: Any, *args: Any) -> Any:
@@ -69,16 +77,18 @@ def _part(what: str, fn: Any, *args: Any) -> Any:
         return None
 
 
-def capture_context(out_dir: Path, run_id: str) -> RunContext:
-    """Capture code, environment and seed of run ``run_id``, writing its files into ``out_dir``."""
+def capture_context(out_dir: Path, run_id: str, session: int = 1) -> RunContext:
+    """Capture code, environment and seed of session ``session`` of run ``run_id``, writing its
+    files into ``out_dir`` (named by the run, and from the second session on by the session too)."""
     t0 = time.perf_counter()
-    ctx = RunContext()
-    code = _part("code (script, git)", capture_code, out_dir, run_id)
+    ctx = RunContext(session=session)
+    stem = run_id if session == 1 else f"{run_id}.session_{session}"
+    code = _part("code (script, git)", capture_code, out_dir, stem)
     if code is not None:
         ctx.code, diff = code
         if diff is not None:
             ctx.files.append((diff, "code"))
-    env = _part("environment", capture_environment, out_dir, run_id)
+    env = _part("environment", capture_environment, out_dir, stem)
     if env is not None:
         ctx.environment, packages = env
         ctx.files.append((packages, "environment"))
