@@ -22,6 +22,7 @@ import torch
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context, _prov
+from prov4ml_lightning._prov.files import _record_keys
 from prov4ml_lightning.checks import check_document, check_file
 from prov4ml_lightning.vocab import MLS_NS, P4L_NS, PROVML_NS
 from tests.helpers import attr, by_type, read_prov
@@ -103,13 +104,13 @@ def test_round_trips(documents, fmt):
 
 def test_end_run_wrote_every_format_and_each_reads_back_equal(outputs, client):
     out = outputs[0]
-    original = _prov._record_keys(read_prov(out.prov_json))
+    original = _record_keys(read_prov(out.prov_json))
     readers = {"provn": {"format": "provn"}, "xml": {"format": "xml"},
                "ttl": {"format": "rdf", "rdf_format": "turtle"}}
     for fmt, kwargs in readers.items():
         path = out.extra[fmt]
         assert path.name == f"provgraph_{out.run_id}.{fmt}"
-        assert _prov._record_keys(prov.read(str(path), **kwargs)) == original, fmt
+        assert _record_keys(prov.read(str(path), **kwargs)) == original, fmt
     uploaded = {a.path for a in client.list_artifacts(out.run_id, "prov")}
     assert {f"prov/provgraph_{out.run_id}.{f}" for f in ("json", "provn", "ttl", "xml")} <= uploaded
 

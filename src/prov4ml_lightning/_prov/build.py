@@ -1,7 +1,5 @@
-"""The PROV side of a run: the only module that imports ``prov``.
-
-It turns the recorder's plain records into a :class:`prov.model.ProvDocument`, writes it
-atomically, reads documents back, and flattens one into a neutral node/edge list for drawing.
+"""Records -> :class:`prov.model.ProvDocument`: the PROV model of a run (docs/provenance-model.md),
+and the merge of an earlier session's document into a reopened run's.
 """
 
 from __future__ import annotations
@@ -9,9 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +17,9 @@ from prov.constants import PROV_ATTR_TIME, PROV_GENERATION, PROV_LABEL, PROV_ROL
 from prov.model import ProvDocument, ProvRecord
 
 from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
-from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.vocab import MLS_NS, P4L_NS, PROVML_NS, USER_PREFIX
 
-__all__ = [
-    "Element",
-    "GraphSpec",
-    "Relation",
-    "RunSnapshot",
-    "build_document",
-    "flatten",
-    "load_document",
-    "local_id",
-    "read_document",
-    "serialize_document",
-    "write_document",
-]
+__all__ = ["RunSnapshot", "build_document", "local_id", "merge_previous", "typed"]
 
 _LOCAL_OK = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -70,6 +53,7 @@ def typed(value: Any) -> Any:
         except (TypeError, ValueError):
             return str(value)
     return str(value)
+
 
 
 @dataclass
@@ -404,279 +388,3 @@ def merge_previous(doc: ProvDocument, previous: ProvDocument) -> None:
             continue
         relations.add(key)
         doc.add_record(record)
-
-
-def _default_file_mode() -> int:
-    # Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_FILE_MODE = _default_file_mode()
-
-
-def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
-    """Serialise ``doc`` to ``path`` atomically (temp file + rename): never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give it the mode any other file of the user gets
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            if fmt == "json":
-                doc.serialize(fh, format="json", indent=2)
-            elif fmt == "provn":
-                fh.write(doc.get_provn())
-            elif fmt in ("ttl", "turtle"):
-                fh.write(doc.serialize(format="rdf", rdf_format="turtle"))
-            elif fmt == "xml":
-                doc.serialize(fh, format="xml")
-            elif fmt == "jsonld":
-                fh.write(doc.serialize(format="rdf", rdf_format="json-ld"))
-            else:
-                raise ValueError(f"unknown PROV format {fmt!r}")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_document(path: str | os.PathLike[str], fmt: str = "json") -> ProvDocument:
-    """Read a PROV document written by :func:`write_document`."""
-    from prov import read
-
-    return read(str(path), format=fmt)
-
-
-@dataclass
-class GraphSpec:
-    """A PROV document flattened for drawing: nodes ``(id, kind, label, attrs)`` and edges."""
-
-    nodes: list[tuple[str, str, str, dict[str, str]]] = field(default_factory=list)
-    edges: list[tuple[str, str, str]] = field(default_factory=list)
-    #: every ``prov:type`` of a node (``"p4l:Run"``, ...): ``attrs`` keeps only one per key.
-    types: dict[str, list[str]] = field(default_factory=dict)
-
-
-_RELATION_NAMES = {
-    "Generation": "wasGeneratedBy", "Usage": "used", "Communication": "wasInformedBy",
-    "Start": "wasStartedBy", "End": "wasEndedBy", "Invalidation": "wasInvalidatedBy",
-    "Derivation": "wasDerivedFrom", "Attribution": "wasAttributedTo", "Association": "wasAssociatedWith",
-    "Delegation": "actedOnBehalfOf", "Influence": "wasInfluencedBy", "Specialization": "specializationOf",
-    "Alternate": "alternateOf", "Membership": "hadMember",
-}
-
-
-def to_graph(doc: ProvDocument) -> GraphSpec:
-    """Flatten ``doc`` (including bundles) into a :class:`GraphSpec`."""
-    spec = GraphSpec()
-    records: list[ProvRecord] = list(doc.get_records())
-    for bundle in doc.bundles:
-        records.extend(bundle.get_records())
-    for rec in records:
-        if rec.is_element():
-            kind = rec.get_type().localpart.lower()  # entity / activity / agent
-            labels = rec.get_attribute(PROV_LABEL)
-            label = str(next(iter(labels))) if labels else rec.identifier.localpart
-            attrs = {
-                str(k): str(v) for k, v in rec.attributes if k not in (PROV_LABEL,)
-            }
-            spec.nodes.append((str(rec.identifier), kind, label, attrs))
-            spec.types[str(rec.identifier)] = [str(t) for t in rec.get_attribute(PROV_TYPE)]
-        elif rec.is_relation():
-            formal = [value for _, value in rec.formal_attributes]
-            src = formal[0] if formal else None
-            dst = formal[1] if len(formal) > 1 else None
-            if dst is None and rec.get_type().localpart in ("Start", "End") and len(formal) > 2:
-                dst = formal[2]  # wasStartedBy/wasEndedBy without a trigger: draw the starter
-            if src is not None and dst is not None:
-                relation = rec.get_type().localpart
-                spec.edges.append((str(src), str(dst), _RELATION_NAMES.get(relation, relation)))
-    return spec
-
-
-# -- reading documents back (the `prov4ml` command line) ------------------------------------
-
-
-def load_document(path: str | os.PathLike[str]) -> ProvDocument:
-    """Read a PROV-JSON file (bundles included) with errors a user can act on.
-
-    Raises:
-        Prov4MLInputError: the file is missing, is not JSON, or is not a PROV-JSON document.
-    """
-    import json
-
-    p = Path(path)
-    if not p.is_file():
-        raise Prov4MLInputError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
-    try:
-        text = p.read_text(encoding="utf-8")
-        data = json.loads(text)
-    except UnicodeDecodeError as err:
-        raise Prov4MLInputError(f"{p}: not a PROV-JSON file (not UTF-8 text: {err.reason})") from err
-    except json.JSONDecodeError as err:
-        raise Prov4MLInputError(f"{p}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
-    if not isinstance(data, dict):
-        raise Prov4MLInputError(f"{p}: not a PROV-JSON document (top level is {type(data).__name__}, not an object)")
-    try:
-        return ProvDocument.deserialize(content=text, format="json")
-    except Exception as err:  # prov raises bare errors of several kinds on bad structure
-        raise Prov4MLInputError(f"{p}: not a valid PROV-JSON document ({type(err).__name__}: {err})") from err
-
-
-def serialize_document(doc: ProvDocument, fmt: str) -> str:
-    """``doc`` as text in ``fmt``: ``json``, ``provn``, ``ttl``, ``xml`` or ``jsonld``."""
-    if fmt == "json":
-        return doc.serialize(format="json", indent=2)
-    if fmt == "provn":
-        return doc.get_provn()
-    if fmt in ("ttl", "turtle"):
-        return doc.serialize(format="rdf", rdf_format="turtle")
-    if fmt == "xml":
-        return doc.serialize(format="xml")
-    if fmt == "jsonld":
-        return doc.serialize(format="rdf", rdf_format="json-ld")
-    raise ValueError(f"unknown PROV format {fmt!r}")
-
-
-@dataclass
-class Element:
-    """An entity, activity or agent as plain Python: ``attrs`` maps local names to values
-    (``prov:`` attributes keep their prefix: ``prov:value``), ``types`` holds every
-    ``prov:type`` as ``prefix:name``."""
-
-    ident: str
-    kind: str
-    label: str
-    types: list[str]
-    attrs: dict[str, Any]
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
-
-    def has_type(self, local: str) -> bool:
-        return any(t.rsplit(":", 1)[-1] == local for t in self.types)
-
-
-@dataclass
-class Relation:
-    """A PROV relation between two identifiers (``subject`` -> ``obj``), e.g. ``wasGeneratedBy``."""
-
-    name: str
-    subject: str
-    obj: str
-    time: dt.datetime | None = None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (bool, int, float, str, dt.datetime)):
-        return value
-    return str(value)
-
-
-def flatten(doc: ProvDocument) -> tuple[list[Element], list[Relation]]:
-    """Every element and relation of ``doc`` and its bundles as :class:`Element`/:class:`Relation`."""
-    from prov.constants import PROV_ATTR_ENDTIME, PROV_ATTR_STARTTIME, PROV_ATTR_TIME
-
-    records: list[ProvRecord] = list(doc.get_records())
-    for bundle in doc.bundles:
-        records.extend(bundle.get_records())
-    elements: list[Element] = []
-    relations: list[Relation] = []
-    for rec in records:
-        if rec.is_element():
-            attrs: dict[str, Any] = {}
-            for key, value in rec.attributes:
-                if key in (PROV_TYPE, PROV_LABEL, PROV_ATTR_STARTTIME, PROV_ATTR_ENDTIME):
-                    continue
-                name = str(key) if key.namespace.prefix == "prov" else key.localpart
-                attrs.setdefault(name, _plain(value))
-            labels = rec.get_attribute(PROV_LABEL)
-            starts = rec.get_attribute(PROV_ATTR_STARTTIME)
-            ends = rec.get_attribute(PROV_ATTR_ENDTIME)
-            elements.append(Element(
-                ident=str(rec.identifier), kind=rec.get_type().localpart.lower(),
-                label=str(next(iter(labels))) if labels else rec.identifier.localpart,
-                types=[str(t) for t in rec.get_attribute(PROV_TYPE)], attrs=attrs,
-                start=next(iter(starts), None), end=next(iter(ends), None),
-            ))
-        elif rec.is_relation():
-            formal = [value for _, value in rec.formal_attributes]
-            src = formal[0] if formal else None
-            dst = formal[1] if len(formal) > 1 else None
-            if dst is None and rec.get_type().localpart in ("Start", "End") and len(formal) > 2:
-                dst = formal[2]
-            if src is None or dst is None:
-                continue
-            times = rec.get_attribute(PROV_ATTR_TIME)
-            relation = rec.get_type().localpart
-            relations.append(Relation(_RELATION_NAMES.get(relation, relation), str(src), str(dst),
-                                      next(iter(times), None)))
-    return elements, relations
-
-
-# -- validity (used by checks.py, which must not import prov) ---------------------------------
-
-
-def prov_json_schema_path() -> Path:
-    """The official PROV-JSON JSON Schema as shipped inside the ``prov`` wheel.
-
-    Raises:
-        FileNotFoundError: this ``prov`` build does not ship its test schemas.
-    """
-    import prov
-
-    path = Path(prov.__file__).parent / "tests" / "schemas" / "prov-json.schema.json"
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    return path
-
-
-def to_json_text(doc: ProvDocument) -> str:
-    """``doc`` as PROV-JSON text."""
-    return doc.serialize(format="json")
-
-
-def _canonical(value: Any) -> str:
-    # NaN != NaN would make every document with a NaN metric "change" in a round trip
-    if isinstance(value, float) and value != value:
-        return "float:NaN"
-    return f"{type(value).__name__}:{value!r}"
-
-
-def _record_keys(doc: ProvDocument) -> dict[str, list[str]]:
-    """Each record as a canonical string (blank relation ids dropped, attributes sorted)."""
-    out: dict[str, list[str]] = {}
-    scopes = [("", doc), *((f"{b.identifier} / ", b) for b in doc.bundles)]
-    for scope, container in scopes:
-        for rec in container.get_records():
-            ident = rec.identifier
-            name = str(ident) if ident is not None and not str(ident).startswith("_:") else ""
-            attrs = sorted(f"{k}={_canonical(v)}" for k, v in rec.attributes)
-            key = f"{scope}{rec.get_type().localpart}({name}; {', '.join(attrs)})"
-            out.setdefault(f"{scope}{name}" if name else key[:160], []).append(key)
-    return {k: sorted(v) for k, v in out.items()}
-
-
-def round_trip(json_text: str, fmt: str) -> list[tuple[str, str]]:
-    """Read PROV-JSON, write it as ``fmt`` (``provn``, ``xml`` or ``rdf``/Turtle), read that back
-    with ``prov.read`` and compare; returns ``(record id, difference)`` pairs, empty when equal."""
-    from prov import read
-
-    doc = ProvDocument.deserialize(content=json_text, format="json")
-    text = serialize_document(doc, "ttl" if fmt == "rdf" else fmt)
-    try:
-        back = read(text, format=fmt, **({"rdf_format": "turtle"} if fmt == "rdf" else {}))
-    except Exception as err:
-        return [("", f"prov.read cannot read the {fmt} serialisation back: {err!r}")]
-    if back == doc:
-        return []
-    before, after = _record_keys(doc), _record_keys(back)
-    problems = []
-    for ident in sorted(set(before) | set(after)):
-        a, b = sorted(before.get(ident, [])), sorted(after.get(ident, []))
-        if a != b:
-            lost = [x for x in a if x not in b]
-            gained = [x for x in b if x not in a]
-            problems.append((ident, f"changed in a {fmt} round trip: lost {lost[:2]}, gained {gained[:2]}"))
-    return problems

@@ -1,0 +1,39 @@
+"""The PROV side of a run: the only package that imports ``prov``.
+
+- :mod:`.build`: the recorder's plain records -> a :class:`prov.model.ProvDocument` (and the
+  merge of an earlier session's document into a reopened run's);
+- :mod:`.files`: writing documents atomically, reading them back, serialising, validity helpers;
+- :mod:`.views`: a document flattened into plain nodes and edges for drawing and the CLI.
+"""
+
+from prov4ml_lightning._prov.build import RunSnapshot, build_document, local_id, merge_previous, typed
+from prov4ml_lightning._prov.files import (
+    load_document,
+    prov_json_schema_path,
+    read_document,
+    round_trip,
+    serialize_document,
+    to_json_text,
+    write_document,
+)
+from prov4ml_lightning._prov.views import Element, GraphSpec, Relation, flatten, to_graph
+
+__all__ = [
+    "Element",
+    "GraphSpec",
+    "Relation",
+    "RunSnapshot",
+    "build_document",
+    "flatten",
+    "load_document",
+    "local_id",
+    "merge_previous",
+    "prov_json_schema_path",
+    "read_document",
+    "round_trip",
+    "serialize_document",
+    "to_graph",
+    "to_json_text",
+    "typed",
+    "write_document",
+]

@@ -1,0 +1,173 @@
+"""PROV documents on disk: atomic writes, reading back (any format the ``prov`` package reads),
+serialising for ``prov4ml export``, and the schema and round-trip helpers ``checks.py`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prov.model import ProvDocument
+
+from prov4ml_lightning.errors import Prov4MLInputError
+
+__all__ = ["load_document", "prov_json_schema_path", "read_document", "round_trip", "serialize_document",
+           "to_json_text", "write_document"]
+
+
+def _default_file_mode() -> int:
+    # Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
+def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
+    """Serialise ``doc`` to ``path`` atomically (temp file + rename): never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give it the mode any other file of the user gets
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            if fmt == "json":
+                doc.serialize(fh, format="json", indent=2)
+            elif fmt == "provn":
+                fh.write(doc.get_provn())
+            elif fmt in ("ttl", "turtle"):
+                fh.write(doc.serialize(format="rdf", rdf_format="turtle"))
+            elif fmt == "xml":
+                doc.serialize(fh, format="xml")
+            elif fmt == "jsonld":
+                fh.write(doc.serialize(format="rdf", rdf_format="json-ld"))
+            else:
+                raise ValueError(f"unknown PROV format {fmt!r}")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_document(path: str | os.PathLike[str], fmt: str = "json") -> ProvDocument:
+    """Read a PROV document written by :func:`write_document`."""
+    from prov import read
+
+    return read(str(path), format=fmt)
+
+
+
+# -- reading documents back (the `prov4ml` command line) ------------------------------------
+
+
+def load_document(path: str | os.PathLike[str]) -> ProvDocument:
+    """Read a PROV-JSON file (bundles included) with errors a user can act on.
+
+    Raises:
+        Prov4MLInputError: the file is missing, is not JSON, or is not a PROV-JSON document.
+    """
+
+    p = Path(path)
+    if not p.is_file():
+        raise Prov4MLInputError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError as err:
+        raise Prov4MLInputError(f"{p}: not a PROV-JSON file (not UTF-8 text: {err.reason})") from err
+    except json.JSONDecodeError as err:
+        raise Prov4MLInputError(f"{p}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    if not isinstance(data, dict):
+        raise Prov4MLInputError(f"{p}: not a PROV-JSON document (top level is {type(data).__name__}, not an object)")
+    try:
+        return ProvDocument.deserialize(content=text, format="json")
+    except Exception as err:  # prov raises bare errors of several kinds on bad structure
+        raise Prov4MLInputError(f"{p}: not a valid PROV-JSON document ({type(err).__name__}: {err})") from err
+
+
+def serialize_document(doc: ProvDocument, fmt: str) -> str:
+    """``doc`` as text in ``fmt``: ``json``, ``provn``, ``ttl``, ``xml`` or ``jsonld``."""
+    if fmt == "json":
+        return doc.serialize(format="json", indent=2)
+    if fmt == "provn":
+        return doc.get_provn()
+    if fmt in ("ttl", "turtle"):
+        return doc.serialize(format="rdf", rdf_format="turtle")
+    if fmt == "xml":
+        return doc.serialize(format="xml")
+    if fmt == "jsonld":
+        return doc.serialize(format="rdf", rdf_format="json-ld")
+    raise ValueError(f"unknown PROV format {fmt!r}")
+
+
+
+# -- validity (used by checks.py, which must not import prov) ---------------------------------
+
+
+def prov_json_schema_path() -> Path:
+    """The official PROV-JSON JSON Schema as shipped inside the ``prov`` wheel.
+
+    Raises:
+        FileNotFoundError: this ``prov`` build does not ship its test schemas.
+    """
+    import prov
+
+    path = Path(prov.__file__).parent / "tests" / "schemas" / "prov-json.schema.json"
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return path
+
+
+def to_json_text(doc: ProvDocument) -> str:
+    """``doc`` as PROV-JSON text."""
+    return doc.serialize(format="json")
+
+
+def _canonical(value: Any) -> str:
+    # NaN != NaN would make every document with a NaN metric "change" in a round trip
+    if isinstance(value, float) and value != value:
+        return "float:NaN"
+    return f"{type(value).__name__}:{value!r}"
+
+
+def _record_keys(doc: ProvDocument) -> dict[str, list[str]]:
+    """Each record as a canonical string (blank relation ids dropped, attributes sorted)."""
+    out: dict[str, list[str]] = {}
+    scopes = [("", doc), *((f"{b.identifier} / ", b) for b in doc.bundles)]
+    for scope, container in scopes:
+        for rec in container.get_records():
+            ident = rec.identifier
+            name = str(ident) if ident is not None and not str(ident).startswith("_:") else ""
+            attrs = sorted(f"{k}={_canonical(v)}" for k, v in rec.attributes)
+            key = f"{scope}{rec.get_type().localpart}({name}; {', '.join(attrs)})"
+            out.setdefault(f"{scope}{name}" if name else key[:160], []).append(key)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def round_trip(json_text: str, fmt: str) -> list[tuple[str, str]]:
+    """Read PROV-JSON, write it as ``fmt`` (``provn``, ``xml`` or ``rdf``/Turtle), read that back
+    with ``prov.read`` and compare; returns ``(record id, difference)`` pairs, empty when equal."""
+    from prov import read
+
+    doc = ProvDocument.deserialize(content=json_text, format="json")
+    text = serialize_document(doc, "ttl" if fmt == "rdf" else fmt)
+    try:
+        back = read(text, format=fmt, **({"rdf_format": "turtle"} if fmt == "rdf" else {}))
+    except Exception as err:
+        return [("", f"prov.read cannot read the {fmt} serialisation back: {err!r}")]
+    if back == doc:
+        return []
+    before, after = _record_keys(doc), _record_keys(back)
+    problems = []
+    for ident in sorted(set(before) | set(after)):
+        a, b = sorted(before.get(ident, [])), sorted(after.get(ident, []))
+        if a != b:
+            lost = [x for x in a if x not in b]
+            gained = [x for x in b if x not in a]
+            problems.append((ident, f"changed in a {fmt} round trip: lost {lost[:2]}, gained {gained[:2]}"))
+    return problems
