@@ -32,6 +32,7 @@ import torch
 from prov4ml_lightning._datasets import DatasetInfo, describe_dataloader, flatten_dataloaders
 from prov4ml_lightning._distributed import RankInfo
 from prov4ml_lightning._files import sha256_path
+from prov4ml_lightning._validation import to_floats
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning
 from prov4ml_lightning.recorder import RunOutputs, RunRecorder, current_run
@@ -70,7 +71,7 @@ class _Segment:
         if not points:
             return
         steps = [step for step, _ in points]
-        values = _floats([value for _, value in points])
+        values = to_floats([value for _, value in points])
         self.count += len(values)
         first, last = min(steps), max(steps)
         self.first_step = first if self.first_step is None else min(self.first_step, first)
@@ -388,19 +389,3 @@ def _float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-def _floats(values: list[Any]) -> list[float]:
-    """Floats of numbers and detached 0-d tensors (as ``log_metric`` buffers them): one stack and
-    one copy per device and dtype (mixing dtypes in one stack would round int64 to float32)."""
-    out: list[Any] = list(values)
-    groups: dict[tuple[Any, Any], list[int]] = {}
-    for i, value in enumerate(values):
-        if isinstance(value, torch.Tensor):
-            groups.setdefault((value.device, value.dtype), []).append(i)
-        else:
-            out[i] = float(value)
-    for indices in groups.values():
-        for i, number in zip(indices, torch.stack([values[i] for i in indices]).cpu().tolist()):
-            out[i] = float(number)
-    return out

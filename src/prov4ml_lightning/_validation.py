@@ -28,6 +28,7 @@ __all__ = [
     "flatten_params",
     "mlflow_safe_key",
     "normalise_namespace",
+    "to_floats",
     "to_number",
 ]
 
@@ -67,6 +68,23 @@ def to_number(value: Any, call: str, key: str = "") -> float | int | torch.Tenso
         )
     return float(value)  # int/float subclasses
 
+
+
+def to_floats(values: list[Any]) -> list[float]:
+    """Floats of values :func:`to_number` returned (numbers and detached 0-d tensors): one stack and
+    one copy per device and dtype, so one device sync per group (one stack of mixed dtypes would
+    round int64 values to float32)."""
+    out: list[Any] = list(values)
+    groups: dict[tuple[Any, Any], list[int]] = {}
+    for i, value in enumerate(values):
+        if type(value) is not float and isinstance(value, torch.Tensor):
+            groups.setdefault((value.device, value.dtype), []).append(i)
+        else:
+            out[i] = float(value)
+    for indices in groups.values():
+        for i, number in zip(indices, torch.stack([values[i] for i in indices]).cpu().tolist()):
+            out[i] = float(number)
+    return out
 
 def _number_error(call: str, key: str, value: Any, message: str) -> Prov4MLInputError:
     return Prov4MLInputError(f"{call}({key!r}, {_short_repr(value)}): {message}")

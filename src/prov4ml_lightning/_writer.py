@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from prov4ml_lightning._validation import to_floats
 from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError
 from prov4ml_lightning.journal import ends_without_newline
 
@@ -182,19 +183,13 @@ class MetricWriter(threading.Thread):
 
 
 def _to_floats(points: list[Point]) -> list[Point]:
-    """Turn tensor values into floats: one stack and one copy per device and dtype (one stack of
-    mixed dtypes would round int64 values to float32), so one sync per device per flush."""
-    groups: dict[tuple[Any, Any], list[int]] = {}
-    for i, p in enumerate(points):
-        value = p[4]
-        if type(value) is not float and isinstance(value, torch.Tensor):
-            groups.setdefault((value.device, value.dtype), []).append(i)
-    if not groups:
+    """Points with their tensor values turned into floats (:func:`to_floats`: one sync per device and
+    dtype per flush); other values stay as they are."""
+    tensors = [i for i, p in enumerate(points) if type(p[4]) is not float and isinstance(p[4], torch.Tensor)]
+    if not tensors:
         return points
     out = list(points)
-    for indices in groups.values():
-        values = torch.stack([points[i][4] for i in indices]).to("cpu", torch.float64).tolist()
-        for i, value in zip(indices, values):
-            key, ctx, mkey, step, _, ts = out[i]
-            out[i] = (key, ctx, mkey, step, value, ts)
+    for i, value in zip(tensors, to_floats([points[i][4] for i in tensors])):
+        key, ctx, mkey, step, _, ts = out[i]
+        out[i] = (key, ctx, mkey, step, value, ts)
     return out
