@@ -151,8 +151,12 @@ def attach_ranks(run: RunRecorder, rank: RankInfo, collect: bool) -> RankGroup:
     if run.ranks is not None:
         return run.ranks
     root = run.provenance_dir / f"ranks_{run.run_id}"
-    sessions = sum(1 for p in root.glob("session_*")) if root.is_dir() else 0
-    session = f"session_{sessions + 1}"
+    # The run's own session number, so ranks, code and environment of one session share it; a
+    # folder already there (only if the journal could not be read to count sessions) is skipped.
+    n = run.session
+    while (root / f"session_{n}").exists():
+        n += 1
+    session = f"session_{n}"
     group = RankGroup(rank, collect, session, root / session)
     if collect:
         group.parts.mkdir(parents=True, exist_ok=True)

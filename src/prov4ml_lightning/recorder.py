@@ -118,6 +118,9 @@ class RunRecorder:
         self.context: Any = None  # capture.RunContext: code, environment, seed
         self._sampler: Any = None
         self.ranks: RankGroup | None = None  # rank zero's run of a distributed job
+        # Which session of the run this process records: 1, or n for its n-th opening (a reopened
+        # run: resume, validate/test after fit). Names this session's code, environment and ranks.
+        self.session = 1
         self._ended = False
         self.outputs: RunOutputs | None = None
         self._t0 = time.monotonic()
@@ -234,10 +237,9 @@ class RunRecorder:
             )
             run = cls(info, sink, parent=parent, flush_interval=flush_interval,
                       provenance_formats=tuple(provenance_formats))
-            session = 1
             if reopened is not None:
-                session = run._continue_earlier_session()
-            run._capture_context(session)
+                run.session = run._continue_earlier_session()
+            run._capture_context()
             if rank is not None and rank.distributed:
                 from prov4ml_lightning._rank_parts import attach_ranks
 
@@ -248,12 +250,12 @@ class RunRecorder:
         log.info("prov4ml run %s started (tracking %s)", run_id, info.tracking_uri)
         return run
 
-    def _capture_context(self, session: int = 1) -> None:
+    def _capture_context(self) -> None:
         """Code, environment and seed, once per session of the run; their files go to MLflow right
         away, so a process killed before ``end_run`` still leaves them (see ``capture/``)."""
         from prov4ml_lightning.capture import capture_context
 
-        self.context = capture_context(self.provenance_dir, self.run_id, session)
+        self.context = capture_context(self.provenance_dir, self.run_id, self.session)
         self.journal.write("context", context=self.context.for_prov())
         for path, folder in self.context.files:
             self._safely(f"upload {path.name}", self.sink.log_artifact, self.run_id, str(path), folder)
