@@ -36,8 +36,8 @@ def _api_checks(work: Path, device: str) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     import prov4ml_lightning as prov4ml
-    from prov4ml_lightning._mlflow_sink import default_tracking_uri
-    from prov4ml_lightning._prov import flatten, load_document
+    from prov4ml_lightning.provenance import flatten, load_document
+    from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri
 
     out: dict[str, Any] = {"device": device}
     dev = torch.device(device)
@@ -116,7 +116,7 @@ def _fit_child(cfg: str, epochs: int, work: str, accelerator: str) -> None:
     if cb is not None:
         from mlflow.tracking import MlflowClient
 
-        from prov4ml_lightning._mlflow_sink import default_tracking_uri
+        from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri
 
         client = MlflowClient(default_tracking_uri(f"{work}/mlflow"))
         run = client.get_run(cb.run_id)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import prov4ml_lightning as prov4ml
-from prov4ml_lightning import recorder
+from prov4ml_lightning.tracking import recorder as recorder
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401  (a real `mlflow server`)
 
 
@@ -38,7 +38,7 @@ def run_args(prov_dir: Path, mlflow_dir: Path) -> dict:
 def client(mlflow_dir: Path):
     from mlflow.tracking import MlflowClient
 
-    from prov4ml_lightning._mlflow_sink import default_tracking_uri
+    from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri
 
     return MlflowClient(default_tracking_uri(mlflow_dir))
 

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Prov4MLCallback, Prov4MLInputError
-from prov4ml_lightning.checks import check_file
+from prov4ml_lightning.provenance.checks import check_file
 from tests.helpers import attr, by_type, read_prov, records_of
 from tests.lightning_models import FailingModel, ManualOptModel, TinyDataModule, TinyModel, fast_trainer
 
@@ -321,7 +321,7 @@ def test_bad_options_fail_at_construction(run_args):
 
 
 def test_metric_segment_summary_folds_tensors_in_batches(monkeypatch):
-    from prov4ml_lightning import _lightning_run
+    from prov4ml_lightning.lightning import run_link as _lightning_run
 
     monkeypatch.setattr(_lightning_run, "_FOLD_EVERY", 3)
     segment = _lightning_run._Segment()

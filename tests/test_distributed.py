@@ -21,12 +21,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import prov4ml_lightning as prov4ml
-from prov4ml_lightning import Prov4MLError, Prov4MLInputError, RunRecorder, _rank_parts
-from prov4ml_lightning._distributed import RankInfo, rank_from_env, share_run
-from prov4ml_lightning._mlflow_sink import default_tracking_uri, fetch_provenance
-from prov4ml_lightning._rank_parts import RankRecorder, SilentRun, open_part, shared_of
-from prov4ml_lightning._records import RunInfo
-from prov4ml_lightning.checks import check_file
+from prov4ml_lightning import Prov4MLError, Prov4MLInputError, RunRecorder
+from prov4ml_lightning.distributed import parts as _rank_parts
+from prov4ml_lightning.distributed.parts import RankRecorder, SilentRun, open_part, shared_of
+from prov4ml_lightning.distributed.ranks import RankInfo, rank_from_env, share_run
+from prov4ml_lightning.provenance.checks import check_file
+from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri, fetch_provenance
+from prov4ml_lightning.tracking.records import RunInfo
 from tests.helpers import attr, by_type, read_prov, records_of
 
 REPO = Path(__file__).resolve().parents[1]

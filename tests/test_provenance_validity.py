@@ -2,7 +2,7 @@
 PROV-XML and PROV-O, referential integrity, event ordering, typed literals, stable identifiers.
 
 Documents come from a real functional-API run (and, below, from the Lightning callback); the
-checks of ``prov4ml_lightning.checks`` are themselves tested on broken documents, so a check that
+checks of ``prov4ml_lightning.provenance.checks`` are themselves tested on broken documents, so a check that
 cannot fail would show up here.
 """
 
@@ -21,10 +21,11 @@ import pytest
 import torch
 
 import prov4ml_lightning as prov4ml
-from prov4ml_lightning import Context, _prov
-from prov4ml_lightning._prov.files import _record_keys
-from prov4ml_lightning.checks import check_document, check_file
-from prov4ml_lightning.vocab import MLS_NS, P4L_NS, PROVML_NS
+from prov4ml_lightning import Context
+from prov4ml_lightning import provenance as _prov
+from prov4ml_lightning.provenance.checks import check_document, check_file
+from prov4ml_lightning.provenance.files import _record_keys
+from prov4ml_lightning.provenance.vocab import MLS_NS, P4L_NS, PROVML_NS
 from tests.helpers import attr, by_type, read_prov
 
 SCHEMA = Path(prov.__file__).parent / "tests" / "schemas" / "prov-json.schema.json"

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context, Prov4MLCallback
-from prov4ml_lightning.checks import check_file
+from prov4ml_lightning.provenance.checks import check_file
 from tests.helpers import attr, by_type, read_prov
 from tests.lightning_models import TinyDataModule, TinyModel, fast_trainer
 

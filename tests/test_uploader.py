@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import prov4ml_lightning as prov4ml
-from prov4ml_lightning._mlflow_sink import MlflowSink, default_tracking_uri
-from prov4ml_lightning._uploader import MetricUploader
 from prov4ml_lightning.errors import Prov4MLError
+from prov4ml_lightning.sinks.mlflow.sink import MlflowSink, default_tracking_uri
+from prov4ml_lightning.sinks.mlflow.uploader import MetricUploader
 
 
 @pytest.fixture

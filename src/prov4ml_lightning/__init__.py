@@ -30,8 +30,8 @@ from prov4ml_lightning.errors import (
     RunAlreadyActiveError,
     TrackingUnavailableError,
 )
-from prov4ml_lightning.recorder import RunOutputs, RunRecorder
 from prov4ml_lightning.signals import RunTerminated, install_signal_handlers
+from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
 
 __all__ = [
     "Context",
@@ -65,7 +65,7 @@ __all__ = [
 def __getattr__(name: str):
     # The callback imports Lightning (seconds); load it when first asked for, not with the package.
     if name == "Prov4MLCallback":
-        from prov4ml_lightning.callback import Prov4MLCallback
+        from prov4ml_lightning.lightning.callback import Prov4MLCallback
 
         return Prov4MLCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The functional API, with the names and parameters of the original prov4ml.
 
 Each function looks the current run up at call time (so tests and the callback can swap it)
-and is a one- or two-line call into :class:`~prov4ml_lightning.recorder.RunRecorder`.
+and is a one- or two-line call into :class:`~prov4ml_lightning.tracking.recorder.RunRecorder`.
 
 Example::
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.recorder import RunOutputs, RunRecorder, current_run, require_run
+from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder, current_run, require_run
 
 __all__ = [
     "active_run",
@@ -92,7 +92,7 @@ def start_run(
         RunAlreadyActiveError: a run is open and ``nested`` is false.
         Prov4MLInputError: a name, namespace or folder is unusable.
     """
-    from prov4ml_lightning._distributed import start_on_ranks
+    from prov4ml_lightning.distributed.ranks import start_on_ranks
 
     formats = tuple(dict.fromkeys(("json", *provenance_formats)))
     return start_on_ranks(lambda rank: RunRecorder.start(

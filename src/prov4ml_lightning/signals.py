@@ -16,7 +16,7 @@ Lightning sets ``trainer.received_sigterm`` and raises its ``SIGTERMException`` 
 ``KILLED``. With ours installed before ``fit``, Lightning's handler runs first (it notifies other
 ranks), then ours raises at once, mid-batch; the callback sees the same ``on_exception``. Both
 paths end the run with its PROV files written; ``SIGKILL`` cannot be caught at all, see
-:mod:`prov4ml_lightning.recovery`.
+:mod:`prov4ml_lightning.recovery.recover`.
 
 Example::
 
@@ -65,7 +65,7 @@ def _end_runs_killed() -> None:
     # Registered after the recorder's own atexit hook, so it runs first (atexit is LIFO).
     if not _received:
         return
-    from prov4ml_lightning.recorder import current_run
+    from prov4ml_lightning.tracking.recorder import current_run
 
     while (run := current_run()) is not None:
         log.warning("prov4ml: ending run %s as KILLED after signal %d", run.run_id, _received[-1])

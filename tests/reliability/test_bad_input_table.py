@@ -16,7 +16,7 @@ import torch
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context, NoActiveRunError, Prov4MLInputError, RunAlreadyActiveError
-from prov4ml_lightning.journal import read_journal
+from prov4ml_lightning.tracking.journal import read_journal
 from tests.helpers import attr, by_type, read_prov
 
 pytestmark = pytest.mark.timeout(120)

@@ -18,8 +18,8 @@ import pytest
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context
-from prov4ml_lightning.checks import check_file
-from prov4ml_lightning.journal import read_journal
+from prov4ml_lightning.provenance.checks import check_file
+from prov4ml_lightning.tracking.journal import read_journal
 from tests.helpers import attr, by_type, read_prov
 
 pytestmark = pytest.mark.timeout(180)
@@ -84,7 +84,7 @@ TRAIN = """
 import json, sys, time
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context
-from prov4ml_lightning.checks import check_file
+from prov4ml_lightning.provenance.checks import check_file
 
 cfg = json.loads(sys.argv[1])
 if cfg.get("handlers"):
@@ -198,7 +198,7 @@ def test_killed_process_is_recovered_from_journal_and_sidecar(script, tmp_path, 
 
 
 def test_recover_leaves_a_live_run_alone(script, tmp_path, mlflow_dir):
-    from prov4ml_lightning.recovery import recover
+    from prov4ml_lightning.recovery.recover import recover
 
     proc = script(TRAIN).start(_cfg(tmp_path, mlflow_dir, mode="stall"))
     run_id = proc.wait_for("ready").split()[1]
@@ -210,9 +210,9 @@ def test_recover_leaves_a_live_run_alone(script, tmp_path, mlflow_dir):
 
 def test_files_cut_short_by_a_kill_take_new_lines_cleanly(tmp_path):
     """A resumed run appends to the journal and sidecar a killed run left with half a last line."""
-    from prov4ml_lightning._writer import MetricWriter
-    from prov4ml_lightning.journal import Journal
-    from prov4ml_lightning.recovery import read_sidecar
+    from prov4ml_lightning.recovery.recover import read_sidecar
+    from prov4ml_lightning.tracking.journal import Journal
+    from prov4ml_lightning.tracking.writer import MetricWriter
 
     journal_file = tmp_path / "journal_r.jsonl"
     journal_file.write_text('{"event": "start", "time": 1}\n{"event": "par')

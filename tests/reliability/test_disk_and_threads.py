@@ -13,7 +13,7 @@ from prov.model import ProvDocument
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Prov4MLError, Prov4MLInputError, Prov4MLWarning
-from prov4ml_lightning.recovery import recover
+from prov4ml_lightning.recovery.recover import recover
 from tests.helpers import attr, by_type, read_prov
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,7 +37,7 @@ def test_provenance_dir_that_cannot_be_created(run_args, tmp_path, client):
 
 
 def test_full_disk_at_start_run(run_args, monkeypatch, client):
-    from prov4ml_lightning import recorder
+    from prov4ml_lightning.tracking import recorder as recorder
 
     monkeypatch.setattr(recorder.tempfile, "TemporaryFile", _enospc)
     with pytest.raises(Prov4MLInputError, match=r"start_run: provenance_save_dir .* is not writable .*No space left"):

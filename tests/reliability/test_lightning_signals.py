@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prov4ml_lightning.recovery import run_journals
+from prov4ml_lightning.recovery.recover import run_journals
 from tests.helpers import attr, by_type, read_prov
 
 pytestmark = pytest.mark.timeout(180)
@@ -72,9 +72,9 @@ def test_sigterm_or_sigkill_during_fit_keeps_the_provenance(script, tmp_path, ml
 
 def _check_recovered(prov_dir, client) -> None:
     """SIGKILL mid-fit: ``recover`` rebuilds a document that passes every PROV check."""
-    from prov4ml_lightning.checks import check_file
-    from prov4ml_lightning.recovery import recover
-    from prov4ml_lightning.sync import sync
+    from prov4ml_lightning.provenance.checks import check_file
+    from prov4ml_lightning.recovery.recover import recover
+    from prov4ml_lightning.recovery.sync import sync
 
     (rec,) = recover(prov_dir)
     assert rec.status == "CRASHED" and rec.metric_points > 0

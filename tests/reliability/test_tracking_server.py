@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context, RunRecorder
-from prov4ml_lightning.sync import LOCAL_RUN_TAG, sync
+from prov4ml_lightning.recovery.sync import LOCAL_RUN_TAG, sync
 from tests.helpers import attr, by_type, read_prov
 from tests.mlflow_server import free_port
 

@@ -16,9 +16,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning._prov import Element, Relation, flatten, load_document
 from prov4ml_lightning.cli._common import CliError
 from prov4ml_lightning.errors import Prov4MLError
+from prov4ml_lightning.provenance import Element, Relation, flatten, load_document
 
 __all__ = ["RunView", "datasets_by_name", "final_metrics", "fmt", "human_bytes", "join", "lower_is_better", "table"]
 

@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
     import sys
 
-    from prov4ml_lightning._prov import load_document, serialize_document, write_document
     from prov4ml_lightning.errors import Prov4MLError
+    from prov4ml_lightning.provenance import load_document, serialize_document, write_document
 
     source = resolve_prov_file(args.run, args.tracking_uri, scratch)
     try:

@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
-    from prov4ml_lightning.recovery import recover
-    from prov4ml_lightning.sync import sync
+    from prov4ml_lightning.recovery.recover import recover
+    from prov4ml_lightning.recovery.sync import sync
 
     failed = 0
     for rec in recover(args.directory, run_id=args.run_id, force=args.force):

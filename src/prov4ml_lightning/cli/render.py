@@ -37,7 +37,7 @@ from prov4ml_lightning.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from prov4ml_lightning._prov import GraphSpec
+    from prov4ml_lightning.provenance import GraphSpec
 
 __all__ = ["FORMATS", "HELP", "NAME", "add_arguments", "run"]
 
@@ -80,9 +80,9 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
-    from prov4ml_lightning import _graph
-    from prov4ml_lightning._prov import load_document, to_graph
     from prov4ml_lightning.errors import Prov4MLError
+    from prov4ml_lightning.provenance import graph as _graph
+    from prov4ml_lightning.provenance import load_document, to_graph
 
     if args.collapse < 0:
         raise CliError(f"--collapse must be 0 (never) or a positive number, got {args.collapse}")

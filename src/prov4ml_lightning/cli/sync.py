@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
-    from prov4ml_lightning.sync import sync
+    from prov4ml_lightning.recovery.sync import sync
 
     failed = 0
     for report in sync(args.directory, tracking_uri=args.tracking_uri, run_id=args.run_id):

@@ -1,6 +1,6 @@
 """Check PROV documents: JSON, the PROV-JSON schema, references between records, record
 kinds, the time order of events, and round trips through PROV-N, PROV-XML and PROV-O
-(see :mod:`prov4ml_lightning.checks`).
+(see :mod:`prov4ml_lightning.provenance.checks`).
 
 Each problem is printed as one line ``FILE: [check] RECORD_ID: message``. Exit status 1 when
 any document has a problem (a file that is not JSON counts as one), 2 when a file is missing.
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
-    from prov4ml_lightning.checks import Problem, check_file
+    from prov4ml_lightning.provenance.checks import Problem, check_file
 
     # Resolve every argument first: a typo in the third name should not wait for two checks.
     paths = [resolve_prov_file(target, args.tracking_uri, scratch) for target in args.files]

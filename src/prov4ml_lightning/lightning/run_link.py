@@ -1,6 +1,6 @@
-"""Rank zero's side of :class:`~prov4ml_lightning.callback.Prov4MLCallback`: everything it writes.
+"""Rank zero's side of :class:`~prov4ml_lightning.lightning.callback.Prov4MLCallback`: everything it writes.
 
-:class:`RunLink` wraps the :class:`~prov4ml_lightning.recorder.RunRecorder` the callback opened,
+:class:`RunLink` wraps the :class:`~prov4ml_lightning.tracking.recorder.RunRecorder` the callback opened,
 joined or reopened, and turns Lightning facts into recorder calls: metric points (and their
 per-activity segments), activities, dataset entities, checkpoint entities, the final model.
 Other ranks get a :class:`NullLink` with the same methods doing nothing, so the callback never
@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-from prov4ml_lightning._datasets import DatasetInfo, describe_dataloader, flatten_dataloaders
-from prov4ml_lightning._distributed import RankInfo
-from prov4ml_lightning._files import sha256_path
-from prov4ml_lightning._validation import to_floats
+from prov4ml_lightning.capture.datasets import DatasetInfo, describe_dataloader, flatten_dataloaders
 from prov4ml_lightning.context import Context
+from prov4ml_lightning.distributed.ranks import RankInfo
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning
-from prov4ml_lightning.recorder import RunOutputs, RunRecorder, current_run
+from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder, current_run
+from prov4ml_lightning.tracking.validation import to_floats
 
 __all__ = ["NullLink", "RunLink", "checkpoint_name", "open_link"]
 
@@ -164,7 +164,7 @@ class RunLink:
     # -- params -------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Log ``params``, skipping keys the run already holds; return those it holds with another value."""
-        from prov4ml_lightning import _validation as v
+        from prov4ml_lightning.tracking import validation as v
 
         flat = v.flatten_params(params, "Prov4MLCallback")
         new, conflicts = {}, {}
@@ -353,7 +353,7 @@ def open_link(rank: RankInfo, run_kwargs: Mapping[str, Any], run_id: str | None,
     joined = current_run()
     if joined is not None and not nested:
         if rank.distributed:
-            from prov4ml_lightning._rank_parts import attach_ranks
+            from prov4ml_lightning.distributed.parts import attach_ranks
 
             attach_ranks(joined, rank, collect=True)
         return RunLink(joined, owned=False, reopened=False)

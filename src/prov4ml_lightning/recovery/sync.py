@@ -29,12 +29,20 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prov4ml_lightning._files import sha256_path
-from prov4ml_lightning._guard import TrackingGuard, redact_uri
-from prov4ml_lightning._validation import mlflow_safe_key
 from prov4ml_lightning.errors import Prov4MLInputError, TrackingUnavailableError
-from prov4ml_lightning.journal import Journal
-from prov4ml_lightning.recovery import CRASHED, CRASHED_TAG, JournaledRun, _alive, load_run, read_sidecar, run_journals
+from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.recovery.recover import (
+    CRASHED,
+    CRASHED_TAG,
+    JournaledRun,
+    _alive,
+    load_run,
+    read_sidecar,
+    run_journals,
+)
+from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard, redact_uri
+from prov4ml_lightning.tracking.journal import Journal
+from prov4ml_lightning.tracking.validation import mlflow_safe_key
 
 __all__ = ["LOCAL_RUN_TAG", "SyncedRun", "sync", "sync_run"]
 
@@ -107,7 +115,7 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
     except Prov4MLInputError as err:
         report.skipped = str(err)
         return report
-    from prov4ml_lightning._mlflow_sink import MlflowSink
+    from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
     sink = TrackingGuard(MlflowSink(uri, run.start.get("mlflow_save_dir") or run.directory), uri)
     if not sink.available():

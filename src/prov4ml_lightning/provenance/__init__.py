@@ -6,8 +6,8 @@
 - :mod:`.views`: a document flattened into plain nodes and edges for drawing and the CLI.
 """
 
-from prov4ml_lightning._prov.build import RunSnapshot, build_document, local_id, merge_previous, typed
-from prov4ml_lightning._prov.files import (
+from prov4ml_lightning.provenance.build import RunSnapshot, build_document, local_id, merge_previous, typed
+from prov4ml_lightning.provenance.files import (
     load_document,
     prov_json_schema_path,
     read_document,
@@ -16,7 +16,7 @@ from prov4ml_lightning._prov.files import (
     to_json_text,
     write_document,
 )
-from prov4ml_lightning._prov.views import Element, GraphSpec, Relation, flatten, to_graph
+from prov4ml_lightning.provenance.views import Element, GraphSpec, Relation, flatten, to_graph
 
 __all__ = [
     "Element",

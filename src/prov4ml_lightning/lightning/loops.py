@@ -13,9 +13,9 @@ import time
 import uuid
 from typing import Any
 
-from prov4ml_lightning._lightning_config import lr_names
-from prov4ml_lightning._lightning_metrics import EpochDiff, loop_results, should_log_step, step_metrics
 from prov4ml_lightning.context import Context
+from prov4ml_lightning.lightning.hparams import lr_names
+from prov4ml_lightning.lightning.logged import EpochDiff, loop_results, should_log_step, step_metrics
 
 __all__ = ["STAGES", "EpochTracker", "LoopTracker", "stage_ident"]
 

@@ -31,13 +31,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning import _validation as v
-from prov4ml_lightning._distributed import RankInfo
-from prov4ml_lightning._records import RunInfo
 from prov4ml_lightning.context import Context
+from prov4ml_lightning.distributed.ranks import RankInfo
 from prov4ml_lightning.errors import Prov4MLInputError, TrackingUnavailableError
-from prov4ml_lightning.journal import journal_path, read_journal
-from prov4ml_lightning.recorder import RunRecorder, _make_current, _release
+from prov4ml_lightning.tracking import validation as v
+from prov4ml_lightning.tracking.journal import journal_path, read_journal
+from prov4ml_lightning.tracking.recorder import RunRecorder, _make_current, _release
+from prov4ml_lightning.tracking.records import RunInfo
 
 __all__ = ["PART_WAIT_S", "RankGroup", "RankRecorder", "SilentRun", "attach_ranks", "open_part", "open_silent",
            "shared_of"]
@@ -92,7 +92,7 @@ class RankGroup:
                 series.activity = self.ident(int(head[4:]))
 
     def _merge_part(self, run: RunRecorder, k: int, deadline: float) -> None:
-        from prov4ml_lightning.recovery import load_run, read_sidecar
+        from prov4ml_lightning.recovery.recover import load_run, read_sidecar
 
         folder = self.parts / f"rank{k}"
         journal = journal_path(folder, run.run_id)
@@ -240,7 +240,7 @@ def open_part(rank: RankInfo, shared: Mapping[str, Any], run_kwargs: Mapping[str
     ``join_current`` (the callback): a run the user already opened on this rank takes the
     records instead, and ``None`` is returned.
     """
-    from prov4ml_lightning.recorder import current_run
+    from prov4ml_lightning.tracking.recorder import current_run
 
     if join_current and current_run() is not None:
         return None

@@ -7,7 +7,7 @@ A rank is described by :class:`RankInfo`, read from the Lightning trainer
 Global rank zero alone opens the MLflow run; :func:`share_run` hands its id (or the error that
 stopped it) to every rank with one broadcast that all ranks join, outside any rank-zero branch.
 Ranks other than zero then record into a part folder of their own that rank zero merges when the
-run ends (see :mod:`prov4ml_lightning._rank_parts`).
+run ends (see :mod:`prov4ml_lightning.distributed.parts`).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def start_on_ranks(open_zero: Callable[[RankInfo | None], Any], run_kwargs: Mapp
     ``start_run``) and record into their part; without it they get a run that records nothing,
     and no rank communicates.
     """
-    from prov4ml_lightning import _rank_parts
+    from prov4ml_lightning.distributed import parts as _rank_parts
 
     rank = rank_from_env()
     if not rank.distributed:

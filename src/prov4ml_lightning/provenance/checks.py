@@ -22,7 +22,7 @@ caller sees every problem of a document at once:
 
 Example::
 
-    from prov4ml_lightning.checks import check_file
+    from prov4ml_lightning.provenance.checks import check_file
 
     for problem in check_file("prov/provgraph_<run_id>.json"):
         print(problem)
@@ -122,7 +122,7 @@ def check_document(document: str | Mapping[str, Any] | Any, *, round_trip: bool 
         document: the document.
         round_trip: also round-trip through PROV-N, PROV-XML and PROV-O.
     """
-    from prov4ml_lightning import _prov
+    from prov4ml_lightning import provenance as _prov
 
     if isinstance(document, str):
         text = document
@@ -155,7 +155,7 @@ def _validator() -> Any:
         import jsonschema
     except ModuleNotFoundError as err:  # pragma: no cover - a core dependency
         raise ModuleNotFoundError("checking PROV-JSON needs jsonschema: pip install jsonschema") from err
-    from prov4ml_lightning._prov import prov_json_schema_path
+    from prov4ml_lightning.provenance import prov_json_schema_path
 
     schema = json.loads(prov_json_schema_path().read_text(encoding="utf-8"))
     schema = _with_ended_by_alias(schema)

@@ -27,12 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from prov4ml_lightning import _validation as v
-from prov4ml_lightning._files import sha256_path
-from prov4ml_lightning._guard import TrackingGuard
-from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
-from prov4ml_lightning._uploader import MetricUploader
-from prov4ml_lightning._writer import MetricWriter, Point
+from prov4ml_lightning.capture.model_info import model_statistics
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import (
     NoActiveRunError,
@@ -42,12 +37,17 @@ from prov4ml_lightning.errors import (
     RunAlreadyActiveError,
     TrackingUnavailableError,
 )
-from prov4ml_lightning.journal import Journal, journal_path, read_journal
-from prov4ml_lightning.model_info import model_statistics
+from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
+from prov4ml_lightning.sinks.mlflow.uploader import MetricUploader
+from prov4ml_lightning.tracking import validation as v
+from prov4ml_lightning.tracking.journal import Journal, journal_path, read_journal
+from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
+from prov4ml_lightning.tracking.writer import MetricWriter, Point
 
 if TYPE_CHECKING:
-    from prov4ml_lightning._distributed import RankInfo
-    from prov4ml_lightning._rank_parts import RankGroup
+    from prov4ml_lightning.distributed.parts import RankGroup
+    from prov4ml_lightning.distributed.ranks import RankInfo
 
 __all__ = ["RunOutputs", "RunRecorder", "current_run", "require_run"]
 
@@ -188,7 +188,7 @@ class RunRecorder:
         prov_dir = Path(provenance_save_dir).resolve()
         _check_writable(prov_dir, call)
 
-        from prov4ml_lightning._mlflow_sink import MlflowSink, default_tracking_uri
+        from prov4ml_lightning.sinks.mlflow.sink import MlflowSink, default_tracking_uri
 
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(mlflow_save_dir)
         str_tags = {str(k): v.param_text(val) for k, val in (tags or {}).items()}
@@ -241,7 +241,7 @@ class RunRecorder:
                 run.session = run._continue_earlier_session()
             run._capture_context()
             if rank is not None and rank.distributed:
-                from prov4ml_lightning._rank_parts import attach_ranks
+                from prov4ml_lightning.distributed.parts import attach_ranks
 
                 attach_ranks(run, rank, collect_all_ranks)
             if log_system_metrics:
@@ -496,14 +496,14 @@ class RunRecorder:
 
     # -- system metrics ----------------------------------------------------------------------
     def log_system_metrics(self, context: Any = Context.TRAINING, step: int | None = None) -> dict[str, float]:
-        from prov4ml_lightning.system_metrics import sample_system_metrics
+        from prov4ml_lightning.capture.system_metrics import sample_system_metrics
 
         sample = sample_system_metrics(self.provenance_dir)
         self.log_metrics(self._rank_keys(sample), context, step)
         return sample
 
     def start_system_metrics(self, interval: float) -> None:
-        from prov4ml_lightning.system_metrics import SystemMetricsSampler
+        from prov4ml_lightning.capture.system_metrics import SystemMetricsSampler
 
         if self._sampler is not None:
             return
@@ -599,7 +599,7 @@ class RunRecorder:
 
     def snapshot(self) -> Any:
         from prov4ml_lightning import __version__
-        from prov4ml_lightning._prov import RunSnapshot
+        from prov4ml_lightning.provenance import RunSnapshot
 
         return RunSnapshot(
             info=self.info, params={**self.params, **self._long_params},
@@ -640,8 +640,8 @@ class RunRecorder:
 
     def write_provenance(self) -> dict[str, Path]:
         """Write the PROV document (and graph) of the run as it stands; return the paths."""
-        from prov4ml_lightning._graph import render_svg, to_dot
-        from prov4ml_lightning._prov import build_document, to_graph, write_document
+        from prov4ml_lightning.provenance import build_document, to_graph, write_document
+        from prov4ml_lightning.provenance.graph import render_svg, to_dot
 
         doc = build_document(self.snapshot())
         base = self.provenance_dir / f"provgraph_{self.run_id}"

@@ -44,7 +44,7 @@ def fit_params(trainer: Any, module: Any) -> dict[str, Any]:
     Each source is flattened on its own, so a module hparam named ``optimizer`` and the
     ``optimizer/0/...`` settings both survive; on a clash of whole keys the module's value wins.
     """
-    from prov4ml_lightning._validation import flatten_params
+    from prov4ml_lightning.tracking.validation import flatten_params
 
     flat = flatten_params(module_hparams(module), "Prov4MLCallback")
     for source in (datamodule_hparams(trainer.datamodule), trainer_params(trainer), optimizer_params(trainer)):

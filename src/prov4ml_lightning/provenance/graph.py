@@ -26,7 +26,7 @@ from typing import Any
 
 import graphviz
 
-from prov4ml_lightning._prov import GraphSpec
+from prov4ml_lightning.provenance import GraphSpec
 
 __all__ = ["INSTALL_GRAPHVIZ", "OVERVIEW_TYPES", "dot_available", "render_file", "render_svg", "to_dot"]
 
@@ -193,7 +193,7 @@ def to_dot(spec: GraphSpec, title: str = "provenance", *, level: int = 2, collap
     """DOT source for ``spec``.
 
     Args:
-        spec: the flattened document (:func:`prov4ml_lightning._prov.to_graph`).
+        spec: the flattened document (:func:`prov4ml_lightning.provenance.to_graph`).
         title: the graph's caption.
         level: 1 for the overview (:data:`OVERVIEW_TYPES`), 2 for every record.
         collapse: groups of more than this many same-type nodes are collapsed; 0 keeps every node.

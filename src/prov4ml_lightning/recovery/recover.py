@@ -1,7 +1,7 @@
 """Rebuild the provenance of a run that died without ``end_run`` (``SIGKILL``, OOM killer, power cut).
 
 A run leaves two append-only files in its provenance folder while it trains: the journal
-``journal_<run_id>.jsonl`` (every non-metric event, see :mod:`prov4ml_lightning.journal`) and the
+``journal_<run_id>.jsonl`` (every non-metric event, see :mod:`prov4ml_lightning.tracking.journal`) and the
 metric sidecar ``metrics_<run_id>.csv`` (every metric point the background writer drained; it
 drains every ``flush_interval`` seconds, so a ``SIGKILL`` loses at most the points of the last
 interval). :func:`recover` folds both into the records the recorder had, writes the PROV files
@@ -9,13 +9,13 @@ interval). :func:`recover` folds both into the records the recorder had, writes 
 ``status`` set to ``CRASHED`` and its end time set to the last thing it recorded, and appends a
 ``recovered`` event to the journal. The MLflow side (ending the run as ``FAILED`` with the tag
 ``prov4ml.crashed=true``, sending the points MLflow lacks, uploading the PROV files) is
-:func:`prov4ml_lightning.sync.sync`, which the ``prov4ml recover`` command runs afterwards.
+:func:`prov4ml_lightning.recovery.sync.sync`, which the ``prov4ml recover`` command runs afterwards.
 
 A journal whose process is still alive on this host is left alone unless ``force=True``.
 
 Example::
 
-    from prov4ml_lightning.recovery import recover
+    from prov4ml_lightning.recovery.recover import recover
     for run in recover("prov_dir"):
         print(run.run_id, run.status, run.prov_json)
 """
@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning._records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
-from prov4ml_lightning.journal import JOURNAL_PREFIX, Journal, read_journal
+from prov4ml_lightning.tracking.journal import JOURNAL_PREFIX, Journal, read_journal
+from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 
 __all__ = ["CRASHED", "JournaledRun", "RecoveredRun", "load_run", "read_sidecar", "recover", "run_journals"]
 
@@ -220,8 +220,8 @@ def _alive(run: JournaledRun) -> bool:
 def write_run_files(run: JournaledRun, status: str, end_time: float,
                     points: list[tuple[str, str, str, int, float, int]]) -> Path:
     """Write the PROV files of ``run`` as ``end_run`` would; return the JSON path."""
-    from prov4ml_lightning._graph import render_svg, to_dot
-    from prov4ml_lightning._prov import RunSnapshot, build_document, to_graph, write_document
+    from prov4ml_lightning.provenance import RunSnapshot, build_document, to_graph, write_document
+    from prov4ml_lightning.provenance.graph import render_svg, to_dot
 
     info = run.info
     info.status, info.end_time = status, end_time

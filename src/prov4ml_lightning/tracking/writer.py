@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from prov4ml_lightning._validation import to_floats
 from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError
-from prov4ml_lightning.journal import ends_without_newline
+from prov4ml_lightning.tracking.journal import ends_without_newline
+from prov4ml_lightning.tracking.validation import to_floats
 
 __all__ = ["MetricWriter", "Point"]
 

@@ -1,6 +1,6 @@
 """``Prov4MLCallback``: full provenance of a Lightning fit, validate, test or predict, with no logging code.
 
-A thin front door over the same :class:`~prov4ml_lightning.recorder.RunRecorder` the functional
+A thin front door over the same :class:`~prov4ml_lightning.tracking.recorder.RunRecorder` the functional
 API uses; its hooks read Lightning's state and hand it to ``_lightning_run.RunLink`` (the
 writes), ``_lightning_loops`` (epochs and evaluation loops) and ``_lightning_config``
 (hyperparameters). What is recorded: the class docstring and the README's callback section.
@@ -17,14 +17,14 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from prov4ml_lightning import _validation as v
-from prov4ml_lightning._distributed import rank_from_trainer, share_run
-from prov4ml_lightning._lightning_config import early_stopping_state, fit_params
-from prov4ml_lightning._lightning_loops import STAGES, EpochTracker, LoopTracker, stage_ident
-from prov4ml_lightning._lightning_run import NullLink, RunLink, open_link
-from prov4ml_lightning._rank_parts import RankRecorder, SilentRun, open_part, shared_of
+from prov4ml_lightning.distributed.parts import RankRecorder, SilentRun, open_part, shared_of
+from prov4ml_lightning.distributed.ranks import rank_from_trainer, share_run
 from prov4ml_lightning.errors import Prov4MLInputError
-from prov4ml_lightning.recorder import RunOutputs
+from prov4ml_lightning.lightning.hparams import early_stopping_state, fit_params
+from prov4ml_lightning.lightning.loops import STAGES, EpochTracker, LoopTracker, stage_ident
+from prov4ml_lightning.lightning.run_link import NullLink, RunLink, open_link
+from prov4ml_lightning.tracking import validation as v
+from prov4ml_lightning.tracking.recorder import RunOutputs
 
 __all__ = ["Prov4MLCallback"]
 

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _MIN_ELAPSED_S = 1.0  # judge the cost over at least this much of the run
 _STOP_TIMEOUT_S = 30.0
-_CHILD = Path(__file__).resolve().with_name("_upload_child.py")
+_CHILD = Path(__file__).resolve().with_name("upload_child.py")
 
 
 def _is_database_uri(uri: str) -> bool:

@@ -88,7 +88,7 @@ class TrackingGuard:
     """Wraps an ``MlflowSink``: the same methods, bounded in time when the store is remote.
 
     Args:
-        sink: the :class:`~prov4ml_lightning._mlflow_sink.MlflowSink` to call.
+        sink: the :class:`~prov4ml_lightning.sinks.mlflow.sink.MlflowSink` to call.
         tracking_uri: its URI (with credentials; they are never shown).
         deadline: seconds a small call may take before it is given up.
     """

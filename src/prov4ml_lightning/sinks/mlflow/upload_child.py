@@ -1,4 +1,4 @@
-"""The metric upload process started by :class:`~prov4ml_lightning._uploader.MetricUploader`.
+"""The metric upload process started by :class:`~prov4ml_lightning.sinks.mlflow.uploader.MetricUploader`.
 
 Run as a script, not imported: importing the package would import torch for nothing, so it loads
 ``_mlflow_sink.py`` (which imports only MLflow) by path. Protocol on stdin/stdout, pickled:
@@ -20,7 +20,7 @@ _HERE = Path(__file__).resolve().parent
 
 
 def _load_sink_module() -> Any:
-    spec = importlib.util.spec_from_file_location("prov4ml_lightning_upload_sink", _HERE / "_mlflow_sink.py")
+    spec = importlib.util.spec_from_file_location("prov4ml_lightning_upload_sink", _HERE / "sink.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -19,8 +19,8 @@ Events, in the order a run writes them:
 ``activity_end``    ``ident``, ``end_time``, ``attributes``
 ``entity``          ``entity`` (an extra entity: kind, type, name, label, attributes, relation)
 ``end``             ``status``, ``end_time`` (the run ended normally; nothing to recover)
-``recovered``       ``status``, ``end_time`` (written by :func:`prov4ml_lightning.recovery.recover`)
-``synced``          ``mlflow_run_id``, ``tracking_uri`` (written by :mod:`prov4ml_lightning.sync`)
+``recovered``       ``status``, ``end_time`` (written by :func:`prov4ml_lightning.recovery.recover.recover`)
+``synced``          ``mlflow_run_id``, ``tracking_uri`` (written by :mod:`prov4ml_lightning.recovery.sync`)
 =================== ==========================================================================
 
 Durability: every line is written with one ``write`` and flushed to the operating system at

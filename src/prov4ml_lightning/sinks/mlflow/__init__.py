@@ -1,0 +1,9 @@
+"""The MLflow sink: the only package that imports ``mlflow``.
+
+- :mod:`.sink`: :class:`MlflowSink` (``MlflowClient`` with explicit run ids, no fluent state);
+- :mod:`.guard`: :class:`TrackingGuard`, health probe, deadlines and circuit breaker for HTTP stores;
+- :mod:`.uploader`, :mod:`.upload_child`: metric inserts in-process or in a child process.
+
+The modules are imported by name (``sinks.mlflow.sink``), not from here: the upload child loads
+``sink.py`` by path so that it imports MLflow only, not this package.
+"""
