@@ -4,23 +4,34 @@ A dataset entity records the dataset's class, length, the dataloader's batch siz
 workers, sampler and ``drop_last``, and a cheap content fingerprint:
 
 - The fingerprint is the SHA-256 of up to :data:`SAMPLE_SIZE` items taken at fixed, evenly
-  spaced indices (``0, n/8, 2n/8, ...``), each item reduced to bytes: tensors and NumPy arrays
-  by dtype, shape and raw bytes; numbers, strings and bytes by value; lists, tuples and dicts
-  recursively; PIL images by mode, size and pixels; any other object by its class name only
-  (its ``repr`` may hold memory addresses), which is then noted in ``fingerprint_note``.
-- Items are read with the ``torch``, ``random`` and NumPy generators forked and seeded with 0,
-  so random transforms give the same fingerprint every time and training randomness is untouched.
+  spaced indices (``0, n/8, 2n/8, ...``), each item reduced to bytes: tensors of any dtype and
+  rank (0-d included, sparse ones densified) and NumPy arrays by dtype, shape and raw bytes;
+  Python and NumPy numbers, strings and bytes by value; lists, tuples, dicts and dataclasses
+  recursively; PIL images by mode, size and pixels.
+- Hooks for other types: an item object with a ``__prov4ml_bytes__()`` method returning
+  ``bytes`` is hashed by those bytes; a dataset with a ``prov4ml_fingerprint()`` method returning
+  a string gets that string as its fingerprint (``fingerprint_method`` says so) and is not sampled.
+- Any other object cannot be hashed by content (its ``repr`` may hold memory addresses): the
+  dataset then gets no fingerprint, ``fingerprint_status`` ``"unknown"`` with the unhashable
+  class names in ``fingerprint_unhashable``, and one :class:`~prov4ml_lightning.errors.Prov4MLWarning`
+  naming the dataset. The same happens when reading an item raises (``fingerprint_error`` holds
+  the exception's class name, never its message).
+- Items are read with the ``torch`` CPU, ``random`` and NumPy generators saved, seeded with 0 and
+  restored, so random transforms give the same fingerprint every time and the training's random
+  streams are untouched (CUDA generators are not touched at all).
 - It is cheap (eight ``__getitem__`` calls) but not a full content hash: two datasets that
   differ only outside the sampled indices share a fingerprint. The length and class are
   recorded beside it for that reason.
 - Iterable-style datasets (no ``__getitem__``/``__len__``) cannot be sampled without being
-  consumed; they get no fingerprint and ``fingerprint_note`` says so.
+  consumed; they get ``fingerprint_status`` ``"not_sampled"``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SAMPLE_SIZE", "DatasetInfo", "describe_dataloader", "fingerprint", "flatten_dataloaders"]
+from prov4ml_lightning.errors import Prov4MLWarning
+
+__all__ = ["SAMPLE_SIZE", "DatasetInfo", "Fingerprint", "describe_dataloader", "fingerprint", "flatten_dataloaders"]
 
 #: Items hashed for the fingerprint.
 SAMPLE_SIZE = 8
@@ -61,7 +74,7 @@ def describe_dataloader(loader: Any, role: str, index: int) -> DatasetInfo:
     dataset = getattr(loader, "dataset", None)
     target = dataset if dataset is not None else loader
     length = _length(target)
-    digest, note = fingerprint(target, length)
+    fp = fingerprint(target, length)
     batch_sampler = getattr(loader, "batch_sampler", None)
     sampler = getattr(loader, "sampler", None)
     batch_size = getattr(loader, "batch_size", None)
@@ -77,43 +90,84 @@ def describe_dataloader(loader: Any, role: str, index: int) -> DatasetInfo:
         "sampler": _qualname(sampler) if sampler is not None else None,
         "shuffle": _is_shuffled(sampler),
         "drop_last": getattr(loader, "drop_last", getattr(batch_sampler, "drop_last", None)),
-        "fingerprint": digest,
-        "fingerprint_method": f"sha256 of {SAMPLE_SIZE} evenly spaced items (seed 0)" if digest else None,
-        "fingerprint_note": note,
+        **fp.attributes(),
     }
-    suffix = digest[:16] if digest else _qualname(target).rsplit(".", 1)[-1]
+    suffix = fp.digest[:16] if fp.digest else _qualname(target).rsplit(".", 1)[-1]
     name = f"{role}{index}.{suffix}"
     label = f"{role} data {index}: {type(target).__name__}" + (f" ({length})" if length is not None else "")
+    if fp.status == "unknown":
+        why = (f"it holds objects of {', '.join(fp.unhashable)}, whose content cannot be hashed" if fp.unhashable
+               else f"reading its items raised {fp.error}" if fp.error else "its prov4ml_fingerprint() returned None")
+        warnings.warn(f"{role} dataset {index} ({_qualname(target)}) has no content fingerprint: {why}; it is recorded "
+                      "with fingerprint_status 'unknown' (give the items a __prov4ml_bytes__() method, or the dataset "
+                      "a prov4ml_fingerprint() method)", Prov4MLWarning, stacklevel=3)
     return DatasetInfo(name, label, {k: val for k, val in attributes.items() if val is not None})
 
 
-def fingerprint(dataset: Any, length: int | None = None) -> tuple[str | None, str | None]:
-    """``(sha256 hex, note)`` of a fixed sample of ``dataset``'s items; ``(None, reason)`` when impossible."""
+@dataclass(frozen=True)
+class Fingerprint:
+    """The outcome of :func:`fingerprint`: a digest, or why there is none."""
+
+    digest: str | None
+    #: ``"complete"``, ``"hook"`` (the dataset's own ``prov4ml_fingerprint()``), ``"unknown"`` or ``"not_sampled"``
+    status: str
+    unhashable: tuple[str, ...] = ()
+    error: str | None = None
+
+    def attributes(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"fingerprint": self.digest, "fingerprint_status": self.status}
+        if self.status == "complete":
+            out["fingerprint_method"] = f"sha256 of {SAMPLE_SIZE} evenly spaced items (seed 0)"
+        elif self.status == "hook":
+            out["fingerprint_method"] = "the dataset's prov4ml_fingerprint()"
+        if self.unhashable:
+            out["fingerprint_unhashable"] = ", ".join(self.unhashable)
+        if self.error:
+            out["fingerprint_error"] = self.error
+        return {k: val for k, val in out.items() if val is not None}
+
+
+class _Unhashable(Exception):
+    """An item holds an object whose content cannot be hashed."""
+
+
+def fingerprint(dataset: Any, length: int | None = None) -> Fingerprint:
+    """A content fingerprint of a fixed sample of ``dataset``'s items (see the module docstring)."""
+    hook = getattr(dataset, "prov4ml_fingerprint", None)
+    if callable(hook):
+        try:
+            value = hook()
+        except Exception as err:
+            return Fingerprint(None, "unknown", error=type(err).__name__)
+        return Fingerprint(str(value), "hook") if value is not None else Fingerprint(None, "unknown")
     if length is None:
         length = _length(dataset)
     if length is None or not hasattr(dataset, "__getitem__"):
-        return None, "iterable-style dataset: not sampled (items cannot be read without consuming it)"
+        return Fingerprint(None, "not_sampled")
     h = hashlib.sha256()
     h.update(f"len={length};".encode())
     opaque: set[str] = set()
     indices = sorted({i * length // SAMPLE_SIZE for i in range(SAMPLE_SIZE)}) if length else []
     py_state, np_state = random.getstate(), np.random.get_state()
+    torch_state = torch.random.get_rng_state()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            random.seed(0)
-            np.random.seed(0)
-            for i in indices:
-                h.update(f"[{i}]".encode())
-                for chunk in _item_bytes(dataset[i], opaque):
-                    h.update(chunk)
+        # Only the CPU generator: torch.manual_seed would reseed every CUDA device as well.
+        torch.random.default_generator.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)
+        for i in indices:
+            h.update(f"[{i}]".encode())
+            for chunk in _item_bytes(dataset[i], opaque):
+                h.update(chunk)
     except Exception as err:  # a dataset that fails here fails in training too; do not fail first
-        return None, f"items could not be read for a fingerprint ({type(err).__name__}: {err})"
+        return Fingerprint(None, "unknown", error=type(err).__name__)
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    note = f"objects of {', '.join(sorted(opaque))} hashed by class name only" if opaque else None
-    return h.hexdigest(), note
+        torch.random.set_rng_state(torch_state)
+    if opaque:
+        return Fingerprint(None, "unknown", unhashable=tuple(sorted(opaque)))
+    return Fingerprint(h.hexdigest(), "complete")
 
 
 def _item_bytes(item: Any, opaque: set[str], depth: int = 0) -> Iterator[bytes]:
@@ -121,16 +175,28 @@ def _item_bytes(item: Any, opaque: set[str], depth: int = 0) -> Iterator[bytes]:
         yield b"<deep>"
         return
     if isinstance(item, torch.Tensor):
-        t = item.detach().cpu().contiguous()
-        yield f"T{t.dtype}{tuple(t.shape)}".encode()
+        t = item.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        t = t.cpu().contiguous().reshape(-1)  # 1-d: view(uint8) refuses 0-d tensors of wider dtypes
+        yield f"T{item.dtype}{tuple(item.shape)}".encode()
         yield t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
     elif isinstance(item, np.ndarray):
-        yield f"A{item.dtype}{item.shape}".encode()
-        yield np.ascontiguousarray(item).tobytes()
+        if item.dtype == object:
+            yield f"A{item.shape}".encode()
+            for part in item.reshape(-1):
+                yield from _item_bytes(part, opaque, depth + 1)
+        else:
+            yield f"A{item.dtype}{item.shape}".encode()
+            yield np.ascontiguousarray(item).tobytes()
     elif isinstance(item, (bool, int, float, complex, str, np.generic)) or item is None:
         yield f"{type(item).__name__}:{item!r}".encode()
-    elif isinstance(item, bytes):
-        yield b"B" + item
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        yield b"B" + bytes(item)
+    elif callable(getattr(item, "__prov4ml_bytes__", None)):
+        data = item.__prov4ml_bytes__()
+        yield f"H{_qualname(item)}".encode()
+        yield bytes(data)
     elif isinstance(item, Mapping):
         for key in sorted(item, key=str):
             yield f"K{key!r}".encode()
@@ -139,12 +205,17 @@ def _item_bytes(item: Any, opaque: set[str], depth: int = 0) -> Iterator[bytes]:
         yield f"L{len(item)}".encode()
         for part in item:
             yield from _item_bytes(part, opaque, depth + 1)
+    elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+        yield f"D{_qualname(item)}".encode()
+        for f in dataclasses.fields(item):
+            yield f"K{f.name}".encode()
+            yield from _item_bytes(getattr(item, f.name), opaque, depth + 1)
     elif hasattr(item, "tobytes") and hasattr(item, "mode") and hasattr(item, "size"):  # PIL image
         yield f"I{item.mode}{item.size}".encode()
         yield item.tobytes()
     else:
-        opaque.add(type(item).__name__)
-        yield f"O{_qualname(item)}".encode()
+        opaque.add(_qualname(item))
+        yield b"?"
 
 
 def _length(dataset: Any) -> int | None:
