@@ -5,8 +5,9 @@ through these members only. :class:`~prov4ml_lightning.sinks.mlflow.sink.MlflowS
 them against a store, :class:`~prov4ml_lightning.sinks.mlflow.guard.TrackingGuard` wraps one with
 deadlines and a circuit breaker, and :class:`NullSink` writes nothing (a rank other than zero).
 
-Keys and values may be passed as the user gave them: a sink makes keys acceptable to its store
-and cuts values to its limits itself. A sink that cannot reach its store raises
+Tag and param keys and values may be passed as the user gave them: a sink makes them acceptable
+to its store itself. Metric keys arrive already mapped (the recorder does it once per metric and
+the metric sidecar records the result). A sink that cannot reach its store raises
 :class:`~prov4ml_lightning.errors.TrackingUnavailableError`; callers keep the data and go on.
 """
 
@@ -63,7 +64,7 @@ class TrackingSink(Protocol):
 
     # -- data --------------------------------------------------------------------------------
     def log_metrics(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> None:
-        """Log ``(key, value, timestamp_ms, step)`` points."""
+        """Log ``(key, value, timestamp_ms, step)`` points; ``key`` is already the store's key."""
 
     def log_params(self, run_id: str, params: Iterable[tuple[str, str]]) -> None:
         """Log ``(key, text)`` params."""

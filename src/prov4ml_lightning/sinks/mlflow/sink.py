@@ -15,7 +15,6 @@ with MLflow only.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -140,10 +139,6 @@ def generate_run_name() -> str:
     return name[:_RUN_NAME_MAX]
 
 
-# The hot path: one lookup per point instead of a regex (the keys of a run are few).
-_metric_key = functools.lru_cache(maxsize=4096)(mlflow_safe_key)
-
-
 def _is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
 
@@ -152,7 +147,7 @@ class MlflowSink:
     """Writes one run's records to an MLflow tracking store; conforms to
     :class:`~prov4ml_lightning.sinks.base.TrackingSink`.
 
-    Keys are made MLflow-safe and param values cut to MLflow's limit here, so callers may pass
+    Tag and param keys are made MLflow-safe and param values cut to MLflow's limit here, so callers may pass
     any. The sink calls the store directly: deadlines, probes and going offline are
     :class:`~prov4ml_lightning.sinks.mlflow.guard.TrackingGuard`'s job (``available`` is always
     ``True`` and ``recheck`` does nothing here).
@@ -258,10 +253,15 @@ class MlflowSink:
 
     # -- data ----------------------------------------------------------------------------
     def log_metrics(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> None:
-        """Log ``(key, value, timestamp_ms, step)`` points in batches of 1000."""
+        """Log ``(key, value, timestamp_ms, step)`` points in batches of 1000.
+
+        The keys are taken as they are: the recorder maps each metric to its MLflow key once
+        (:func:`mlflow_safe_key`) and the metric sidecar records that key, which ``prov4ml sync``
+        compares with what MLflow holds; a batch MLflow rejects raises.
+        """
         for start in range(0, len(points), _BATCH_METRICS):
             chunk = points[start : start + _BATCH_METRICS]
-            metrics = [Metric(_metric_key(k), v, ts, step) for k, v, ts, step in chunk]
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in chunk]
             self.client.log_batch(run_id, metrics=metrics, synchronous=True)
 
     def log_params(self, run_id: str, params: Iterable[tuple[str, str]]) -> None:
