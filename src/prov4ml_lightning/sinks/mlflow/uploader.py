@@ -25,9 +25,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLError
+from prov4ml_lightning.sinks.base import TrackingSink
 
 __all__ = ["MetricUploader"]
 
@@ -55,7 +55,7 @@ class MetricUploader:
             ``None`` never starts one.
     """
 
-    def __init__(self, sink: Any, run_id: str, *, budget: float | None = 0.02) -> None:
+    def __init__(self, sink: TrackingSink, run_id: str, *, budget: float | None = 0.02) -> None:
         self._sink = sink
         self._run_id = run_id
         self.budget = budget
