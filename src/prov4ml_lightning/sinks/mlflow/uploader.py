@@ -6,7 +6,7 @@ on a laptop core). On the writer thread that work holds the GIL, and the trainin
 every torch call drops and retakes the GIL, waits for it: the run slows by about as much as the
 writer works. So :class:`MetricUploader`, the metric writer's ``send``, times its in-process
 sends, and once they have cost more than ``budget`` (2%) of the run's wall time it starts a child
-(``_upload_child.py``; it loads only ``_mlflow_sink.py`` and MLflow, not torch) and ships
+(``upload_child.py``; it loads only ``sink.py`` and MLflow, not torch) and ships
 later batches there over a pipe. The writer thread then waits on the pipe with the GIL released.
 
 Short or sparse runs (tests, notebooks) never start the child. Until the child is ready, and for
