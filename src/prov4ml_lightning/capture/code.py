@@ -21,8 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning.capture.redact import redact_url
 from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.redact import redact_url
 
 __all__ = ["GIT_TIMEOUT", "MAX_DIFF_BYTES", "capture_code", "entry_script"]
 

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning.capture.redact import redact_argv, redact_env
+from prov4ml_lightning.redact import redact_argv, redact_env
 
 __all__ = ["ENV_NAMES", "ENV_PREFIXES", "capture_environment", "installed_packages"]
 

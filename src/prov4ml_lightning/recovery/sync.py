@@ -40,7 +40,8 @@ from prov4ml_lightning.recovery.recover import (
     read_sidecar,
     run_journals,
 )
-from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard, redact_uri
+from prov4ml_lightning.redact import REDACTED, redact_url
+from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
 from prov4ml_lightning.tracking.journal import Journal
 from prov4ml_lightning.tracking.validation import mlflow_safe_key
 
@@ -73,9 +74,10 @@ def _tracking_uri(run: JournaledRun, override: str | None) -> str:
         return override
     recorded = run.info.tracking_uri
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env and redact_uri(env) == recorded:
+    # The run stored its URI through the same redactor: equal outputs mean the same store.
+    if env and redact_url(env) == recorded:
         return env
-    if "***@" in recorded:
+    if REDACTED in recorded:
         raise Prov4MLInputError(
             f"sync: run {run.run_id} was tracked at {recorded}, whose credentials are not stored; pass "
             "tracking_uri= (--tracking-uri) or set MLFLOW_TRACKING_URI"

@@ -25,19 +25,24 @@ Local stores (``sqlite:``, ``file:``, plain paths) are called directly.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.redact import redact_text, redact_url
+from prov4ml_lightning.sinks.base import TrackingSink
 
-__all__ = ["TrackingGuard", "probe", "redact_uri"]
+__all__ = ["TrackingGuard", "is_remote", "probe"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +50,6 @@ PROBE_TIMEOUT_S = 2.0
 CALL_DEADLINE_S = 15.0
 _MAX_BACKOFF_S = 30.0
 _SLICE_S = 0.5  # how long a call may hang before the server is probed
-#: sink methods bounded by a deadline thread, and those preceded by a probe (long uploads).
-_DEADLINE = frozenset({"experiment_id", "create_run", "reopen_run", "end_run", "log_metrics", "log_params",
-                       "set_tags", "artifact_uri", "get_metric_history", "get_run", "search_runs"})
-_PROBED = frozenset({"log_artifact", "log_model", "download_artifacts", "list_artifacts"})
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` without user name and password (``http://u:p@h:5000`` -> ``http://***@h:5000``)."""
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 def is_remote(uri: str) -> bool:
@@ -85,36 +76,48 @@ def probe(uri: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 
 class TrackingGuard:
-    """Wraps an ``MlflowSink``: the same methods, bounded in time when the store is remote.
+    """Wraps a sink: the same :class:`~prov4ml_lightning.sinks.base.TrackingSink` members, bounded
+    in time when the store is remote (a local store is called directly).
 
     Args:
-        sink: the :class:`~prov4ml_lightning.sinks.mlflow.sink.MlflowSink` to call.
-        tracking_uri: its URI (with credentials; they are never shown).
+        sink: the sink to call (an :class:`~prov4ml_lightning.sinks.mlflow.sink.MlflowSink`).
+        tracking_uri: its URI (with credentials; they are never shown); default ``sink.tracking_uri``.
         deadline: seconds a small call may take before it is given up.
+        health_check: ``health_check(uri)`` says whether the server answers (default :func:`probe`).
     """
 
-    def __init__(self, sink: Any, tracking_uri: str, *, deadline: float = CALL_DEADLINE_S) -> None:
+    def __init__(self, sink: TrackingSink, tracking_uri: str | None = None, *, deadline: float = CALL_DEADLINE_S,
+                 health_check: Callable[[str], bool] = probe) -> None:
         self._sink = sink
-        self._uri = tracking_uri
-        self.public_uri = redact_uri(tracking_uri)
-        self.remote = is_remote(tracking_uri)
+        self._uri = tracking_uri if tracking_uri is not None else sink.tracking_uri
+        self.public_uri = redact_url(self._uri)
+        self.remote = is_remote(self._uri)
         self.deadline = deadline
         self.offline = False
+        self._probe = health_check
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._failures = 0
         self._warned = False
-        self.outages = 0
+
+    @property
+    def tracking_uri(self) -> str:
+        return self._sink.tracking_uri
+
+    @property
+    def mlflow_save_dir(self) -> str | os.PathLike[str]:
+        return self._sink.mlflow_save_dir
 
     # -- state ---------------------------------------------------------------------------
     def available(self) -> bool:
         """Probe the server now (always ``True`` for a local store)."""
-        return not self.remote or probe(self._uri)
+        return not self.remote or self._probe(self._uri)
 
     def go_offline(self) -> None:
         """Fail every call at once from now on (the run has no MLflow run to write to)."""
         self.offline = True
         self._warned = True  # start_run has said so
+        self._sink.go_offline()
 
     def recheck(self) -> None:
         """End the current backoff: the next call probes the server first (used at ``end_run``)."""
@@ -122,6 +125,54 @@ class TrackingGuard:
             if self._down_until:
                 self._down_until = min(self._down_until, time.monotonic())
 
+    # -- run lifecycle: small calls, bounded by the deadline -------------------------------------
+    def experiment_id(self, name: str) -> str:
+        return self._bounded("experiment_id", self._sink.experiment_id, name)
+
+    def create_run(self, experiment_id: str, run_name: str | None, tags: Mapping[str, str],
+                   description: str | None, parent_run_id: str | None, start_time_ms: int) -> tuple[str, str]:
+        return self._bounded("create_run", self._sink.create_run, experiment_id, run_name, tags, description,
+                             parent_run_id, start_time_ms)
+
+    def reopen_run(self, run_id: str) -> dict[str, Any]:
+        return self._bounded("reopen_run", self._sink.reopen_run, run_id)
+
+    def end_run(self, run_id: str, status: str, end_time_ms: int) -> None:
+        self._bounded("end_run", self._sink.end_run, run_id, status, end_time_ms)
+
+    # -- data ------------------------------------------------------------------------------------
+    def log_metrics(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> None:
+        self._bounded("log_metrics", self._sink.log_metrics, run_id, points)
+
+    def log_params(self, run_id: str, params: Iterable[tuple[str, str]]) -> None:
+        self._bounded("log_params", self._sink.log_params, run_id, params)
+
+    def set_tags(self, run_id: str, tags: Iterable[tuple[str, str]]) -> None:
+        self._bounded("set_tags", self._sink.set_tags, run_id, tags)
+
+    # Uploads may rightly take long: a probe first instead of a deadline.
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        self._probed("log_artifact", self._sink.log_artifact, run_id, local_path, artifact_path)
+
+    def log_model(self, run_id: str, model: Any, name: str, *, pip_requirements: list[str] | None = None,
+                  params: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[str, str | None]:
+        return self._probed("log_model", lambda: self._sink.log_model(
+            run_id, model, name, pip_requirements=pip_requirements, params=params, **kwargs))
+
+    # -- reading back (``prov4ml sync``) -------------------------------------------------------
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return self._bounded("get_run", self._sink.get_run, run_id)
+
+    def get_metric_history(self, run_id: str, key: str) -> set[tuple[int, int]]:
+        return self._bounded("get_metric_history", self._sink.get_metric_history, run_id, key)
+
+    def search_runs(self, experiment_id: str, tag: str, value: str) -> list[str]:
+        return self._bounded("search_runs", self._sink.search_runs, experiment_id, tag, value)
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        return self._probed("list_artifacts", self._sink.list_artifacts, run_id, path)
+
+    # -- the policy ----------------------------------------------------------------------------
     def _check(self, name: str) -> None:
         if self.offline:
             raise TrackingUnavailableError(f"{name}: this run is offline (no MLflow run); use `prov4ml sync`")
@@ -131,20 +182,17 @@ class TrackingGuard:
             return
         if time.monotonic() < waiting:
             raise TrackingUnavailableError(f"{name}: tracking server {self.public_uri} is unreachable (backing off)")
-        if not probe(self._uri):
+        if not self._probe(self._uri):
             self._down(name)
             raise TrackingUnavailableError(f"{name}: tracking server {self.public_uri} is still unreachable")
         self._up()
 
     def _down(self, name: str) -> None:
         with self._lock:
-            first = self._failures == 0
             self._failures += 1
             self._down_until = time.monotonic() + min(_MAX_BACKOFF_S, 2.0 ** (self._failures - 1))
             warn = not self._warned
             self._warned = True
-        if first:
-            self.outages += 1
         if warn:
             warnings.warn(
                 f"prov4ml: the MLflow tracking server {self.public_uri} is unreachable ({name}); training goes on. "
@@ -166,42 +214,33 @@ class TrackingGuard:
 
     def _failed(self, name: str, err: BaseException) -> BaseException:
         """Turn a failure into the exception to raise: an outage, or the store's own error."""
-        if isinstance(err, TrackingUnavailableError) or not probe(self._uri):
+        if isinstance(err, TrackingUnavailableError) or not self._probe(self._uri):
             self._down(name)
-            text = str(err).replace(self._uri.rstrip("/"), self.public_uri.rstrip("/"))
+            text = redact_text(str(err).replace(self._uri.rstrip("/"), self.public_uri.rstrip("/")))
             return TrackingUnavailableError(f"{name}: tracking server {self.public_uri} is unreachable ({text[:300]})")
         return err
 
-    # -- calls -------------------------------------------------------------------------------
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._sink, name)
-        if not callable(attr) or name.startswith("_"):
-            return attr
+    def _probed(self, name: str, fn: Callable[..., _T], *args: Any) -> _T:
         if not self.remote:
-            return attr
-        if name in _DEADLINE:
-            return lambda *args, **kwargs: self._bounded(name, attr, args, kwargs)
-        if name in _PROBED:
-            return lambda *args, **kwargs: self._probed(name, attr, args, kwargs)
-        return attr
-
-    def _probed(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+            return fn(*args)
         self._check(name)
-        if not probe(self._uri):
+        if not self._probe(self._uri):
             self._down(name)
             raise TrackingUnavailableError(f"{name}: tracking server {self.public_uri} is unreachable")
         try:
-            return fn(*args, **kwargs)
+            return fn(*args)
         except Exception as err:
             raise self._failed(name, err) from None
 
-    def _bounded(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    def _bounded(self, name: str, fn: Callable[..., _T], *args: Any) -> _T:
+        if not self.remote:
+            return fn(*args)
         self._check(name)
         box: dict[str, Any] = {}
 
         def call() -> None:
             try:
-                box["value"] = fn(*args, **kwargs)
+                box["value"] = fn(*args)
             except BaseException as err:  # handed to the caller's thread
                 box["error"] = err
 
@@ -214,7 +253,7 @@ class TrackingGuard:
                 break
             # Still waiting: MLflow may be retrying a refused connection for minutes. Ask the server
             # ourselves; if it does not answer, the outage is known now, not at the deadline.
-            if time.monotonic() >= give_up or not probe(self._uri):
+            if time.monotonic() >= give_up or not self._probe(self._uri):
                 self._down(name)
                 raise TrackingUnavailableError(
                     f"{name}: tracking server {self.public_uri} did not answer "
@@ -222,4 +261,4 @@ class TrackingGuard:
         if "error" in box:
             raise self._failed(name, box["error"]) from None
         self._up()
-        return box.get("value")
+        return box.get("value")  # type: ignore[return-value]

@@ -3,13 +3,24 @@
 Everything goes through ``MlflowClient(tracking_uri)`` with explicit run ids; mlflow's global
 fluent state is touched only inside :meth:`MlflowSink.log_model`, where MLflow 3 offers no
 client API, and restored straight after.
+
+MLflow's own rules live here too, so the core hands over records as they are: which store a run
+goes to (:func:`resolve_tracking_uri`), which keys MLflow accepts (:func:`mlflow_safe_key`), how
+long a param value may be, the model's requirements and serialisation, and a run name drawn
+without touching the global ``random`` (:func:`generate_run_name`).
+
+It imports nothing of the package at module level: the upload child loads this file by path
+with MLflow only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import random
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +28,40 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["MlflowSink", "default_tracking_uri", "fetch_provenance"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_PARAM_VALUE_LENGTH",
+    "MlflowSink",
+    "default_pip_requirements",
+    "default_serialization_format",
+    "default_tracking_uri",
+    "fetch_provenance",
+    "generate_run_name",
+    "mlflow_safe_key",
+    "resolve_tracking_uri",
+    "truncate_param_value",
+]
 
 log = logging.getLogger(__name__)
 
 _BATCH_METRICS = 1000  # mlflow.utils.validation.MAX_METRICS_PER_BATCH
 _BATCH_PARAMS = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+MAX_KEY_LENGTH = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
+MAX_PARAM_VALUE_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")  # MLflow's set, minus ':' which Windows stores reject
+_RUN_NAME_MAX = 20  # mlflow.utils.name_utils._generate_random_name(max_length=20)
+#: the packages a logged model is pinned to, so MLflow skips its slow requirement inference.
+_MODEL_REQUIREMENTS = ("torch", "mlflow", "lightning", "numpy")
 
 MLFLOW_TAG_DESCRIPTION = "mlflow.note.content"
 MLFLOW_TAG_PARENT = "mlflow.parentRunId"
 MLFLOW_TAG_RUN_NAME = "mlflow.runName"
 #: run tag naming the PROV JSON among the run's artifacts (set by the recorder at the end).
 PROVENANCE_TAG = "prov4ml.provenance_file"
+
+# The operating system's generator: no state shared with the user's seeded `random`, and none a
+# forked process inherits (two forked workers must not draw the same run name).
+_NAME_RNG = random.SystemRandom()
 
 
 def default_tracking_uri(mlflow_save_dir: str | os.PathLike[str]) -> str:
@@ -37,12 +70,87 @@ def default_tracking_uri(mlflow_save_dir: str | os.PathLike[str]) -> str:
     return f"sqlite:///{path}"
 
 
+def resolve_tracking_uri(tracking_uri: str | None, mlflow_save_dir: str | os.PathLike[str]) -> str:
+    """The store a run writes to: ``tracking_uri`` when given, else ``MLFLOW_TRACKING_URI``, else
+    the embedded SQLite store in ``mlflow_save_dir`` (:func:`default_tracking_uri`)."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(mlflow_save_dir)
+
+
+def mlflow_safe_key(key: str) -> str:
+    """Map ``key`` to a name MLflow accepts; identity for ordinary keys and for its own output.
+
+    Characters outside letters, digits, ``_ - . / space`` become ``_``, empty, ``.`` and ``..``
+    path segments are dropped, the result is cut to fit 250 characters, and any changed key is
+    suffixed with ``-`` and 8 hex digits of the original's SHA-1 so two keys never collide.
+    The original key is kept in PROV.
+    """
+    safe = _BAD_KEY_CHARS.sub("_", key)
+    safe = "/".join(s for s in safe.split("/") if s not in ("", ".", "..")) or "_"
+    if safe != key or len(safe) > MAX_KEY_LENGTH:
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        safe = f"{safe[: MAX_KEY_LENGTH - 9]}-{digest}"
+    return safe
+
+
+def truncate_param_value(text: str) -> str:
+    """``text`` cut to MLflow's 6000-character limit, with a note saying where the whole value is
+    (the recorder keeps it in ``long_params_<run id>.json``, uploaded as ``params/``)."""
+    if len(text) <= MAX_PARAM_VALUE_LENGTH:
+        return text
+    note = f"...[truncated; full value in artifact params/long_params.json, {len(text)} chars]"
+    return text[: MAX_PARAM_VALUE_LENGTH - len(note)] + note
+
+
+def default_pip_requirements() -> list[str]:
+    """``name==version`` of the installed packages in :data:`_MODEL_REQUIREMENTS`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in _MODEL_REQUIREMENTS:
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def default_serialization_format(input_example: Any = None) -> str:
+    """How MLflow stores a model when the caller does not say: ``pt2`` (``torch.export``: a graph
+    and weights, no pickled code) needs an input example to trace; without one only ``pickle`` works."""
+    return "pt2" if input_example is not None else "pickle"
+
+
+def generate_run_name() -> str:
+    """A run name in MLflow's style (``adjective-noun-number``, at most 20 characters).
+
+    MLflow's generator draws from the global ``random``, so a run created without a name would
+    shift a seeded training; this one draws from the operating system.
+    """
+    try:
+        from mlflow.utils.name_utils import _GENERATOR_NOUNS as nouns
+        from mlflow.utils.name_utils import _GENERATOR_PREDICATES as adjectives
+    except ImportError:  # an MLflow without its word lists: the same style, fewer words
+        adjectives, nouns = ["bold", "calm", "keen", "wise"], ["owl", "fox", "elk", "ant"]
+    name = ""
+    for _ in range(10):
+        name = f"{_NAME_RNG.choice(adjectives).lower()}-{_NAME_RNG.choice(nouns).lower()}-{_NAME_RNG.randint(0, 1000)}"
+        if len(name) <= _RUN_NAME_MAX:
+            return name
+    return name[:_RUN_NAME_MAX]
+
+
 def _is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
 
 
 class MlflowSink:
-    """Writes one run's records to an MLflow tracking store.
+    """Writes one run's records to an MLflow tracking store; conforms to
+    :class:`~prov4ml_lightning.sinks.base.TrackingSink`.
+
+    Tag and param keys are made MLflow-safe and param values cut to MLflow's limit here, so callers may pass
+    any. The sink calls the store directly: deadlines, probes and going offline are
+    :class:`~prov4ml_lightning.sinks.mlflow.guard.TrackingGuard`'s job (``available`` is always
+    ``True`` and ``recheck`` does nothing here).
 
     Args:
         tracking_uri: where the tracking store lives (``sqlite:///...``, ``http://host:port``).
@@ -53,9 +161,29 @@ class MlflowSink:
     def __init__(self, tracking_uri: str, mlflow_save_dir: str | os.PathLike[str]) -> None:
         self.tracking_uri = tracking_uri
         self.mlflow_save_dir = Path(mlflow_save_dir).resolve()
+        self.offline = False
         if _is_local_store(tracking_uri):
             self.mlflow_save_dir.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri)
+
+    @property
+    def public_uri(self) -> str:
+        """The tracking URI without credentials, for messages and records."""
+        # Imported here: the upload child loads this file without the package.
+        from prov4ml_lightning.redact import redact_url
+
+        return redact_url(self.tracking_uri)
+
+    # -- state ---------------------------------------------------------------------------
+    def available(self) -> bool:
+        return True
+
+    def go_offline(self) -> None:
+        """Mark the run as having no MLflow run (read by the metric uploader); calls still go through."""
+        self.offline = True
+
+    def recheck(self) -> None:
+        pass
 
     # -- run lifecycle -------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -80,17 +208,23 @@ class MlflowSink:
         self,
         experiment_id: str,
         run_name: str | None,
-        tags: dict[str, str],
+        tags: Mapping[str, str],
         description: str | None,
         parent_run_id: str | None,
         start_time_ms: int,
     ) -> tuple[str, str]:
-        """Create the run; return ``(run_id, run_name)``."""
-        all_tags = dict(tags)
+        """Create the run; return ``(run_id, run_name)``.
+
+        Without ``run_name`` (or an ``mlflow.runName`` tag) the name comes from
+        :func:`generate_run_name`, never from MLflow's generator, which draws from the global
+        ``random`` and would change a seeded training.
+        """
+        all_tags = {mlflow_safe_key(k): v for k, v in tags.items()}
         if description:
             all_tags[MLFLOW_TAG_DESCRIPTION] = description
         if parent_run_id:
             all_tags[MLFLOW_TAG_PARENT] = parent_run_id
+        run_name = run_name or all_tags.get(MLFLOW_TAG_RUN_NAME) or generate_run_name()
         run = self.client.create_run(
             experiment_id, start_time=start_time_ms, tags=all_tags, run_name=run_name
         )
@@ -119,19 +253,25 @@ class MlflowSink:
 
     # -- data ----------------------------------------------------------------------------
     def log_metrics(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> None:
-        """Log ``(key, value, timestamp_ms, step)`` points in batches of 1000."""
+        """Log ``(key, value, timestamp_ms, step)`` points in batches of 1000.
+
+        The keys are taken as they are: the recorder maps each metric to its MLflow key once
+        (:func:`mlflow_safe_key`) and the metric sidecar records that key, which ``prov4ml sync``
+        compares with what MLflow holds; a batch MLflow rejects raises.
+        """
         for start in range(0, len(points), _BATCH_METRICS):
             chunk = points[start : start + _BATCH_METRICS]
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in chunk]
             self.client.log_batch(run_id, metrics=metrics, synchronous=True)
 
     def log_params(self, run_id: str, params: Iterable[tuple[str, str]]) -> None:
-        items = [Param(k, v) for k, v in params]
+        """Log ``(key, text)`` params; a text over 6000 characters is cut (:func:`truncate_param_value`)."""
+        items = [Param(mlflow_safe_key(k), truncate_param_value(v)) for k, v in params]
         for start in range(0, len(items), _BATCH_PARAMS):
             self.client.log_batch(run_id, params=items[start : start + _BATCH_PARAMS], synchronous=True)
 
     def set_tags(self, run_id: str, tags: Iterable[tuple[str, str]]) -> None:
-        items = [RunTag(k, v) for k, v in tags]
+        items = [RunTag(mlflow_safe_key(k), v) for k, v in tags]
         for start in range(0, len(items), _BATCH_PARAMS):
             self.client.log_batch(run_id, tags=items[start : start + _BATCH_PARAMS], synchronous=True)
 
@@ -141,30 +281,27 @@ class MlflowSink:
         else:
             self.client.log_artifact(run_id, local_path, artifact_path)
 
-    def artifact_uri(self, run_id: str, artifact_path: str | None = None) -> str:
-        base = self.client.get_run(run_id).info.artifact_uri
-        return f"{base}/{artifact_path}" if artifact_path else base
-
     def log_model(
         self,
         run_id: str,
         model: Any,
         name: str,
         *,
-        pip_requirements: list[str] | None,
-        params: dict[str, Any] | None = None,
+        pip_requirements: list[str] | None = None,
+        params: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> tuple[str, str | None]:
         """Log a ``torch.nn.Module`` with the MLflow pytorch flavour; return ``(model_uri, model_id)``.
 
-        ``pip_requirements`` is passed so MLflow skips its slow requirement inference.
+        ``pip_requirements`` defaults to :func:`default_pip_requirements`, so MLflow skips its slow
+        requirement inference; ``serialization_format`` to :func:`default_serialization_format`.
         """
         import mlflow.pytorch
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        # pt2 (torch.export, no pickled code) needs an input example to trace; without one
-        # MLflow can only pickle the module.
-        kwargs.setdefault("serialization_format", "pt2" if kwargs.get("input_example") is not None else "pickle")
+        kwargs.setdefault("serialization_format", default_serialization_format(kwargs.get("input_example")))
+        if pip_requirements is None:
+            pip_requirements = default_pip_requirements()
         # Create the LoggedModel ourselves: left to MLflow it lands in the fluent default
         # experiment (and, with no tracking URI set, in ./mlruns), not in the run's experiment.
         experiment_id = self.client.get_run(run_id).info.experiment_id
@@ -182,10 +319,6 @@ class MlflowSink:
                 **kwargs,
             )
         return info.model_uri, getattr(info, "model_id", None)
-
-    # -- reading back (used by `prov4ml` tools) -------------------------------------------
-    def download_artifacts(self, run_id: str, path: str, dst: str) -> str:
-        return self.client.download_artifacts(run_id, path, dst)
 
     # -- reconciling a run with its local records (used by `prov4ml sync` / `recover`) ----------
     def get_run(self, run_id: str) -> dict[str, Any] | None:

@@ -1,7 +1,7 @@
 """The metric upload process started by :class:`~prov4ml_lightning.sinks.mlflow.uploader.MetricUploader`.
 
 Run as a script, not imported: importing the package would import torch for nothing, so it loads
-``_mlflow_sink.py`` (which imports only MLflow) by path. Protocol on stdin/stdout, pickled:
+``sink.py`` (which imports only MLflow) by path. Protocol on stdin/stdout, pickled:
 ``(tracking_uri, mlflow_save_dir)`` then ``(run_id, points)`` per batch, ``None`` to stop;
 replies ``("ready", None)`` once, then ``("ok", n)`` or ``("error", text)`` per batch.
 """

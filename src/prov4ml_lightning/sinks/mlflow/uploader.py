@@ -6,7 +6,7 @@ on a laptop core). On the writer thread that work holds the GIL, and the trainin
 every torch call drops and retakes the GIL, waits for it: the run slows by about as much as the
 writer works. So :class:`MetricUploader`, the metric writer's ``send``, times its in-process
 sends, and once they have cost more than ``budget`` (2%) of the run's wall time it starts a child
-(``_upload_child.py``; it loads only ``_mlflow_sink.py`` and MLflow, not torch) and ships
+(``upload_child.py``; it loads only ``sink.py`` and MLflow, not torch) and ships
 later batches there over a pipe. The writer thread then waits on the pipe with the GIL released.
 
 Short or sparse runs (tests, notebooks) never start the child. Until the child is ready, and for
@@ -25,9 +25,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLError
+from prov4ml_lightning.sinks.base import TrackingSink
 
 __all__ = ["MetricUploader"]
 
@@ -55,7 +55,7 @@ class MetricUploader:
             ``None`` never starts one.
     """
 
-    def __init__(self, sink: Any, run_id: str, *, budget: float | None = 0.02) -> None:
+    def __init__(self, sink: TrackingSink, run_id: str, *, budget: float | None = 0.02) -> None:
         self._sink = sink
         self._run_id = run_id
         self.budget = budget
