@@ -29,7 +29,7 @@ from prov4ml_lightning.provenance.vocab import MLS_NS, P4L_NS, PROVML_NS
 from tests.helpers import attr, by_type, read_prov
 
 SCHEMA = Path(prov.__file__).parent / "tests" / "schemas" / "prov-json.schema.json"
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "provenance-model.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "provenance-model.md"
 _XSD_TYPES = {"xsd:int", "xsd:long", "xsd:integer", "xsd:double", "xsd:dateTime", "xsd:QName", "xsd:boolean"}
 
 

@@ -30,7 +30,8 @@ from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri, fetch_prov
 from prov4ml_lightning.tracking.records import RunInfo
 from tests.helpers import attr, by_type, read_prov, records_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent  # the job scripts live beside this module
 JOB_TIMEOUT_S = 120
 
 
@@ -209,7 +210,7 @@ def _ranks_of(prov_json: Path) -> dict[int, object]:
 
 
 def test_ddp_fit_through_a_tracking_server_is_one_run_with_every_rank(mlflow_server, tmp_path):
-    done = _job([str(REPO / "tests" / "ddp_train.py"), str(tmp_path), "--tracking-uri", mlflow_server.uri,
+    done = _job([str(HERE / "ddp_train.py"), str(tmp_path), "--tracking-uri", mlflow_server.uri,
                  "--upload-checkpoints", "--test"], tmp_path)  # fit, then test the best checkpoint
     assert done.returncode == 0, done.stderr[-3000:]
     printed = _printed_runs(done.stdout)
@@ -268,7 +269,7 @@ def test_ddp_fit_through_a_tracking_server_is_one_run_with_every_rank(mlflow_ser
 @pytest.mark.parametrize("fail_rank", [1, 0])
 def test_ddp_rank_that_raises_ends_the_run_failed_without_a_hang(tmp_path, fail_rank):
     t0 = time.monotonic()
-    done = _job([str(REPO / "tests" / "ddp_train.py"), str(tmp_path), "--fail-rank", str(fail_rank)], tmp_path)
+    done = _job([str(HERE / "ddp_train.py"), str(tmp_path), "--fail-rank", str(fail_rank)], tmp_path)
     elapsed = time.monotonic() - t0
     assert done.returncode != 0 and f"boom on rank {fail_rank}" in done.stderr
     assert elapsed < JOB_TIMEOUT_S
@@ -289,7 +290,7 @@ def test_ddp_rank_that_raises_ends_the_run_failed_without_a_hang(tmp_path, fail_
 
 
 def test_ddp_spawn_fit_is_one_run_with_every_rank(tmp_path):
-    done = _job([str(REPO / "tests" / "ddp_train.py"), str(tmp_path), "--strategy", "ddp_spawn"], tmp_path)
+    done = _job([str(HERE / "ddp_train.py"), str(tmp_path), "--strategy", "ddp_spawn"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(default_tracking_uri(tmp_path / "mlflow"))
     (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
@@ -301,7 +302,7 @@ def test_ddp_spawn_fit_is_one_run_with_every_rank(tmp_path):
 
 def test_functional_api_under_torchrun(tmp_path):
     done = _job(["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                 str(REPO / "tests" / "torchrun_script.py"), str(tmp_path)], tmp_path)
+                 str(HERE / "torchrun_script.py"), str(tmp_path)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = {}
     for line in done.stdout.splitlines():
