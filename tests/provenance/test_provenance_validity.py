@@ -320,6 +320,7 @@ def callback_documents(tmp_path_factory, mlflow_dir) -> list[Path]:
 
 
 @pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
+@pytest.mark.slow
 def test_callback_documents_pass_every_check(callback_documents):
     path = callback_documents[0]
     assert check_file(path) == []  # schema, references, time order, PROV-N/XML/Turtle round trips
@@ -333,6 +334,7 @@ def test_callback_documents_pass_every_check(callback_documents):
 
 
 @pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
+@pytest.mark.slow
 def test_callback_documents_literals_identifiers_and_terms(callback_documents):
     _assert_typed_literals(callback_documents)
     data = json.loads(callback_documents[0].read_text())
