@@ -53,3 +53,17 @@ def no_leaked_runs(monkeypatch: pytest.MonkeyPatch):
         while recorder.current_run() is not None:
             prov4ml.end_run("KILLED")
         pytest.fail(f"test leaked open run {leaked.run_id}")
+
+
+# Fixtures that start a server, a script in a subprocess or Lightning fits: a test using one must be
+# marked ``slow`` so that ``pytest -m "not slow"`` stays fast (checked at collection, not by the clock).
+_SLOW_FIXTURES = frozenset({"mlflow_server", "mlflow_server_session", "mlflow_server_factory", "script",
+                            "lightning_runs", "callback_documents"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items
+                if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("mark these tests @pytest.mark.slow (they use a server, a subprocess or a "
+                                "Lightning fit): " + ", ".join(unmarked))

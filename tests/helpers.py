@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import prov
@@ -36,3 +38,20 @@ def by_type(doc: ProvDocument, type_local: str) -> list:
         if r.is_element() and any(getattr(t, "localpart", str(t)) == type_local for t in r.get_attribute(PROV_TYPE)):
             out.append(r)
     return out
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+               what: str = "the condition") -> object:
+    """Poll ``predicate`` until it returns something truthy and return that; fail after ``timeout`` s.
+
+    A condition wait instead of ``time.sleep(n); assert ...``: as fast as the machine allows, and
+    not flaky on a loaded one.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"waited {timeout} s for {what}; it never held")
+        time.sleep(interval)

@@ -14,7 +14,7 @@ import torch
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context
-from tests.helpers import attr, by_type, read_prov, records_of
+from tests.helpers import attr, by_type, read_prov, records_of, wait_until
 
 
 def test_full_run_is_recorded_in_mlflow_and_prov(run_args, client):
@@ -71,6 +71,7 @@ def test_full_run_is_recorded_in_mlflow_and_prov(run_args, client):
     assert len(lines) == 1 + 250 + 10
 
 
+@pytest.mark.slow
 def test_graph_renders_with_dot(run_args, tmp_path):
     prov4ml.start_run(**run_args)
     prov4ml.log_metric('a" -> b [label="x', 1.0)
@@ -141,10 +142,12 @@ def test_execution_time_and_system_metrics(run_args, client):
 
 
 def test_background_system_metrics(run_args, client):
-    import time
+    def sampled_twice() -> bool:
+        run.flush()  # the sampler's points, through the writer, into MLflow
+        return len(client.get_metric_history(run.run_id, "training/system/cpu_percent")) >= 2
 
     with prov4ml.start_run(**run_args, log_system_metrics=True, system_metrics_interval=0.1) as run:
-        time.sleep(0.6)
+        wait_until(sampled_twice, timeout=30, what="two background samples of cpu_percent")
     history = client.get_metric_history(run.run_id, "training/system/cpu_percent")
     assert len(history) >= 2
 
@@ -206,6 +209,7 @@ def test_tensors_of_mixed_dtypes_keep_exact_values(run_args, client):
     assert attr(series["big"], "max_value") == big and attr(series["small"], "max_value") == 0.5
 
 
+@pytest.mark.slow
 def test_tracking_uri_from_environment(run_args, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -230,6 +234,7 @@ def test_nan_and_inf_are_recorded_with_a_warning(run_args, client):
     assert attr(series, "non_finite_count") == 2 and attr(series, "count") == 3
 
 
+@pytest.mark.slow
 def test_atexit_ends_a_forgotten_run(run_args, client, tmp_path):
     script = tmp_path / "forgot.py"
     script.write_text(

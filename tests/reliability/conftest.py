@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.mlflow_server import mlflow_server, mlflow_server_factory, mlflow_server_session  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +66,7 @@ class Script:
             if line.startswith(prefix):
                 return line
         self.kill()
-        time.sleep(0.5)  # let the stderr reader catch up with the killed child
+        self._wait_stderr(5)  # let the stderr reader catch up with the killed child
         err = "\n".join(line for line in self._stderr if line is not None)
         pytest.fail(f"{self.path.name} never printed {prefix!r}; stdout {self.lines}; stderr {err[-3000:]}")
 
@@ -85,11 +87,15 @@ class Script:
         while (line := self._stdout.get(timeout=30)) is not None:
             rest.append(line)
         self.lines.extend(rest)
-        deadline = time.monotonic() + 30
-        while (not self._stderr or self._stderr[-1] is not None) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self._wait_stderr(30)
         err = "\n".join(line for line in self._stderr if line is not None)
         return self.proc.returncode, "\n".join(rest), err
+
+    def _wait_stderr(self, timeout: float) -> None:
+        """Until the stderr reader has seen the end of the stream (or ``timeout`` s: report what came)."""
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: self._stderr and self._stderr[-1] is None, timeout, interval=0.01,
+                       what=f"the end of {self.path.name}'s stderr")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

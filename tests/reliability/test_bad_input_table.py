@@ -1,6 +1,6 @@
 """Bad input, table-driven: each row is a clear error naming the call, or a documented
 transformation checked in MLflow and PROV. Every run still ends cleanly, and what was logged
-before the bad call survives. (tests/test_bad_input.py has the API-level basics; these extend it.)
+before the bad call survives. (tests/tracking/test_bad_input.py has the API-level basics; these extend it.)
 """
 
 from __future__ import annotations

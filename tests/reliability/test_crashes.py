@@ -110,6 +110,8 @@ def train(run):
             print("ready", run.run_id, logged, val, flush=True)
             if cfg["mode"] == "stall":
                 time.sleep(600)
+        if epoch == 5:
+            print("past", logged, flush=True)  # the loop runs on past "ready": a signal now lands mid-epoch
         if epoch >= 3:
             time.sleep(0.01)
 
@@ -130,10 +132,11 @@ def _cfg(tmp_path: Path, mlflow_dir: Path, **kw) -> str:
 
 
 @pytest.mark.parametrize("with_block", [True, False], ids=["with-start_run", "no-with"])
+@pytest.mark.slow
 def test_sigterm_with_prov4ml_handler_ends_killed(script, tmp_path, mlflow_dir, client, with_block):
     proc = script(TRAIN).start(_cfg(tmp_path, mlflow_dir, handlers=True, **{"with": with_block}))
     run_id = proc.wait_for("ready").split()[1]
-    time.sleep(0.2)
+    proc.wait_for("past")
     proc.signal(signal.SIGTERM)
     code, _out, err = proc.finish()
     assert code == 128 + signal.SIGTERM, err  # exits like a process killed by SIGTERM, without a traceback
@@ -150,6 +153,7 @@ def test_sigterm_with_prov4ml_handler_ends_killed(script, tmp_path, mlflow_dir, 
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM-no-handler"])
+@pytest.mark.slow
 def test_killed_process_is_recovered_from_journal_and_sidecar(script, tmp_path, mlflow_dir, client, sig, capsys):
     from prov4ml_lightning.cli import main
 
@@ -197,6 +201,7 @@ def test_killed_process_is_recovered_from_journal_and_sidecar(script, tmp_path, 
     assert "skipped (already recovered)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_recover_leaves_a_live_run_alone(script, tmp_path, mlflow_dir):
     from prov4ml_lightning.recovery.recover import recover
 

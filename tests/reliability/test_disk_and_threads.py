@@ -123,6 +123,7 @@ def test_disk_full_for_the_sidecar_and_journal_loses_nothing_else(run_args, clie
 
 
 # -- threads ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_many_threads_lose_and_duplicate_no_point(run_args, client):
     threads_n, points_n = 8, 1000
     barrier = threading.Barrier(threads_n + 1)

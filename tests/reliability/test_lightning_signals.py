@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from prov4ml_lightning.recovery.recover import run_journals
 from tests.helpers import attr, by_type, read_prov
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # Lightning fits in killed subprocesses
 
 FIT = """
 import json, sys, time

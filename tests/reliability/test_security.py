@@ -61,6 +61,7 @@ def _files_containing(root: Path, needles: dict[str, str]) -> list[str]:
     return hits
 
 
+@pytest.mark.slow
 def test_planted_secrets_appear_nowhere(mlflow_server, script, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -107,6 +108,7 @@ def test_planted_secrets_appear_nowhere(mlflow_server, script, tmp_path):
 
 
 # -- paths -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_hostile_names_write_nothing_outside_the_configured_folders(run_args, tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -163,6 +165,7 @@ def test_hostile_labels_cannot_add_graphviz_nodes_or_edges(run_args, tmp_path):
 
 
 # -- models -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_models_default_to_pickle_and_pt2_with_an_input_example_loads_back(run_args, client):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()

@@ -22,7 +22,7 @@ from prov4ml_lightning.recovery.sync import LOCAL_RUN_TAG, sync
 from tests.helpers import attr, by_type, read_prov
 from tests.mlflow_server import free_port
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # real servers started, killed, restarted
 
 
 def _outage_warnings(caught: list[warnings.WarningMessage]) -> list[str]:

@@ -21,7 +21,10 @@ from prov4ml_lightning.provenance.checks import check_file
 from tests.helpers import attr, by_type, read_prov
 from tests.lightning_models import TinyDataModule, TinyModel, fast_trainer
 
-pytestmark = pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
+pytestmark = [
+    pytest.mark.slow,  # a real `mlflow server` and Lightning fits
+    pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
+]
 
 
 def _args(tmp_path: Path, uri: str, experiment: str) -> dict:

@@ -36,6 +36,7 @@ class _CountingSink:
         self.calls.append(len(points))
 
 
+@pytest.mark.slow
 def test_child_uploads_every_point_reports_errors_and_falls_back_when_it_dies(sink_run, client) -> None:
     sink, run_id = sink_run
     up = MetricUploader(sink, run_id)
@@ -72,6 +73,7 @@ def test_cheap_or_remote_sends_never_start_a_child() -> None:
     assert not never.eligible
 
 
+@pytest.mark.slow
 def test_busy_run_moves_uploads_to_the_child_and_keeps_every_point(run_args, client) -> None:
     run = prov4ml.start_run(**run_args)
     run._uploader.budget = 0.0  # any in-process send counts as too costly

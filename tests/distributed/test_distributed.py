@@ -30,7 +30,8 @@ from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri, fetch_prov
 from prov4ml_lightning.tracking.records import RunInfo
 from tests.helpers import attr, by_type, read_prov, records_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent  # the job scripts live beside this module
 JOB_TIMEOUT_S = 120
 
 
@@ -122,6 +123,7 @@ def test_collect_all_ranks_needs_a_process_group(run_args, monkeypatch):
     assert prov4ml.active_run() is None
 
 
+@pytest.mark.slow
 def test_rank_zero_merges_parts_finished_unfinished_and_missing(run_args, client, monkeypatch):
     """Rank 0 of a 4-rank job: rank 1 ended its part, rank 2 is still running (killed, or stuck in a
     collective), rank 3 never wrote one (another node without a shared folder)."""
@@ -208,8 +210,9 @@ def _ranks_of(prov_json: Path) -> dict[int, object]:
     return {attr(a, "global_rank"): a for a in by_type(read_prov(prov_json), "Rank")}
 
 
+@pytest.mark.slow
 def test_ddp_fit_through_a_tracking_server_is_one_run_with_every_rank(mlflow_server, tmp_path):
-    done = _job([str(REPO / "tests" / "ddp_train.py"), str(tmp_path), "--tracking-uri", mlflow_server.uri,
+    done = _job([str(HERE / "ddp_train.py"), str(tmp_path), "--tracking-uri", mlflow_server.uri,
                  "--upload-checkpoints", "--test"], tmp_path)  # fit, then test the best checkpoint
     assert done.returncode == 0, done.stderr[-3000:]
     printed = _printed_runs(done.stdout)
@@ -266,9 +269,10 @@ def test_ddp_fit_through_a_tracking_server_is_one_run_with_every_rank(mlflow_ser
 
 
 @pytest.mark.parametrize("fail_rank", [1, 0])
+@pytest.mark.slow
 def test_ddp_rank_that_raises_ends_the_run_failed_without_a_hang(tmp_path, fail_rank):
     t0 = time.monotonic()
-    done = _job([str(REPO / "tests" / "ddp_train.py"), str(tmp_path), "--fail-rank", str(fail_rank)], tmp_path)
+    done = _job([str(HERE / "ddp_train.py"), str(tmp_path), "--fail-rank", str(fail_rank)], tmp_path)
     elapsed = time.monotonic() - t0
     assert done.returncode != 0 and f"boom on rank {fail_rank}" in done.stderr
     assert elapsed < JOB_TIMEOUT_S
@@ -288,8 +292,9 @@ def test_ddp_rank_that_raises_ends_the_run_failed_without_a_hang(tmp_path, fail_
     assert check_file(prov_json) == []
 
 
+@pytest.mark.slow
 def test_ddp_spawn_fit_is_one_run_with_every_rank(tmp_path):
-    done = _job([str(REPO / "tests" / "ddp_train.py"), str(tmp_path), "--strategy", "ddp_spawn"], tmp_path)
+    done = _job([str(HERE / "ddp_train.py"), str(tmp_path), "--strategy", "ddp_spawn"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(default_tracking_uri(tmp_path / "mlflow"))
     (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
@@ -299,9 +304,10 @@ def test_ddp_spawn_fit_is_one_run_with_every_rank(tmp_path):
     assert sorted(ranks) == [0, 1] and {attr(r, "status") for r in ranks.values()} == {"FINISHED"}
 
 
+@pytest.mark.slow
 def test_functional_api_under_torchrun(tmp_path):
     done = _job(["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                 str(REPO / "tests" / "torchrun_script.py"), str(tmp_path)], tmp_path)
+                 str(HERE / "torchrun_script.py"), str(tmp_path)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = {}
     for line in done.stdout.splitlines():

@@ -132,6 +132,7 @@ def test_usage_error_exits_2(capsys):
     assert code == 2 and "invalid choice" in err
 
 
+@pytest.mark.slow
 def test_console_script_renders_svg_with_real_dot(runs, tmp_path):
     exe = shutil.which("prov4ml")
     assert exe is not None, "console script missing: pip install -e ."
@@ -151,6 +152,7 @@ def test_console_script_renders_svg_with_real_dot(runs, tmp_path):
     assert (tmp_path / "graph.dot").read_text().startswith("digraph")
 
 
+@pytest.mark.slow
 def test_python_m_runs_the_cli(runs):
     proc = subprocess.run([sys.executable, "-m", "prov4ml_lightning", "show", str(runs["base"].prov_json)],
                           capture_output=True, text=True, timeout=120)
@@ -185,6 +187,7 @@ def test_render_other_formats(runs, tmp_path, capsys, fmt):
     assert out.read_bytes().startswith(magic)
 
 
+@pytest.mark.slow
 def test_render_collapses_hundreds_of_epochs(tmp_path, mlflow_dir, capsys):
     outputs = _train(tmp_path / "long", mlflow_dir, epochs=300, checkpoints=300)
     out = tmp_path / "long.svg"
@@ -205,6 +208,7 @@ def test_render_collapses_hundreds_of_epochs(tmp_path, mlflow_dir, capsys):
     assert len(re.findall(r"^\tn\d+ \[label=", full.read_text(), re.M)) > 600  # 300 epochs, 300 checkpoints
 
 
+@pytest.mark.slow
 def test_render_without_dot_writes_dot_and_says_how_to_install(runs, tmp_path, capsys, monkeypatch):
     empty = tmp_path / "empty-path"
     empty.mkdir()
@@ -444,6 +448,7 @@ def lightning_runs(tmp_path_factory: pytest.TempPathFactory, mlflow_dir: Path) -
     return docs
 
 
+@pytest.mark.slow
 def test_lightning_run_show_render_validate_export(lightning_runs, tmp_path, capsys):
     folder = lightning_runs["base"]
     code, out, _ = _cli(capsys, "show", folder)
@@ -469,6 +474,7 @@ def test_lightning_run_show_render_validate_export(lightning_runs, tmp_path, cap
     assert prov.read(str(ttl), format="rdf", rdf_format="turtle").get_records()
 
 
+@pytest.mark.slow
 def test_lightning_diff_finds_changed_data(lightning_runs, capsys):
     code, out, _ = _cli(capsys, "diff", lightning_runs["base"], lightning_runs["fewer"])
     assert code == 1

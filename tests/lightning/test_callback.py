@@ -52,6 +52,7 @@ def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_path):
     torch.manual_seed(0)
     callback = _callback(run_args)
@@ -154,6 +155,7 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
     assert (test_loop, _local(datasets["test"])) in used
 
 
+@pytest.mark.slow
 def test_exception_in_training_step_ends_run_failed_with_provenance(run_args, client, tmp_path):
     callback = _callback(run_args, log_model=False)
     trainer = fast_trainer(tmp_path, [callback], log_every_n_steps=1, max_epochs=3)
@@ -174,6 +176,7 @@ def test_exception_in_training_step_ends_run_failed_with_provenance(run_args, cl
     assert check_file(callback.outputs.prov_json, round_trip=False) == []
 
 
+@pytest.mark.slow
 def test_keyboard_interrupt_ends_run_killed(run_args, client, tmp_path):
     class Interrupt(Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -191,6 +194,7 @@ def test_keyboard_interrupt_ends_run_killed(run_args, client, tmp_path):
     assert attr(by_type(read_prov(callback.outputs.prov_json), "Run")[0], "status") == "KILLED"
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_continues_the_run(run_args, client, tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     first = _callback(run_args, log_model=False)
@@ -246,6 +250,7 @@ def test_resume_from_checkpoint_continues_the_run(run_args, client, tmp_path):
     assert len(files) == 2 and all((Path(run_args["provenance_save_dir"]) / f).is_file() for f in files)
 
 
+@pytest.mark.slow
 def test_callback_joins_a_run_opened_with_the_functional_api(run_args, client, tmp_path):
     with prov4ml.start_run(**run_args) as run:
         prov4ml.log_param("note", "joined")
@@ -264,6 +269,7 @@ def test_callback_joins_a_run_opened_with_the_functional_api(run_args, client, t
     assert check_file(out.prov_json, round_trip=False) == []
 
 
+@pytest.mark.slow
 def test_early_stopping_records_stop_epoch_and_reason(run_args, client, tmp_path):
     callback = _callback(run_args, log_model=False)
     stopper = EarlyStopping(monitor="val_loss", stopping_threshold=10.0)
@@ -278,6 +284,7 @@ def test_early_stopping_records_stop_epoch_and_reason(run_args, client, tmp_path
     assert {_local(e) for e in by_type(doc, "TrainingEpoch")} == {"fit_1.epoch_0"}
 
 
+@pytest.mark.slow
 def test_fast_dev_run(run_args, client, tmp_path):
     callback = _callback(run_args, log_model=False)
     fast_trainer(tmp_path, [callback], fast_dev_run=True).fit(TinyModel(), datamodule=TinyDataModule())
@@ -287,6 +294,7 @@ def test_fast_dev_run(run_args, client, tmp_path):
     assert client.get_run(callback.run_id).data.params["trainer/fast_dev_run"] == "True"
 
 
+@pytest.mark.slow
 def test_accumulation_limits_and_two_val_loaders(run_args, client, tmp_path):
     callback = _callback(run_args, log_model=False)
     trainer = fast_trainer(tmp_path, [callback], accumulate_grad_batches=2, limit_train_batches=6,
@@ -304,6 +312,7 @@ def test_accumulation_limits_and_two_val_loaders(run_args, client, tmp_path):
     assert all(("fit_1.epoch_0.validation_1", _local(d)) in used for d in val_sets)
 
 
+@pytest.mark.slow
 def test_manual_optimization(run_args, client, tmp_path):
     callback = _callback(run_args, log_model=False)
     fast_trainer(tmp_path, [callback], log_every_n_steps=4, max_epochs=1, enable_checkpointing=False).fit(

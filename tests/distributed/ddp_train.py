@@ -1,8 +1,8 @@
 """A 2-process Lightning DDP fit on CPU (gloo) with Prov4MLCallback, run as a script by
-tests/test_distributed.py (Lightning's launcher starts the second process itself, so pytest is
+tests/distributed/test_distributed.py (Lightning's launcher starts the second process itself, so pytest is
 never forked).
 
-Usage: ``python tests/ddp_train.py ROOT [--strategy ddp|ddp_spawn] [--fail-rank K] [--tracking-uri URI]
+Usage: ``python tests/distributed/ddp_train.py ROOT [--strategy ddp|ddp_spawn] [--fail-rank K] [--tracking-uri URI]
 [--upload-checkpoints] [--test]``. Prints ``RANK <k> RUN <run_id>`` per rank.
 """
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests.` importable in Lightning's children
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.` importable in Lightning's children
 
 import lightning.pytorch as pl
 import torch

@@ -1,5 +1,5 @@
-"""The functional API in a plain ``torch.distributed`` script, run by tests/test_distributed.py with
-``python -m torch.distributed.run --nproc_per_node=2 --standalone tests/torchrun_script.py ROOT``.
+"""The functional API in a plain ``torch.distributed`` script, run by tests/distributed/test_distributed.py with
+``python -m torch.distributed.run --nproc_per_node=2 --standalone tests/distributed/torchrun_script.py ROOT``.
 
 Two runs, one after the other, the same code on every rank: ``collect_all_ranks=False`` (rank 0
 alone records) and ``collect_all_ranks=True`` (every rank's metrics, param and artifact reach rank

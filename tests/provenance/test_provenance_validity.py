@@ -29,7 +29,7 @@ from prov4ml_lightning.provenance.vocab import MLS_NS, P4L_NS, PROVML_NS
 from tests.helpers import attr, by_type, read_prov
 
 SCHEMA = Path(prov.__file__).parent / "tests" / "schemas" / "prov-json.schema.json"
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "provenance-model.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "provenance-model.md"
 _XSD_TYPES = {"xsd:int", "xsd:long", "xsd:integer", "xsd:double", "xsd:dateTime", "xsd:QName", "xsd:boolean"}
 
 
@@ -320,6 +320,7 @@ def callback_documents(tmp_path_factory, mlflow_dir) -> list[Path]:
 
 
 @pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
+@pytest.mark.slow
 def test_callback_documents_pass_every_check(callback_documents):
     path = callback_documents[0]
     assert check_file(path) == []  # schema, references, time order, PROV-N/XML/Turtle round trips
@@ -333,6 +334,7 @@ def test_callback_documents_pass_every_check(callback_documents):
 
 
 @pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
+@pytest.mark.slow
 def test_callback_documents_literals_identifiers_and_terms(callback_documents):
     _assert_typed_literals(callback_documents)
     data = json.loads(callback_documents[0].read_text())
