@@ -31,6 +31,7 @@ from prov4ml_lightning.errors import (
     TrackingUnavailableError,
 )
 from prov4ml_lightning.signals import RunTerminated, install_signal_handlers
+from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Prov4MLInputError",
     "Prov4MLWarning",
     "RunAlreadyActiveError",
+    "RunConfig",
     "RunOutputs",
     "RunRecorder",
     "RunTerminated",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
-__all__ = ["atomic_write_text", "sha256_path"]
+__all__ = ["atomic_write", "atomic_write_text", "sha256_path"]
 
 _CHUNK = 1 << 20
 
@@ -43,8 +45,9 @@ def _default_file_mode() -> int:
 _FILE_MODE = _default_file_mode()
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` (UTF-8) through a temp file and a rename: never a half-written file.
+def atomic_write(path: str | os.PathLike[str], write: Callable[[TextIO], object]) -> Path:
+    """Write a UTF-8 text file through ``write(fh)`` into a temp file and a rename: never a
+    half-written file (a failure leaves the old file, if any, untouched).
 
     The folder is created when missing; the file gets the mode any other file of the user gets.
     """
@@ -54,9 +57,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     try:
         os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            write(fh)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`atomic_write` of ``text``."""
+    return atomic_write(path, lambda fh: fh.write(text))

@@ -67,7 +67,7 @@ def _end_runs_killed() -> None:
     # Registered after the recorder's own atexit hook, so it runs first (atexit is LIFO).
     if not _received:
         return
-    from prov4ml_lightning.tracking.recorder import current_run
+    from prov4ml_lightning.tracking.registry import current_run
 
     while (run := current_run()) is not None:
         log.warning("prov4ml: ending run %s as KILLED after signal %d", run.run_id, _received[-1])

@@ -17,9 +17,12 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLInputError
+
+if TYPE_CHECKING:
+    from prov4ml_lightning.tracking.config import RunConfig
 
 __all__ = ["RankInfo", "rank_from_env", "rank_from_trainer", "share_run", "start_on_ranks", "torch_broadcast"]
 
@@ -154,8 +157,7 @@ def share_run(rank: RankInfo, open_zero: Callable[[], tuple[Any, dict[str, Any]]
     return run, dict(shared)
 
 
-def start_on_ranks(open_zero: Callable[[RankInfo | None], Any], run_kwargs: Mapping[str, Any],
-                   collect_all_ranks: bool) -> Any:
+def start_on_ranks(open_zero: Callable[[RankInfo | None], Any], config: RunConfig) -> Any:
     """``start_run`` of the functional API in any process of a job.
 
     Not distributed: ``open_zero(None)``. Distributed: rank zero opens the run; with
@@ -163,14 +165,13 @@ def start_on_ranks(open_zero: Callable[[RankInfo | None], Any], run_kwargs: Mapp
     ``start_run``) and record into their part; without it they get a run that records nothing,
     and no rank communicates.
     """
-    from prov4ml_lightning.distributed import parts as _rank_parts
+    from prov4ml_lightning.distributed import parts as parts
 
     rank = rank_from_env()
     if not rank.distributed:
         return open_zero(None)
-    if not collect_all_ranks:
-        return open_zero(rank) if rank.global_rank == 0 else _rank_parts.open_silent(
-            rank, nested=bool(run_kwargs.get("nested")))
+    if not config.collect_all_ranks:
+        return open_zero(rank) if rank.global_rank == 0 else parts.open_silent(rank, nested=config.nested)
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
@@ -182,9 +183,9 @@ def start_on_ranks(open_zero: Callable[[RankInfo | None], Any], run_kwargs: Mapp
 
     def zero() -> tuple[Any, dict[str, Any]]:
         run = open_zero(rank)
-        return run, _rank_parts.shared_of(run)
+        return run, parts.shared_of(run)
 
     run, shared = share_run(rank, zero, torch_broadcast, "start_run")
     if rank.global_rank == 0:
         return run
-    return _rank_parts.open_part(rank, shared, run_kwargs, join_current=False)
+    return parts.open_part(rank, shared, config, join_current=False)

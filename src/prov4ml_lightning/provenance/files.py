@@ -1,6 +1,6 @@
 """PROV documents on disk: atomic writes (one document, or every file of a run), reading back (any
 format the ``prov`` package reads), serialising for ``prov4ml export``, and the schema
- and round-trip helpers ``checks.py`` uses.
+and round-trip helpers ``checks.py`` uses.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from prov.model import ProvDocument
 
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
-from prov4ml_lightning.files import atomic_write_text
+from prov4ml_lightning.files import atomic_write, atomic_write_text
 
 __all__ = ["load_document", "prov_json_schema_path", "read_document", "round_trip", "serialize_document",
            "to_json_text", "write_document", "write_run_files"]
@@ -23,6 +23,13 @@ __all__ = ["load_document", "prov_json_schema_path", "read_document", "round_tri
 
 def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
     """Serialise ``doc`` to ``path`` atomically (temp file + rename): never a half-written file."""
+    if fmt not in ("json", "provn", "ttl", "turtle", "xml", "jsonld"):
+        raise Prov4MLInputError(f"unknown PROV format {fmt!r}")
+    # Streamed into the file (a document can be large), except the text-only serialisations.
+    if fmt == "json":
+        return atomic_write(path, lambda fh: doc.serialize(fh, format="json", indent=2))
+    if fmt == "xml":
+        return atomic_write(path, lambda fh: doc.serialize(fh, format="xml"))
     return atomic_write_text(path, serialize_document(doc, fmt))
 
 
