@@ -26,7 +26,7 @@ import torch
 
 from prov4ml_lightning.capture import sample_system_metrics_into
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.distributed.ranks import start_on_ranks
+from prov4ml_lightning.distributed.parts import start_on_ranks
 from prov4ml_lightning.runs import open_run
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder

@@ -29,12 +29,12 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.distributed.ranks import RankInfo
+from prov4ml_lightning.distributed.ranks import RankInfo, rank_from_env, share_run, torch_broadcast
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
@@ -45,7 +45,7 @@ from prov4ml_lightning.tracking.records import RunInfo
 from prov4ml_lightning.tracking.writer import read_sidecar
 
 __all__ = ["PART_WAIT_S", "PartSink", "RankGroup", "SilentRun", "attach_ranks", "open_part", "open_silent",
-           "rank_recorder", "shared_of"]
+           "rank_recorder", "shared_of", "start_on_ranks"]
 
 log = logging.getLogger(__name__)
 
@@ -321,3 +321,35 @@ class SilentRun:
 def open_silent(rank: RankInfo, run_id: str | None = None, nested: bool = False) -> SilentRun:
     """Make a :class:`SilentRun` the current run of this rank (a child of the open one when ``nested``)."""
     return registry.make_current(lambda parent: SilentRun(rank, run_id, parent), "start_run", nested)
+
+
+def start_on_ranks(open_zero: Callable[[RankInfo | None], Any], config: RunConfig) -> Any:
+    """``start_run`` of the functional API in any process of a job.
+
+    Not distributed: ``open_zero(None)``. Distributed: rank zero opens the run; with
+    ``collect_all_ranks`` the other ranks learn its id (one broadcast: every rank must call
+    ``start_run``) and record into their part; without it they get a run that records nothing,
+    and no rank communicates.
+    """
+    rank = rank_from_env()
+    if not rank.distributed:
+        return open_zero(None)
+    if not config.collect_all_ranks:
+        return open_zero(rank) if rank.global_rank == 0 else open_silent(rank, nested=config.nested)
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise Prov4MLInputError(
+            f"start_run(collect_all_ranks=True): rank {rank.global_rank} of {rank.world_size} found no "
+            "initialised torch.distributed process group; call torch.distributed.init_process_group() before "
+            "start_run, so the ranks can share the run id (or pass collect_all_ranks=False)"
+        )
+
+    def zero() -> tuple[Any, dict[str, Any]]:
+        run = open_zero(rank)
+        return run, shared_of(run)
+
+    run, shared = share_run(rank, zero, torch_broadcast, "start_run")
+    if rank.global_rank == 0:
+        return run
+    return open_part(rank, shared, config, join_current=False)

@@ -27,7 +27,7 @@ from typing import Any
 import graphviz
 
 from prov4ml_lightning.errors import GraphvizError, Prov4MLInputError
-from prov4ml_lightning.provenance import GraphSpec
+from prov4ml_lightning.provenance.views import GraphSpec
 
 __all__ = ["INSTALL_GRAPHVIZ", "OVERVIEW_TYPES", "dot_available", "render_file", "render_svg", "to_dot"]
 

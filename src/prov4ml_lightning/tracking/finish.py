@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prov4ml_lightning.errors import Prov4MLError
+from prov4ml_lightning.version import __version__
 
 if TYPE_CHECKING:
     from prov4ml_lightning.tracking.recorder import RunRecorder
@@ -37,7 +38,6 @@ class RunOutputs:
 
 def snapshot(run: RunRecorder) -> Any:
     """The run's records as the PROV builder takes them (a ``provenance.RunSnapshot``)."""
-    from prov4ml_lightning import __version__
     from prov4ml_lightning.provenance import RunSnapshot
 
     return RunSnapshot(

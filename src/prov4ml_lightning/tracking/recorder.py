@@ -36,6 +36,7 @@ from prov4ml_lightning.tracking.journal import Journal, journal_path
 from prov4ml_lightning.tracking.lineage import Lineage
 from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning.tracking.writer import MetricWriter, Point
+from prov4ml_lightning.version import __version__
 
 __all__ = ["RunOutputs", "RunRecorder"]
 
@@ -96,7 +97,7 @@ class RunRecorder(Lineage):
         # Crash safety: every non-metric event goes to an append-only journal (see journal.py).
         self.journal = Journal(journal_path(self.provenance_dir, info.run_id))
         self.journal.write("start", info=info, pid=os.getpid(), host=socket.gethostname(),
-                           software_version=_version(), formats=list(config.provenance_formats),
+                           software_version=__version__, formats=list(config.provenance_formats),
                            offline=bool(getattr(sink, "offline", False)),
                            mlflow_save_dir=str(getattr(sink, "mlflow_save_dir", "")),
                            metrics_file=f"metrics_{info.run_id}.csv")
@@ -351,8 +352,3 @@ class RunRecorder(Lineage):
                           Prov4MLWarning, stacklevel=3)
             return False
 
-
-def _version() -> str:
-    from prov4ml_lightning import __version__
-
-    return __version__
