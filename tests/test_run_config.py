@@ -46,3 +46,21 @@ def test_run_config_checks_itself_and_names_the_front_door(tmp_path):
         RunConfig(**args, provenance_formats=("rdf",), call="Prov4MLCallback")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.nested = True  # type: ignore[misc]
+
+
+def test_a_reopened_run_continues_its_model_versions(run_args):
+    import torch
+
+    from prov4ml_lightning.runs import open_run
+
+    run = prov4ml.start_run(**run_args)
+    first = run.log_model(torch.nn.Linear(2, 1), "net", log_model_info=False)
+    prov4ml.end_run()
+    again = open_run(RunConfig(**run_args), run_id=run.run_id)
+    second = again.log_model(torch.nn.Linear(2, 1), "net", log_model_info=False)
+    out = again.end()
+    assert (first.version, second.version, again.session) == (1, 2, 2)
+    from tests.helpers import attr, by_type, read_prov
+
+    versions = sorted(attr(m, "version") for m in by_type(read_prov(out.prov_json), "Model"))
+    assert versions == [1, 2]  # the first session's model is carried over, the second is a new version
