@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import prov4ml_lightning as prov4ml
-from prov4ml_lightning.tracking import recorder as recorder
+from prov4ml_lightning.tracking import registry
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401  (a real `mlflow server`)
 
 
@@ -48,9 +48,9 @@ def no_leaked_runs(monkeypatch: pytest.MonkeyPatch):
     """Fail a test that leaves a run open (and close it so the next test starts clean)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield
-    leaked = recorder.current_run()
+    leaked = registry.current_run()
     if leaked is not None:
-        while recorder.current_run() is not None:
+        while registry.current_run() is not None:
             prov4ml.end_run("KILLED")
         pytest.fail(f"test leaked open run {leaked.run_id}")
 

@@ -5,8 +5,6 @@ Every run is written twice: as an MLflow run and as a W3C PROV document with its
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from prov4ml_lightning.api import (
     active_run,
     end_run,
@@ -31,7 +29,9 @@ from prov4ml_lightning.errors import (
     TrackingUnavailableError,
 )
 from prov4ml_lightning.signals import RunTerminated, install_signal_handlers
+from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
+from prov4ml_lightning.version import __version__
 
 __all__ = [
     "Context",
@@ -41,6 +41,7 @@ __all__ = [
     "Prov4MLInputError",
     "Prov4MLWarning",
     "RunAlreadyActiveError",
+    "RunConfig",
     "RunOutputs",
     "RunRecorder",
     "RunTerminated",

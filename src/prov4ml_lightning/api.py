@@ -24,8 +24,13 @@ from typing import Any
 
 import torch
 
+from prov4ml_lightning.capture import sample_system_metrics_into
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder, current_run, require_run
+from prov4ml_lightning.distributed.parts import start_on_ranks
+from prov4ml_lightning.runs import open_run
+from prov4ml_lightning.tracking.config import RunConfig
+from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
+from prov4ml_lightning.tracking.registry import current_run, require_run
 
 __all__ = [
     "active_run",
@@ -58,6 +63,7 @@ def start_run(
     system_metrics_interval: float = 10.0,
     provenance_formats: tuple[str, ...] = ("json",),
     collect_all_ranks: bool = False,
+    flush_interval: float = 2.0,
 ) -> RunRecorder:
     """Open a run; usable as a context manager (an exception inside ends it FAILED and re-raises).
 
@@ -87,22 +93,21 @@ def start_run(
             ``torch.distributed.init_process_group`` (the run id is broadcast); each records
             into its part folder, which rank zero merges at ``end_run`` (metrics as
             ``rank<k>/<key>``). See docs/distributed-and-servers.md.
+        flush_interval: seconds between the background writer's drains of the metric buffer
+            into the sidecar file and MLflow (a process killed hard loses at most this much).
 
     Raises:
         RunAlreadyActiveError: a run is open and ``nested`` is false.
         Prov4MLInputError: a name, namespace or folder is unusable.
     """
-    from prov4ml_lightning.distributed.ranks import start_on_ranks
-
-    formats = tuple(dict.fromkeys(("json", *provenance_formats)))
-    return start_on_ranks(lambda rank: RunRecorder.start(
-        prov_user_namespace, experiment_name, provenance_save_dir, mlflow_save_dir, nested, tags,
-        description, log_system_metrics, tracking_uri=tracking_uri, run_name=run_name,
-        system_metrics_interval=system_metrics_interval, provenance_formats=formats,
-        rank=rank, collect_all_ranks=collect_all_ranks,
-    ), {"prov_user_namespace": prov_user_namespace, "experiment_name": experiment_name,
-        "provenance_save_dir": provenance_save_dir, "log_system_metrics": log_system_metrics,
-        "system_metrics_interval": system_metrics_interval, "nested": nested}, collect_all_ranks)
+    config = RunConfig(
+        prov_user_namespace=prov_user_namespace, experiment_name=experiment_name,
+        provenance_save_dir=provenance_save_dir, mlflow_save_dir=mlflow_save_dir, nested=nested, tags=tags,
+        description=description, log_system_metrics=log_system_metrics, tracking_uri=tracking_uri,
+        run_name=run_name, system_metrics_interval=system_metrics_interval, provenance_formats=provenance_formats,
+        collect_all_ranks=collect_all_ranks, flush_interval=flush_interval,
+    )
+    return start_on_ranks(lambda rank: open_run(config, rank=rank), config)
 
 
 def end_run(status: str = "FINISHED") -> RunOutputs | None:
@@ -168,7 +173,9 @@ def log_current_execution_time(label: str, context: Context = Context.TRAINING,
 
 def log_system_metrics(context: Context = Context.TRAINING, step: int | None = None) -> None:
     """Log one sample of CPU, memory, disk and (when present) GPU metrics."""
-    require_run("log_system_metrics").log_system_metrics(context, step)
+    run = require_run("log_system_metrics")
+    if isinstance(run, RunRecorder):  # not a rank's run that records nothing
+        sample_system_metrics_into(run, context, step)
 
 
 def get_run_id() -> str:

@@ -7,6 +7,7 @@ state errors also ``RuntimeError`` so that generic handlers keep working.
 from __future__ import annotations
 
 __all__ = [
+    "GraphvizError",
     "NoActiveRunError",
     "Prov4MLError",
     "Prov4MLInputError",
@@ -34,6 +35,10 @@ class RunAlreadyActiveError(Prov4MLError, RuntimeError):
 
 class TrackingUnavailableError(Prov4MLError, ConnectionError):
     """The MLflow tracking server cannot be reached (or the run is offline); the data is kept locally."""
+
+
+class GraphvizError(Prov4MLError, RuntimeError):
+    """Graphviz ``dot`` failed to draw a graph; the message is its first error line."""
 
 
 class Prov4MLWarning(UserWarning):

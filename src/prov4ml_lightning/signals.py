@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
+from prov4ml_lightning.errors import Prov4MLInputError
+
 __all__ = ["RunTerminated", "install_signal_handlers"]
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ def _end_runs_killed() -> None:
     # Registered after the recorder's own atexit hook, so it runs first (atexit is LIFO).
     if not _received:
         return
-    from prov4ml_lightning.tracking.recorder import current_run
+    from prov4ml_lightning.tracking.registry import current_run
 
     while (run := current_run()) is not None:
         log.warning("prov4ml: ending run %s as KILLED after signal %d", run.run_id, _received[-1])
@@ -83,11 +85,11 @@ def install_signal_handlers(signals: Iterable[int] = (signal.SIGTERM,)) -> Calla
     the previous handlers back.
 
     Raises:
-        ValueError: not called from the main thread.
+        Prov4MLInputError: not called from the main thread (also a ``ValueError``).
     """
     global _atexit_registered
     if threading.current_thread() is not threading.main_thread():
-        raise ValueError("install_signal_handlers: call it from the main thread (signals are delivered there)")
+        raise Prov4MLInputError("install_signal_handlers: call it from the main thread (signals are delivered there)")
     previous: dict[int, Any] = {}
 
     def handler(signum: int, frame: FrameType | None) -> None:

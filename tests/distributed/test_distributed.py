@@ -21,11 +21,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import prov4ml_lightning as prov4ml
-from prov4ml_lightning import Prov4MLError, Prov4MLInputError, RunRecorder
+from prov4ml_lightning import Prov4MLError, Prov4MLInputError, RunConfig
 from prov4ml_lightning.distributed import parts as _rank_parts
-from prov4ml_lightning.distributed.parts import RankRecorder, SilentRun, open_part, shared_of
+from prov4ml_lightning.distributed.parts import SilentRun, open_part, rank_recorder, shared_of
 from prov4ml_lightning.distributed.ranks import RankInfo, rank_from_env, share_run
 from prov4ml_lightning.provenance.checks import check_file
+from prov4ml_lightning.runs import open_run
 from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri, fetch_provenance
 from prov4ml_lightning.tracking.records import RunInfo
 from tests.helpers import attr, by_type, read_prov, records_of
@@ -128,7 +129,7 @@ def test_rank_zero_merges_parts_finished_unfinished_and_missing(run_args, client
     """Rank 0 of a 4-rank job: rank 1 ended its part, rank 2 is still running (killed, or stuck in a
     collective), rank 3 never wrote one (another node without a shared folder)."""
     monkeypatch.setattr(_rank_parts, "PART_WAIT_S", 0.5)
-    run = RunRecorder.start(**run_args, rank=RankInfo(0, world_size=4), collect_all_ranks=True)
+    run = open_run(RunConfig(**run_args, collect_all_ranks=True), rank=RankInfo(0, world_size=4))
     shared = shared_of(run)
     assert shared == {"run_id": run.run_id, "session": "session_1"}
     parts = []
@@ -139,7 +140,8 @@ def test_rank_zero_merges_parts_finished_unfinished_and_missing(run_args, client
         info = RunInfo(run_id=run.run_id, experiment_name="x", experiment_id="", run_name=f"rank{k}",
                                   namespace=run.info.namespace, tracking_uri="", provenance_dir=str(folder),
                                   start_time=time.time(), user="")
-        part = RankRecorder(info, RankInfo(k, local_rank=k, world_size=4, device=f"cuda:{k}"), flush_interval=0.1)
+        part = rank_recorder(info, RankInfo(k, local_rank=k, world_size=4, device=f"cuda:{k}"),
+                             RunConfig(**run_args, flush_interval=0.1))
         part.log_params({"shard": k})
         for step in range(3):
             part.log_metric("loss", 10.0 * k + step, step=step)
@@ -185,7 +187,7 @@ def test_open_part_joins_a_run_the_user_opened_on_that_rank(run_args):
     silent = _rank_parts.open_silent(RankInfo(1, world_size=2), "abc")
     try:
         assert prov4ml.active_run() is silent and prov4ml.get_run_id() == "abc"
-        assert open_part(RankInfo(1, world_size=2), {"run_id": "abc", "session": "session_1"}, run_args,
+        assert open_part(RankInfo(1, world_size=2), {"run_id": "abc", "session": "session_1"}, RunConfig(**run_args),
                          join_current=True) is None
     finally:
         prov4ml.end_run()

@@ -333,11 +333,13 @@ def test_metric_segment_summary_folds_tensors_in_batches(monkeypatch):
     from prov4ml_lightning.lightning import run_link as _lightning_run
 
     monkeypatch.setattr(_lightning_run, "_FOLD_EVERY", 3)
-    segment = _lightning_run._Segment()
+    segment = _lightning_run._Segment("loss", prov4ml.Context.TRAINING)
     values = [1.0, torch.tensor(5.0), torch.tensor(float("nan")), 2, torch.tensor(-1.0), 0.5, torch.tensor(3.0)]
     for step, value in enumerate(values, start=10):
         segment.add(step, value)
     assert len(segment.pending) == 1  # two folds of three points happened on the way
-    segment.fold()
-    assert (segment.count, segment.first_step, segment.last_step) == (7, 10, 16)
-    assert (segment.min_value, segment.max_value, segment.last_value, segment.non_finite) == (-1.0, 5.0, 3.0, 1)
+    attrs = segment.attributes()  # folds the rest
+    assert not segment.pending
+    assert (attrs["count"], attrs["first_step"], attrs["last_step"]) == (7, 10, 16)
+    assert (attrs["min_value"], attrs["max_value"], attrs["last_value"], attrs["non_finite_count"]) == \
+        (-1.0, 5.0, 3.0, 1)

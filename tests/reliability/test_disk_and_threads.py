@@ -37,7 +37,7 @@ def test_provenance_dir_that_cannot_be_created(run_args, tmp_path, client):
 
 
 def test_full_disk_at_start_run(run_args, monkeypatch, client):
-    from prov4ml_lightning.tracking import recorder as recorder
+    from prov4ml_lightning.tracking import start as recorder
 
     monkeypatch.setattr(recorder.tempfile, "TemporaryFile", _enospc)
     with pytest.raises(Prov4MLInputError, match=r"start_run: provenance_save_dir .* is not writable .*No space left"):

@@ -17,8 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import prov4ml_lightning as prov4ml
-from prov4ml_lightning import Context, RunRecorder
+from prov4ml_lightning import Context, RunConfig, RunRecorder
 from prov4ml_lightning.recovery.sync import LOCAL_RUN_TAG, sync
+from prov4ml_lightning.runs import open_run
 from tests.helpers import attr, by_type, read_prov
 from tests.mlflow_server import free_port
 
@@ -128,7 +129,7 @@ def _outage(run: RunRecorder, server, n: int) -> dict[str, float]:
 
 
 def _start_online(tmp_path: Path, server) -> RunRecorder:
-    run = RunRecorder.start(**_args(tmp_path, server.uri), flush_interval=0.2)
+    run = open_run(RunConfig(**_args(tmp_path, server.uri), flush_interval=0.2))
     prov4ml.log_params({"lr": 0.1})
     for step in range(200):
         run.log_metric("loss", 1 / (step + 1), Context.TRAINING, step=step)

@@ -1,8 +1,11 @@
-"""Once-per-run capture of what a run ran on: code, environment, host and seed.
+"""What a run ran on and what it measures, plugged into the core from outside (``runs.open_run``).
 
-:func:`capture_context` is the one call ``RunRecorder.start`` makes; it is cheap (no ``pip
-freeze``, a handful of ``git`` calls with timeouts) and never stops a run: a part that fails
-warns with :class:`~prov4ml_lightning.errors.Prov4MLWarning` and is left out.
+- :func:`capture_into`: once per session of a run, its code, environment, host and seed
+  (:func:`capture_context`: cheap, no ``pip freeze``, a handful of ``git`` calls with timeouts;
+  a part that fails warns with :class:`~prov4ml_lightning.errors.Prov4MLWarning` and is left
+  out), and the model statistics ``log_model`` records;
+- :func:`sample_system_metrics_into` / :func:`start_system_metrics`: CPU, memory, disk and GPU
+  samples logged as metrics, once or on a background thread stopped when the run ends.
 """
 
 from __future__ import annotations
@@ -12,14 +15,20 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prov4ml_lightning.capture.code import capture_code
 from prov4ml_lightning.capture.environment import capture_environment
+from prov4ml_lightning.capture.model_info import model_statistics
 from prov4ml_lightning.capture.seeds import SeedInfo, detect_seed
+from prov4ml_lightning.capture.system_metrics import SystemMetricsSampler, sample_system_metrics
+from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLWarning
 
-__all__ = ["RunContext", "capture_context"]
+if TYPE_CHECKING:
+    from prov4ml_lightning.tracking.recorder import RunRecorder
+
+__all__ = ["RunContext", "capture_context", "capture_into", "sample_system_metrics_into", "start_system_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +105,32 @@ def capture_context(out_dir: Path, run_id: str, session: int = 1) -> RunContext:
     ctx.seconds = time.perf_counter() - t0
     log.debug("captured the context of run %s in %.3f s", run_id, ctx.seconds)
     return ctx
+
+
+def capture_into(run: RunRecorder) -> None:
+    """Plug capture into ``run``: this session's context, and model statistics for ``log_model``."""
+    run.describe_model = model_statistics
+    run.set_context(capture_context(run.provenance_dir, run.run_id, run.session))
+
+
+def sample_system_metrics_into(run: RunRecorder, context: Context = Context.TRAINING,
+                               step: int | None = None) -> dict[str, float]:
+    """Log one sample of CPU, memory, disk and (when present) GPU metrics into ``run``; return it."""
+    sample = sample_system_metrics(run.provenance_dir)
+    run.log_metrics(_named(run, sample), context, step)
+    return sample
+
+
+def start_system_metrics(run: RunRecorder, interval: float) -> None:
+    """Sample into ``run`` every ``interval`` seconds on a background thread until it ends."""
+    sampler = SystemMetricsSampler(
+        lambda sample, i: run.log_metrics(_named(run, sample), Context.TRAINING, i), interval, run.provenance_dir,
+    )
+    run.add_closer(sampler.stop)
+    sampler.start()
+
+
+def _named(run: RunRecorder, sample: dict[str, float]) -> dict[str, float]:
+    # In a distributed run every rank's system metrics name the rank (rank0/system/...).
+    prefix = run.system_prefix
+    return {f"{prefix}{k}": val for k, val in sample.items()} if prefix else sample

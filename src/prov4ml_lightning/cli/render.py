@@ -21,7 +21,6 @@ install Graphviz, and exits with status 1.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +34,7 @@ from prov4ml_lightning.cli._common import (
     resolve_prov_file,
     warn,
 )
+from prov4ml_lightning.files import atomic_write_text
 
 if TYPE_CHECKING:
     from prov4ml_lightning.provenance import GraphSpec
@@ -72,13 +72,6 @@ def _format(args: argparse.Namespace) -> str:
     return suffix or "svg"
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
     from prov4ml_lightning.errors import Prov4MLError
     from prov4ml_lightning.provenance import graph as _graph
@@ -94,7 +87,7 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
         raise CliError(str(err)) from err
     out = Path(args.output) if args.output else Path.cwd() / f"{source.stem}.{fmt}"
     dot_path = out.with_suffix(".dot")
-    _write_text(dot_path, _graph.to_dot(spec, _title(spec), level=args.level, collapse=args.collapse,
+    atomic_write_text(dot_path, _graph.to_dot(spec, _title(spec), level=args.level, collapse=args.collapse,
                                         legend=not args.no_legend))
     if fmt == "dot":
         echo(str(dot_path))

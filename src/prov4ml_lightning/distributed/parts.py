@@ -2,11 +2,12 @@
 
 Global rank zero writes the MLflow run and the PROV document. Every other rank records into a
 part folder of its own, ``<provenance_save_dir>/ranks_<run_id>/session_<n>/rank<k>/``: a
-:class:`RankRecorder` (the recorder without MLflow) appends its journal and metric sidecar there
-as it goes, exactly as a run does in its provenance folder, and an ``end`` event when the rank
-ends. When rank zero ends the run, :meth:`RankGroup.merge` reads each part: the rank becomes a
-``Rank`` activity of the run (global, local and node rank, host, device, pid, status, its params
-as attributes), its metric points are logged into the run as ``rank<k>/<key>`` (so its system
+:func:`rank_recorder` (the core's recorder with a part sink: no MLflow, no PROV document)
+appends its journal and metric sidecar there as it goes, exactly as a run does in its provenance
+folder, and an ``end`` event when the rank ends. When rank zero ends the run (a ``before_end``
+hook of its recorder), :meth:`RankGroup.merge` reads each part: the rank becomes a ``Rank``
+activity of the run (global, local and node rank, host, device, pid, status, its params as
+attributes), its metric points are logged into the run as ``rank<k>/<key>`` (so its system
 metrics are ``rank<k>/system/...``), and its artifacts and models are recorded as
 ``rank<k>.<name>``. Rank zero's own system metrics are ``rank0/system/...``.
 
@@ -27,20 +28,24 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.distributed.ranks import RankInfo
-from prov4ml_lightning.errors import Prov4MLInputError, TrackingUnavailableError
+from prov4ml_lightning.distributed.ranks import RankInfo, rank_from_env, share_run, torch_broadcast
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
+from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.journal import journal_path, read_journal
-from prov4ml_lightning.tracking.recorder import RunRecorder, _make_current, _release
+from prov4ml_lightning.tracking.recorder import RunRecorder
 from prov4ml_lightning.tracking.records import RunInfo
+from prov4ml_lightning.tracking.writer import read_sidecar
 
-__all__ = ["PART_WAIT_S", "RankGroup", "RankRecorder", "SilentRun", "attach_ranks", "open_part", "open_silent",
-           "shared_of"]
+__all__ = ["PART_WAIT_S", "PartSink", "RankGroup", "SilentRun", "attach_ranks", "open_part", "open_silent",
+           "rank_recorder", "shared_of", "start_on_ranks"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,6 @@ log = logging.getLogger(__name__)
 PART_WAIT_S = 60.0
 #: the same at a failed end: a peer may be stuck in a collective that will never complete
 FAILED_PART_WAIT_S = 3.0
-_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
 @dataclasses.dataclass
@@ -71,6 +75,14 @@ class RankGroup:
         """The activity id of a rank (the session is named from the second session of a run on)."""
         return f"rank_{global_rank}" if self.session == "session_1" else f"rank_{global_rank}.{self.session}"
 
+    def merge_or_warn(self, run: RunRecorder, status: str) -> None:
+        """:meth:`merge`, a failure of which warns: rank 0's own records are written anyway."""
+        try:
+            self.merge(run, status)
+        except Exception as err:
+            warnings.warn(f"end_run: could not merge the parts of the other ranks ({err!r}); rank 0's "
+                          "records are written", Prov4MLWarning, stacklevel=4)
+
     def merge(self, run: RunRecorder, status: str) -> None:
         """Fold every rank's part into ``run`` (once), before the run closes."""
         with self._lock:
@@ -92,7 +104,7 @@ class RankGroup:
                 series.activity = self.ident(int(head[4:]))
 
     def _merge_part(self, run: RunRecorder, k: int, deadline: float) -> None:
-        from prov4ml_lightning.recovery.recover import load_run, read_sidecar
+        from prov4ml_lightning.recovery.recover import load_run
 
         folder = self.parts / f"rank{k}"
         journal = journal_path(folder, run.run_id)
@@ -125,13 +137,10 @@ class RankGroup:
         record.start_time = float(part.start.get("time", record.start_time))
         record.end_time = float(end["end_time"]) if end else max(part.last_time, record.start_time)
         for artifact in part.artifacts:
-            renamed = dataclasses.replace(artifact, name=f"rank{k}.{artifact.name}", activity=ident, artifact_uri="")
-            run.artifacts.append(renamed)
-            run.journal.write("artifact", record=renamed, artifact_path=None, upload=False)
+            run.add_artifact(dataclasses.replace(artifact, name=f"rank{k}.{artifact.name}", activity=ident,
+                                                 artifact_uri=""))
         for model in part.models:
-            renamed_model = dataclasses.replace(model, name=f"rank{k}.{model.name}")
-            run.models.append(renamed_model)
-            run.journal.write("model", record=renamed_model)
+            run.add_model(dataclasses.replace(model, name=f"rank{k}.{model.name}"))
         call = f"merge of rank {k}"
         for key, ctx, _mkey, step, value, ts in read_sidecar(folder / f"metrics_{run.run_id}.csv"):
             run.log_metric(f"rank{k}/{key}", value, Context(ctx), step, ts, call=call)
@@ -161,6 +170,10 @@ def attach_ranks(run: RunRecorder, rank: RankInfo, collect: bool) -> RankGroup:
     if collect:
         group.parts.mkdir(parents=True, exist_ok=True)
     run.ranks = group
+    run.system_prefix = group.prefix
+    # Before the run closes: the other ranks' points go in through log_metric. Outside the
+    # registry lock: it may wait for a rank that has not ended yet (bounded).
+    run.before_end(group.merge_or_warn)
     run.journal.write("ranks", rank=rank.attributes(), collect_all_ranks=collect, session=session,
                       parts=str(group.parts))
     run.set_tags({"prov4ml.world_size": rank.world_size, "prov4ml.ranks_recorded": "all" if collect else "0"})
@@ -175,10 +188,11 @@ def shared_of(run: RunRecorder) -> dict[str, Any]:
     return {"run_id": run.run_id, "session": group.session if group is not None and group.collect else None}
 
 
-class _PartSink:
+class PartSink:
     """A rank's part writes no MLflow: only rank zero does (it uploads the merged points)."""
 
     offline = True
+    mlflow_save_dir = ""
 
     def log_metrics(self, run_id: str, points: Any) -> None:
         pass
@@ -199,73 +213,50 @@ class _PartSink:
     def end_run(self, run_id: str, status: str, end_time_ms: int) -> None:
         pass
 
-
-class RankRecorder(RunRecorder):
-    """The recorder of a rank other than zero: journal and metric sidecar in its part folder, no
-    MLflow, no PROV document (rank zero merges the part into its own)."""
-
-    def __init__(self, info: RunInfo, rank: RankInfo, *, flush_interval: float, parent: Any = None) -> None:
-        super().__init__(info, _PartSink(), parent=parent, flush_interval=flush_interval,
-                         provenance_formats=("json",))
-        self.rank = rank
-        self.journal.write("rank", rank=rank.attributes())
-
-    def end(self, status: str = "FINISHED", error: str | None = None) -> None:  # type: ignore[override]
-        """Close the part: flush the points, write the ``end`` event. Idempotent."""
-        if status not in _STATUSES:
-            raise Prov4MLInputError(f"end_run(status={status!r}): status must be one of {', '.join(_STATUSES)}")
-        with self._lock:
-            if self._ended:
-                return None
-            self._ended = True
-        try:
-            if self._sampler is not None:
-                self._sampler.stop()
-            self.writer.close()
-            self._uploader.close()
-            now = time.time()
-            self.info.end_time, self.info.status = now, status
-            self.journal.write("end", status=status, end_time=now, **({"error": error} if error else {}))
-            self.journal.close()
-        finally:
-            _release(self)
-        log.info("prov4ml: rank %d part of run %s ended %s", self.rank.global_rank, self.run_id, status)
-        return None
+    def recheck(self) -> None:
+        pass
 
 
-def open_part(rank: RankInfo, shared: Mapping[str, Any], run_kwargs: Mapping[str, Any], *,
-              join_current: bool) -> RankRecorder | SilentRun | None:
+def rank_recorder(info: RunInfo, rank: RankInfo, config: RunConfig, parent: Any = None) -> RunRecorder:
+    """The recorder of a rank other than zero: journal and metric sidecar in its part folder
+    (``info.provenance_dir``), no MLflow, no PROV document (rank zero merges the part into its own)."""
+    part = RunRecorder(config, info, PartSink(), parent=parent, document=False)
+    part.journal.write("rank", rank=rank.attributes())
+    return part
+
+
+def open_part(rank: RankInfo, shared: Mapping[str, Any], config: RunConfig, *,
+              join_current: bool) -> RunRecorder | SilentRun | None:
     """Open this rank's part of the run rank zero shared, and make it the current run.
 
     ``join_current`` (the callback): a run the user already opened on this rank takes the
     records instead, and ``None`` is returned.
     """
-    from prov4ml_lightning.tracking.recorder import current_run
+    from prov4ml_lightning.capture import start_system_metrics
 
-    if join_current and current_run() is not None:
+    if join_current and registry.current_run() is not None:
         return None
     run_id, session = shared.get("run_id"), shared.get("session")
     if session is None:  # rank zero records only itself
-        return None if join_current else open_silent(rank, run_id, bool(run_kwargs.get("nested")))
+        return None if join_current else open_silent(rank, run_id, config.nested)
     call = "start_run"
-    namespace = v.normalise_namespace(run_kwargs["prov_user_namespace"], call)
-    folder = Path(run_kwargs["provenance_save_dir"]).resolve() / f"ranks_{run_id}" / session / f"rank{rank.global_rank}"
+    folder = Path(config.provenance_save_dir).resolve() / f"ranks_{run_id}" / session / f"rank{rank.global_rank}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise Prov4MLInputError(f"{call} on rank {rank.global_rank}: cannot create its part folder {folder} ({err})") \
             from err
 
-    def make(parent: Any) -> RankRecorder:
-        info = RunInfo(run_id=str(run_id), experiment_name=str(run_kwargs["experiment_name"]), experiment_id="",
-                       run_name=f"rank{rank.global_rank}", namespace=namespace, tracking_uri="",
+    def make(parent: Any) -> RunRecorder:
+        info = RunInfo(run_id=str(run_id), experiment_name=config.experiment_name, experiment_id="",
+                       run_name=f"rank{rank.global_rank}", namespace=config.namespace, tracking_uri="",
                        provenance_dir=str(folder), start_time=time.time(), user="")
-        part = RankRecorder(info, rank, flush_interval=float(run_kwargs.get("flush_interval", 2.0)), parent=parent)
-        if run_kwargs.get("log_system_metrics"):
-            part.start_system_metrics(float(run_kwargs.get("system_metrics_interval", 10.0)))
+        part = rank_recorder(info, rank, config, parent)
+        if config.log_system_metrics:
+            start_system_metrics(part, config.system_metrics_interval)
         return part
 
-    return _make_current(make, call, bool(run_kwargs.get("nested")))
+    return registry.make_current(make, call, config.nested)
 
 
 class SilentRun:
@@ -316,10 +307,9 @@ class SilentRun:
         pass
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
-        if status not in _STATUSES:
-            raise Prov4MLInputError(f"end_run(status={status!r}): status must be one of {', '.join(_STATUSES)}")
+        v.check_status(status)
         self._ended = True
-        _release(self)
+        registry.release(self)
 
     def __enter__(self) -> SilentRun:
         return self
@@ -330,4 +320,36 @@ class SilentRun:
 
 def open_silent(rank: RankInfo, run_id: str | None = None, nested: bool = False) -> SilentRun:
     """Make a :class:`SilentRun` the current run of this rank (a child of the open one when ``nested``)."""
-    return _make_current(lambda parent: SilentRun(rank, run_id, parent), "start_run", nested)
+    return registry.make_current(lambda parent: SilentRun(rank, run_id, parent), "start_run", nested)
+
+
+def start_on_ranks(open_zero: Callable[[RankInfo | None], Any], config: RunConfig) -> Any:
+    """``start_run`` of the functional API in any process of a job.
+
+    Not distributed: ``open_zero(None)``. Distributed: rank zero opens the run; with
+    ``collect_all_ranks`` the other ranks learn its id (one broadcast: every rank must call
+    ``start_run``) and record into their part; without it they get a run that records nothing,
+    and no rank communicates.
+    """
+    rank = rank_from_env()
+    if not rank.distributed:
+        return open_zero(None)
+    if not config.collect_all_ranks:
+        return open_zero(rank) if rank.global_rank == 0 else open_silent(rank, nested=config.nested)
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise Prov4MLInputError(
+            f"start_run(collect_all_ranks=True): rank {rank.global_rank} of {rank.world_size} found no "
+            "initialised torch.distributed process group; call torch.distributed.init_process_group() before "
+            "start_run, so the ranks can share the run id (or pass collect_all_ranks=False)"
+        )
+
+    def zero() -> tuple[Any, dict[str, Any]]:
+        run = open_zero(rank)
+        return run, shared_of(run)
+
+    run, shared = share_run(rank, zero, torch_broadcast, "start_run")
+    if rank.global_rank == 0:
+        return run
+    return open_part(rank, shared, config, join_current=False)

@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prov4ml_lightning.errors import Prov4MLError, Prov4MLInputError
+from prov4ml_lightning.errors import Prov4MLError
 
-__all__ = ["RankInfo", "rank_from_env", "rank_from_trainer", "share_run", "start_on_ranks", "torch_broadcast"]
+__all__ = ["RankInfo", "rank_from_env", "rank_from_trainer", "share_run", "torch_broadcast"]
 
 log = logging.getLogger(__name__)
 
@@ -152,39 +152,3 @@ def share_run(rank: RankInfo, open_zero: Callable[[], tuple[Any, dict[str, Any]]
         error = shared.get("error") if isinstance(shared, Mapping) else repr(shared)
         raise Prov4MLError(f"{call} on rank {rank.global_rank}: global rank 0 could not open the run ({error})")
     return run, dict(shared)
-
-
-def start_on_ranks(open_zero: Callable[[RankInfo | None], Any], run_kwargs: Mapping[str, Any],
-                   collect_all_ranks: bool) -> Any:
-    """``start_run`` of the functional API in any process of a job.
-
-    Not distributed: ``open_zero(None)``. Distributed: rank zero opens the run; with
-    ``collect_all_ranks`` the other ranks learn its id (one broadcast: every rank must call
-    ``start_run``) and record into their part; without it they get a run that records nothing,
-    and no rank communicates.
-    """
-    from prov4ml_lightning.distributed import parts as _rank_parts
-
-    rank = rank_from_env()
-    if not rank.distributed:
-        return open_zero(None)
-    if not collect_all_ranks:
-        return open_zero(rank) if rank.global_rank == 0 else _rank_parts.open_silent(
-            rank, nested=bool(run_kwargs.get("nested")))
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        raise Prov4MLInputError(
-            f"start_run(collect_all_ranks=True): rank {rank.global_rank} of {rank.world_size} found no "
-            "initialised torch.distributed process group; call torch.distributed.init_process_group() before "
-            "start_run, so the ranks can share the run id (or pass collect_all_ranks=False)"
-        )
-
-    def zero() -> tuple[Any, dict[str, Any]]:
-        run = open_zero(rank)
-        return run, _rank_parts.shared_of(run)
-
-    run, shared = share_run(rank, zero, torch_broadcast, "start_run")
-    if rank.global_rank == 0:
-        return run
-    return _rank_parts.open_part(rank, shared, run_kwargs, join_current=False)

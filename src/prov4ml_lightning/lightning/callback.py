@@ -1,9 +1,9 @@
 """``Prov4MLCallback``: full provenance of a Lightning fit, validate, test or predict, with no logging code.
 
 A thin front door over the same :class:`~prov4ml_lightning.tracking.recorder.RunRecorder` the functional
-API uses; its hooks read Lightning's state and hand it to ``_lightning_run.RunLink`` (the
-writes), ``_lightning_loops`` (epochs and evaluation loops) and ``_lightning_config``
-(hyperparameters). What is recorded: the class docstring and the README's callback section.
+API uses; its hooks read Lightning's state and hand it to :class:`.run_link.RunLink` (the
+writes), :mod:`.loops` (epochs and evaluation loops) and :mod:`.hparams` (hyperparameters).
+What is recorded: the class docstring and the README's callback section.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from prov4ml_lightning.distributed.parts import RankRecorder, SilentRun, open_part, shared_of
+from prov4ml_lightning.distributed.parts import SilentRun, open_part, shared_of
 from prov4ml_lightning.distributed.ranks import rank_from_trainer, share_run
 from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.lightning.hparams import early_stopping_state, fit_params
 from prov4ml_lightning.lightning.loops import STAGES, EpochTracker, LoopTracker, stage_ident
 from prov4ml_lightning.lightning.run_link import NullLink, RunLink, open_link
 from prov4ml_lightning.tracking import validation as v
-from prov4ml_lightning.tracking.recorder import RunOutputs
+from prov4ml_lightning.tracking.config import RunConfig
+from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
 
 __all__ = ["Prov4MLCallback"]
 
@@ -53,8 +54,10 @@ class Prov4MLCallback(Callback):
     Args:
         prov_user_namespace, experiment_name, provenance_save_dir, mlflow_save_dir, nested,
             tags, description, log_system_metrics, tracking_uri, run_name,
-            system_metrics_interval, provenance_formats: as for ``prov4ml.start_run``.
-            ``nested=True`` starts a child of a run the user opened instead of joining it.
+            system_metrics_interval, provenance_formats, flush_interval: as for ``prov4ml.start_run``
+            (the fields of :class:`~prov4ml_lightning.tracking.config.RunConfig`; every rank
+            records, as with ``collect_all_ranks=True``). ``nested=True`` starts a child of a run
+            the user opened instead of joining it.
         log_every_n_steps: record step values every this many optimizer steps; ``None`` follows
             the trainer's ``log_every_n_steps``; 0 records epoch values only.
         log_learning_rates: record ``lr-<Optimizer>[/pg<j>]`` with the step values.
@@ -100,6 +103,7 @@ class Prov4MLCallback(Callback):
         run_name: str | None = None,
         system_metrics_interval: float = 10.0,
         provenance_formats: tuple[str, ...] = ("json",),
+        flush_interval: float = 2.0,
         log_every_n_steps: int | None = None,
         log_learning_rates: bool = True,
         log_datasets: bool = True,
@@ -110,22 +114,19 @@ class Prov4MLCallback(Callback):
     ) -> None:
         super().__init__()
         call = "Prov4MLCallback"
-        v.normalise_namespace(prov_user_namespace, call)
-        v.check_name(experiment_name, call, "experiment_name")
+        self.config = RunConfig(
+            prov_user_namespace=prov_user_namespace, experiment_name=experiment_name,
+            provenance_save_dir=provenance_save_dir, mlflow_save_dir=mlflow_save_dir, nested=nested, tags=tags,
+            description=description, log_system_metrics=log_system_metrics, tracking_uri=tracking_uri,
+            run_name=run_name, system_metrics_interval=system_metrics_interval,
+            provenance_formats=provenance_formats, collect_all_ranks=True, flush_interval=flush_interval, call=call,
+        )
         if model_name is not None:
             v.check_name(model_name, call, "model_name")
         if log_every_n_steps is not None and (isinstance(log_every_n_steps, bool)
                                               or not isinstance(log_every_n_steps, int) or log_every_n_steps < 0):
             raise Prov4MLInputError(f"{call}: log_every_n_steps must be None or an int >= 0, "
                                     f"got {log_every_n_steps!r}")
-        self._run_kwargs: dict[str, Any] = dict(
-            prov_user_namespace=prov_user_namespace, experiment_name=experiment_name,
-            provenance_save_dir=provenance_save_dir, mlflow_save_dir=mlflow_save_dir, tags=tags,
-            description=description, log_system_metrics=log_system_metrics, tracking_uri=tracking_uri,
-            run_name=run_name, system_metrics_interval=system_metrics_interval,
-            provenance_formats=tuple(dict.fromkeys(("json", *provenance_formats))),
-        )
-        self._nested = nested
         # Lightning reads state_key around every hook of every callback (its profiler names the
         # action with it): built once, it costs nothing per step.
         self._state_key = self._generate_state_key(experiment_name=experiment_name)
@@ -144,7 +145,7 @@ class Prov4MLCallback(Callback):
         self._earlier_checkpoints: dict[str, str] = {}  # path -> PROV name, from the checkpoint state
         # Per session.
         self._link: RunLink | NullLink | None = None
-        self._part: RankRecorder | SilentRun | None = None  # this rank's part (ranks other than zero)
+        self._part: RunRecorder | SilentRun | None = None  # this rank's part (ranks other than zero)
         self.outputs: RunOutputs | None = None  # where the run was written when the callback last ended it
         self._fit: str | None = None
         self._loaded: dict[str, Any] | None = None  # step and epoch of the checkpoint Lightning loaded
@@ -163,7 +164,7 @@ class Prov4MLCallback(Callback):
             rank = rank_from_trainer(trainer)
 
             def open_zero() -> tuple[RunLink | NullLink, dict[str, Any]]:
-                link = open_link(rank, self._run_kwargs, self.run_id, self._nested)
+                link = open_link(rank, self.config, self.run_id)
                 return link, shared_of(link.run) if isinstance(link, RunLink) else {"run_id": None}
 
             # Every rank gets here (fit start, or a stand-alone stage's start) and joins the broadcast
@@ -172,7 +173,7 @@ class Prov4MLCallback(Callback):
             self._link = link if link is not None else NullLink()
             self.run_id = shared.get("run_id") or self.run_id
             if rank.distributed and rank.global_rank != 0:
-                self._part = open_part(rank, shared, self._run_kwargs, join_current=True)
+                self._part = open_part(rank, shared, self.config, join_current=True)
         return self._link
 
     def _close(self, status: str, error: str | None = None) -> None:
@@ -299,9 +300,8 @@ class Prov4MLCallback(Callback):
             self._poll_checkpoints(trainer, force=True)
             link.mark_checkpoints(trainer)
         if self.log_model:
-            name = self.model_name or type(pl_module).__name__
-            # A reopened run's recorder starts its model versions at 1 again: name by fit instead.
-            link.log_model(pl_module, f"{name}_{self._fit}" if link.reopened else name)
+            # A resumed fit's model is a new version of the same name (the recorder counts every session's).
+            link.log_model(pl_module, self.model_name or type(pl_module).__name__)
         link.end(self._fit, {"status": "FINISHED", "last_step": trainer.global_step,
                              "epochs_completed": trainer.current_epoch, **early_stopping_state(trainer)})
         self._last_fit, self._fit = self._fit, None

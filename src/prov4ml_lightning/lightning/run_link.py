@@ -18,8 +18,8 @@ logged, turned into floats in batches of :data:`_FOLD_EVERY` points and when the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import math
 import os
 import warnings
 import weakref
@@ -31,10 +31,15 @@ import torch
 
 from prov4ml_lightning.capture.datasets import DatasetInfo, describe_dataloader, flatten_dataloaders
 from prov4ml_lightning.context import Context
+from prov4ml_lightning.distributed.parts import attach_ranks
 from prov4ml_lightning.distributed.ranks import RankInfo
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning
 from prov4ml_lightning.files import sha256_path
-from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder, current_run
+from prov4ml_lightning.runs import open_run
+from prov4ml_lightning.tracking.config import RunConfig
+from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
+from prov4ml_lightning.tracking.records import MetricSeries
+from prov4ml_lightning.tracking.registry import current_run
 from prov4ml_lightning.tracking.validation import to_floats
 
 __all__ = ["NullLink", "RunLink", "checkpoint_name", "open_link"]
@@ -47,18 +52,12 @@ _FOLD_EVERY = 1024  # segment points kept as tensors before they are summarised
 
 
 class _Segment:
-    """Running summary of one metric's points in one activity."""
+    """Summary of one metric's points in one activity: a :class:`MetricSeries` fed in batches."""
 
-    __slots__ = ("count", "first_step", "last_step", "last_value", "max_value", "min_value", "non_finite",
-                 "pending")
+    __slots__ = ("pending", "summary")
 
-    def __init__(self) -> None:
-        self.count = self.non_finite = 0
-        self.first_step: int | None = None
-        self.last_step: int | None = None
-        self.last_value: float | None = None
-        self.min_value: float | None = None
-        self.max_value: float | None = None
+    def __init__(self, key: str, context: Context) -> None:
+        self.summary = MetricSeries(key, context, "")
         self.pending: list[tuple[int, Any]] = []
 
     def add(self, step: int, value: Any) -> None:
@@ -70,19 +69,18 @@ class _Segment:
         points, self.pending = self.pending, []
         if not points:
             return
-        steps = [step for step, _ in points]
-        values = to_floats([value for _, value in points])
-        self.count += len(values)
-        first, last = min(steps), max(steps)
-        self.first_step = first if self.first_step is None else min(self.first_step, first)
-        self.last_step = last if self.last_step is None else max(self.last_step, last)
-        self.last_value = values[-1]
-        finite = [value for value in values if math.isfinite(value)]
-        self.non_finite += len(values) - len(finite)
-        if finite:
-            low, high = min(finite), max(finite)
-            self.min_value = low if self.min_value is None else min(self.min_value, low)
-            self.max_value = high if self.max_value is None else max(self.max_value, high)
+        for (step, _), value in zip(points, to_floats([value for _, value in points])):
+            self.summary.add(step, value, 0)
+
+    def attributes(self) -> dict[str, Any]:
+        """The segment's PROV attributes (no min/max when no point was finite)."""
+        self.fold()
+        s = self.summary
+        finite = s.count > s.non_finite
+        return {"count": s.count, "first_step": s.first_step, "last_step": s.last_step,
+                "last_value": s.last_value if s.count else None,
+                "min_value": s.min_value if finite else None, "max_value": s.max_value if finite else None,
+                "non_finite_count": s.non_finite}
 
 
 def checkpoint_name(path: str | os.PathLike[str], step: int) -> str:
@@ -101,8 +99,6 @@ class RunLink:
         reopened: the run existed before this session (resume, or a stage after ``fit``).
     """
 
-    active = True
-
     def __init__(self, run: RunRecorder, *, owned: bool, reopened: bool) -> None:
         self.run = run
         self.owned = owned
@@ -114,7 +110,7 @@ class RunLink:
         self._ckpt_chain: list[tuple[int, str]] = []  # (global step, name), in save order
         self._ckpt_records: dict[str, Any] = {}  # absolute path -> latest ArtifactRecord
         self._ckpt_earlier: dict[str, str] = {}  # absolute path -> name, recorded by an earlier session
-        self._ckpt_used: dict[str, dict[str, Any]] = {}  # absolute path -> attributes of a loaded checkpoint
+        self._ckpt_used: dict[str, str] = {}  # absolute path -> name of a loaded checkpoint
 
     @property
     def run_id(self) -> str:
@@ -132,14 +128,13 @@ class RunLink:
             if segments is not None:
                 segment = segments.get((key, context))
                 if segment is None:
-                    segment = segments[(key, context)] = _Segment()
+                    segment = segments[(key, context)] = _Segment(key, context)
                 segment.add(step, number)
 
     # -- activities -------------------------------------------------------------------------
     def start(self, ident: str, kind: str, label: str, *, informed_by: str | None = None,
               attributes: Mapping[str, Any] | None = None, used: Iterable[Ref] = ()) -> None:
-        record = self.run.start_activity(ident, kind, label, informed_by=informed_by, attributes=attributes)
-        record.used.extend(used)
+        self.run.start_activity(ident, kind, label, informed_by=informed_by, attributes=attributes, used=list(used))
 
     def end(self, ident: str | None, attributes: Mapping[str, Any] | None = None) -> None:
         """End ``ident``, first adding the metric segments its points make."""
@@ -150,13 +145,9 @@ class RunLink:
         self.run.end_activity(ident, attributes)
 
     def _add_segment(self, ident: str, key: str, context: Context, segment: _Segment) -> None:
-        segment.fold()
         self.run.add_entity(
             "metric_segment", "MetricSegment", f"{context.value}.{key}.{ident}",
-            {"name": key, "context": context.value, "activity": ident, "count": segment.count,
-             "first_step": segment.first_step, "last_step": segment.last_step, "last_value": segment.last_value,
-             "min_value": segment.min_value, "max_value": segment.max_value,
-             "non_finite_count": segment.non_finite},
+            {"name": key, "context": context.value, "activity": ident, **segment.attributes()},
             label=f"{key} ({context.value}) in {ident}", relation="generated", activity=ident,
             member_of=("metric", context.value, key),
         )
@@ -164,18 +155,7 @@ class RunLink:
     # -- params -------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Log ``params``, skipping keys the run already holds; return those it holds with another value."""
-        from prov4ml_lightning.tracking import validation as v
-
-        flat = v.flatten_params(params, "Prov4MLCallback")
-        new, conflicts = {}, {}
-        for key, value in flat.items():
-            if key in self.run.params:
-                if v.param_text(self.run.params[key]) != v.param_text(value):
-                    conflicts[key] = value
-            else:
-                new[key] = value
-        if new:
-            self.run.log_params(new, call="Prov4MLCallback")
+        conflicts = self.run.log_params(params, call="Prov4MLCallback", keep_conflicts=True)
         if conflicts:
             warnings.warn(f"Prov4MLCallback: the run already holds other values for {sorted(conflicts)}; the run "
                           "keeps them and this fit records its own values as attributes of its Fit activity",
@@ -227,7 +207,7 @@ class RunLink:
             attrs["note"] = f"not readable for a hash ({err})"
         self.run.add_entity("checkpoint", "Checkpoint", name, attrs, label=name,
                             relation="used", activity=activity)
-        self._ckpt_used[os.path.abspath(ckpt_path)] = self.run.extra_entities[-1]["attributes"]
+        self._ckpt_used[os.path.abspath(ckpt_path)] = name
         if restored_model:
             self.run.add_entity("model_state", "ModelState", f"{activity}.initial",
                                 {"restored_from": attrs["path"], "global_step": step, "epoch": epoch},
@@ -270,8 +250,8 @@ class RunLink:
             record.attributes["best"] = path in best
             if not os.path.lexists(path):
                 record.attributes["deleted"] = True
-        for path, attrs in self._ckpt_used.items():
-            attrs["best"] = path in best
+        for path, name in self._ckpt_used.items():
+            self.run.update_entity("checkpoint", name, {"best": path in best})
         for path, name in self._ckpt_earlier.items():
             if path not in self._ckpt_records and path not in self._ckpt_used:
                 attrs = {"best": path in best, **({} if os.path.lexists(path) else {"deleted": True})}
@@ -293,7 +273,6 @@ class RunLink:
 class NullLink:
     """What ranks other than zero write: nothing."""
 
-    active = False
     owned = False
     reopened = False
     run_id = None
@@ -335,13 +314,12 @@ class NullLink:
         return None
 
 
-def open_link(rank: RankInfo, run_kwargs: Mapping[str, Any], run_id: str | None,
-              nested: bool) -> RunLink | NullLink:
+def open_link(rank: RankInfo, config: RunConfig, run_id: str | None) -> RunLink | NullLink:
     """The run a callback session writes into, in this order of preference:
 
-    - other ranks than zero: nothing (a :class:`NullLink`; their own part is ``_rank_parts``'s);
+    - other ranks than zero: nothing (a :class:`NullLink`; their own part is ``distributed.parts``'s);
     - the run the user opened with ``prov4ml.start_run`` (joined, not ended by the callback),
-      unless ``nested``, which starts a child run of it;
+      unless ``config.nested``, which starts a child run of it;
     - the run ``run_id`` names (the callback's checkpoint state, or its earlier fit), reopened;
       if the store no longer has it, a new run tagged ``prov4ml.continues_run``;
     - a new run.
@@ -351,22 +329,19 @@ def open_link(rank: RankInfo, run_kwargs: Mapping[str, Any], run_id: str | None,
     if rank.global_rank != 0:
         return NullLink()
     joined = current_run()
-    if joined is not None and not nested:
+    if joined is not None and not config.nested:
         if rank.distributed:
-            from prov4ml_lightning.distributed.parts import attach_ranks
-
             attach_ranks(joined, rank, collect=True)
         return RunLink(joined, owned=False, reopened=False)
-    run_kwargs = {**run_kwargs, "rank": rank, "collect_all_ranks": True}
     if run_id is not None and joined is None:
         try:
-            return RunLink(RunRecorder.start(**run_kwargs, run_id=run_id), owned=True, reopened=True)
+            return RunLink(open_run(config, rank=rank, run_id=run_id), owned=True, reopened=True)
         except Exception as err:
             log.warning("prov4ml: could not reopen run %s (%r); starting a new run", run_id, err)
-            tags = {**(run_kwargs.get("tags") or {}), "prov4ml.continues_run": run_id}
-            return RunLink(RunRecorder.start(**{**run_kwargs, "tags": tags}, nested=nested),
+            tags = {**(config.tags or {}), "prov4ml.continues_run": run_id}
+            return RunLink(open_run(dataclasses.replace(config, tags=tags, call="Prov4MLCallback"), rank=rank),
                            owned=True, reopened=False)
-    return RunLink(RunRecorder.start(**run_kwargs, nested=nested), owned=True, reopened=False)
+    return RunLink(open_run(config, rank=rank), owned=True, reopened=False)
 
 
 def _checkpoint_files(trainer: Any) -> Iterable[tuple[Any, str, tuple[str, int, int]]]:

@@ -2,7 +2,8 @@
 
 - :mod:`.build`: the recorder's plain records -> a :class:`prov.model.ProvDocument` (and the
   merge of an earlier session's document into a reopened run's);
-- :mod:`.files`: writing documents atomically, reading them back, serialising, validity helpers;
+- :mod:`.files`: writing documents (and every PROV file of a run) atomically, reading them back,
+  serialising, validity helpers;
 - :mod:`.views`: a document flattened into plain nodes and edges for drawing and the CLI.
 """
 
@@ -15,6 +16,7 @@ from prov4ml_lightning.provenance.files import (
     serialize_document,
     to_json_text,
     write_document,
+    write_run_files,
 )
 from prov4ml_lightning.provenance.views import Element, GraphSpec, Relation, flatten, to_graph
 
@@ -36,4 +38,5 @@ __all__ = [
     "to_json_text",
     "typed",
     "write_document",
+    "write_run_files",
 ]

@@ -1,57 +1,62 @@
-"""PROV documents on disk: atomic writes, reading back (any format the ``prov`` package reads),
-serialising for ``prov4ml export``, and the schema and round-trip helpers ``checks.py`` uses.
+"""PROV documents on disk: atomic writes (one document, or every file of a run), reading back (any
+format the ``prov`` package reads), serialising for ``prov4ml export``, and the schema
+and round-trip helpers ``checks.py`` uses.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from prov.model import ProvDocument
 
-from prov4ml_lightning.errors import Prov4MLInputError
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.files import atomic_write, atomic_write_text
 
 __all__ = ["load_document", "prov_json_schema_path", "read_document", "round_trip", "serialize_document",
-           "to_json_text", "write_document"]
-
-
-def _default_file_mode() -> int:
-    # Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_FILE_MODE = _default_file_mode()
+           "to_json_text", "write_document", "write_run_files"]
 
 
 def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
     """Serialise ``doc`` to ``path`` atomically (temp file + rename): never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give it the mode any other file of the user gets
+    if fmt not in ("json", "provn", "ttl", "turtle", "xml", "jsonld"):
+        raise Prov4MLInputError(f"unknown PROV format {fmt!r}")
+    # Streamed into the file (a document can be large), except the text-only serialisations.
+    if fmt == "json":
+        return atomic_write(path, lambda fh: doc.serialize(fh, format="json", indent=2))
+    if fmt == "xml":
+        return atomic_write(path, lambda fh: doc.serialize(fh, format="xml"))
+    return atomic_write_text(path, serialize_document(doc, fmt))
+
+
+def write_run_files(doc: ProvDocument, base: Path, formats: Iterable[str], title: str, *,
+                    call: str = "end_run") -> dict[str, Path]:
+    """The PROV files of a run, as ``end_run`` and ``prov4ml recover`` write them.
+
+    ``<base>.json`` always, ``<base>.<fmt>`` for the other ``formats``, the graph ``<base>.dot``
+    titled ``title`` and, when Graphviz is installed, ``<base>.svg``. Every file is written
+    atomically. Returns the paths by kind (``json``, ``provn``, ``ttl``, ``xml``, ``dot``, ``svg``).
+    """
+    from prov4ml_lightning.provenance.graph import render_svg, to_dot
+    from prov4ml_lightning.provenance.views import to_graph
+
+    paths = {"json": write_document(doc, base.with_suffix(".json"), "json")}
+    for fmt in formats:
+        if fmt != "json":
+            paths[fmt] = write_document(doc, base.with_suffix(f".{fmt}"), fmt)
+    paths["dot"] = atomic_write_text(base.with_suffix(".dot"), to_dot(to_graph(doc), title))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            if fmt == "json":
-                doc.serialize(fh, format="json", indent=2)
-            elif fmt == "provn":
-                fh.write(doc.get_provn())
-            elif fmt in ("ttl", "turtle"):
-                fh.write(doc.serialize(format="rdf", rdf_format="turtle"))
-            elif fmt == "xml":
-                doc.serialize(fh, format="xml")
-            elif fmt == "jsonld":
-                fh.write(doc.serialize(format="rdf", rdf_format="json-ld"))
-            else:
-                raise ValueError(f"unknown PROV format {fmt!r}")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        svg = render_svg(paths["dot"])
+    except Exception as err:  # a broken Graphviz install must not lose the run
+        warnings.warn(f"{call}: Graphviz could not render {paths['dot']} ({err!r})", Prov4MLWarning, stacklevel=3)
+        svg = None
+    if svg is not None:
+        paths["svg"] = svg
+    return paths
 
 
 def read_document(path: str | os.PathLike[str], fmt: str = "json") -> ProvDocument:
@@ -102,7 +107,7 @@ def serialize_document(doc: ProvDocument, fmt: str) -> str:
         return doc.serialize(format="xml")
     if fmt == "jsonld":
         return doc.serialize(format="rdf", rdf_format="json-ld")
-    raise ValueError(f"unknown PROV format {fmt!r}")
+    raise Prov4MLInputError(f"unknown PROV format {fmt!r}")
 
 
 

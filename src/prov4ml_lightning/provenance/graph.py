@@ -26,7 +26,8 @@ from typing import Any
 
 import graphviz
 
-from prov4ml_lightning.provenance import GraphSpec
+from prov4ml_lightning.errors import GraphvizError, Prov4MLInputError
+from prov4ml_lightning.provenance.views import GraphSpec
 
 __all__ = ["INSTALL_GRAPHVIZ", "OVERVIEW_TYPES", "dot_available", "render_file", "render_svg", "to_dot"]
 
@@ -200,7 +201,7 @@ def to_dot(spec: GraphSpec, title: str = "provenance", *, level: int = 2, collap
         legend: draw a legend box (shapes, collapsed groups, what level 1 left out).
     """
     if level not in (1, 2):
-        raise ValueError(f"to_dot: level must be 1 or 2, got {level!r}")
+        raise Prov4MLInputError(f"to_dot: level must be 1 or 2, got {level!r}")
     nodes: dict[str, _Node] = {}
     for ident, kind, label, attrs in spec.nodes:
         category = _category(kind, spec.types.get(ident, []))
@@ -281,7 +282,7 @@ def render_file(dot_path: Path, out: Path, fmt: str = "svg") -> Path:
 
     Raises:
         FileNotFoundError: ``dot`` is not installed (see :data:`INSTALL_GRAPHVIZ`).
-        RuntimeError: ``dot`` failed; the message is its first error line.
+        GraphvizError: ``dot`` failed (also a ``RuntimeError``); the message is its first error line.
     """
     exe = shutil.which("dot")
     if exe is None:
@@ -290,7 +291,7 @@ def render_file(dot_path: Path, out: Path, fmt: str = "svg") -> Path:
                           check=False)
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
-        raise RuntimeError(f"dot -T{fmt} {dot_path} failed: {first}")
+        raise GraphvizError(f"dot -T{fmt} {dot_path} failed: {first}")
     return out
 
 

@@ -22,22 +22,22 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import socket
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.tracking.journal import JOURNAL_PREFIX, Journal, read_journal
 from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
+from prov4ml_lightning.tracking.writer import read_sidecar  # the one reader of the sidecar, beside its writer
 
-__all__ = ["CRASHED", "JournaledRun", "RecoveredRun", "load_run", "read_sidecar", "recover", "run_journals"]
+__all__ = ["CRASHED", "JournaledRun", "RecoveredRun", "load_run", "process_alive", "read_sidecar", "recover",
+           "run_journals", "write_run_files"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 CRASHED = "CRASHED"
 #: MLflow run tag set on a recovered run.
 CRASHED_TAG = "prov4ml.crashed"
-_SIDECAR_HEADER = ["key", "context", "mlflow_key", "step", "value", "timestamp_ms"]
 
 
 @dataclass
@@ -171,24 +170,6 @@ def _artifact(data: dict[str, Any]) -> ArtifactRecord:
     return ArtifactRecord(**data)
 
 
-def read_sidecar(path: str | os.PathLike[str]) -> list[tuple[str, str, str, int, float, int]]:
-    """The metric points of a sidecar CSV; rows a crash cut short are skipped."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    points = []
-    with open(p, newline="", encoding="utf-8", errors="replace") as fh:
-        for row in csv.reader(fh):
-            if row == _SIDECAR_HEADER or len(row) != len(_SIDECAR_HEADER):
-                continue
-            key, ctx, mkey, step, value, ts = row
-            try:
-                points.append((key, ctx, mkey, int(step), float(value), int(ts)))
-            except ValueError:
-                log.info("prov4ml: skipping a cut-short row of %s", p)
-    return points
-
-
 def _series(points: list[tuple[str, str, str, int, float, int]]) -> list[MetricSeries]:
     series: dict[tuple[str, str], MetricSeries] = {}
     for key, ctx, mkey, step, value, ts in points:
@@ -203,7 +184,7 @@ def _series(points: list[tuple[str, str, str, int, float, int]]) -> list[MetricS
     return list(series.values())
 
 
-def _alive(run: JournaledRun) -> bool:
+def process_alive(run: JournaledRun) -> bool:
     """Whether the process that wrote the journal still runs (on this host)."""
     pid, host = run.start.get("pid"), run.start.get("host")
     if not isinstance(pid, int) or host != socket.gethostname() or pid == os.getpid():
@@ -219,16 +200,15 @@ def _alive(run: JournaledRun) -> bool:
 
 def write_run_files(run: JournaledRun, status: str, end_time: float,
                     points: list[tuple[str, str, str, int, float, int]]) -> Path:
-    """Write the PROV files of ``run`` as ``end_run`` would; return the JSON path."""
-    from prov4ml_lightning.provenance import RunSnapshot, build_document, to_graph, write_document
-    from prov4ml_lightning.provenance.graph import render_svg, to_dot
+    """Write the PROV files of ``run`` as ``end_run`` would (the same writer); return the JSON path."""
+    from prov4ml_lightning import provenance
 
     info = run.info
     info.status, info.end_time = status, end_time
     for act in run.activities.values():
         if act.end_time is None:
             act.end_time = end_time
-    snapshot = RunSnapshot(
+    snapshot = provenance.RunSnapshot(
         info=info, params=run.params, series=_series(points), artifacts=run.artifacts, models=run.models,
         activities=list(run.activities.values()), software_version=str(run.start.get("software_version", "")),
         metrics_file=run.sidecar.name, extra_entities=run.entities, context=run.context,
@@ -237,20 +217,9 @@ def write_run_files(run: JournaledRun, status: str, end_time: float,
     if run.sessions > 1 and base.with_suffix(".json").exists():
         # A resumed run: the document its earlier session wrote carries the records of that session.
         snapshot.previous_document = base.with_suffix(".json").read_text(encoding="utf-8")
-    doc = build_document(snapshot)
-    json_path = write_document(doc, base.with_suffix(".json"), "json")
-    for fmt in run.start.get("formats", ["json"]):
-        if fmt != "json":
-            write_document(doc, base.with_suffix(f".{fmt}"), fmt)
-    dot_path = base.with_suffix(".dot")
-    tmp = dot_path.with_name(f".{dot_path.name}.tmp{os.getpid()}")
-    tmp.write_text(to_dot(to_graph(doc), f"{info.experiment_name} / {info.run_name}"), encoding="utf-8")
-    os.replace(tmp, dot_path)
-    try:
-        render_svg(dot_path)
-    except Exception as err:  # a broken Graphviz install must not stop a recovery
-        warnings.warn(f"recover: Graphviz could not render {dot_path} ({err!r})", Prov4MLWarning, stacklevel=2)
-    return json_path
+    paths = provenance.write_run_files(provenance.build_document(snapshot), base, run.start.get("formats", ["json"]),
+                                       f"{info.experiment_name} / {info.run_name}", call="recover")
+    return paths["json"]
 
 
 def recover(directory: str | os.PathLike[str], *, run_id: str | None = None, force: bool = False) -> list[RecoveredRun]:
@@ -274,7 +243,7 @@ def recover(directory: str | os.PathLike[str], *, run_id: str | None = None, for
             reason = "ended cleanly" if run.end else "already recovered"
             out.append(RecoveredRun(run.run_id, str(status), None, 0, skipped=reason))
             continue
-        if _alive(run) and not force:
+        if process_alive(run) and not force:
             out.append(RecoveredRun(run.run_id, "RUNNING", None, 0,
                                     skipped=f"process {run.start.get('pid')} is still running"))
             continue

@@ -35,8 +35,8 @@ from prov4ml_lightning.recovery.recover import (
     CRASHED,
     CRASHED_TAG,
     JournaledRun,
-    _alive,
     load_run,
+    process_alive,
     read_sidecar,
     run_journals,
 )
@@ -109,7 +109,7 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
     report = SyncedRun(run.run_id)
     status = run.final_status
     if status is None:
-        report.skipped = ("still running" if _alive(run)
+        report.skipped = ("still running" if process_alive(run)
                           else "it did not end cleanly: run `prov4ml recover` on its folder first")
         return report
     try:

@@ -11,12 +11,15 @@ from typing import Any
 
 from prov4ml_lightning.context import Context
 
+#: the statuses a run ends with (MLflow's terminal statuses)
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
 __all__ = [
+    "RUN_STATUSES",
     "ActivityRecord",
     "ArtifactRecord",
     "MetricSeries",
     "ModelRecord",
-    "ParamRecord",
     "RunInfo",
 ]
 
@@ -74,15 +77,6 @@ class MetricSeries:
                 self.max_value = value
         else:
             self.non_finite += 1
-
-
-@dataclass
-class ParamRecord:
-    key: str
-    value: Any
-    mlflow_key: str
-    mlflow_value: str
-    truncated: bool = False
 
 
 @dataclass

@@ -19,12 +19,16 @@ import torch
 
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.tracking.records import RUN_STATUSES
 
 __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_PARAM_VALUE_LENGTH",
+    "check_artifact_path",
     "check_context",
     "check_name",
+    "check_status",
+    "check_step",
     "flatten_params",
     "mlflow_safe_key",
     "normalise_namespace",
@@ -207,3 +211,29 @@ def param_text(value: Any) -> str:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     return str(value)
+
+
+def check_status(status: Any, call: str = "end_run") -> str:
+    """``status`` if a run can end with it (:data:`~prov4ml_lightning.tracking.records.RUN_STATUSES`)."""
+    if status not in RUN_STATUSES:
+        raise Prov4MLInputError(f"{call}(status={status!r}): status must be one of {', '.join(RUN_STATUSES)}")
+    return status
+
+
+def check_step(step: Any, call: str) -> int:
+    """``step`` as an int: an int, or anything with ``__index__`` except a bool."""
+    if isinstance(step, bool) or type(step).__name__ == "bool_":  # NumPy's bool has __index__ too
+        raise Prov4MLInputError(f"{call}: step must be an int, got {type(step).__name__}")
+    if not isinstance(step, int):
+        if hasattr(step, "__index__"):
+            return int(step.__index__())
+        raise Prov4MLInputError(f"{call}: step must be an int, got {type(step).__name__}")
+    return int(step)
+
+
+def check_artifact_path(artifact_path: str, call: str) -> str:
+    """``artifact_path`` if it is a relative path that stays inside the run's artifacts."""
+    parts = artifact_path.replace("\\", "/").split("/")
+    if artifact_path.startswith(("/", "\\")) or ".." in parts or ":" in artifact_path:
+        raise Prov4MLInputError(f"{call}: artifact_path {artifact_path!r} must be a relative path without '..'")
+    return artifact_path

@@ -1,4 +1,5 @@
-"""Background writer: moves buffered points off the training thread into the sidecar file and MLflow.
+"""Background writer: moves buffered points off the training thread into the sidecar file and MLflow;
+and :func:`read_sidecar`, the one reader of that file (resume, rank parts, recovery, sync).
 
 The caller's ``log_metric`` only appends a tuple to a list. This thread wakes every
 ``flush_interval`` seconds (or sooner when the buffer fills), converts tensors to floats, updates
@@ -26,13 +27,15 @@ from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError
 from prov4ml_lightning.tracking.journal import ends_without_newline
 from prov4ml_lightning.tracking.validation import to_floats
 
-__all__ = ["MetricWriter", "Point"]
+__all__ = ["SIDECAR_HEADER", "MetricWriter", "Point", "read_sidecar"]
 
 log = logging.getLogger(__name__)
 
 # (key, context value, mlflow key, step, value, timestamp_ms)
 Point = tuple[str, str, str, int, Any, int]
 
+#: the columns of the metric sidecar CSV, one row per point
+SIDECAR_HEADER = ["key", "context", "mlflow_key", "step", "value", "timestamp_ms"]
 _MAX_PENDING = 200_000  # unsent MLflow points kept in memory before spilling to disk
 
 
@@ -61,7 +64,7 @@ class MetricWriter(threading.Thread):
         self._take = take
         self._summarise = summarise
         self._send = send
-        self._spill = spill
+        self.spill = spill
         self.sidecar = sidecar
         self.flush_interval = flush_interval
         self._wake = threading.Event()
@@ -81,7 +84,7 @@ class MetricWriter(threading.Thread):
             self._file.write("\r\n")
         self._csv = csv.writer(self._file)
         if new:
-            self._csv.writerow(["key", "context", "mlflow_key", "step", "value", "timestamp_ms"])
+            self._csv.writerow(SIDECAR_HEADER)
             self._file.flush()
 
     def wake(self) -> None:
@@ -165,20 +168,20 @@ class MetricWriter(threading.Thread):
         self._failures = 0
 
     def _spill_pending(self) -> None:
-        new = not self._spill.exists()
+        new = not self.spill.exists()
         try:
-            with open(self._spill, "a", newline="", encoding="utf-8") as fh:
+            with open(self.spill, "a", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
                 if new:
                     writer.writerow(["mlflow_key", "value", "timestamp_ms", "step"])
                 writer.writerows(self._pending)
         except OSError as err:
             warnings.warn(f"prov4ml: could not save {len(self._pending)} metric points MLflow did not take to "
-                          f"{self._spill} ({err}); the sidecar {self.sidecar.name} still has them for `prov4ml sync`",
+                          f"{self.spill} ({err}); the sidecar {self.sidecar.name} still has them for `prov4ml sync`",
                           Prov4MLWarning, stacklevel=2)
             return
         log.warning("prov4ml: %d metric points MLflow did not accept were saved to %s",
-                    len(self._pending), self._spill)
+                    len(self._pending), self.spill)
         self._pending = []
 
 
@@ -193,3 +196,21 @@ def _to_floats(points: list[Point]) -> list[Point]:
         key, ctx, mkey, step, _, ts = out[i]
         out[i] = (key, ctx, mkey, step, value, ts)
     return out
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> list[tuple[str, str, str, int, float, int]]:
+    """The metric points of a sidecar CSV (:data:`Point` with float values); rows a crash cut short are skipped."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    points = []
+    with open(p, newline="", encoding="utf-8", errors="replace") as fh:
+        for row in csv.reader(fh):
+            if row == SIDECAR_HEADER or len(row) != len(SIDECAR_HEADER):
+                continue
+            key, ctx, mkey, step, value, ts = row
+            try:
+                points.append((key, ctx, mkey, int(step), float(value), int(ts)))
+            except ValueError:
+                log.info("prov4ml: skipping a cut-short row of %s", p)
+    return points

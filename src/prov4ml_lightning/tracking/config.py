@@ -1,0 +1,72 @@
+"""The run options: one frozen :class:`RunConfig`, the single definition both front doors fill in.
+
+``prov4ml.start_run`` and ``Prov4MLCallback`` keep explicit keyword parameters (for users and
+IDEs) and build a :class:`RunConfig` from them; a test checks that their parameters and the
+fields here agree in names and defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass
+from typing import Any
+
+from prov4ml_lightning.errors import Prov4MLInputError
+from prov4ml_lightning.tracking import validation as v
+
+__all__ = ["PROVENANCE_FORMATS", "RunConfig"]
+
+#: PROV serialisations a run can write besides JSON (always written)
+PROVENANCE_FORMATS = ("json", "provn", "ttl", "xml")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How to open a run. Checked when created; see ``prov4ml.start_run`` for each option.
+
+    ``call`` (not a field) names the front door in error messages.
+
+    Raises:
+        Prov4MLInputError: a namespace, name or option is unusable.
+    """
+
+    prov_user_namespace: str
+    experiment_name: str
+    provenance_save_dir: str | os.PathLike[str]
+    mlflow_save_dir: str | os.PathLike[str]
+    nested: bool = False
+    tags: Mapping[str, Any] | None = None
+    description: str | None = None
+    log_system_metrics: bool = False
+    tracking_uri: str | None = None
+    run_name: str | None = None
+    system_metrics_interval: float = 10.0
+    provenance_formats: tuple[str, ...] = ("json",)
+    collect_all_ranks: bool = False
+    flush_interval: float = 2.0
+    call: InitVar[str] = "start_run"
+
+    def __post_init__(self, call: str) -> None:
+        v.normalise_namespace(self.prov_user_namespace, call)
+        v.check_name(self.experiment_name, call, "experiment_name")
+        if self.run_name is not None:
+            v.check_name(self.run_name, call, "run_name")
+        if self.tags is not None and not isinstance(self.tags, Mapping):
+            raise Prov4MLInputError(f"{call}: tags must be a dict, got {type(self.tags).__name__}")
+        if self.description is not None and not isinstance(self.description, str):
+            raise Prov4MLInputError(f"{call}: description must be a string, got {type(self.description).__name__}")
+        if self.system_metrics_interval <= 0:
+            raise Prov4MLInputError(f"{call}: system_metrics_interval must be > 0 seconds")
+        if self.flush_interval <= 0:
+            raise Prov4MLInputError(f"{call}: flush_interval must be > 0 seconds")
+        bad = [f for f in self.provenance_formats if f not in PROVENANCE_FORMATS]
+        if bad:
+            raise Prov4MLInputError(f"{call}: provenance_formats must be among json, provn, ttl, xml; got {bad}")
+        # JSON always, first, and each format once
+        object.__setattr__(self, "provenance_formats", tuple(dict.fromkeys(("json", *self.provenance_formats))))
+
+    @property
+    def namespace(self) -> str:
+        """``prov_user_namespace`` as the absolute IRI the PROV records use."""
+        return v.normalise_namespace(self.prov_user_namespace)

@@ -1,0 +1,98 @@
+"""The end of a run: its records handed to the PROV sink (the document, its graph) and MLflow
+(the PROV files, the provenance tag, the run's end).
+
+:func:`publish` is the last step of ``RunRecorder.end`` once the metric writer has drained; it
+also writes the params MLflow holds truncated whole, and the journal's ``end`` event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prov4ml_lightning.errors import Prov4MLError
+from prov4ml_lightning.version import __version__
+
+if TYPE_CHECKING:
+    from prov4ml_lightning.tracking.recorder import RunRecorder
+
+__all__ = ["RunOutputs", "publish", "snapshot", "write_provenance"]
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a run was written."""
+
+    run_id: str
+    tracking_uri: str
+    provenance_dir: Path
+    prov_json: Path
+    prov_dot: Path
+    prov_svg: Path | None
+    metrics_file: Path
+    extra: Mapping[str, Path]
+
+
+def snapshot(run: RunRecorder) -> Any:
+    """The run's records as the PROV builder takes them (a ``provenance.RunSnapshot``)."""
+    from prov4ml_lightning.provenance import RunSnapshot
+
+    return RunSnapshot(
+        info=run.info, params={**run.params, **run.long_params},
+        series=list(run.series.values()), artifacts=list(run.artifacts), models=list(run.models),
+        activities=list(run.activities.values()), software_version=__version__,
+        metrics_file=run.writer.sidecar.name, extra_entities=list(run.extra_entities),
+        context=run.context.for_prov() if run.context is not None else None,
+        previous_document=run.previous_document,
+    )
+
+
+def write_provenance(run: RunRecorder) -> dict[str, Path]:
+    """Write the PROV document (and graph) of the run as it stands; return the paths."""
+    from prov4ml_lightning.provenance import build_document, write_run_files
+
+    return write_run_files(build_document(snapshot(run)), run.provenance_dir / f"provgraph_{run.run_id}",
+                           run.provenance_formats, f"{run.info.experiment_name} / {run.info.run_name}")
+
+
+def publish(run: RunRecorder, status: str, now: float) -> RunOutputs:
+    """Write the PROV files of the ended ``run``, upload them, end the MLflow run."""
+    extra: dict[str, Path] = {}
+    if run.long_params:
+        long_file = run.provenance_dir / f"long_params_{run.run_id}.json"
+        long_file.write_text(json.dumps(run.long_params, indent=1), encoding="utf-8")
+        run.call_sink("upload long params", run.sink.log_artifact, run.run_id, str(long_file), "params")
+        extra["long_params"] = long_file
+    if run.writer.points_sent < run.writer.points_written:
+        extra["mlflow_unsent"] = run.writer.spill
+    try:
+        paths = write_provenance(run)
+    except OSError as err:  # disk full, folder gone: the atomic writes left no half-written file
+        run.journal.write("end", status=status, end_time=now, prov_error=str(err))
+        run.journal.close()
+        run.call_sink("end the MLflow run", run.sink.end_run, run.run_id, status, int(now * 1000))
+        raise Prov4MLError(
+            f"end_run: could not write the PROV files to {run.provenance_dir} ({err}); no half-written file "
+            f"was left, and the journal and metric sidecar keep the run: free space, then run "
+            f"`prov4ml recover {run.provenance_dir}`"
+        ) from err
+    run.journal.write("end", status=status, end_time=now)
+    run.journal.close()
+    for path in [paths["json"], paths["dot"], paths.get("svg"), run.writer.sidecar,
+                 *(paths.get(f) for f in ("provn", "ttl", "xml")),
+                 # packages list and code diff beside the document, where `prov4ml show/diff <run id>` looks
+                 *(f for f, _ in (run.context.files if run.context is not None else ()) if f.exists())]:
+        if path is not None:
+            run.call_sink(f"upload {path.name}", run.sink.log_artifact, run.run_id, str(path), "prov")
+    run.call_sink("set provenance tag", run.sink.set_tags, run.run_id,
+                  [("prov4ml.provenance_file", f"prov/{paths['json'].name}")])
+    run.call_sink("end the MLflow run", run.sink.end_run, run.run_id, status, int(now * 1000))
+    return RunOutputs(
+        run_id=run.run_id, tracking_uri=run.info.tracking_uri, provenance_dir=run.provenance_dir,
+        prov_json=paths["json"], prov_dot=paths["dot"], prov_svg=paths.get("svg"),
+        metrics_file=run.writer.sidecar,
+        extra={**extra, **{k: p for k, p in paths.items() if k in ("provn", "ttl", "xml")}},
+    )

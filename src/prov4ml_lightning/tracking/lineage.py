@@ -1,0 +1,159 @@
+"""What a run used and generated, recorded for PROV (and MLflow): artifacts, models, sub-activities
+and extra entities. A part of :class:`~prov4ml_lightning.tracking.recorder.RunRecorder`, which
+provides the state it fills in (``artifacts``, ``models``, ``activities``, ``extra_entities``,
+``journal``, ``sink``) and :meth:`require_open`/:meth:`call_sink`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.tracking import mlflow_rules
+from prov4ml_lightning.tracking import validation as v
+from prov4ml_lightning.tracking.journal import Journal
+from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, ModelRecord
+
+__all__ = ["Lineage"]
+
+
+class Lineage:
+    """Artifacts, models, activities and entities of a run (mixed into ``RunRecorder``)."""
+
+    run_id: str
+    sink: Any
+    journal: Journal
+    artifacts: list[ArtifactRecord]
+    models: list[ModelRecord]
+    earlier_models: Counter[str]
+    describe_model: Callable[[Any], Mapping[str, Any]]
+    activities: dict[str, ActivityRecord]
+    extra_entities: list[dict[str, Any]]
+
+    def require_open(self, call: str) -> None:
+        raise NotImplementedError
+
+    def call_sink(self, what: str, fn: Any, *args: Any) -> bool:
+        raise NotImplementedError
+
+    # -- artifacts and models -----------------------------------------------------------------
+    def log_artifact(self, path: str | os.PathLike[str], context: Any = None, *,
+                     artifact_path: str | None = None, kind: str = "artifact",
+                     activity: str | None = None, attributes: Mapping[str, Any] | None = None,
+                     derived_from: str | None = None, upload: bool = True,
+                     call: str = "log_artifact", name: str | None = None) -> ArtifactRecord:
+        self.require_open(call)
+        ctx = None if context is None else v.check_context(context, call)
+        p = Path(path)
+        if not p.exists():
+            raise Prov4MLInputError(f"{call}({str(path)!r}): no such file or folder")
+        if artifact_path is not None:
+            v.check_artifact_path(artifact_path, call)
+        digest, size = sha256_path(p)
+        base = name or p.name  # the PROV name; the file keeps its own name in MLflow
+        name = base
+        taken = {a.name for a in self.artifacts if a.kind == kind}
+        n = 1
+        while name in taken:
+            n += 1
+            name = f"{base}.{n}"
+        uri = ""
+        if upload and self.call_sink(f"upload artifact {p}", self.sink.log_artifact, self.run_id, str(p),
+                                     artifact_path):
+            uri = f"{artifact_path + '/' if artifact_path else ''}{p.name}"
+        record = ArtifactRecord(
+            name=name, local_path=str(p.resolve()), artifact_uri=uri, sha256=digest, size_bytes=size,
+            is_dir=p.is_dir(), context=ctx, created=time.time(), kind=kind, activity=activity,
+            attributes=dict(attributes or {}), derived_from=derived_from,
+        )
+        return self.add_artifact(record, artifact_path=artifact_path, upload=upload)
+
+    def add_artifact(self, record: ArtifactRecord, *, artifact_path: str | None = None,
+                     upload: bool = False) -> ArtifactRecord:
+        """Record an artifact already described (a merged rank's); nothing is uploaded."""
+        self.artifacts.append(record)
+        self.journal.write("artifact", record=record, artifact_path=artifact_path, upload=upload)
+        return record
+
+    def log_model(self, model: Any, model_name: str, log_model_info: bool = True, **mlflow_kwargs: Any) -> ModelRecord:
+        """Log ``model``; its version counts the models of that name in every session of the run."""
+        call = f"log_model(model, {model_name!r})"
+        self.require_open(call)
+        if not isinstance(model, torch.nn.Module):
+            raise Prov4MLInputError(f"{call}: model must be a torch.nn.Module, got {type(model).__name__}")
+        v.check_name(model_name, call, "model_name")
+        version = 1 + self.earlier_models[model_name] + sum(1 for m in self.models if m.name == model_name)
+        info = dict(self.describe_model(model)) if log_model_info else {}
+        info.update(mlflow_rules.model_kwargs(mlflow_kwargs))  # mlflow rule
+        created = time.time()
+        uri, model_id = "", None
+        try:
+            uri, model_id = self.sink.log_model(
+                self.run_id, model, model_name, pip_requirements=mlflow_rules.pip_requirements(),  # mlflow rule
+                params={k: str(val) for k, val in info.items()} or None, **mlflow_kwargs,
+            )
+        except Exception as err:
+            warnings.warn(f"{call}: MLflow could not store the model ({err!r}); PROV records it without a URI",
+                          Prov4MLWarning, stacklevel=3)
+        return self.add_model(ModelRecord(model_name, version, uri, model_id, created, info))
+
+    def add_model(self, record: ModelRecord) -> ModelRecord:
+        """Record a model already described (a merged rank's)."""
+        self.models.append(record)
+        self.journal.write("model", record=record)
+        return record
+
+    # -- activities and entities (used by the callback and the rank merge) ----------------------
+    def start_activity(self, ident: str, kind: str, label: str, *, informed_by: str | None = None,
+                       attributes: Mapping[str, Any] | None = None,
+                       used: Sequence[tuple[str, str]] = ()) -> ActivityRecord:
+        """Start sub-activity ``ident``; ``used`` lists ``(kind, name)`` of entities it used."""
+        self.require_open(f"start_activity({ident!r})")
+        record = ActivityRecord(ident, kind, label, time.time(), informed_by=informed_by,
+                                attributes=dict(attributes or {}), used=list(used))
+        self.activities[ident] = record
+        self.journal.write("activity_start", record=record)
+        return record
+
+    def end_activity(self, ident: str, attributes: Mapping[str, Any] | None = None) -> None:
+        record = self.activities.get(ident)
+        if record is None or record.end_time is not None:
+            return
+        record.end_time = time.time()
+        record.attributes.update(attributes or {})
+        self.journal.write("activity_end", ident=ident, end_time=record.end_time, attributes=dict(attributes or {}),
+                           used=list(record.used))
+
+    def add_entity(self, kind: str, type_: str, name: str, attributes: Mapping[str, Any], *,
+                   label: str | None = None, relation: str = "used", activity: str | None = None,
+                   derived_from: Sequence[tuple[str, str]] = (), member_of: tuple[str, ...] | None = None) -> None:
+        """Record an extra entity (environment, code, dataset, ...) the run used or generated.
+
+        ``activity`` names the sub-activity that used or generated it instead of the run;
+        ``derived_from`` lists ``(kind, name)`` of entities it was derived from; ``member_of``
+        is the id parts of a collection it belongs to (``("metric", context, key)``).
+        """
+        self.require_open(f"add_entity({kind!r}, {name!r})")
+        self.extra_entities.append({"kind": kind, "type": type_, "name": name, "label": label or name,
+                                    "attributes": dict(attributes), "relation": relation,
+                                    "time": time.time(), "activity": activity,
+                                    "derived_from": [list(d) for d in derived_from],
+                                    "member_of": list(member_of) if member_of else None})
+        self.journal.write("entity", entity=self.extra_entities[-1])
+
+    def update_entity(self, kind: str, name: str, attributes: Mapping[str, Any]) -> None:
+        """Restate attributes of the latest entity ``(kind, name)`` this session added (the best
+        checkpoint is known only at the end); they reach the PROV document written at the end."""
+        for entity in reversed(self.extra_entities):
+            if entity["kind"] == kind and entity["name"] == name:
+                entity["attributes"].update(attributes)
+                return

@@ -1,0 +1,150 @@
+"""Opening a run: a new MLflow run, an offline one when the server is unreachable, or an earlier
+run reopened (resume, validate/test after fit), which picks up what its earlier sessions left.
+
+:func:`open_recorder` is the core's whole opening; the front doors call it through
+``prov4ml_lightning.runs.open_run``, which plugs capture, ranks and system metrics in.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import tempfile
+import time
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
+from prov4ml_lightning.tracking import mlflow_rules, registry
+from prov4ml_lightning.tracking import validation as v
+from prov4ml_lightning.tracking.config import RunConfig
+from prov4ml_lightning.tracking.journal import read_journal
+from prov4ml_lightning.tracking.recorder import RunRecorder
+from prov4ml_lightning.tracking.records import RunInfo
+from prov4ml_lightning.tracking.writer import read_sidecar
+
+__all__ = ["check_writable", "open_recorder", "resume"]
+
+log = logging.getLogger(__name__)
+
+
+def open_recorder(config: RunConfig, *, run_id: str | None = None,
+                  prepare: Callable[[RunRecorder], None] | None = None) -> RunRecorder:
+    """Open (or, with ``run_id``, reopen) a run and make it the current one.
+
+    ``prepare(run)`` runs before the run becomes current (the front doors' plug-ins); a run it
+    fails on never becomes current.
+
+    Raises:
+        RunAlreadyActiveError: a run is open and ``config.nested`` is false.
+        Prov4MLInputError: the provenance folder is unusable.
+    """
+    call = "start_run"
+    prov_dir = Path(config.provenance_save_dir).resolve()
+    check_writable(prov_dir, call)
+
+    from prov4ml_lightning.sinks.mlflow.sink import MlflowSink, default_tracking_uri
+
+    uri = mlflow_rules.tracking_uri(config.tracking_uri, config.mlflow_save_dir, default_tracking_uri)  # mlflow rule
+    str_tags = {str(k): v.param_text(val) for k, val in (config.tags or {}).items()}
+
+    def make(parent: Any) -> RunRecorder:
+        sink = TrackingGuard(MlflowSink(uri, config.mlflow_save_dir), uri)
+        start = time.time()
+        nonlocal run_id
+        run_name = config.run_name
+        reopened = run_id is not None
+        if run_id is None:
+            try:
+                if parent is not None and getattr(parent.sink, "offline", False):
+                    raise TrackingUnavailableError("the parent run is offline")
+                if not sink.available():
+                    raise TrackingUnavailableError("no answer to GET /health")
+                experiment_id = sink.experiment_id(config.experiment_name)
+                run_id, run_name = sink.create_run(
+                    experiment_id, run_name, mlflow_rules.mlflow_tags(str_tags), config.description,  # mlflow rule
+                    parent.info.run_id if parent else None, int(start * 1000),
+                )
+            except TrackingUnavailableError as err:
+                # Offline: a local id now, the MLflow run later (`prov4ml sync`); never block here.
+                sink.go_offline()
+                run_id, experiment_id = uuid.uuid4().hex, ""
+                run_name = run_name or f"offline-{run_id[:8]}"
+                warnings.warn(
+                    f"{call}: the MLflow tracking server {sink.public_uri} is unreachable ({err}); the run goes "
+                    f"on offline as local run {run_id}: metrics and provenance are written to {prov_dir}, and "
+                    f"`prov4ml sync {prov_dir}` creates the MLflow run once the server is back",
+                    Prov4MLWarning, stacklevel=5,
+                )
+        else:
+            earlier = sink.reopen_run(run_id)
+            experiment_id, run_name = earlier["experiment_id"], earlier["run_name"]
+            if earlier.get("start_time_ms"):
+                start = earlier["start_time_ms"] / 1000  # the run began with its first session
+        info = RunInfo(
+            run_id=run_id, experiment_name=config.experiment_name, experiment_id=experiment_id,
+            run_name=run_name or run_id, namespace=config.namespace,
+            tracking_uri=mlflow_rules.public_uri(uri),  # mlflow rule
+            provenance_dir=str(prov_dir), start_time=start, user=_user(), tags=str_tags,
+            description=config.description, parent_run_id=parent.info.run_id if parent else None,
+        )
+        run = RunRecorder(config, info, sink, parent=parent)
+        if reopened:
+            resume(run)
+        if prepare is not None:
+            prepare(run)
+        return run
+
+    run = registry.make_current(make, call, config.nested)
+    log.info("prov4ml run %s started (tracking %s)", run.run_id, run.info.tracking_uri)
+    return run
+
+
+def resume(run: RunRecorder) -> None:
+    """A reopened run picks up what its earlier sessions left in the provenance folder: the series
+    summaries from the metric sidecar (so series entities count every point and steps go on),
+    the model versions, and the PROV document, whose records the next document carries over (see
+    ``provenance.merge_previous``). Sets the run's session number: the start events in its
+    journal, this one included."""
+    doc = run.provenance_dir / f"provgraph_{run.run_id}.json"
+    if doc.exists():
+        run.previous_document = doc.read_text(encoding="utf-8")
+    events = read_journal(run.journal.path)
+    run.session = max(1, sum(1 for e in events if e.get("event") == "start"))
+    run.earlier_models = Counter(str(e["record"]["name"]) for e in events
+                                 if e.get("event") == "model" and isinstance(e.get("record"), dict))
+    run.replay(read_sidecar(run.writer.sidecar))
+
+
+def check_writable(path: Path, call: str) -> None:
+    """Create ``path`` if needed and prove it takes a real write.
+
+    Raises:
+        Prov4MLInputError: it cannot be created or written.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise Prov4MLInputError(f"{call}: provenance_save_dir {str(path)!r} cannot be created ({err})") from err
+    if not os.access(path, os.W_OK):
+        raise Prov4MLInputError(f"{call}: provenance_save_dir {str(path)!r} is not writable")
+    try:  # os.access does not see a full disk or a read-only mount for root: try a real write
+        with tempfile.TemporaryFile(dir=path) as fh:
+            fh.write(b"prov4ml")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise Prov4MLInputError(f"{call}: provenance_save_dir {str(path)!r} is not writable ({err})") from err
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
