@@ -15,8 +15,8 @@ import torch
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning.capture import capture_context, code, environment
-from prov4ml_lightning.capture.redact import is_secret_name, redact_argv, redact_env, redact_url
 from prov4ml_lightning.capture.seeds import detect_seed
+from prov4ml_lightning.redact import is_secret_name, redact_argv, redact_env, redact_url
 from tests.helpers import attr, by_type, read_prov, records_of
 
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.org", "-c", "init.defaultBranch=main"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
@@ -119,3 +120,28 @@ def test_the_sink_accepts_any_tag_and_param_keys_and_long_values(sink_experiment
     assert data.params[mlflow_safe_key("opt:lr")] == "0.1" and data.params[mlflow_safe_key("opt:lr2")] == "0.2"
     assert len(data.params["long"]) == MAX_PARAM_VALUE_LENGTH and "7000 chars" in data.params["long"]
     sink.end_run(run_id, "FINISHED", 1)
+
+
+@pytest.mark.parametrize("key", ["loss", "train/loss", "a b-c.d_e", "épochs", "x" * 250])
+def test_mlflow_safe_key_table_leaves_ordinary_keys_alone(key):
+    assert mlflow_safe_key(key) == key
+
+
+def _suffix(key: str) -> str:
+    return "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+@pytest.mark.parametrize(("key", "stem"), [
+    ("loss:val", "loss_val"), ("a//b", "a/b"), ("../up", "up"), ("a/./b/", "a/b"), ("", "_"),
+    ("what?", "what_"),
+])
+def test_mlflow_safe_key_replaces_bad_characters_and_segments_and_adds_a_hash(key, stem):
+    assert mlflow_safe_key(key) == stem + _suffix(key)
+
+
+def test_mlflow_safe_key_cuts_long_keys_to_the_limit_and_keeps_them_apart():
+    long_a, long_b = "a" * 300, "a" * 299 + "b"
+    safe_a, safe_b = mlflow_safe_key(long_a), mlflow_safe_key(long_b)
+    assert len(safe_a) == MAX_KEY_LENGTH and safe_a == "a" * 241 + _suffix(long_a)
+    assert safe_a != safe_b
+    assert mlflow_safe_key("a:b") != mlflow_safe_key("a;b")  # both map to a_b; the hash keeps them apart

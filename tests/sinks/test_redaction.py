@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 from prov4ml_lightning import redact
-from prov4ml_lightning.capture import redact as capture_redact
 from prov4ml_lightning.recovery.sync import sync_run
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
 from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
@@ -24,7 +23,9 @@ def _closed_port() -> int:
 
 
 def test_capture_uses_the_one_redactor() -> None:
-    assert capture_redact.redact_url is redact.redact_url and capture_redact.redact_env is redact.redact_env
+    from prov4ml_lightning.capture import code, environment
+
+    assert code.redact_url is redact.redact_url and environment.redact_env is redact.redact_env
 
 
 def test_the_sink_shows_what_the_run_stores(tmp_path: Path) -> None:

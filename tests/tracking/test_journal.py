@@ -126,9 +126,6 @@ def test_a_full_disk_warns_once_and_the_run_goes_on():
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.xfail(raises=OSError, strict=True,
-                   reason="Journal.close() re-raises ENOSPC: the file object still holds the line it could not "
-                          "write and file.close() in the finally clause flushes it again (a src/ fix)")
 def test_closing_a_journal_on_a_full_disk_logs_instead_of_raising(caplog: pytest.LogCaptureFixture):
     journal = Journal(Path("/dev/full"))
     with pytest.warns(Prov4MLWarning):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from decimal import Decimal
@@ -99,31 +98,6 @@ def test_check_finite_warns_and_reports_non_finite_values():
 def test_check_key_needs_a_non_empty_string(key):
     with pytest.raises(Prov4MLInputError, match=rf"^log_param: key must be a non-empty string, got {key!r}$"):
         v.check_key(key, "log_param")
-
-
-@pytest.mark.parametrize("key", ["loss", "train/loss", "a b-c.d_e", "épochs", "x" * 250])
-def test_mlflow_safe_key_leaves_ordinary_keys_alone(key):
-    assert v.mlflow_safe_key(key) == key
-
-
-def _suffix(key: str) -> str:
-    return "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
-
-
-@pytest.mark.parametrize(("key", "stem"), [
-    ("loss:val", "loss_val"), ("a//b", "a/b"), ("../up", "up"), ("a/./b/", "a/b"), ("", "_"),
-    ("what?", "what_"),
-])
-def test_mlflow_safe_key_replaces_bad_characters_and_segments_and_adds_a_hash(key, stem):
-    assert v.mlflow_safe_key(key) == stem + _suffix(key)
-
-
-def test_mlflow_safe_key_cuts_long_keys_to_the_limit_and_keeps_them_apart():
-    long_a, long_b = "a" * 300, "a" * 299 + "b"
-    safe_a, safe_b = v.mlflow_safe_key(long_a), v.mlflow_safe_key(long_b)
-    assert len(safe_a) == v.MAX_KEY_LENGTH and safe_a == "a" * 241 + _suffix(long_a)
-    assert safe_a != safe_b
-    assert v.mlflow_safe_key("a:b") != v.mlflow_safe_key("a;b")  # both map to a_b; the hash keeps them apart
 
 
 def test_check_context_accepts_contexts_and_their_values():

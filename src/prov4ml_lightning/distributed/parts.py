@@ -35,7 +35,8 @@ from typing import Any
 
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.distributed.ranks import RankInfo, rank_from_env, share_run, torch_broadcast
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.sinks.base import NullSink
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
@@ -44,7 +45,7 @@ from prov4ml_lightning.tracking.recorder import RunRecorder
 from prov4ml_lightning.tracking.records import RunInfo
 from prov4ml_lightning.tracking.writer import read_sidecar
 
-__all__ = ["PART_WAIT_S", "PartSink", "RankGroup", "SilentRun", "attach_ranks", "open_part", "open_silent",
+__all__ = ["PART_WAIT_S", "RankGroup", "SilentRun", "attach_ranks", "open_part", "open_silent",
            "rank_recorder", "shared_of", "start_on_ranks"]
 
 log = logging.getLogger(__name__)
@@ -188,39 +189,10 @@ def shared_of(run: RunRecorder) -> dict[str, Any]:
     return {"run_id": run.run_id, "session": group.session if group is not None and group.collect else None}
 
 
-class PartSink:
-    """A rank's part writes no MLflow: only rank zero does (it uploads the merged points)."""
-
-    offline = True
-    mlflow_save_dir = ""
-
-    def log_metrics(self, run_id: str, points: Any) -> None:
-        pass
-
-    def log_params(self, run_id: str, params: Any) -> None:
-        pass
-
-    def set_tags(self, run_id: str, tags: Any) -> None:
-        pass
-
-    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-        # recorded in the part (path, sha256) without an MLflow copy; quiet: nothing is wrong
-        raise TrackingUnavailableError("only global rank 0 uploads artifacts")
-
-    def log_model(self, run_id: str, model: Any, name: str, **kwargs: Any) -> tuple[str, None]:
-        return "", None
-
-    def end_run(self, run_id: str, status: str, end_time_ms: int) -> None:
-        pass
-
-    def recheck(self) -> None:
-        pass
-
-
 def rank_recorder(info: RunInfo, rank: RankInfo, config: RunConfig, parent: Any = None) -> RunRecorder:
     """The recorder of a rank other than zero: journal and metric sidecar in its part folder
     (``info.provenance_dir``), no MLflow, no PROV document (rank zero merges the part into its own)."""
-    part = RunRecorder(config, info, PartSink(), parent=parent, document=False)
+    part = RunRecorder(config, info, NullSink(), parent=parent, document=False)
     part.journal.write("rank", rank=rank.attributes())
     return part
 

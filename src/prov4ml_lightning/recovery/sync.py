@@ -43,7 +43,6 @@ from prov4ml_lightning.recovery.recover import (
 from prov4ml_lightning.redact import REDACTED, redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
 from prov4ml_lightning.tracking.journal import Journal
-from prov4ml_lightning.tracking.validation import mlflow_safe_key
 
 __all__ = ["LOCAL_RUN_TAG", "SyncedRun", "sync", "sync_run"]
 
@@ -119,7 +118,7 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
         return report
     from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
-    sink = TrackingGuard(MlflowSink(uri, run.start.get("mlflow_save_dir") or run.directory), uri)
+    sink = TrackingGuard(MlflowSink(uri, run.start.get("mlflow_save_dir") or run.directory))
     if not sink.available():
         report.skipped = f"tracking server {sink.public_uri} is unreachable"
         return report
@@ -171,6 +170,8 @@ def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun
     if run.recovered is not None and run.recovered.get("status") == CRASHED:
         tags[CRASHED_TAG] = "true"
     tags["prov4ml.provenance_file"] = f"prov/provgraph_{run.run_id}.json"
+    from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key
+
     safe = {mlflow_safe_key(k): str(v) for k, v in tags.items()}
     changed = [(k, v) for k, v in safe.items() if state["tags"].get(k) != v]
     if changed:

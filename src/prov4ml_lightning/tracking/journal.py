@@ -122,7 +122,10 @@ class Journal:
             except OSError as err:
                 log.warning("prov4ml: could not sync the run journal %s (%s)", self.path, err)
             finally:
-                self._file.close()
+                try:
+                    self._file.close()  # closes the descriptor even when the flush inside it fails again
+                except OSError as err:
+                    log.warning("prov4ml: the run journal %s lost its last buffered line (%s)", self.path, err)
 
 
 def ends_without_newline(path: Path) -> bool:

@@ -18,7 +18,6 @@ import torch
 
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
 from prov4ml_lightning.files import sha256_path
-from prov4ml_lightning.tracking import mlflow_rules
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.journal import Journal
 from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, ModelRecord
@@ -93,12 +92,15 @@ class Lineage:
         v.check_name(model_name, call, "model_name")
         version = 1 + self.earlier_models[model_name] + sum(1 for m in self.models if m.name == model_name)
         info = dict(self.describe_model(model)) if log_model_info else {}
-        info.update(mlflow_rules.model_kwargs(mlflow_kwargs))  # mlflow rule
+        from prov4ml_lightning.sinks.mlflow.sink import default_serialization_format
+
+        info["serialization_format"] = (mlflow_kwargs.get("serialization_format")
+                                        or default_serialization_format(mlflow_kwargs.get("input_example")))
         created = time.time()
         uri, model_id = "", None
         try:
             uri, model_id = self.sink.log_model(
-                self.run_id, model, model_name, pip_requirements=mlflow_rules.pip_requirements(),  # mlflow rule
+                self.run_id, model, model_name,
                 params={k: str(val) for k, val in info.items()} or None, **mlflow_kwargs,
             )
         except Exception as err:

@@ -28,7 +28,7 @@ import torch
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import NoActiveRunError, Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
 from prov4ml_lightning.sinks.mlflow.uploader import MetricUploader
-from prov4ml_lightning.tracking import mlflow_rules, registry
+from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.finish import RunOutputs, publish, write_provenance
@@ -197,11 +197,13 @@ class RunRecorder(Lineage):
             self.log_metric(key, value, context, step, ts, call="log_metrics")
 
     def _new_series(self, key: Any, ctx: Context, call: str) -> tuple[str, str]:
+        from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key  # imports MLflow: not before it is needed
+
         v.check_key(key, call)
         if self._ended:
             raise NoActiveRunError(f"{call}({key!r}): run {self.run_id} has ended")
         full = f"{ctx.value}/{key}"
-        mkey = v.mlflow_safe_key(full)
+        mkey = mlflow_safe_key(full)
         if mkey != full:
             warnings.warn(f"{call}: metric key {key!r} is stored in MLflow as {mkey!r} "
                           "(MLflow's name rules); PROV keeps the original", Prov4MLWarning, stacklevel=4)
@@ -256,6 +258,8 @@ class RunRecorder(Lineage):
         """
         self.require_open(call)
         flat = v.flatten_params(params, call)
+        from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key, truncate_param_value
+
         new: list[tuple[str, str]] = []
         added: list[str] = []
         conflicts: dict[str, Any] = {}
@@ -271,9 +275,11 @@ class RunRecorder(Lineage):
                         "params are immutable in a run (log a metric or a new key instead)"
                     )
                 continue
-            mkey, mtext, truncated = mlflow_rules.mlflow_param(key, text, call)  # mlflow rule
-            if truncated:
+            mkey, mtext = mlflow_safe_key(key), truncate_param_value(text)  # MLflow's rules, the sink's to say
+            if mtext != text:
                 self.long_params[key] = text
+                warnings.warn(f"{call}: param {key!r} is {len(text)} characters; MLflow keeps a truncated copy, "
+                              "PROV and params/long_params.json keep it whole", Prov4MLWarning, stacklevel=3)
             # PROV keeps numbers, bools and lists typed (a list becomes JSON text there, not a Python repr)
             self.params[key] = (value if isinstance(value, (int, float, str, bool)) or value is None
                                 else list(value) if isinstance(value, (list, tuple)) else text)
@@ -290,8 +296,7 @@ class RunRecorder(Lineage):
         items = [(str(k), v.param_text(val)) for k, val in tags.items()]
         self.info.tags.update(items)
         self.journal.write("tags", tags=dict(items))
-        self.call_sink("set tags", self.sink.set_tags, self.run_id,
-                       list(mlflow_rules.mlflow_tags(dict(items)).items()))  # mlflow rule
+        self.call_sink("set tags", self.sink.set_tags, self.run_id, items)
 
     # -- the end --------------------------------------------------------------------------------
     def end(self, status: str = "FINISHED", error: str | None = None) -> RunOutputs | None:

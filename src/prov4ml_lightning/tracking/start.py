@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.redact import redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
-from prov4ml_lightning.tracking import mlflow_rules, registry
+from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.journal import read_journal
@@ -49,13 +50,13 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
     prov_dir = Path(config.provenance_save_dir).resolve()
     check_writable(prov_dir, call)
 
-    from prov4ml_lightning.sinks.mlflow.sink import MlflowSink, default_tracking_uri
+    from prov4ml_lightning.sinks.mlflow.sink import MlflowSink, resolve_tracking_uri
 
-    uri = mlflow_rules.tracking_uri(config.tracking_uri, config.mlflow_save_dir, default_tracking_uri)  # mlflow rule
+    uri = resolve_tracking_uri(config.tracking_uri, config.mlflow_save_dir)
     str_tags = {str(k): v.param_text(val) for k, val in (config.tags or {}).items()}
 
     def make(parent: Any) -> RunRecorder:
-        sink = TrackingGuard(MlflowSink(uri, config.mlflow_save_dir), uri)
+        sink = TrackingGuard(MlflowSink(uri, config.mlflow_save_dir))
         start = time.time()
         nonlocal run_id
         run_name = config.run_name
@@ -68,7 +69,7 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
                     raise TrackingUnavailableError("no answer to GET /health")
                 experiment_id = sink.experiment_id(config.experiment_name)
                 run_id, run_name = sink.create_run(
-                    experiment_id, run_name, mlflow_rules.mlflow_tags(str_tags), config.description,  # mlflow rule
+                    experiment_id, run_name, str_tags, config.description,
                     parent.info.run_id if parent else None, int(start * 1000),
                 )
             except TrackingUnavailableError as err:
@@ -90,7 +91,7 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
         info = RunInfo(
             run_id=run_id, experiment_name=config.experiment_name, experiment_id=experiment_id,
             run_name=run_name or run_id, namespace=config.namespace,
-            tracking_uri=mlflow_rules.public_uri(uri),  # mlflow rule
+            tracking_uri=redact_url(uri),
             provenance_dir=str(prov_dir), start_time=start, user=_user(), tags=str_tags,
             description=config.description, parent_run_id=parent.info.run_id if parent else None,
         )

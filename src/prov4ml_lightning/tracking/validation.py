@@ -6,7 +6,6 @@ Every check names the public call it guards, so an error reads like
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import warnings
@@ -23,22 +22,18 @@ from prov4ml_lightning.tracking.records import RUN_STATUSES
 
 __all__ = [
     "MAX_KEY_LENGTH",
-    "MAX_PARAM_VALUE_LENGTH",
     "check_artifact_path",
     "check_context",
     "check_name",
     "check_status",
     "check_step",
     "flatten_params",
-    "mlflow_safe_key",
     "normalise_namespace",
     "to_floats",
     "to_number",
 ]
 
-MAX_KEY_LENGTH = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
-MAX_PARAM_VALUE_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")  # MLflow's set, minus ':' which Windows stores reject
+MAX_KEY_LENGTH = 250  # names: MLflow's key limit (sinks.mlflow.sink.MAX_KEY_LENGTH)
 _NAME_FORBIDDEN = ("/", "\\", "\x00")
 
 
@@ -118,22 +113,6 @@ def check_key(key: Any, call: str) -> str:
     if not isinstance(key, str) or not key.strip():
         raise Prov4MLInputError(f"{call}: key must be a non-empty string, got {key!r}")
     return key
-
-
-def mlflow_safe_key(key: str) -> str:
-    """Map ``key`` to a name MLflow accepts; identity for ordinary keys.
-
-    Characters outside letters, digits, ``_ - . / space`` become ``_``, empty, ``.`` and ``..``
-    path segments are dropped, the result is cut to fit 250 characters, and any changed key is
-    suffixed with ``-`` and 8 hex digits of the original's SHA-1 so two keys never collide.
-    The original key is kept in PROV.
-    """
-    safe = _BAD_KEY_CHARS.sub("_", key)
-    safe = "/".join(s for s in safe.split("/") if s not in ("", ".", "..")) or "_"
-    if safe != key or len(safe) > MAX_KEY_LENGTH:
-        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-        safe = f"{safe[: MAX_KEY_LENGTH - 9]}-{digest}"
-    return safe
 
 
 def check_context(context: Any, call: str) -> Context:
