@@ -178,7 +178,7 @@ def _api_callback(prov4ml: Any, workdir: Path, child: bool) -> Any:
             self.run = prov4ml.start_run(NS, "bench", workdir / "prov", workdir / "mlflow")
             self.run_id = self.run.run_id
             if not child:  # the A/B of the upload child: every MLflow insert on the writer thread
-                self.run._uploader.budget = None
+                self.run.uploader.budget = None
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
             m = trainer.callback_metrics

@@ -26,9 +26,9 @@ from prov4ml_lightning.distributed import parts as _rank_parts
 from prov4ml_lightning.distributed.parts import SilentRun, open_part, rank_recorder, shared_of
 from prov4ml_lightning.distributed.ranks import RankInfo, rank_from_env, share_run
 from prov4ml_lightning.provenance.checks import check_file
+from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.runs import open_run
 from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri, fetch_provenance
-from prov4ml_lightning.tracking.records import RunInfo
 from tests.helpers import attr, by_type, read_prov, records_of
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import math
 
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.provenance import RunSnapshot
-from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
+from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20+00:00
 NS = "http://www.example.org/"

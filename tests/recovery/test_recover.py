@@ -12,9 +12,9 @@ import pytest
 
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLInputError
+from prov4ml_lightning.records import ActivityRecord, RunInfo
 from prov4ml_lightning.recovery.recover import CRASHED, read_sidecar, recover, run_journals
 from prov4ml_lightning.tracking.journal import Journal, journal_path, read_journal
-from prov4ml_lightning.tracking.records import ActivityRecord, RunInfo
 from prov4ml_lightning.tracking.writer import MetricWriter
 from tests.helpers import attr, by_type, read_prov
 

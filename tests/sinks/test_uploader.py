@@ -76,17 +76,17 @@ def test_cheap_or_remote_sends_never_start_a_child() -> None:
 @pytest.mark.slow
 def test_busy_run_moves_uploads_to_the_child_and_keeps_every_point(run_args, client) -> None:
     run = prov4ml.start_run(**run_args)
-    run._uploader.budget = 0.0  # any in-process send counts as too costly
-    run._uploader._t0 -= 5
+    run.uploader.budget = 0.0  # any in-process send counts as too costly
+    run.uploader._t0 -= 5
     for i in range(300):
         prov4ml.log_metric("loss", 1 / (i + 1), step=i)
     run.flush()  # in-process, and starts the child
-    assert run._uploader.child_pid is not None
-    assert run._uploader._ready.wait(60)
+    assert run.uploader.child_pid is not None
+    assert run.uploader._ready.wait(60)
     for i in range(300, 600):
         prov4ml.log_metric("loss", 1 / (i + 1), step=i)
     run.flush()
     prov4ml.end_run()
-    assert run._uploader.points_via_child == 300
+    assert run.uploader.points_via_child == 300
     assert run.writer.points_sent == 600
     assert sorted(m.step for m in client.get_metric_history(run.run_id, "training/loss")) == list(range(600))

@@ -14,8 +14,8 @@ import torch
 
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLWarning
+from prov4ml_lightning.records import ArtifactRecord
 from prov4ml_lightning.tracking.journal import Journal, ends_without_newline, journal_path, read_journal
-from prov4ml_lightning.tracking.records import ArtifactRecord
 
 
 @pytest.fixture

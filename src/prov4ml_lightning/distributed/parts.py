@@ -36,13 +36,13 @@ from typing import Any
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.distributed.ranks import RankInfo, rank_from_env, share_run, torch_broadcast
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.sinks.base import NullSink
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.journal import journal_path, read_journal
 from prov4ml_lightning.tracking.recorder import RunRecorder
-from prov4ml_lightning.tracking.records import RunInfo
 from prov4ml_lightning.tracking.writer import read_sidecar
 
 __all__ = ["PART_WAIT_S", "RankGroup", "SilentRun", "attach_ranks", "open_part", "open_silent",

@@ -35,10 +35,10 @@ from prov4ml_lightning.distributed.parts import attach_ranks
 from prov4ml_lightning.distributed.ranks import RankInfo
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning
 from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.records import MetricSeries
 from prov4ml_lightning.runs import open_run
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
-from prov4ml_lightning.tracking.records import MetricSeries
 from prov4ml_lightning.tracking.registry import current_run
 from prov4ml_lightning.tracking.validation import to_floats
 

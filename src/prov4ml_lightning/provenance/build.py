@@ -17,7 +17,7 @@ from prov.constants import PROV_ATTR_TIME, PROV_GENERATION, PROV_LABEL, PROV_ROL
 from prov.model import ProvDocument, ProvRecord
 
 from prov4ml_lightning.provenance.vocab import MLS_NS, P4L_NS, PROVML_NS, USER_PREFIX
-from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
+from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 
 __all__ = ["RunSnapshot", "build_document", "local_id", "merge_previous", "typed"]
 

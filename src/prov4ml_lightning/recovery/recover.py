@@ -32,8 +32,8 @@ from typing import Any
 
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLInputError
+from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning.tracking.journal import JOURNAL_PREFIX, Journal, read_journal
-from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning.tracking.writer import read_sidecar  # the one reader of the sidecar, beside its writer
 
 __all__ = ["CRASHED", "JournaledRun", "RecoveredRun", "load_run", "process_alive", "read_sidecar", "recover",

@@ -6,7 +6,6 @@
 - :mod:`.recorder`: :class:`RunRecorder`, the run both front doors call into (hot path, params,
   tags, plug-in hooks, end); :mod:`.lineage`: its artifacts, models, activities and entities;
 - :mod:`.finish`: the end of a run: PROV files written, MLflow run ended (:class:`RunOutputs`);
-- :mod:`.records`: the plain records handed to the sinks;
 - :mod:`.writer`: the background thread that drains the metric buffer, and the sidecar reader;
 - :mod:`.journal`: the append-only journal of every non-metric event;
 - :mod:`.validation`: input checks and the documented transformations.

@@ -18,9 +18,9 @@ import torch
 
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
 from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, ModelRecord
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.journal import Journal
-from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, ModelRecord
 
 __all__ = ["Lineage"]
 

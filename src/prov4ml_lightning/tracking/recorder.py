@@ -27,6 +27,7 @@ import torch
 
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import NoActiveRunError, Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning.sinks.mlflow.uploader import MetricUploader
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
@@ -34,7 +35,6 @@ from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.finish import RunOutputs, publish, write_provenance
 from prov4ml_lightning.tracking.journal import Journal, journal_path
 from prov4ml_lightning.tracking.lineage import Lineage
-from prov4ml_lightning.tracking.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning.tracking.writer import MetricWriter, Point
 from prov4ml_lightning.version import __version__
 
@@ -102,12 +102,12 @@ class RunRecorder(Lineage):
                            mlflow_save_dir=str(getattr(sink, "mlflow_save_dir", "")),
                            metrics_file=f"metrics_{info.run_id}.csv")
         # Sends in-process, or from a child process once MLflow's inserts cost the training time.
-        self._uploader = MetricUploader(sink, info.run_id)
+        self.uploader = MetricUploader(sink, info.run_id)
         self.writer = MetricWriter(
             take=self._take_buffer,
             summarise=self._summarise,
             sidecar=self.provenance_dir / f"metrics_{info.run_id}.csv",
-            send=self._uploader,
+            send=self.uploader,
             spill=self.provenance_dir / f"mlflow_unsent_{info.run_id}.csv",
             flush_interval=config.flush_interval,
         )
@@ -321,7 +321,7 @@ class RunRecorder(Lineage):
             close()
         self.sink.recheck()  # a server back from an outage gets the last points now, not after a backoff
         self.writer.close()
-        self._uploader.close()
+        self.uploader.close()
         now = time.time()
         for act in self.activities.values():
             if act.end_time is None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.redact import redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
 from prov4ml_lightning.tracking import registry
@@ -27,7 +28,6 @@ from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.journal import read_journal
 from prov4ml_lightning.tracking.recorder import RunRecorder
-from prov4ml_lightning.tracking.records import RunInfo
 from prov4ml_lightning.tracking.writer import read_sidecar
 
 __all__ = ["check_writable", "open_recorder", "resume"]

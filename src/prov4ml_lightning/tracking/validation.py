@@ -18,7 +18,7 @@ import torch
 
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
-from prov4ml_lightning.tracking.records import RUN_STATUSES
+from prov4ml_lightning.records import RUN_STATUSES
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -193,7 +193,7 @@ def param_text(value: Any) -> str:
 
 
 def check_status(status: Any, call: str = "end_run") -> str:
-    """``status`` if a run can end with it (:data:`~prov4ml_lightning.tracking.records.RUN_STATUSES`)."""
+    """``status`` if a run can end with it (:data:`~prov4ml_lightning.records.RUN_STATUSES`)."""
     if status not in RUN_STATUSES:
         raise Prov4MLInputError(f"{call}(status={status!r}): status must be one of {', '.join(RUN_STATUSES)}")
     return status

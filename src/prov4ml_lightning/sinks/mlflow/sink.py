@@ -24,10 +24,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-
 __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_PARAM_VALUE_LENGTH",
@@ -62,6 +58,12 @@ PROVENANCE_TAG = "prov4ml.provenance_file"
 # The operating system's generator: no state shared with the user's seeded `random`, and none a
 # forked process inherits (two forked workers must not draw the same run name).
 _NAME_RNG = random.SystemRandom()
+
+
+def _mlflow_error() -> type[Exception]:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
 
 
 def default_tracking_uri(mlflow_save_dir: str | os.PathLike[str]) -> str:
@@ -164,6 +166,8 @@ class MlflowSink:
         self.offline = False
         if _is_local_store(tracking_uri):
             self.mlflow_save_dir.mkdir(parents=True, exist_ok=True)
+        from mlflow.tracking import MlflowClient  # MLflow is imported by a sink, not by its rules
+
         self.client = MlflowClient(tracking_uri)
 
     @property
@@ -197,7 +201,7 @@ class MlflowSink:
             location = (self.mlflow_save_dir / "artifacts").as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
+        except _mlflow_error():
             # Another process created it between our lookup and create.
             experiment = self.client.get_experiment_by_name(name)
             if experiment is None:
@@ -259,6 +263,8 @@ class MlflowSink:
         (:func:`mlflow_safe_key`) and the metric sidecar records that key, which ``prov4ml sync``
         compares with what MLflow holds; a batch MLflow rejects raises.
         """
+        from mlflow.entities import Metric
+
         for start in range(0, len(points), _BATCH_METRICS):
             chunk = points[start : start + _BATCH_METRICS]
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in chunk]
@@ -266,11 +272,15 @@ class MlflowSink:
 
     def log_params(self, run_id: str, params: Iterable[tuple[str, str]]) -> None:
         """Log ``(key, text)`` params; a text over 6000 characters is cut (:func:`truncate_param_value`)."""
+        from mlflow.entities import Param
+
         items = [Param(mlflow_safe_key(k), truncate_param_value(v)) for k, v in params]
         for start in range(0, len(items), _BATCH_PARAMS):
             self.client.log_batch(run_id, params=items[start : start + _BATCH_PARAMS], synchronous=True)
 
     def set_tags(self, run_id: str, tags: Iterable[tuple[str, str]]) -> None:
+        from mlflow.entities import RunTag
+
         items = [RunTag(mlflow_safe_key(k), v) for k, v in tags]
         for start in range(0, len(items), _BATCH_PARAMS):
             self.client.log_batch(run_id, tags=items[start : start + _BATCH_PARAMS], synchronous=True)
@@ -325,7 +335,7 @@ class MlflowSink:
         """Status, params and tags of ``run_id``; ``None`` when the store has no such run."""
         try:
             run = self.client.get_run(run_id)
-        except mlflow.exceptions.MlflowException as err:
+        except _mlflow_error() as err:
             if err.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return None
             raise
@@ -362,6 +372,8 @@ def fetch_provenance(tracking_uri: str, run_id: str, dst: str | os.PathLike[str]
         db = Path(tracking_uri[len("sqlite:///"):])
         if not db.is_file():
             raise Prov4MLInputError(f"tracking store {tracking_uri}: no such SQLite file {db}")
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri)
     # The command line prints its own summary; MLflow's download progress bar is noise there.
     previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
@@ -376,7 +388,7 @@ def fetch_provenance(tracking_uri: str, run_id: str, dst: str | os.PathLike[str]
         # The whole folder: the metrics CSV and packages list live next to the PROV JSON.
         folder = artifact.rsplit("/", 1)[0] if "/" in artifact else artifact
         local = Path(client.download_artifacts(run_id, folder, str(dst)))
-    except mlflow.exceptions.MlflowException as err:
+    except _mlflow_error() as err:
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise Prov4MLInputError(f"MLflow run {run_id} in {tracking_uri}: {first}") from err
     finally:

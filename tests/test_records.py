@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.tracking.records import MetricSeries
+from prov4ml_lightning.records import MetricSeries
 
 
 def _series(*points: tuple[int, float, int]) -> MetricSeries:
