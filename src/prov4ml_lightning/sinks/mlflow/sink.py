@@ -145,6 +145,57 @@ def _is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
 
 
+_STORE_ATTEMPTS = 6
+_STORE_LOCK_TIMEOUT_S = 600.0
+
+
+def _store_lock_path(tracking_uri: str) -> Path:
+    """The lock file that serialises creating and migrating the store at ``tracking_uri``.
+
+    Beside the SQLite file for an embedded store (every process sharing the folder sees it); in
+    the temporary folder, named by a hash of the URI, for a database server.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return db.with_name(db.name + ".prov4ml-lock")
+    import tempfile
+
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"prov4ml-store-{digest}.lock"
+
+
+def open_client(tracking_uri: str) -> Any:
+    """``MlflowClient(tracking_uri)``, safe when many processes open a new store at once.
+
+    Opening a database store creates its tables and runs MLflow's schema migrations (alembic);
+    two processes doing that at once on a fresh store race (SQLite: ``duplicate column name:
+    step``). A file lock makes one process migrate while the others wait, and a failed opening is
+    retried, so a SLURM job array or a shell loop started at once all get their runs.
+    """
+    from mlflow.tracking import MlflowClient
+
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in ("sqlite", "postgresql", "mysql", "mssql"):
+        return MlflowClient(tracking_uri)
+    import time
+
+    from filelock import FileLock
+
+    lock = FileLock(str(_store_lock_path(tracking_uri)), timeout=_STORE_LOCK_TIMEOUT_S)
+    for attempt in range(_STORE_ATTEMPTS):
+        try:
+            with lock:
+                client = MlflowClient(tracking_uri)
+                client.search_experiments(max_results=1)  # the store is created and migrated here
+                return client
+        except Exception as err:  # a migration another program ran at the same time, a busy database
+            if attempt == _STORE_ATTEMPTS - 1:
+                raise
+            log.info("prov4ml: opening the MLflow store %s failed (%r); retrying", scheme, err)
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 class MlflowSink:
     """Writes one run's records to an MLflow tracking store; conforms to
     :class:`~prov4ml_lightning.sinks.base.TrackingSink`.
@@ -166,9 +217,7 @@ class MlflowSink:
         self.offline = False
         if _is_local_store(tracking_uri):
             self.mlflow_save_dir.mkdir(parents=True, exist_ok=True)
-        from mlflow.tracking import MlflowClient  # MLflow is imported by a sink, not by its rules
-
-        self.client = MlflowClient(tracking_uri)
+        self.client = open_client(tracking_uri)
 
     @property
     def public_uri(self) -> str:
