@@ -4,9 +4,14 @@ PROV's shapes and colours: entities are yellow ellipses, activities blue boxes, 
 houses; a legend explains them. Labels are shortened to 48 characters; hovering a node in the
 SVG shows its identifier and every attribute.
 
-  --level 1   overview: the run, its epochs, data, model, checkpoints, code, environment and
-              agents; the legend counts what was left out
-  --level 2   every record (default)
+Time runs left to right: the run, then its activities in start order, clustered by fit (and by
+session for a reopened run); what the run used (data, code, environment, hyperparameters,
+agents) on the left, what it produced (checkpoints, model, metric series, files) on the right.
+
+  --level 1   overview (default): the run, its fits, epochs and tests, data, code, environment,
+              model, checkpoints and agents, one list node for the hyperparameters and one for
+              the metric series; the legend counts what was left out
+  --level 2   every record
 
 Large runs stay legible: a group of more than --collapse N records of one type (epochs,
 validation loops, checkpoints, parameters, ...) shows its first and last 3 members and one
@@ -53,9 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the DOT source goes next to it with the suffix .dot")
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="picture format (default: OUT's suffix, else svg); dot writes only the DOT source")
-    parser.add_argument("--level", type=int, choices=(1, 2), default=2,
-                        help="1: overview (run, epochs, data, model, checkpoints, code, environment); "
-                             "2: every record (default)")
+    parser.add_argument("--level", type=int, choices=(1, 2), default=1,
+                        help="1: overview (default: run, epochs, data, model, checkpoints, code, environment, "
+                             "hyperparameters and metric series as lists); 2: every record")
     parser.add_argument("--collapse", type=int, default=10, metavar="N",
                         help="collapse groups of more than N records of one type (default 10; 0: never)")
     parser.add_argument("--no-legend", action="store_true", help="leave the legend out")
