@@ -30,7 +30,7 @@ from prov4ml_lightning.provenance.layout import OVERVIEW_TYPES, Node, Plan, plan
 from prov4ml_lightning.provenance.views import GraphSpec
 
 __all__ = ["INSTALL_GRAPHVIZ", "OVERVIEW_TYPES", "dot_available", "dot_from_plan", "render_file", "render_svg",
-           "to_dot"]
+           "svg_text", "to_dot"]
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +282,23 @@ def render_file(dot_path: Path, out: Path, fmt: str = "svg") -> Path:
         first = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
         raise GraphvizError(f"dot -T{fmt} {dot_path} failed: {first}")
     return out
+
+
+def svg_text(dot_source: str) -> str:
+    """Lay ``dot_source`` out with Graphviz ``dot`` and return the SVG text.
+
+    Raises:
+        FileNotFoundError: ``dot`` is not installed (see :data:`INSTALL_GRAPHVIZ`).
+        GraphvizError: ``dot`` failed; the message is its first error line.
+    """
+    exe = shutil.which("dot")
+    if exe is None:
+        raise FileNotFoundError("Graphviz `dot` not found")
+    proc = subprocess.run([exe, "-Tsvg"], input=dot_source.encode("utf-8"), capture_output=True, check=False)
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise GraphvizError(f"dot -Tsvg failed: {err[0] if err else f'exit status {proc.returncode}'}")
+    return proc.stdout.decode("utf-8")
 
 
 def render_svg(dot_path: Path, fmt: str = "svg") -> Path | None:
