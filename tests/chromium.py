@@ -33,10 +33,11 @@ def chromium_exe() -> str | None:
     return None
 
 
-requires_chromium = [
-    pytest.mark.chromium,
-    pytest.mark.skipif(chromium_exe() is None, reason="headless Chromium not installed (apt-get install chromium)"),
-]
+def requires_chromium(test: Any) -> Any:
+    """Mark ``test`` ``chromium`` and skip it, saying why, where Chromium is not installed."""
+    skip = pytest.mark.skipif(chromium_exe() is None,
+                              reason="headless Chromium not installed (apt-get install chromium)")
+    return pytest.mark.chromium(skip(test))
 
 
 class Chromium:
@@ -69,6 +70,8 @@ class Chromium:
         self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Page", "Runtime"):
             self.send(f"{domain}.enable", session=True)
+        # a sandboxed iframe (MLflow's HTML artifact viewer) runs in its own process: attach to it too
+        self.send("Target.setAutoAttach", session=True, autoAttach=True, waitForDebuggerOnStart=False, flatten=True)
         self.send("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
                   deviceScaleFactor=1, mobile=False)
 
@@ -89,11 +92,12 @@ class Chromium:
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
 
-    def send(self, method: str, session: bool = False, timeout: float = 60.0, **params: Any) -> dict[str, Any]:
+    def send(self, method: str, session: bool | str = False, timeout: float = 60.0, **params: Any) -> dict[str, Any]:
+        """Call ``method``: on the browser, on the page (``session=True``) or on a frame's session id."""
         self._next += 1
         message: dict[str, Any] = {"id": self._next, "method": method, "params": params}
         if session:
-            message["sessionId"] = self.session
+            message["sessionId"] = self.session if session is True else session
         os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
         while True:
             reply = self._read(timeout)
@@ -108,16 +112,15 @@ class Chromium:
         self.send("Page.navigate", session=True, url=url)
         self.wait(wait_for, timeout)
 
-    def evaluate(self, expression: str, context: int | None = None) -> Any:
+    def evaluate(self, expression: str, context: str | None = None) -> Any:
+        """The value of ``expression`` in the page, or in the frame whose session is ``context``."""
         params: dict[str, Any] = {"expression": expression, "returnByValue": True, "awaitPromise": True}
-        if context is not None:
-            params["contextId"] = context
-        result = self.send("Runtime.evaluate", session=True, **params)
+        result = self.send("Runtime.evaluate", session=context or True, **params)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait(self, expression: str, timeout: float = 60.0, context: int | None = None) -> Any:
+    def wait(self, expression: str, timeout: float = 60.0, context: str | None = None) -> Any:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -130,32 +133,18 @@ class Chromium:
                 raise TimeoutError(f"still false after {timeout} s: {expression}")
             time.sleep(0.25)
 
-    def frame_context(self, url_prefix: str, timeout: float = 60.0) -> int:
-        """The execution context of the (i)frame whose URL starts with ``url_prefix``."""
+    def frame_context(self, url_prefix: str, timeout: float = 60.0) -> str:
+        """The session of the out-of-process (i)frame whose URL starts with ``url_prefix``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.send("Runtime.runIfWaitingForDebugger", session=True)  # flush events
+            targets = self.send("Target.getTargets")["targetInfos"]  # also reads the events that arrived
+            wanted = {t["targetId"] for t in targets if t.get("url", "").startswith(url_prefix)}
             for event in self.events:
-                if event.get("method") == "Runtime.executionContextCreated":
-                    ctx = event["params"]["context"]
-                    if ctx.get("origin", "").startswith(url_prefix) or ctx.get("name", "").startswith(url_prefix) \
-                            or self._frame_url(ctx).startswith(url_prefix):
-                        return ctx["id"]
+                if event.get("method") == "Target.attachedToTarget" and \
+                        event["params"]["targetInfo"]["targetId"] in wanted:
+                    return event["params"]["sessionId"]
             time.sleep(0.5)
         raise TimeoutError(f"no frame with a URL starting {url_prefix!r}")
-
-    def _frame_url(self, ctx: dict[str, Any]) -> str:
-        frame = (ctx.get("auxData") or {}).get("frameId")
-        if not frame:
-            return ""
-        tree = self.send("Page.getFrameTree", session=True)["frameTree"]
-        todo = [tree]
-        while todo:
-            node = todo.pop()
-            if node["frame"]["id"] == frame:
-                return node["frame"].get("url", "")
-            todo.extend(node.get("childFrames", []))
-        return ""
 
     def screenshot(self, path: Path) -> Path:
         data = self.send("Page.captureScreenshot", session=True, format="png")["data"]
