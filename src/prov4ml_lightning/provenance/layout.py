@@ -222,6 +222,7 @@ def _clusters(spec: GraphSpec, nodes: dict[str, Node]) -> dict[str, Cluster]:
     """Fits (with the activities they informed) as clusters, inside sessions when a run was reopened."""
     clusters: dict[str, Cluster] = {}
     fits = [i for i, n in nodes.items() if n.category == "Fit"]
+    fit_keys: dict[str, str] = {}
     sessions = _sessions(spec, nodes)
     def session_of(start: dt.datetime | None) -> str | None:
         if not sessions or start is None:
@@ -238,7 +239,8 @@ def _clusters(spec: GraphSpec, nodes: dict[str, Node]) -> dict[str, Cluster]:
         if fit is None:
             node.cluster = session_of(node.start)
             continue
-        key = f"cluster_{fit}"
+        # our own names (cluster_fit_<n>): a PROV id in a DOT subgraph name would need quoting rules
+        key = fit_keys.setdefault(fit, f"cluster_fit_{len(fit_keys) + 1}")
         if key not in clusters:
             clusters[key] = Cluster(key, nodes[fit].label, session_of(nodes[fit].start))
         node.cluster = key
