@@ -4,15 +4,25 @@ PROV's shapes and colours: entities are yellow ellipses, activities blue boxes, 
 houses; a legend explains them. Labels are shortened to 48 characters; hovering a node in the
 SVG shows its identifier and every attribute.
 
-  --level 1   overview: the run, its epochs, data, model, checkpoints, code, environment and
-              agents; the legend counts what was left out
-  --level 2   every record (default)
+Time runs left to right: the run, then its activities in start order, clustered by fit (and by
+session for a reopened run); what the run used (data, code, environment, hyperparameters,
+agents) on the left, what it produced (checkpoints, model, metric series, files) on the right.
+
+  --level 1   overview (default): the run, its fits, epochs and tests, data, code, environment,
+              model, checkpoints and agents, one list node for the hyperparameters and one for
+              the metric series; the legend counts what was left out
+  --level 2   every record
 
 Large runs stay legible: a group of more than --collapse N records of one type (epochs,
 validation loops, checkpoints, parameters, ...) shows its first and last 3 members and one
 dashed "... K more" node in between, the best checkpoint is always shown, and the relations of
 the hidden records are merged onto the dashed node with their count ("wasInformedBy x294").
 --collapse 0 draws every record.
+
+--format html writes one self-contained page (no network needed to view it, also inside the
+MLflow UI's artifact viewer) holding both levels: pan and zoom, click a node for all its
+attributes, search by name, switch level, highlight a node's lineage upstream or downstream.
+--level picks the level it opens at.
 
 Without Graphviz's `dot` program the .dot file is still written, the command prints how to
 install Graphviz, and exits with status 1.
@@ -43,7 +53,7 @@ __all__ = ["FORMATS", "HELP", "NAME", "add_arguments", "run"]
 
 NAME = "render"
 HELP = "draw the provenance graph (SVG/PNG/PDF via Graphviz, plus the .dot source)"
-FORMATS = ("svg", "png", "pdf", "dot")
+FORMATS = ("svg", "png", "pdf", "dot", "html")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,10 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="picture to write (default: <document name>.<format> in the current folder); "
                              "the DOT source goes next to it with the suffix .dot")
     parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="picture format (default: OUT's suffix, else svg); dot writes only the DOT source")
-    parser.add_argument("--level", type=int, choices=(1, 2), default=2,
-                        help="1: overview (run, epochs, data, model, checkpoints, code, environment); "
-                             "2: every record (default)")
+                        help="picture format (default: OUT's suffix, else svg); dot writes only the DOT source; "
+                             "html the interactive page")
+    parser.add_argument("--level", type=int, choices=(1, 2), default=1,
+                        help="1: overview (default: run, epochs, data, model, checkpoints, code, environment, "
+                             "hyperparameters and metric series as lists); 2: every record")
     parser.add_argument("--collapse", type=int, default=10, metavar="N",
                         help="collapse groups of more than N records of one type (default 10; 0: never)")
     parser.add_argument("--no-legend", action="store_true", help="leave the legend out")
@@ -86,6 +97,8 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
     except Prov4MLError as err:
         raise CliError(str(err)) from err
     out = Path(args.output) if args.output else Path.cwd() / f"{source.stem}.{fmt}"
+    if fmt == "html":
+        return _html(spec, out, args)
     dot_path = out.with_suffix(".dot")
     atomic_write_text(dot_path, _graph.to_dot(spec, _title(spec), level=args.level, collapse=args.collapse,
                                         legend=not args.no_legend))
@@ -102,6 +115,24 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
         _graph.render_file(dot_path, out, fmt)
     except RuntimeError as err:
         raise CliError(str(err), code=EXIT_DIFFERENT) from err
+    echo(str(out))
+    return EXIT_OK
+
+
+def _html(spec: GraphSpec, out: Path, args: argparse.Namespace) -> int:
+    from prov4ml_lightning.provenance import graph as _graph
+    from prov4ml_lightning.provenance.html import to_html
+
+    if not _graph.dot_available():
+        warn(f"prov4ml render: Graphviz's `dot` program lays the page's graphs out; it is not installed, so {out} "
+             "was not written.")
+        warn(_graph.INSTALL_GRAPHVIZ)
+        return EXIT_DIFFERENT
+    try:
+        text = to_html(spec, _title(spec), collapse=args.collapse, level=args.level)
+    except RuntimeError as err:
+        raise CliError(str(err), code=EXIT_DIFFERENT) from err
+    atomic_write_text(out, text)
     echo(str(out))
     return EXIT_OK
 

@@ -38,24 +38,27 @@ def write_run_files(doc: ProvDocument, base: Path, formats: Iterable[str], title
     """The PROV files of a run, as ``end_run`` and ``prov4ml recover`` write them.
 
     ``<base>.json`` always, ``<base>.<fmt>`` for the other ``formats``, the graph ``<base>.dot``
-    titled ``title`` and, when Graphviz is installed, ``<base>.svg``. Every file is written
-    atomically. Returns the paths by kind (``json``, ``provn``, ``ttl``, ``xml``, ``dot``, ``svg``).
+    titled ``title`` and, when Graphviz is installed, ``<base>.svg`` and the interactive view
+    ``<base>.html``. Every file is written atomically. Returns the paths by kind (``json``,
+    ``provn``, ``ttl``, ``xml``, ``dot``, ``svg``, ``html``).
     """
     from prov4ml_lightning.provenance.graph import render_svg, to_dot
+    from prov4ml_lightning.provenance.html import to_html
     from prov4ml_lightning.provenance.views import to_graph
 
     paths = {"json": write_document(doc, base.with_suffix(".json"), "json")}
     for fmt in formats:
         if fmt != "json":
             paths[fmt] = write_document(doc, base.with_suffix(f".{fmt}"), fmt)
-    paths["dot"] = atomic_write_text(base.with_suffix(".dot"), to_dot(to_graph(doc), title))
+    spec = to_graph(doc)
+    paths["dot"] = atomic_write_text(base.with_suffix(".dot"), to_dot(spec, title))
     try:
         svg = render_svg(paths["dot"])
+        if svg is not None:
+            paths["svg"] = svg
+            paths["html"] = atomic_write_text(base.with_suffix(".html"), to_html(spec, title))
     except Exception as err:  # a broken Graphviz install must not lose the run
         warnings.warn(f"{call}: Graphviz could not render {paths['dot']} ({err!r})", Prov4MLWarning, stacklevel=3)
-        svg = None
-    if svg is not None:
-        paths["svg"] = svg
     return paths
 
 

@@ -16,20 +16,21 @@ its count (drawn as ``wasInformedBy`` times 494).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import subprocess
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import graphviz
 
-from prov4ml_lightning.errors import GraphvizError, Prov4MLInputError
+from prov4ml_lightning.errors import GraphvizError
+from prov4ml_lightning.provenance.layout import OVERVIEW_TYPES, Node, Plan, plan, plural, truthy
 from prov4ml_lightning.provenance.views import GraphSpec
 
-__all__ = ["INSTALL_GRAPHVIZ", "OVERVIEW_TYPES", "dot_available", "render_file", "render_svg", "to_dot"]
+__all__ = ["INSTALL_GRAPHVIZ", "OVERVIEW_TYPES", "dot_available", "dot_from_plan", "render_file", "render_svg",
+           "svg_text", "to_dot"]
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,8 @@ _STYLE = {
 _COLLAPSED_FILL = {"entity": "#FFFDD0", "activity": "#D8E0FE", "agent": "#FEEBC6"}
 _MAX_LABEL = 48
 _MAX_TOOLTIP_VALUE = 200
-#: Members shown at each end of a collapsed group.
-_HEAD = _TAIL = 3
-
-#: Record types (``p4l:`` local names, agent types) drawn at level 1.
-OVERVIEW_TYPES = frozenset({
-    "Run", "Fit", "TrainingEpoch", "Dataset", "Model", "Checkpoint", "Code", "Environment",
-    "Person", "SoftwareAgent", "Organization", "Host",
-})
+#: Lines a level-1 list node (hyperparameters, metric series) shows.
+_LIST_LINES = 14
 
 INSTALL_GRAPHVIZ = """\
 Install Graphviz, which provides `dot`:
@@ -75,30 +70,6 @@ def _number(text: str) -> str:
     return f"{value:.4g}"
 
 
-def _truthy(text: str | None) -> bool:
-    return str(text).lower() in ("true", "1", "yes")
-
-
-@dataclass
-class _Node:
-    ident: str
-    kind: str
-    category: str
-    label: str
-    attrs: dict[str, str]
-    members: list[str] = field(default_factory=list)  # labels of the records a collapsed node stands for
-
-
-def _category(kind: str, types: list[str]) -> str:
-    """The type a node is grouped and styled by: its ``p4l:`` type, else its first type, else its kind."""
-    for t in types:
-        if t.startswith("p4l:"):
-            return t[4:]
-    if types:
-        return types[0].rsplit(":", 1)[-1]
-    return kind
-
-
 def _detail(category: str, a: dict[str, str]) -> str:
     """A second label line with the one or two values that identify a record of ``category``."""
     get = a.get
@@ -116,14 +87,14 @@ def _detail(category: str, a: dict[str, str]) -> str:
     elif category == "Checkpoint":
         if get("p4l:score"):
             parts.append(f"{get('p4l:monitor', 'score')} {_number(get('p4l:score', ''))}")
-        if _truthy(get("p4l:best")):
+        if truthy(get("p4l:best")):
             parts.append("best")
     elif category == "Dataset":
         parts = [f"fingerprint {get('p4l:fingerprint', '')[:10]}" if get("p4l:fingerprint") else "",
                  f"batch {get('p4l:batch_size')}" if get("p4l:batch_size") else ""]
     elif category == "Code":
         if get("p4l:git_commit"):
-            parts.append(f"git {get('p4l:git_commit', '')[:10]}" + (" dirty" if _truthy(get("p4l:git_dirty")) else ""))
+            parts.append(f"git {get('p4l:git_commit', '')[:10]}" + (" dirty" if truthy(get("p4l:git_dirty")) else ""))
     elif category == "Environment":
         parts = [f"Python {get('p4l:python_version')}" if get("p4l:python_version") else "",
                  f"torch {get('p4l:torch_version')}" if get("p4l:torch_version") else "", get("p4l:hostname", "")]
@@ -140,133 +111,151 @@ def _label(*lines: str) -> str:
     return graphviz.nohtml(text)
 
 
-def _tooltip(node: _Node) -> str:
-    lines = [node.ident, *(f"{k}: {_short(v, _MAX_TOOLTIP_VALUE)}" for k, v in node.attrs.items() if k != "prov:label")]
+def _member_line(plan: Plan, ident: str) -> str:
+    """One line of a list node: ``lr = 0.002`` or ``val_loss (validation): last 0.0257``."""
+    _kind, category, label, attrs = plan.records[ident]
+    if category == "Parameter":
+        return f"{label} = {_number(attrs.get('prov:value', ''))}"
+    if category == "MetricSeries" and attrs.get("p4l:last_value"):
+        return f"{label}: last {_number(attrs['p4l:last_value'])}"
+    return label
+
+
+def _node_label(plan: Plan, node: Node) -> str:
+    if node.style == "list":
+        lines = [_member_line(plan, m) for m in node.members]
+        if len(lines) > _LIST_LINES:
+            lines = [*lines[: _LIST_LINES - 1], f"\u2026 {len(lines) - _LIST_LINES + 1} more"]
+        body = "".join(graphviz.escape(_short(line, 40)) + "\\l" for line in lines)
+        return graphviz.nohtml(graphviz.escape(node.label) + "\\n" + body)
+    if node.style == "collapsed":
+        labels = [plan.records[m][2] for m in node.members]
+        shown = labels if len(labels) <= 2 else [labels[0], "\u2026", labels[-1]]
+        return _label(node.label, " ".join(_short(m, 20) for m in shown))
+    return _label(node.label, _detail(node.category, node.attrs))
+
+
+def _node_tooltip(plan: Plan, node: Node) -> str:
+    if node.members:
+        return graphviz.escape("\n".join(plan.records[m][2] for m in node.members[:200]))
+    lines = [node.ident, *(f"{k}: {_short(v, _MAX_TOOLTIP_VALUE)}" for k, v in node.attrs.items())]
     return graphviz.escape("\n".join(lines))
 
 
-_NAMES = {
-    "Parameter": ("hyperparameter", "hyperparameters"), "MetricSeries": ("metric series", "metric series"),
-    "TrainingEpoch": ("epoch", "epochs"), "ValidationLoop": ("validation loop", "validation loops"),
-    "TestLoop": ("test loop", "test loops"), "Checkpoint": ("checkpoint", "checkpoints"),
-    "Artifact": ("artifact", "artifacts"), "Dataset": ("dataset", "datasets"), "Model": ("model", "models"),
-    "MetricSegment": ("metric segment", "metric segments"), "SanityCheck": ("sanity check", "sanity checks"),
-    "Fit": ("fit", "fits"),
-}
+_CLUSTER_STYLE = {"fit": {"style": "rounded,filled", "fillcolor": "#F3F5FF", "color": "#8090D0"},
+                  "session": {"style": "rounded,dashed", "color": "#606060"},
+                  "side": {"style": "rounded", "color": "#B0B0B0"}}
 
 
-def _plural(category: str, n: int) -> str:
-    one, many = _NAMES.get(category, (category, category if category.endswith("s") else category + "s"))
-    return one if n == 1 else many
-
-
-def _collapse(nodes: dict[str, _Node], limit: int) -> dict[str, str]:
-    """Replace the middle of each large group by one node; return ``{hidden id: collapsed node id}``."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for ident, node in nodes.items():
-        groups.setdefault((node.kind, node.category), []).append(ident)
-    moved: dict[str, str] = {}
-    for (kind, category), members in groups.items():
-        if len(members) <= limit:
-            continue
-        middle = [m for m in members[_HEAD:-_TAIL] if not _truthy(nodes[m].attrs.get("p4l:best"))]
-        if len(middle) < 2:  # one hidden node would not save anything
-            continue
-        collapsed_id = f"collapsed:{kind}:{category}"
-        labels = [nodes[m].label for m in middle]
-        collapsed = _Node(collapsed_id, kind, category, f"\u2026 {len(middle)} more {_plural(category, len(middle))}",
-                          {"collapsed": f"{len(middle)} records"}, labels)
-        # Insert the collapsed node where its first member was, so document order stays meaningful.
-        rebuilt: dict[str, _Node] = {}
-        for ident, node in nodes.items():
-            if ident == middle[0]:
-                rebuilt[collapsed_id] = collapsed
-            if ident not in middle:
-                rebuilt[ident] = node
-        nodes.clear()
-        nodes.update(rebuilt)
-        moved.update(dict.fromkeys(middle, collapsed_id))
-    return moved
-
-
-def to_dot(spec: GraphSpec, title: str = "provenance", *, level: int = 2, collapse: int = 10,
-           legend: bool = True) -> str:
-    """DOT source for ``spec``.
+def to_dot(spec: GraphSpec, title: str = "provenance", *, level: int = 1, collapse: int = 10,
+           legend: bool = True, ids: str = "") -> str:
+    """DOT source for ``spec``, laid out as :mod:`.layout` plans it.
 
     Args:
         spec: the flattened document (:func:`prov4ml_lightning.provenance.to_graph`).
         title: the graph's caption.
-        level: 1 for the overview (:data:`OVERVIEW_TYPES`), 2 for every record.
+        level: 1 for the overview (the default), 2 for every record.
         collapse: groups of more than this many same-type nodes are collapsed; 0 keeps every node.
         legend: draw a legend box (shapes, collapsed groups, what level 1 left out).
+        ids: prefix of the SVG ``id`` of each node (``<ids>n3``) and edge (``<ids>e7``); the HTML
+            view uses it to find them.
     """
-    if level not in (1, 2):
-        raise Prov4MLInputError(f"to_dot: level must be 1 or 2, got {level!r}")
-    nodes: dict[str, _Node] = {}
-    for ident, kind, label, attrs in spec.nodes:
-        category = _category(kind, spec.types.get(ident, []))
-        nodes[ident] = _Node(ident, kind, category, label, attrs)
-    left_out: Counter[str] = Counter()
-    if level == 1:
-        for ident in [i for i, n in nodes.items() if n.category not in OVERVIEW_TYPES]:
-            left_out[nodes.pop(ident).category] += 1
-    moved = _collapse(nodes, collapse) if collapse > 0 else {}
+    return dot_from_plan(plan(spec, level=level, collapse=collapse), title, legend=legend, ids=ids)
 
-    caption = f"{title}  (level {level}{', overview' if level == 1 else ''})"
-    graph = graphviz.Digraph(name="prov", graph_attr={"rankdir": "BT", "label": graphviz.escape(_short(caption, 100)),
-                                                      "fontsize": "12", "labelloc": "t"})
+
+def dot_from_plan(p: Plan, title: str = "provenance", *, legend: bool = True, ids: str = "") -> str:
+    """DOT source of an already computed :class:`~.layout.Plan` (names ``n<i>`` in ``p.nodes`` order)."""
+    caption = f"{title}  (level {p.level}{', overview' if p.level == 1 else ''})"
+    graph = graphviz.Digraph(name="prov", graph_attr={
+        "rankdir": "LR", "newrank": "true", "label": graphviz.escape(_short(caption, 100)), "fontsize": "14",
+        "labelloc": "t", "labeljust": "l", "nodesep": "0.2", "ranksep": "0.35", "fontname": "Helvetica",
+    }, node_attr={"fontname": "Helvetica", "fontsize": "11"}, edge_attr={"fontname": "Helvetica"})
     # Node names are our own counters: PROV ids hold ':' which DOT reads as a port separator.
-    names: dict[str, str] = {}
-    for ident, node in nodes.items():
-        names[ident] = f"n{len(names)}"
+    names = {ident: f"n{k}" for k, ident in enumerate(p.nodes)}
+    bodies: dict[str | None, list[tuple[str, str, dict[str, Any]]]] = {}
+    for ident, node in p.nodes.items():
         style: dict[str, Any] = dict(_STYLE.get(node.kind, {}))
-        if node.members:
+        if node.style == "collapsed":
             style.update(style="filled,dashed", fillcolor=_COLLAPSED_FILL.get(node.kind, "#EEEEEE"))
-            shown = node.members if len(node.members) <= 2 else [node.members[0], "\u2026", node.members[-1]]
-            graph.node(names[ident], _label(node.label, " ".join(_short(m, 20) for m in shown)),
-                       tooltip=graphviz.escape("\n".join(node.members[:200])), **style)
-        else:
-            graph.node(names[ident], _label(node.label, _detail(node.category, node.attrs)),
-                       tooltip=_tooltip(node), **style)
+        elif node.style == "list":
+            style.update(shape="note")
+        elif node.placeholder:
+            style = {"style": "dashed"}
+        if ids:
+            style["id"] = f"{ids}{names[ident]}"
+        where = node.cluster if node.role == "activity" else f"cluster_{node.role}s"
+        label = _node_label(p, node) if not node.placeholder else _label(node.ident)
+        bodies.setdefault(where, []).append((names[ident], label, {"tooltip": _node_tooltip(p, node), **style}))
 
-    # Parallel relations between the same two nodes become one edge: "used x12, wasInformedBy".
-    edges: dict[tuple[str, str], Counter[str]] = {}
-    for src, dst, relation in spec.edges:
-        src, dst = moved.get(src, src), moved.get(dst, dst)
-        if src == dst:
-            continue  # a chain inside a collapsed group
-        for ident in (src, dst):
-            if ident not in names:
-                if level == 1:
-                    break
-                names[ident] = f"n{len(names)}"  # a relation to a record declared elsewhere
-                graph.node(names[ident], _label(ident), style="dashed")
+    def add_cluster(parent: graphviz.Digraph, cluster_id: str | None) -> None:
+        for name, label, attrs in bodies.get(cluster_id, []):
+            parent.node(name, label, **attrs)
+        for child in [c for c in p.clusters.values() if c.parent == cluster_id]:
+            with parent.subgraph(name=child.ident) as sub:
+                kind = "session" if child.ident.startswith("cluster_session_") else "fit"
+                sub.attr(label=graphviz.escape(_short(child.label, 60)), fontsize="11", **_CLUSTER_STYLE[kind])
+                add_cluster(sub, child.ident)
+
+    add_cluster(graph, None)
+    for side, text in (("inputs", "used: data, code, environment, hyperparameters, agents"),
+                       ("outputs", "produced: checkpoints, model, metrics, files")):
+        if bodies.get(f"cluster_{side}"):
+            with graph.subgraph(name=f"cluster_{side}") as sub:
+                sub.attr(label=text, fontsize="11", **_CLUSTER_STYLE["side"])
+                for name, label, attrs in bodies[f"cluster_{side}"]:
+                    sub.node(name, label, **attrs)
+
+    # Layout only: activities chained in time order, inputs before the first, outputs after the last.
+    timeline = [names[i] for i in p.timeline]
+    for a, b in itertools.pairwise(timeline):
+        graph.edge(a, b, style="invis", weight="4")
+    if timeline:
+        for ident, node in p.nodes.items():
+            if node.role == "input" and node.kind != "activity":
+                graph.edge(names[ident], timeline[0], style="invis", weight="0")
+            elif node.role == "output":
+                graph.edge(timeline[-1], names[ident], style="invis", weight="0")
+    # PROV edges point from effect to cause (entity -> the activity that generated it); drawn from
+    # cause to effect with the arrowhead at the cause, so time runs left to right and arrows keep PROV's sense.
+    for k, edge in enumerate(p.edges):
+        extra = {"id": f"{ids}e{k}"} if ids else {}
+        src, dst = p.nodes[edge.src], p.nodes[edge.dst]
+        if src.role == dst.role and src.role != "activity":
+            extra["constraint"] = "false"  # keep each side one column: derivations, attributions
+        # The side says it: an edge into the left column is `used`, one out to the right `wasGeneratedBy`;
+        # the others are labelled (xlabel: placed after the layout, so labels do not widen the gaps).
+        text = graphviz.escape(edge.text())
+        obvious = {"used": "input", "wasGeneratedBy": "output"}
+        if len(edge.relations) == 1 and edge.relations.get(next(iter(edge.relations))) == 1 and \
+                obvious.get(next(iter(edge.relations))) in (src.role, dst.role):
+            extra["tooltip"] = text
         else:
-            edges.setdefault((src, dst), Counter())[relation] += 1
-    for (src, dst), relations in edges.items():
-        text = ", ".join(r if n == 1 else f"{r} \u00d7{n}" for r, n in relations.items())
-        graph.edge(names[src], names[dst], label=graphviz.escape(text), fontsize="9")
+            extra["xlabel"] = text
+        graph.edge(names[edge.dst], names[edge.src], dir="back", fontsize="8", fontcolor="#505050", color="#707070",
+                   **extra)
 
     if legend:
-        _legend(graph, any(n.members for n in nodes.values()), left_out, collapse)
+        _legend(graph, p)
     return graph.source
 
 
-def _legend(graph: graphviz.Digraph, collapsed: bool, left_out: Counter[str], limit: int) -> None:
+def _legend(graph: graphviz.Digraph, p: Plan) -> None:
     with graph.subgraph(name="cluster_legend") as box:
         box.attr(label="Legend", fontsize="10", style="rounded", color="#999999", rank="same")
-        # Declared right to left: dot lays a rank=same group out in reverse under rankdir=BT.
-        keys = [("legend_agent", "agent", "Agent\\n(person, software)"),
+        keys = [("legend_entity", "entity", "Entity\\n(data, model, metric, file)"),
                 ("legend_activity", "activity", "Activity\\n(run, epoch, loop)"),
-                ("legend_entity", "entity", "Entity\\n(data, model, metric, file)")]
+                ("legend_agent", "agent", "Agent\\n(person, software)")]
         for name, kind, text in keys:
             box.node(name, text, fontsize="9", **_STYLE[kind])
-        notes = ["edge A \u2192 B reads \u201cA relation B\u201d", "\u00d7n: n relations merged"]
-        if collapsed:
-            box.node("legend_collapsed", f"\u2026 N more\\n(groups of > {limit} collapsed)", fontsize="9",
+        notes = ["time runs left to right", "edge A \u2192 B reads \u201cA relation B\u201d",
+                 "unlabelled: used (left column), wasGeneratedBy (right)", "\u00d7n: n relations merged"]
+        if any(n.style == "collapsed" for n in p.nodes.values()):
+            box.node("legend_collapsed", f"\u2026 N more\\n(groups of > {p.collapse} collapsed)", fontsize="9",
                      shape="box", style="filled,dashed", fillcolor=_COLLAPSED_FILL["activity"])
-        if left_out:
-            hidden = ", ".join(f"{n} {_plural(c, n)}" for c, n in sorted(left_out.items()))
+        if p.implied:
+            notes.append(f"{p.implied} wasInformedBy shown by a nearer chain")
+        if p.left_out:
+            hidden = ", ".join(f"{n} {plural(c, n)}" for c, n in sorted(p.left_out.items()))
             notes.append(_short(f"level 1 leaves out: {hidden}", 120))
             notes.append("(--level 2 shows every record)")
         box.node("legend_notes", graphviz.nohtml("\\l".join(graphviz.escape(n) for n in notes) + "\\l"),
@@ -293,6 +282,23 @@ def render_file(dot_path: Path, out: Path, fmt: str = "svg") -> Path:
         first = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
         raise GraphvizError(f"dot -T{fmt} {dot_path} failed: {first}")
     return out
+
+
+def svg_text(dot_source: str) -> str:
+    """Lay ``dot_source`` out with Graphviz ``dot`` and return the SVG text.
+
+    Raises:
+        FileNotFoundError: ``dot`` is not installed (see :data:`INSTALL_GRAPHVIZ`).
+        GraphvizError: ``dot`` failed; the message is its first error line.
+    """
+    exe = shutil.which("dot")
+    if exe is None:
+        raise FileNotFoundError("Graphviz `dot` not found")
+    proc = subprocess.run([exe, "-Tsvg"], input=dot_source.encode("utf-8"), capture_output=True, check=False)
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise GraphvizError(f"dot -Tsvg failed: {err[0] if err else f'exit status {proc.returncode}'}")
+    return proc.stdout.decode("utf-8")
 
 
 def render_svg(dot_path: Path, fmt: str = "svg") -> Path | None:

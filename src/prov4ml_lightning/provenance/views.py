@@ -1,4 +1,4 @@
-"""A PROV document flattened into plain data: :class:`GraphSpec` for drawing (``_graph.py``) and
+"""A PROV document flattened into plain data: :class:`GraphSpec` for drawing (``graph.py``, ``html.py``) and
 :class:`Element`/:class:`Relation` lists for the command line's views.
 """
 
@@ -8,7 +8,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from prov.constants import PROV_ATTR_TIME, PROV_LABEL, PROV_TYPE
+from prov.constants import PROV_ATTR_STARTTIME, PROV_ATTR_TIME, PROV_LABEL, PROV_TYPE
 from prov.model import ProvDocument, ProvRecord
 
 __all__ = ["Element", "GraphSpec", "Relation", "flatten", "to_graph"]
@@ -22,6 +22,10 @@ class GraphSpec:
     edges: list[tuple[str, str, str]] = field(default_factory=list)
     #: every ``prov:type`` of a node (``"p4l:Run"``, ...): ``attrs`` keeps only one per key.
     types: dict[str, list[str]] = field(default_factory=dict)
+    #: an activity's ``prov:startTime`` (the drawing puts activities in time order).
+    starts: dict[str, dt.datetime] = field(default_factory=dict)
+    #: the time of a relation that has one, by ``(src, dst, relation)`` (when a session used its code).
+    edge_times: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
 
 
 _RELATION_NAMES = {
@@ -49,6 +53,9 @@ def to_graph(doc: ProvDocument) -> GraphSpec:
             }
             spec.nodes.append((str(rec.identifier), kind, label, attrs))
             spec.types[str(rec.identifier)] = [str(t) for t in rec.get_attribute(PROV_TYPE)]
+            start = next(iter(rec.get_attribute(PROV_ATTR_STARTTIME)), None)
+            if isinstance(start, dt.datetime):
+                spec.starts[str(rec.identifier)] = start
         elif rec.is_relation():
             formal = [value for _, value in rec.formal_attributes]
             src = formal[0] if formal else None
@@ -56,8 +63,11 @@ def to_graph(doc: ProvDocument) -> GraphSpec:
             if dst is None and rec.get_type().localpart in ("Start", "End") and len(formal) > 2:
                 dst = formal[2]  # wasStartedBy/wasEndedBy without a trigger: draw the starter
             if src is not None and dst is not None:
-                relation = rec.get_type().localpart
-                spec.edges.append((str(src), str(dst), _RELATION_NAMES.get(relation, relation)))
+                relation = _RELATION_NAMES.get(rec.get_type().localpart, rec.get_type().localpart)
+                spec.edges.append((str(src), str(dst), relation))
+                time = next(iter(rec.get_attribute(PROV_ATTR_TIME)), None)
+                if isinstance(time, dt.datetime):
+                    spec.edge_times[(str(src), str(dst), relation)] = time
     return spec
 
 
@@ -98,7 +108,7 @@ def _plain(value: Any) -> Any:
 
 def flatten(doc: ProvDocument) -> tuple[list[Element], list[Relation]]:
     """Every element and relation of ``doc`` and its bundles as :class:`Element`/:class:`Relation`."""
-    from prov.constants import PROV_ATTR_ENDTIME, PROV_ATTR_STARTTIME
+    from prov.constants import PROV_ATTR_ENDTIME
 
     records: list[ProvRecord] = list(doc.get_records())
     for bundle in doc.bundles:

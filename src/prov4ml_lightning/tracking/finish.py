@@ -81,7 +81,7 @@ def publish(run: RunRecorder, status: str, now: float) -> RunOutputs:
         ) from err
     run.journal.write("end", status=status, end_time=now)
     run.journal.close()
-    for path in [paths["json"], paths["dot"], paths.get("svg"), run.writer.sidecar,
+    for path in [paths["json"], paths["dot"], paths.get("svg"), paths.get("html"), run.writer.sidecar,
                  *(paths.get(f) for f in ("provn", "ttl", "xml")),
                  # packages list and code diff beside the document, where `prov4ml show/diff <run id>` looks
                  *(f for f, _ in (run.context.files if run.context is not None else ()) if f.exists())]:
@@ -94,5 +94,5 @@ def publish(run: RunRecorder, status: str, now: float) -> RunOutputs:
         run_id=run.run_id, tracking_uri=run.info.tracking_uri, provenance_dir=run.provenance_dir,
         prov_json=paths["json"], prov_dot=paths["dot"], prov_svg=paths.get("svg"),
         metrics_file=run.writer.sidecar,
-        extra={**extra, **{k: p for k, p in paths.items() if k in ("provn", "ttl", "xml")}},
+        extra={**extra, **{k: p for k, p in paths.items() if k in ("provn", "ttl", "xml", "html")}},
     )
