@@ -145,3 +145,34 @@ def test_artifact_path_escape_and_missing_file(run_args, tmp_path):
             prov4ml.log_artifact(tmp_path / "missing")
         with pytest.raises(Prov4MLInputError, match="relative path"):
             prov4ml.log_artifact(f, artifact_path="../outside")
+
+
+@pytest.mark.parametrize("timestamp", ["now", 1.5, True, -5, None.__class__])
+def test_bad_timestamps_are_refused_at_the_call_and_lose_nothing(run_args, client, timestamp):
+    prov4ml.start_run(**run_args)
+    prov4ml.log_metric("loss", 1.0, step=0)
+    with pytest.raises(Prov4MLInputError, match=r"^log_metric\('loss'\): timestamp must be"):
+        prov4ml.log_metric("loss", 2.0, step=1, timestamp=timestamp)
+    with pytest.raises(Prov4MLInputError, match=r"^log_metrics: timestamp must be"):
+        prov4ml.active_run().log_metrics({"loss": 2.0}, step=1, timestamp=timestamp)
+    prov4ml.log_metric("loss", 3.0, step=2, timestamp=np.int64(1_700_000_000_000))
+    outputs = prov4ml.end_run()
+    (series,) = [s for s in by_type(read_prov(outputs.prov_json), "MetricSeries")]
+    assert attr(series, "count") == 2
+    history = client.get_metric_history(outputs.run_id, client.get_run(outputs.run_id).data.metrics.popitem()[0])
+    assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (2, 3.0)]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("nested", "yes", "nested must be True or False, got 'yes'"),
+    ("log_system_metrics", 1, "log_system_metrics must be True or False"),
+    ("system_metrics_interval", "5", "system_metrics_interval must be a number of seconds > 0, got '5'"),
+    ("flush_interval", 0, "flush_interval must be a number of seconds > 0"),
+    ("provenance_formats", "ttl", r"provenance_formats must be a tuple of format names"),
+    ("provenance_formats", ("json", "rdf"), r"provenance_formats must be among json, provn, ttl, xml; got \['rdf'\]"),
+    ("tracking_uri", 5, "tracking_uri must be a string, got int"),
+])
+def test_bad_run_options_name_the_call_and_what_is_expected(run_args, option, value, message):
+    with pytest.raises(Prov4MLInputError, match=rf"^start_run: {message}"):
+        prov4ml.start_run(**{**run_args, option: value})
+    assert prov4ml.active_run() is None

@@ -56,10 +56,22 @@ class RunConfig:
             raise Prov4MLInputError(f"{call}: tags must be a dict, got {type(self.tags).__name__}")
         if self.description is not None and not isinstance(self.description, str):
             raise Prov4MLInputError(f"{call}: description must be a string, got {type(self.description).__name__}")
-        if self.system_metrics_interval <= 0:
-            raise Prov4MLInputError(f"{call}: system_metrics_interval must be > 0 seconds")
-        if self.flush_interval <= 0:
-            raise Prov4MLInputError(f"{call}: flush_interval must be > 0 seconds")
+        for name in ("nested", "log_system_metrics", "collect_all_ranks"):
+            if not isinstance(getattr(self, name), bool):
+                raise Prov4MLInputError(f"{call}: {name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("system_metrics_interval", "flush_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise Prov4MLInputError(f"{call}: {name} must be a number of seconds > 0, got {value!r}")
+        for name in ("provenance_save_dir", "mlflow_save_dir"):
+            if not isinstance(getattr(self, name), (str, os.PathLike)):
+                raise Prov4MLInputError(f"{call}: {name} must be a path (str or os.PathLike), "
+                                        f"got {type(getattr(self, name)).__name__}")
+        if self.tracking_uri is not None and not isinstance(self.tracking_uri, str):
+            raise Prov4MLInputError(f"{call}: tracking_uri must be a string, got {type(self.tracking_uri).__name__}")
+        if isinstance(self.provenance_formats, str) or not isinstance(self.provenance_formats, (tuple, list)):
+            raise Prov4MLInputError(f"{call}: provenance_formats must be a tuple of format names such as "
+                                    f"('json', 'ttl'), got {self.provenance_formats!r}")
         bad = [f for f in self.provenance_formats if f not in PROVENANCE_FORMATS]
         if bad:
             raise Prov4MLInputError(f"{call}: provenance_formats must be among json, provn, ttl, xml; got {bad}")

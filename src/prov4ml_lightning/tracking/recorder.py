@@ -28,6 +28,7 @@ import torch
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import NoActiveRunError, Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
+from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key, truncate_param_value  # MLflow's rules
 from prov4ml_lightning.sinks.mlflow.uploader import MetricUploader
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
@@ -181,9 +182,12 @@ class RunRecorder(Lineage):
                 step = self._next_step[series_key]
             elif type(step) is not int:
                 step = v.check_step(step, f"{call}({key!r})")
+            if timestamp is None:
+                timestamp = int(time.time() * 1000)
+            elif type(timestamp) is not int or timestamp < 0:
+                timestamp = v.check_timestamp(timestamp, f"{call}({key!r})")
             self._next_step[series_key] = step + 1
-            self._buffer.append((key, names[1], names[0], step, number,
-                                 timestamp if timestamp is not None else int(time.time() * 1000)))
+            self._buffer.append((key, names[1], names[0], step, number, timestamp))
             if len(self._buffer) >= _BUFFER_WAKE:
                 self.writer.wake()
         return number
@@ -192,13 +196,11 @@ class RunRecorder(Lineage):
                     step: int | None = None, timestamp: int | None = None) -> None:
         if not isinstance(metrics, Mapping):
             raise Prov4MLInputError(f"log_metrics: metrics must be a dict, got {type(metrics).__name__}")
-        ts = timestamp if timestamp is not None else int(time.time() * 1000)
+        ts = int(time.time() * 1000) if timestamp is None else v.check_timestamp(timestamp, "log_metrics")
         for key, value in metrics.items():
             self.log_metric(key, value, context, step, ts, call="log_metrics")
 
     def _new_series(self, key: Any, ctx: Context, call: str) -> tuple[str, str]:
-        from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key  # imports MLflow: not before it is needed
-
         v.check_key(key, call)
         if self._ended:
             raise NoActiveRunError(f"{call}({key!r}): run {self.run_id} has ended")
@@ -258,8 +260,6 @@ class RunRecorder(Lineage):
         """
         self.require_open(call)
         flat = v.flatten_params(params, call)
-        from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key, truncate_param_value
-
         new: list[tuple[str, str]] = []
         added: list[str] = []
         conflicts: dict[str, Any] = {}

@@ -27,6 +27,7 @@ __all__ = [
     "check_name",
     "check_status",
     "check_step",
+    "check_timestamp",
     "flatten_params",
     "normalise_namespace",
     "to_floats",
@@ -197,6 +198,17 @@ def check_status(status: Any, call: str = "end_run") -> str:
     if status not in RUN_STATUSES:
         raise Prov4MLInputError(f"{call}(status={status!r}): status must be one of {', '.join(RUN_STATUSES)}")
     return status
+
+
+def check_timestamp(timestamp: Any, call: str) -> int:
+    """A timestamp in milliseconds since the epoch: an int (or an integral NumPy/tensor scalar) >= 0."""
+    if isinstance(timestamp, bool) or type(timestamp).__name__ == "bool_" or not hasattr(timestamp, "__index__"):
+        raise Prov4MLInputError(f"{call}: timestamp must be an int of milliseconds since the epoch, "
+                                f"got {type(timestamp).__name__}")
+    value = int(timestamp.__index__())
+    if value < 0:
+        raise Prov4MLInputError(f"{call}: timestamp must be >= 0 milliseconds since the epoch, got {value}")
+    return value
 
 
 def check_step(step: Any, call: str) -> int:
