@@ -40,7 +40,7 @@ def test_run_config_checks_itself_and_names_the_front_door(tmp_path):
     config = RunConfig(**args, provenance_formats=("ttl", "json", "ttl"))
     assert config.provenance_formats == ("json", "ttl")
     assert config.namespace == "http://www.example.org/"
-    with pytest.raises(Prov4MLInputError, match="start_run: system_metrics_interval must be > 0"):
+    with pytest.raises(Prov4MLInputError, match="start_run: system_metrics_interval must be a number of seconds > 0"):
         RunConfig(**args, system_metrics_interval=0)
     with pytest.raises(Prov4MLInputError, match="Prov4MLCallback: provenance_formats must be among"):
         RunConfig(**args, provenance_formats=("rdf",), call="Prov4MLCallback")
