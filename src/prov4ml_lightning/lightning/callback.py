@@ -295,9 +295,7 @@ class Prov4MLCallback(Callback):
         self._fit = f"fit_{self._fits}"
         notes: list[str] = []
         params = fit_params(trainer, pl_module, notes)
-        if notes:
-            warnings.warn("Prov4MLCallback: hyperparameter names no run accepts were renamed: " + ", ".join(notes)
-                          + " (MLflow's name rules then apply to every key)", Prov4MLWarning, stacklevel=2)
+        _warn_renamed(params, notes)
         attrs: dict[str, Any] = {k: val for k, val in params.items() if k.startswith("trainer/")}
         if first_fit:
             attrs.update(link.log_params(params))  # conflicts with a joined run's params stay attributes
@@ -522,6 +520,17 @@ def _is_termination(exception: BaseException) -> bool:
     from prov4ml_lightning.signals import RunTerminated
 
     return isinstance(exception, (KeyboardInterrupt, SIGTERMException, RunTerminated))
+
+
+def _warn_renamed(params: Mapping[str, Any], notes: list[str]) -> None:
+    """One warning per fit for the hyperparameter names the run stores under another name: empty
+    ones (``_empty``) and those MLflow's name rules change (PROV keeps the name before those)."""
+    from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key
+
+    notes = notes + [f"{key!r} -> {mkey!r} in MLflow" for key in params if (mkey := mlflow_safe_key(key)) != key]
+    if notes:
+        warnings.warn("Prov4MLCallback: hyperparameter names no run accepts as they are were renamed: "
+                      + ", ".join(notes), Prov4MLWarning, stacklevel=3)
 
 
 def _attr(value: Any) -> Any:

@@ -170,7 +170,7 @@ def clean_hparams(hparams: Mapping[str, Any], notes: list[str], prefix: str = ""
             while name in out or name in hparams:
                 n += 1
                 name = f"_empty_{n}"
-            notes.append(f"{prefix}{key!r} -> {prefix}{name!r}")
+            notes.append(f"{prefix + str(key)!r} -> {prefix + name!r}")
         out[name] = clean_hparams(value, notes, f"{prefix}{name}/") if isinstance(value, Mapping) else value
     return out
 
