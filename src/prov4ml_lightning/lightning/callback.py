@@ -41,13 +41,17 @@ class Prov4MLCallback(Callback):
 
     Per ``trainer.fit``: hyperparameters (``save_hyperparameters()`` of the module and datamodule,
     trainer settings, optimizers and LR schedulers), every value the module logs with
-    ``self.log`` (step values at the trainer's ``log_every_n_steps``, epoch values at each epoch
-    and validation end, as Lightning reduced them), learning rates per param group, one PROV
+    ``self.log`` with the keys, steps and values Lightning hands its loggers (:mod:`.tap`; the
+    README's "Step semantics"), the context of each key in PROV and in the MLflow tag
+    ``prov4ml.context.<key>``, learning rates as ``LearningRateMonitor`` logs them, one PROV
     activity per fit, training epoch, validation loop and sanity check, the datasets each one
     read, every checkpoint ModelCheckpoint saved, the early-stopping decision, and the final
-    model. Metric steps are ``trainer.global_step`` (optimizer steps taken), so they continue
-    across a resume. The sanity check is recorded as an activity but its metrics are not (an
-    untrained model on a few batches; Lightning's loggers drop them too).
+    model. The sanity check is recorded as an activity but its metrics are not (Lightning's
+    loggers drop them too). With ``fast_dev_run`` nothing is recorded, as by Lightning's loggers.
+
+    One callback per Trainer (a second raises in ``setup``, before training); a ``fit`` in
+    another Trainer that resumes no checkpoint starts a new run. Hyperparameter and metric names
+    no run accepts as they are are renamed (README, "Hyperparameters"), with one warning.
 
     In a distributed job (``strategy="ddp"``, ``"ddp_spawn"``, several nodes) global rank zero
     writes the one MLflow run and PROV document; each rank is a ``Rank`` activity of it (global,
@@ -62,9 +66,9 @@ class Prov4MLCallback(Callback):
             (the fields of :class:`~prov4ml_lightning.tracking.config.RunConfig`; every rank
             records, as with ``collect_all_ranks=True``). ``nested=True`` starts a child of a run
             the user opened instead of joining it.
-        log_every_n_steps: record step values every this many optimizer steps; ``None`` follows
-            the trainer's ``log_every_n_steps``; 0 records epoch values only.
-        log_learning_rates: record ``lr-<Optimizer>[/pg<j>]`` with the step values.
+        log_every_n_steps: ``None`` records every training step value Lightning logs; ``N`` only
+            those at steps ``s`` with ``(s + 1) % N == 0``; 0 epoch values only.
+        log_learning_rates: record learning rates as ``LearningRateMonitor()`` names and times them.
         log_datasets: record dataset entities with a content fingerprint of 8 items.
         log_checkpoints: record each checkpoint file ModelCheckpoint saves (path, sha256, score).
         upload_checkpoints: also copy each checkpoint into the MLflow artifacts. Off by default:
@@ -75,7 +79,8 @@ class Prov4MLCallback(Callback):
         model_name: the name of that model (default: the module's class name).
 
     Raises:
-        Prov4MLInputError: a namespace, name or option is unusable (at construction).
+        Prov4MLInputError: a namespace, name or option is unusable (at construction); a second
+            Prov4MLCallback in the same Trainer (in ``setup``).
 
     Example::
 
