@@ -226,13 +226,14 @@ def test_ddp_fit_through_a_tracking_server_is_one_run_with_every_rank(mlflow_ser
     (run,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_id = '{run_id}'")
     assert run.info.status == "FINISHED"
     assert run.data.params["lr"] == "0.1" and run.data.tags["prov4ml.world_size"] == "2"
-    # 64 samples shared by 2 ranks in batches of 8: 4 optimizer steps per epoch (rank 0's values, as reduced)
-    assert [m.step for m in client.get_metric_history(run_id, "training/train_loss_epoch")] == [4, 8, 12]
+    # 64 samples shared by 2 ranks in batches of 8: 4 optimizer steps per epoch (rank 0's values, as reduced),
+    # at Lightning's steps (the last batch of each epoch)
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss_epoch")] == [3, 7, 11]
     for k in (0, 1):  # each rank's own system metrics, named by rank
         assert client.get_metric_history(run_id, f"training/rank{k}/system/process_rss_mb")
     assert not any(key.startswith("training/system/") for key in run.data.metrics)
 
-    assert client.get_metric_history(run_id, "testing/test_acc")  # the test joined the same run
+    assert client.get_metric_history(run_id, "test_acc")  # the test joined the same run
 
     # the PROV document, fetched through the server the way `prov4ml show <run id>` does
     prov_json = fetch_provenance(mlflow_server.uri, run_id, tmp_path / "fetched")

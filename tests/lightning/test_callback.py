@@ -86,18 +86,23 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
     assert params["datamodule/batch_size"] == "8"
     assert params["trainer/max_epochs"] == "2" and params["trainer/accumulate_grad_batches"] == "1"
     assert params["optimizer/0/class"] == "SGD" and params["optimizer/0/momentum"] == "0.9"
-    # Step values at log_every_n_steps=2, steps = trainer.global_step (optimizer steps taken).
-    assert _steps(client, run_id, "training/train_loss_step") == list(range(2, 17, 2))
-    assert _steps(client, run_id, "training/lr-SGD") == list(range(2, 17, 2))
-    assert {v for _, v in _history(client, run_id, "training/lr-SGD")} == {0.05}
-    assert _steps(client, run_id, "training/train_loss_epoch") == [8, 16]
-    # two validation loops in fit, one from trainer.validate (still at step 16); none from the sanity check
-    assert _steps(client, run_id, "validation/val_loss") == [8, 16, 16]
-    assert _steps(client, run_id, "testing/test_acc") == [16]
-    assert "validation/train_loss_step" not in run.data.metrics
+    # Lightning's keys and steps (tests/lightning/test_parity.py compares every setup with a CSVLogger):
+    # step values at log_every_n_steps=2, at the count of batches that stepped before this one.
+    assert _steps(client, run_id, "train_loss_step") == list(range(1, 16, 2))
+    # learning rates as LearningRateMonitor logs them: with the step values, and at each epoch's start
+    # for an optimizer without a scheduler
+    assert _steps(client, run_id, "lr-SGD") == sorted([0, 8, *range(1, 16, 2)])
+    assert {v for _, v in _history(client, run_id, "lr-SGD")} == {0.05}
+    assert _steps(client, run_id, "train_loss_epoch") == [7, 15]
+    # two validation loops in fit, one from trainer.validate (at step 16); none from the sanity check
+    assert _steps(client, run_id, "val_loss") == [7, 15, 16]
+    assert _steps(client, run_id, "test_acc") == [16]
+    assert not any(key.startswith(("training/", "validation/")) for key in run.data.metrics)
+    assert run.data.tags["prov4ml.context.val_loss"] == "validation"
+    assert run.data.tags["prov4ml.context.train_loss_step"] == "training"
     # Values are Lightning's reduced ones.
-    assert _history(client, run_id, "validation/val_loss")[-1][1] == pytest.approx(validated[0]["val_loss"])
-    assert _history(client, run_id, "testing/test_acc")[0][1] == pytest.approx(tested[0]["test_acc"])
+    assert _history(client, run_id, "val_loss")[-1][1] == pytest.approx(validated[0]["val_loss"])
+    assert _history(client, run_id, "test_acc")[0][1] == pytest.approx(tested[0]["test_acc"])
 
     doc = read_prov(callback.outputs.prov_json)
     # PROV: one Fit, epochs, loops, each started by the run and informed by what ran them.
@@ -124,7 +129,7 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
     generated = _relations(doc, "wasGeneratedBy")
     segments = {(attr(s, "name"), attr(s, "activity")): s for s in by_type(doc, "MetricSegment")}
     seg = segments[("train_loss_step", "fit_1.epoch_1")]
-    assert (attr(seg, "first_step"), attr(seg, "last_step"), attr(seg, "count")) == (10, 16, 4)
+    assert (attr(seg, "first_step"), attr(seg, "last_step"), attr(seg, "count")) == (9, 15, 4)
     assert (_local(seg), "fit_1.epoch_1") in generated
     assert (_local(segments[("val_loss", "fit_1.epoch_0.validation_1")]), "fit_1.epoch_0.validation_1") in generated
     assert ("metric.training.train_loss_step", _local(seg)) in _relations(doc, "hadMember")
@@ -165,7 +170,7 @@ def test_exception_in_training_step_ends_run_failed_with_provenance(run_args, cl
     run = client.get_run(callback.run_id)
     assert run.info.status == "FAILED"
     # the five steps that ran are kept; nothing from the step that raised
-    assert _steps(client, callback.run_id, "training/train_loss_step") == [1, 2, 3, 4, 5]
+    assert _steps(client, callback.run_id, "train_loss_step") == [0, 1, 2, 3, 4]
     doc = read_prov(callback.outputs.prov_json)
     (run_act,) = by_type(doc, "Run")
     assert attr(run_act, "status") == "FAILED"
@@ -212,8 +217,8 @@ def test_resume_from_checkpoint_continues_the_run(run_args, client, tmp_path):
     runs = client.search_runs([client.get_run(first.run_id).info.experiment_id])
     assert [r.info.run_id for r in runs] == [first.run_id]
     assert runs[0].info.status == "FINISHED"
-    assert _steps(client, first.run_id, "training/train_loss_epoch") == [8, 16, 24]
-    assert _steps(client, first.run_id, "validation/val_loss") == [8, 16, 24]
+    assert _steps(client, first.run_id, "train_loss_epoch") == [7, 15, 23]
+    assert _steps(client, first.run_id, "val_loss") == [7, 15, 23]
 
     doc = read_prov(second.outputs.prov_json)
     assert check_file(second.outputs.prov_json, round_trip=False) == []
@@ -263,7 +268,8 @@ def test_callback_joins_a_run_opened_with_the_functional_api(run_args, client, t
     mrun = client.get_run(run.run_id)
     assert mrun.info.status == "FINISHED"
     assert mrun.data.params["note"] == "joined" and mrun.data.params["lr"] == "0.1"
-    assert {"training/train_loss_step", "validation/val_loss", "testing/after_fit"} <= set(mrun.data.metrics)
+    assert {"train_loss_step", "val_loss"} <= set(mrun.data.metrics)
+    assert any(key.endswith("after_fit") for key in mrun.data.metrics)  # the functional API's key rule
     doc = read_prov(out.prov_json)
     assert {_local(f) for f in by_type(doc, "Fit")} == {"fit_1"}
     assert check_file(out.prov_json, round_trip=False) == []
@@ -285,13 +291,15 @@ def test_early_stopping_records_stop_epoch_and_reason(run_args, client, tmp_path
 
 
 @pytest.mark.slow
-def test_fast_dev_run(run_args, client, tmp_path):
+def test_fast_dev_run_records_nothing_like_lightnings_loggers(run_args, client, tmp_path):
     callback = _callback(run_args, log_model=False)
-    fast_trainer(tmp_path, [callback], fast_dev_run=True).fit(TinyModel(), datamodule=TinyDataModule())
-    assert client.get_run(callback.run_id).info.status == "FINISHED"
-    assert _steps(client, callback.run_id, "training/train_loss_step") == [1]
-    assert _steps(client, callback.run_id, "validation/val_loss") == [1]
-    assert client.get_run(callback.run_id).data.params["trainer/fast_dev_run"] == "True"
+    trainer = fast_trainer(tmp_path, [callback], fast_dev_run=True)
+    with pytest.warns(prov4ml.Prov4MLWarning, match="fast_dev_run is on; nothing is recorded"):
+        trainer.fit(TinyModel(), datamodule=TinyDataModule())
+        trainer.test(TinyModel(), datamodule=TinyDataModule())
+    assert callback.run_id is None and callback.outputs is None
+    assert client.get_experiment_by_name(run_args["experiment_name"]) is None
+    assert not Path(run_args["provenance_save_dir"]).exists()
 
 
 @pytest.mark.slow
@@ -301,10 +309,10 @@ def test_accumulation_limits_and_two_val_loaders(run_args, client, tmp_path):
                            limit_val_batches=1, log_every_n_steps=1, max_epochs=1, enable_checkpointing=False)
     trainer.fit(TinyModel(), datamodule=TinyDataModule(val_loaders=2))
     run_id = callback.run_id
-    # 6 batches, an optimizer step every 2: three points, at the steps that stepped
-    assert _steps(client, run_id, "training/train_loss_step") == [1, 2, 3]
+    # 6 batches, an optimizer step every 2: three points, at the count of batches that stepped before
+    assert _steps(client, run_id, "train_loss_step") == [0, 1, 2]
     metrics = client.get_run(run_id).data.metrics
-    assert {"validation/val_loss/dataloader_idx_0", "validation/val_loss/dataloader_idx_1"} <= set(metrics)
+    assert {"val_loss/dataloader_idx_0", "val_loss/dataloader_idx_1"} <= set(metrics)
     doc = read_prov(callback.outputs.prov_json)
     val_sets = [d for d in by_type(doc, "Dataset") if attr(d, "role") == "val"]
     assert sorted(attr(d, "dataloader_index") for d in val_sets) == [0, 1]
@@ -317,7 +325,7 @@ def test_manual_optimization(run_args, client, tmp_path):
     callback = _callback(run_args, log_model=False)
     fast_trainer(tmp_path, [callback], log_every_n_steps=4, max_epochs=1, enable_checkpointing=False).fit(
         ManualOptModel(), datamodule=TinyDataModule())
-    assert _steps(client, callback.run_id, "training/train_loss") == [4, 8]
+    assert _steps(client, callback.run_id, "train_loss") == [3, 7]
 
 
 def test_bad_options_fail_at_construction(run_args):

@@ -90,7 +90,8 @@ def test_check_finite_warns_and_reports_non_finite_values():
         warnings.simplefilter("error")
         assert v.check_finite(1.0, "metric 'loss'") is True
     for value in (math.nan, math.inf, -math.inf):
-        with pytest.warns(Prov4MLWarning, match=r"metric 'loss' \(training\) at step 3 is .*recorded as is"):
+        with pytest.warns(Prov4MLWarning,
+                          match=r"metric 'loss' \(training\) at step 3 is .*record it as is.*1\.7976931348623157e308"):
             assert v.check_finite(value, "metric 'loss' (training) at step 3") is False
 
 
@@ -183,3 +184,18 @@ def test_flatten_params_errors_name_the_call():
 ])
 def test_param_text_is_what_mlflow_stores(value, text):
     assert v.param_text(value) == text
+
+
+@pytest.mark.slow
+def test_infinite_values_read_back_as_the_warning_says(run_args, client):
+    """The warning's claim, checked against MLflow's SQLite store: inf comes back as the largest float."""
+    import sys
+
+    import prov4ml_lightning as prov4ml
+
+    with pytest.warns(Prov4MLWarning, match="1.7976931348623157e308"), prov4ml.start_run(**run_args) as run:
+        prov4ml.log_metric("blowup", float("inf"), step=0)
+        prov4ml.log_metric("blowup", float("-inf"), step=1)
+    (key,) = [k for k in client.get_run(run.run_id).data.metrics if k.endswith("blowup")]
+    values = [m.value for m in sorted(client.get_metric_history(run.run_id, key), key=lambda m: m.step)]
+    assert values == [sys.float_info.max, -sys.float_info.max]

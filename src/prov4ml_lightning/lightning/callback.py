@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,12 +19,14 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from prov4ml_lightning.context import Context
 from prov4ml_lightning.distributed.parts import SilentRun, open_part, shared_of
 from prov4ml_lightning.distributed.ranks import rank_from_trainer, share_run
-from prov4ml_lightning.errors import Prov4MLInputError
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
 from prov4ml_lightning.lightning.hparams import early_stopping_state, fit_params
 from prov4ml_lightning.lightning.loops import STAGES, EpochTracker, LoopTracker, stage_ident
 from prov4ml_lightning.lightning.run_link import NullLink, RunLink, open_link
+from prov4ml_lightning.lightning.tap import listen, unlisten
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
@@ -37,13 +41,17 @@ class Prov4MLCallback(Callback):
 
     Per ``trainer.fit``: hyperparameters (``save_hyperparameters()`` of the module and datamodule,
     trainer settings, optimizers and LR schedulers), every value the module logs with
-    ``self.log`` (step values at the trainer's ``log_every_n_steps``, epoch values at each epoch
-    and validation end, as Lightning reduced them), learning rates per param group, one PROV
+    ``self.log`` with the keys, steps and values Lightning hands its loggers (:mod:`.tap`; the
+    README's "Step semantics"), the context of each key in PROV and in the MLflow tag
+    ``prov4ml.context.<key>``, learning rates as ``LearningRateMonitor`` logs them, one PROV
     activity per fit, training epoch, validation loop and sanity check, the datasets each one
     read, every checkpoint ModelCheckpoint saved, the early-stopping decision, and the final
-    model. Metric steps are ``trainer.global_step`` (optimizer steps taken), so they continue
-    across a resume. The sanity check is recorded as an activity but its metrics are not (an
-    untrained model on a few batches; Lightning's loggers drop them too).
+    model. The sanity check is recorded as an activity but its metrics are not (Lightning's
+    loggers drop them too). With ``fast_dev_run`` nothing is recorded, as by Lightning's loggers.
+
+    One callback per Trainer (a second raises in ``setup``, before training); a ``fit`` in
+    another Trainer that resumes no checkpoint starts a new run. Hyperparameter and metric names
+    no run accepts as they are are renamed (README, "Hyperparameters"), with one warning.
 
     In a distributed job (``strategy="ddp"``, ``"ddp_spawn"``, several nodes) global rank zero
     writes the one MLflow run and PROV document; each rank is a ``Rank`` activity of it (global,
@@ -58,9 +66,9 @@ class Prov4MLCallback(Callback):
             (the fields of :class:`~prov4ml_lightning.tracking.config.RunConfig`; every rank
             records, as with ``collect_all_ranks=True``). ``nested=True`` starts a child of a run
             the user opened instead of joining it.
-        log_every_n_steps: record step values every this many optimizer steps; ``None`` follows
-            the trainer's ``log_every_n_steps``; 0 records epoch values only.
-        log_learning_rates: record ``lr-<Optimizer>[/pg<j>]`` with the step values.
+        log_every_n_steps: ``None`` records every training step value Lightning logs; ``N`` only
+            those at steps ``s`` with ``(s + 1) % N == 0``; 0 epoch values only.
+        log_learning_rates: record learning rates as ``LearningRateMonitor()`` names and times them.
         log_datasets: record dataset entities with a content fingerprint of 8 items.
         log_checkpoints: record each checkpoint file ModelCheckpoint saves (path, sha256, score).
         upload_checkpoints: also copy each checkpoint into the MLflow artifacts. Off by default:
@@ -71,7 +79,8 @@ class Prov4MLCallback(Callback):
         model_name: the name of that model (default: the module's class name).
 
     Raises:
-        Prov4MLInputError: a namespace, name or option is unusable (at construction).
+        Prov4MLInputError: a namespace, name or option is unusable (at construction); a second
+            Prov4MLCallback in the same Trainer (in ``setup``).
 
     Example::
 
@@ -141,7 +150,7 @@ class Prov4MLCallback(Callback):
         self.run_id: str | None = None
         self._fits = 0
         self._last_fit: str | None = None
-        self._loops = LoopTracker()  # its .batches is checkpoint state too
+        self._loops = LoopTracker()
         self._earlier_checkpoints: dict[str, str] = {}  # path -> PROV name, from the checkpoint state
         # Per session.
         self._link: RunLink | NullLink | None = None
@@ -152,6 +161,9 @@ class Prov4MLCallback(Callback):
         self._epochs = EpochTracker()
         self._stage: str | None = None  # a stand-alone validate/test/predict holding the run open
         self._ckpt_pending: tuple[int, int] | None = None
+        self._trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer whose run this callback records
+        self._listener: Any = None  # listening on that Trainer's logger calls (tap.listen)
+        self._dev_run = False  # fast_dev_run: nothing recorded, as Lightning's loggers
 
     @property
     @override
@@ -160,6 +172,8 @@ class Prov4MLCallback(Callback):
 
     # -- run lifecycle ----------------------------------------------------------------------
     def _open(self, trainer: pl.Trainer) -> RunLink | NullLink:
+        if self._dev_run:
+            return NullLink()
         if self._link is None:
             rank = rank_from_trainer(trainer)
 
@@ -207,13 +221,86 @@ class Prov4MLCallback(Callback):
                 "start_step": loaded["global_step"]}
 
     # -- fit ----------------------------------------------------------------------------------
+    # -- one Trainer's logger calls ----------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        mine = [cb for cb in trainer.callbacks if isinstance(cb, Prov4MLCallback)]
+        if len(mine) > 1:
+            # Two would share the process's one current run (the second joined the first's, and
+            # both ended it): refused before anything is recorded or trained.
+            raise Prov4MLInputError(
+                f"Prov4MLCallback: this Trainer has {len(mine)} Prov4MLCallbacks; use one per Trainer "
+                "(one callback records fit, validate, test and predict of the Trainer in one run)")
+        self._dev_run = bool(getattr(trainer, "fast_dev_run", False))
+        if self._dev_run:
+            warnings.warn("Prov4MLCallback: fast_dev_run is on; nothing is recorded (Lightning turns its loggers "
+                          "off for a dev run too)", Prov4MLWarning, stacklevel=2)
+            return
+        self._listen(trainer)
+
+    def _listen(self, trainer: pl.Trainer) -> None:
+        self._unlisten()
+        trainer_ref = weakref.ref(trainer)
+
+        def listener(values: dict[str, Any], step: int, step_level: bool) -> None:
+            owner = trainer_ref()
+            if owner is not None:
+                self._on_logged(owner, values, step, step_level)
+
+        if listen(trainer, listener):
+            self._listener = (trainer_ref, listener)
+
+    def _unlisten(self) -> None:
+        if self._listener is not None:
+            trainer_ref, listener = self._listener
+            self._listener = None
+            trainer = trainer_ref()
+            if trainer is not None:
+                unlisten(trainer, listener)
+
+    def _on_logged(self, trainer: pl.Trainer, values: dict[str, Any], step: int, step_level: bool) -> None:
+        """What Lightning hands its loggers (:mod:`.tap`): recorded under the same keys and step, in the
+        context of the loop that logged them, as points of the running activity."""
+        if trainer.sanity_checking or self._link is None:
+            return
+        if trainer.validating or trainer.testing:
+            context = Context.VALIDATION if trainer.validating else Context.TESTING
+            activity = self._loops.ident or self._fit
+        else:
+            context, activity = Context.TRAINING, self._epochs.ident or self._fit
+            if step_level and not self._step_logged(trainer, step):
+                return
+        epoch = values.pop("epoch", None) if context is not Context.TRAINING else None
+        link = self._link
+        link.log(values, context, step, activity)
+        if epoch is not None:  # the epoch counter Lightning adds is the fit's, whichever loop logs it
+            link.log({"epoch": epoch}, Context.TRAINING, step, activity)
+
+    def _step_logged(self, trainer: pl.Trainer, step: int) -> bool:
+        """Whether a training step value Lightning logs at ``step`` is recorded (``log_every_n_steps``)."""
+        every = self.log_every_n_steps
+        if every is None:
+            return True
+        return every > 0 and ((step + 1) % every == 0 or trainer.should_stop)
+
+    # -- fit ----------------------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._dev_run:
+            return
+        previous = self._trainer() if self._trainer is not None else None
+        if previous is not None and previous is not trainer and self._loaded is None and self._link is None:
+            # The callback's earlier run belongs to another Trainer, whose steps this one restarts:
+            # a fit of a new Trainer that resumes no checkpoint is a run of its own.
+            self._forget_run()
+        self._trainer = weakref.ref(trainer)
         link = self._open(trainer)
         first_fit = self._fits == 0
         self._fits += 1
         self._fit = f"fit_{self._fits}"
-        params = fit_params(trainer, pl_module)
+        notes: list[str] = []
+        params = fit_params(trainer, pl_module, notes)
+        _warn_renamed(params, notes)
         attrs: dict[str, Any] = {k: val for k, val in params.items() if k.startswith("trainer/")}
         if first_fit:
             attrs.update(link.log_params(params))  # conflicts with a joined run's params stay attributes
@@ -227,9 +314,8 @@ class Prov4MLCallback(Callback):
         if self.log_checkpoints:
             link.seed_checkpoints(trainer, self._earlier_checkpoints)
 
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epochs.fit_started(trainer)
+    def _forget_run(self) -> None:
+        self.run_id, self._fits, self._last_fit, self._earlier_checkpoints = None, 0, None, {}
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -237,34 +323,29 @@ class Prov4MLCallback(Callback):
         link = self.link
         used = link.datasets(trainer.train_dataloader, "train") if self.log_datasets else []
         self._epochs.start(trainer, link, self._fit, used)
+        if self.log_learning_rates:
+            self._epochs.learning_rates(trainer, link, "epoch")
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self._ckpt_pending is not None:
             self._poll_checkpoints(trainer)
-        self._epochs.batch_start(trainer, self.log_learning_rates)
-
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
-        self._epochs.batch_end(trainer, self.link, pl_module.automatic_optimization, every)
+        if self.log_learning_rates and self._link is not None and self.log_every_n_steps != 0:
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
+            if self.log_every_n_steps is None or (step + 1) % self.log_every_n_steps == 0:
+                self._epochs.learning_rates(trainer, self._link, "step")
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epochs.epoch_end(trainer)
         if self._ckpt_pending is not None:
             self._poll_checkpoints(trainer)
 
-    def _close_epoch(self, trainer: pl.Trainer, status: str | None = None) -> None:
+    def _close_epoch(self, trainer: pl.Trainer, status: str = "FINISHED") -> None:
         if self._epochs.ident is None:
             return
-        self._epochs.log_epoch_values(trainer, self.link)
         self._poll_checkpoints(trainer, force=True)  # before the epoch ends: it generated them
-        attrs: dict[str, Any] = {"last_step": trainer.global_step, **early_stopping_state(trainer)}
-        if status is not None:
-            attrs["status"] = status
+        attrs: dict[str, Any] = {"status": status, "last_step": trainer.global_step, **early_stopping_state(trainer)}
         self._epochs.end(self.link, attrs)
 
     @override
@@ -342,7 +423,8 @@ class Prov4MLCallback(Callback):
     @override
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         per_loader = [int(n) for n in trainer.num_sanity_val_batches]
-        self.link.end(f"{self._fit}.sanity_check", {"batches": sum(per_loader), "dataloaders": len(per_loader)})
+        self.link.end(f"{self._fit}.sanity_check", {"status": "FINISHED", "batches": sum(per_loader),
+                                                     "dataloaders": len(per_loader)})
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -353,7 +435,7 @@ class Prov4MLCallback(Callback):
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not trainer.sanity_checking:
-            self._loops.batch_end(trainer, self.link)
+            self._loops.batch_end()
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -367,7 +449,7 @@ class Prov4MLCallback(Callback):
     @override
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._loops.batch_end(trainer, self.link)
+        self._loops.batch_end()
 
     @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -389,7 +471,10 @@ class Prov4MLCallback(Callback):
         error = f"{type(exception).__name__}: {str(exception)[:500]}"
         # Never raise from here: it would hide the exception that ended the run.
         in_fit = self._fit is not None
-        for step in (lambda: self._close_epoch(trainer, status), lambda: self._end_loop(trainer, status),
+        self._unlisten()
+        sanity = f"{self._fit}.sanity_check" if in_fit and trainer.sanity_checking else None
+        for step in (lambda: sanity and link.end(sanity, {"status": status, "error": error}),
+                     lambda: self._close_epoch(trainer, status), lambda: self._end_loop(trainer, status),
                      lambda: in_fit and link.mark_checkpoints(trainer),
                      lambda: link.end(self._fit, {"status": status, "error": error,
                                                   "last_step": trainer.global_step})):
@@ -405,6 +490,7 @@ class Prov4MLCallback(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # on_fit_end / on_*_end closed everything already; this covers exits that skip them
         # (Lightning's tuner ends a fit through teardown alone).
+        self._unlisten()
         if self._link is not None:
             self._close_epoch(trainer)
             self._end_loop(trainer)
@@ -417,7 +503,6 @@ class Prov4MLCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "fits": self._fits, "last_fit": self._fit or self._last_fit,
-                "eval_batches": dict(self._loops.batches),
                 "checkpoints": {**self._earlier_checkpoints, **self.link.checkpoint_names()}}
 
     @override
@@ -429,7 +514,6 @@ class Prov4MLCallback(Callback):
         self.run_id = state_dict.get("run_id", self.run_id)
         self._fits = state_dict.get("fits", self._fits)
         self._last_fit = state_dict.get("last_fit", self._last_fit)
-        self._loops.batches = dict(state_dict.get("eval_batches", self._loops.batches))
         self._earlier_checkpoints = dict(state_dict.get("checkpoints", {}))
 
 
@@ -441,6 +525,17 @@ def _is_termination(exception: BaseException) -> bool:
     from prov4ml_lightning.signals import RunTerminated
 
     return isinstance(exception, (KeyboardInterrupt, SIGTERMException, RunTerminated))
+
+
+def _warn_renamed(params: Mapping[str, Any], notes: list[str]) -> None:
+    """One warning per fit for the hyperparameter names the run stores under another name: empty
+    ones (``_empty``) and those MLflow's name rules change (PROV keeps the name before those)."""
+    from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key
+
+    notes = notes + [f"{key!r} -> {mkey!r} in MLflow" for key in params if (mkey := mlflow_safe_key(key)) != key]
+    if notes:
+        warnings.warn("Prov4MLCallback: hyperparameter names no run accepts as they are were renamed: "
+                      + ", ".join(notes), Prov4MLWarning, stacklevel=3)
 
 
 def _attr(value: Any) -> Any:

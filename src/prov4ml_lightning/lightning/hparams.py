@@ -23,10 +23,11 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "clean_hparams",
     "datamodule_hparams",
     "early_stopping_state",
     "fit_params",
-    "lr_names",
+    "lr_stats",
     "module_hparams",
     "optimizer_params",
     "trainer_params",
@@ -38,16 +39,20 @@ _SCHEDULER_STATE = {"last_epoch", "best", "cooldown_counter", "num_bad_epochs", 
                     "base_lrs", "min_lrs"}
 
 
-def fit_params(trainer: Any, module: Any) -> dict[str, Any]:
+def fit_params(trainer: Any, module: Any, notes: list[str]) -> dict[str, Any]:
     """Every hyperparameter of a fit as one flat ``{"a/b": value}`` dict.
 
     Each source is flattened on its own, so a module hparam named ``optimizer`` and the
     ``optimizer/0/...`` settings both survive; on a clash of whole keys the module's value wins.
+    Keys the user's module or datamodule hold that no run accepts are renamed (:func:`clean_hparams`)
+    and noted in ``notes``.
     """
     from prov4ml_lightning.tracking.validation import flatten_params
 
-    flat = flatten_params(module_hparams(module), "Prov4MLCallback")
-    for source in (datamodule_hparams(trainer.datamodule), trainer_params(trainer), optimizer_params(trainer)):
+    flat = flatten_params(clean_hparams(module_hparams(module), notes), "Prov4MLCallback")
+    sources = (clean_hparams(datamodule_hparams(trainer.datamodule), notes), trainer_params(trainer),
+               optimizer_params(trainer))
+    for source in sources:
         for key, value in flatten_params(source, "Prov4MLCallback").items():
             flat.setdefault(key, value)
     return flat
@@ -123,21 +128,51 @@ def optimizer_params(trainer: Any) -> dict[str, Any]:
     return result
 
 
-def lr_names(trainer: Any) -> list[tuple[str, Any, int]]:
-    """``(metric key, optimizer, group index)`` for every param group, named like Lightning's
-    ``LearningRateMonitor``: ``lr-Adam``, ``lr-Adam/pg1`` for further groups, ``lr-Adam-1`` for a
-    second optimizer of the same class."""
-    names: list[tuple[str, Any, int]] = []
-    seen: dict[str, int] = {}
-    for opt in getattr(trainer, "optimizers", []) or []:
-        inner = getattr(opt, "optimizer", opt)
-        base = f"lr-{type(inner).__name__}"
-        count = seen.get(base, 0)
-        seen[base] = count + 1
-        name = base if count == 0 else f"{base}-{count}"
-        for j in range(len(inner.param_groups)):
-            names.append((name if j == 0 else f"{name}/pg{j}", inner, j))
-    return names
+def lr_stats(trainer: Any, interval: str) -> dict[str, float]:
+    """The learning rates ``LearningRateMonitor()`` (``logging_interval=None``) logs now, under its
+    names (``lr-Adam``, ``lr-Adam/pg1``..., ``lr-Adam-1``, a scheduler's ``name``): ``interval``
+    ``"step"`` (at a training batch's start: per-step schedulers) or ``"epoch"`` (at an epoch's
+    start: per-epoch schedulers); optimizers without a scheduler at both. The names come from
+    Lightning's own monitor; its values are read here, so ``trainer.callback_metrics`` stays as
+    the user's callbacks left it."""
+    from collections import defaultdict
+
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    monitor = LearningRateMonitor()
+    configs = getattr(trainer, "lr_scheduler_configs", []) or []
+    names, with_scheduler, types = monitor._find_names_from_schedulers(configs)
+    out: dict[str, float] = {}
+    for group_names, config in zip(names, configs):
+        if interval in (config.interval, "any"):
+            for group, name in zip(config.scheduler.optimizer.param_groups, group_names):
+                out[name] = group["lr"]
+    # Optimizers without a scheduler are logged at both points, as the monitor does.
+    opt_names, without = monitor._find_names_from_optimizers(
+        getattr(trainer, "optimizers", []) or [], seen_optimizers=with_scheduler,
+        seen_optimizer_types=types if isinstance(types, defaultdict) else defaultdict(int, types))
+    for opt, group_names in zip(without, opt_names):
+        for group, name in zip(opt.param_groups, group_names):
+            out[name] = group["lr"]
+    return out
+
+
+def clean_hparams(hparams: Mapping[str, Any], notes: list[str], prefix: str = "") -> dict[str, Any]:
+    """``hparams`` with keys our params accept: an empty (or blank) key becomes ``_empty`` (``_empty_2``...
+    for a second one), any other key its ``str``; nested mappings likewise. Each renamed key is
+    noted in ``notes`` (``"'' -> '_empty'"``) for the one warning of the fit. MLflow's own name
+    rules (characters, 250 characters) are applied to the result by the sink."""
+    out: dict[str, Any] = {}
+    for key, value in hparams.items():
+        name = key if isinstance(key, str) else str(key)
+        if not name.strip():
+            name, n = "_empty", 1
+            while name in out or name in hparams:
+                n += 1
+                name = f"_empty_{n}"
+            notes.append(f"{prefix + str(key)!r} -> {prefix + name!r}")
+        out[name] = clean_hparams(value, notes, f"{prefix}{name}/") if isinstance(value, Mapping) else value
+    return out
 
 
 def _scalar(value: Any) -> Any:

@@ -14,8 +14,7 @@ import uuid
 from typing import Any
 
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.lightning.hparams import lr_names
-from prov4ml_lightning.lightning.logged import EpochDiff, loop_results, should_log_step, step_metrics
+from prov4ml_lightning.lightning.hparams import lr_stats
 
 __all__ = ["STAGES", "EpochTracker", "LoopTracker", "stage_ident"]
 
@@ -33,106 +32,66 @@ def stage_ident(stage: str) -> str:
 
 
 class LoopTracker:
-    """The one evaluation loop running now.
+    """The one evaluation loop running now: its activity, context and the batches it ran.
 
-    Step values (metrics logged with ``on_step=True`` in ``validation_step``/``test_step``) are
-    recorded every batch, as Lightning logs them, at a running batch count per context
-    (:attr:`batches`, kept in the callback's checkpoint state); epoch values at the loop's end,
-    at ``trainer.global_step``.
+    Its values are not read here: Lightning hands them to its loggers, and the callback takes them
+    there (:mod:`.tap`), at Lightning's steps (step values at the batch count of their dataloader in
+    this loop, epoch values at the count of training batches that stepped). The batches a loop ran
+    (our count, which Lightning's loggers do not get) are an attribute of its activity.
     """
 
     def __init__(self) -> None:
         self.ident: str | None = None
         self.context: Context | None = None
-        self.batches: dict[str, int] = {}
-        self._diff = EpochDiff()
-        self._step_keys: set[str] = set()
-        self._results: Any = None
+        self.batches = 0
 
     def start(self, trainer: Any, link: Any, ident: str, stage: str, label: str, *,
               informed_by: str | None, used: list[tuple[str, str]],
               attributes: dict[str, Any] | None = None) -> None:
         kind, context, _, _ = STAGES[stage]
-        self.ident, self.context, self._step_keys = ident, context, set()
+        self.ident, self.context, self.batches = ident, context, 0
         link.start(ident, kind, label, informed_by=informed_by, used=used,
                    attributes={"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                                **(attributes or {})})
-        self._diff.start(trainer)
-        self._results = loop_results(trainer)
 
-    def batch_end(self, trainer: Any, link: Any) -> None:
-        if self.ident is None or self.context is None:
-            return
-        values = step_metrics(trainer, self._results)
-        if values:
-            counter = self.batches.get(self.context.value, 0)
-            self.batches[self.context.value] = counter + 1
-            link.log(values, self.context, counter, self.ident)
-            self._step_keys.update(values)
+    def batch_end(self) -> None:
+        if self.ident is not None:
+            self.batches += 1
 
     def end(self, trainer: Any, link: Any, status: str = "FINISHED") -> bool:
-        """End the loop (if one runs): its epoch values, then its activity. Returns whether one ran."""
+        """End the loop's activity (if one runs). Returns whether one ran."""
         if self.ident is None:
             return False
-        if self.context is not None and status == "FINISHED":
-            values = self._diff.collect(trainer, exclude=self._step_keys)
-            link.log(values, self.context, trainer.global_step, self.ident)
-        link.end(self.ident, {"status": status})
-        self.ident, self._results = None, None
+        link.end(self.ident, {"status": status, "batches": self.batches})
+        self.ident = None
         return True
 
 
 class EpochTracker:
-    """The training epoch running now: its activity, its step values (every ``log_every_n_steps``
-    optimizer steps, with the learning rates) and its epoch values."""
+    """The training epoch running now (its activity), and the learning rates, which the callback
+    records like Lightning's ``LearningRateMonitor``: at a batch's start when Lightning logs at
+    that batch (per-step schedulers and optimizers without one), and at an epoch's start (per-epoch
+    schedulers), at the count of batches that stepped."""
 
     def __init__(self) -> None:
         self.ident: str | None = None
         self.loops = 0  # validation loops run inside this epoch
-        self._values: dict[str, Any] | None = None
-        self._diff = EpochDiff()
-        self._last_step: int | None = None
-        self._lrs: dict[str, Any] = {}
-        self._results: Any = None
-
-    def fit_started(self, trainer: Any) -> None:
-        self._last_step = trainer.global_step  # restored by now when resuming
 
     def start(self, trainer: Any, link: Any, fit: str | None, used: list[tuple[str, str]]) -> None:
         epoch = trainer.current_epoch
-        self.ident, self.loops, self._values = f"{fit}.epoch_{epoch}", 0, None
-        self._results = loop_results(trainer)
+        self.ident, self.loops = f"{fit}.epoch_{epoch}", 0
         link.start(self.ident, "TrainingEpoch", f"epoch {epoch}", informed_by=fit,
                    attributes={"epoch": epoch, "first_step": trainer.global_step}, used=used)
 
-    def batch_start(self, trainer: Any, learning_rates: bool) -> None:
-        if learning_rates:
-            # Read before the step: Lightning steps schedulers before on_train_batch_end, and the
-            # rate to record is the one this batch trained with.
-            self._lrs = {name: opt.param_groups[j]["lr"] for name, opt, j in lr_names(trainer)}
-
-    def batch_end(self, trainer: Any, link: Any, automatic: bool, every: int) -> None:
-        step = trainer.global_step
-        stepped, self._last_step = step != self._last_step, step
-        if automatic and not stepped:
-            return  # accumulating gradients: Lightning logs nothing either
-        if not should_log_step(trainer, every):
+    def learning_rates(self, trainer: Any, link: Any, interval: str) -> None:
+        """Record the learning rates ``LearningRateMonitor`` logs at this point (``interval``: ``"step"``
+        from a batch's start, ``"epoch"`` from an epoch's start)."""
+        if interval == "step" and not trainer._logger_connector.should_update_logs:
             return
-        link.log(step_metrics(trainer, self._results), Context.TRAINING, step, self.ident)
-        link.log(self._lrs, Context.TRAINING, step, self.ident)
-
-    def epoch_end(self, trainer: Any) -> None:
-        # Values logged in training_step with on_epoch=True are final here; the module's own
-        # on_train_epoch_end runs after the callback's, so its values are collected at close.
-        self._values = step_metrics(trainer)
-        self._diff.start(trainer)
-
-    def log_epoch_values(self, trainer: Any, link: Any) -> None:
-        if self.ident is not None and self._values is not None:
-            values = {**self._values, **self._diff.collect(trainer)}
-            link.log(values, Context.TRAINING, trainer.global_step, self.ident)
-            self._values = None
+        rates = lr_stats(trainer, interval)
+        if rates:
+            link.log(rates, Context.TRAINING, trainer.fit_loop.epoch_loop._batches_that_stepped, self.ident)
 
     def end(self, link: Any, attributes: dict[str, Any]) -> None:
         link.end(self.ident, attributes)
-        self.ident, self._results = None, None
+        self.ident = None

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping
@@ -104,6 +105,8 @@ class RunLink:
         self.owned = owned
         self.reopened = reopened
         self._segments: dict[str, dict[tuple[str, Context], _Segment]] = {}
+        self._keys: dict[tuple[Any, Context], str] = {}  # (key logged, context) -> key recorded
+        self._last_ts = 0  # ms timestamp of the last log call
         self._datasets: weakref.WeakKeyDictionary[Any, DatasetInfo] = weakref.WeakKeyDictionary()
         self._declared: set[str] = set()
         self._ckpt_seen: set[tuple[str, int, int]] = set()
@@ -118,18 +121,37 @@ class RunLink:
 
     # -- metrics ------------------------------------------------------------------------------
     def log(self, metrics: Mapping[str, Any], context: Context, step: int, activity: str | None) -> None:
-        """Log points of ``metrics`` at ``step``; remember them for ``activity``'s segments."""
+        """Log points of ``metrics`` at ``step`` under the keys Lightning's loggers get (:meth:`_key`);
+        remember them for ``activity``'s segments."""
         if not metrics:
             return
         run = self.run
         segments = self._segments.setdefault(activity, {}) if activity else None
-        for key, value in metrics.items():
-            number = run.log_metric(key, value, context, step, call="Prov4MLCallback")
+        # One timestamp per call, each later than the last: MLflow's stores keep one copy of points
+        # equal in key, step, value and millisecond (Lightning logs ``epoch`` at the last step of an
+        # epoch up to three times), so every point Lightning hands over stays a point.
+        ts = self._last_ts = max(int(time.time() * 1000), self._last_ts + 1)
+        for name, value in metrics.items():
+            key = self._keys.get((name, context)) or self._key(name, context)
+            number = run.log_metric(key, value, context, step, ts, call="Prov4MLCallback")
             if segments is not None:
                 segment = segments.get((key, context))
                 if segment is None:
                     segment = segments[(key, context)] = _Segment(key, context)
                 segment.add(step, number)
+
+    def _key(self, name: Any, context: Context) -> str:
+        """The series of a key Lightning logs: MLflow gets the key itself (as ``MLFlowLogger``; MLflow's
+        name rules applied by the sink, one warning), tagged ``prov4ml.context.<key>``; an empty key
+        (no run accepts one) is recorded as ``_empty``, with one warning."""
+        key = name if isinstance(name, str) else str(name)
+        if not key.strip():
+            key = "_empty"
+            warnings.warn(f"Prov4MLCallback: a value logged under the empty name {name!r} is recorded as {key!r}",
+                          Prov4MLWarning, stacklevel=4)
+        self.run.name_series(key, context, key, call="Prov4MLCallback")
+        self._keys[(name, context)] = key
+        return key
 
     # -- activities -------------------------------------------------------------------------
     def start(self, ident: str, kind: str, label: str, *, informed_by: str | None = None,

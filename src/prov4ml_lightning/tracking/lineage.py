@@ -69,8 +69,10 @@ class Lineage:
         if upload and self.call_sink(f"upload artifact {p}", self.sink.log_artifact, self.run_id, str(p),
                                      artifact_path):
             uri = f"{artifact_path + '/' if artifact_path else ''}{p.name}"
+        # A symbolic link (ModelCheckpoint's save_last="link") keeps its own path; its target is the caller's to note.
+        local = os.path.abspath(p) if p.is_symlink() else str(p.resolve())
         record = ArtifactRecord(
-            name=name, local_path=str(p.resolve()), artifact_uri=uri, sha256=digest, size_bytes=size,
+            name=name, local_path=local, artifact_uri=uri, sha256=digest, size_bytes=size,
             is_dir=p.is_dir(), context=ctx, created=time.time(), kind=kind, activity=activity,
             attributes=dict(attributes or {}), derived_from=derived_from,
         )

@@ -249,6 +249,27 @@ class RunRecorder(Lineage):
         """Write every buffered point to the sidecar file and MLflow now."""
         self.writer.flush(final=False)
 
+    def name_series(self, key: str, context: Any, mlflow_key: str, *, call: str = "log_metric") -> str:
+        """Store the series ``(key, context)`` in MLflow under ``mlflow_key`` (MLflow's name rules
+        applied: one warning when they change it) instead of the default rule, and tag the run
+        ``prov4ml.context.<MLflow key>`` = the context; call before its first point. Returns the
+        MLflow key. The Lightning callback uses it to write the keys Lightning's loggers write."""
+        from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key
+
+        ctx = v.check_context(context, f"{call}({key!r})")
+        v.check_key(key, call)
+        mkey = mlflow_safe_key(mlflow_key)
+        if mkey != mlflow_key:
+            warnings.warn(f"{call}: metric key {mlflow_key!r} is stored in MLflow as {mkey!r} (MLflow's name "
+                          "rules: letters, digits, _ - . / and space, at most 250 characters); PROV keeps "
+                          f"{key!r}", Prov4MLWarning, stacklevel=3)
+        with self._lock:
+            if (key, ctx) not in self._mlflow_keys:
+                self._mlflow_keys[(key, ctx)] = (mkey, ctx.value)
+                self._next_step.setdefault((key, ctx), 0)
+        self.set_tags({mlflow_safe_key(f"prov4ml.context.{mkey}"): ctx.value})
+        return mkey
+
     # -- params, tags ----------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any], *, call: str = "log_params",
                    keep_conflicts: bool = False) -> dict[str, Any]:

@@ -102,7 +102,9 @@ def check_finite(value: float, what: str) -> bool:
     if math.isfinite(value):
         return True
     warnings.warn(
-        f"{what} is {value!r}; it is recorded as is (MLflow stores NaN/inf, PROV marks the series).",
+        f"{what} is {value!r}; the metrics CSV and PROV record it as is (PROV counts it in the series' "
+        "non_finite_count); MLflow keeps NaN, but its database stores (SQLite, PostgreSQL, MySQL) turn "
+        "inf into +-1.7976931348623157e308, the largest float.",
         Prov4MLWarning,
         stacklevel=3,
     )
