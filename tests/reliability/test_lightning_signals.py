@@ -102,7 +102,7 @@ def _check_run(prov_dir, client) -> None:
         sidecar = Counter(row[2] for row in list(csv.reader(fh))[1:])
     series = {attr(s, "mlflow_key"): attr(s, "count") for s in by_type(doc, "MetricSeries")}
     assert series == dict(sidecar)
-    assert series["training/train_loss_step"] >= 20
+    assert series["train_loss_step"] >= 20
     mlflow = MlflowClient(client.tracking_uri)
     for key, count in series.items():
         assert len(mlflow.get_metric_history(run_id, key)) == count, key
