@@ -37,11 +37,12 @@ _last_seen: weakref.WeakKeyDictionary[Any, Mapping[str, Any]] = weakref.WeakKeyD
 
 def context_of_key(key: str) -> Context:
     """The phase of a key Lightning logged, from its name: ``val...`` validation, ``test...``
-    testing, anything else training (a logger is not told which loop logged a value)."""
-    name = key.rsplit("/", 1)[-1].lower()
-    if name.startswith("val"):
+    testing (the key or one of its ``/`` parts), anything else training (a logger is not told
+    which loop logged a value)."""
+    parts = key.lower().split("/")
+    if any(p.startswith("val") for p in parts):
         return Context.VALIDATION
-    if name.startswith("test"):
+    if any(p.startswith("test") for p in parts):
         return Context.TESTING
     return Context.TRAINING
 
