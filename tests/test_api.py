@@ -36,10 +36,10 @@ def test_full_run_is_recorded_in_mlflow_and_prov(run_args, client):
     assert mrun.data.params == {"lr": "0.01", "optim/name": "adam", "optim/betas": "0.9,0.99", "epochs": "3"}
     assert mrun.data.tags["team"] == "vision"
     assert mrun.data.tags["mlflow.note.content"] == "a test run"
-    history = client.get_metric_history(run_id, "training/loss")
+    history = client.get_metric_history(run_id, "loss")
     assert len(history) == 250
     assert sorted(m.step for m in history) == list(range(250))
-    assert {m.step: m.value for m in client.get_metric_history(run_id, "validation/acc")} == {
+    assert {m.step: m.value for m in client.get_metric_history(run_id, "acc")} == {
         s: 0.25 * s for s in range(5)
     }
     artifacts = {a.path for a in client.list_artifacts(run_id, "prov")}
@@ -136,19 +136,19 @@ def test_execution_time_and_system_metrics(run_args, client):
         prov4ml.log_current_execution_time("train_loop", Context.TRAINING, step=0)
         prov4ml.log_system_metrics(Context.TRAINING, step=0)
     metrics = client.get_run(run.run_id).data.metrics
-    assert 0 <= metrics["training/execution_time/train_loop"] < 60
-    assert metrics["training/system/process_rss_mb"] > 0
-    assert "training/system/memory_percent" in metrics
+    assert 0 <= metrics["execution_time/train_loop"] < 60
+    assert metrics["system/process_rss_mb"] > 0
+    assert "system/memory_percent" in metrics
 
 
 def test_background_system_metrics(run_args, client):
     def sampled_twice() -> bool:
         run.flush()  # the sampler's points, through the writer, into MLflow
-        return len(client.get_metric_history(run.run_id, "training/system/cpu_percent")) >= 2
+        return len(client.get_metric_history(run.run_id, "system/cpu_percent")) >= 2
 
     with prov4ml.start_run(**run_args, log_system_metrics=True, system_metrics_interval=0.1) as run:
         wait_until(sampled_twice, timeout=30, what="two background samples of cpu_percent")
-    history = client.get_metric_history(run.run_id, "training/system/cpu_percent")
+    history = client.get_metric_history(run.run_id, "system/cpu_percent")
     assert len(history) >= 2
 
 
@@ -172,7 +172,7 @@ def test_context_manager_failure_ends_failed_and_reraises(run_args, client):
         prov4ml.log_metric("loss", 0.5, step=0)
         1 / 0  # noqa: B018
     assert client.get_run(run.run_id).info.status == "FAILED"
-    assert len(client.get_metric_history(run.run_id, "training/loss")) == 1
+    assert len(client.get_metric_history(run.run_id, "loss")) == 1
     assert attr(by_type(read_prov(run.outputs.prov_json), "Run")[0], "status") == "FAILED"
 
 
@@ -192,7 +192,7 @@ def test_metric_from_another_thread_lands_in_same_run(run_args, client):
         for t in threads:
             t.join()
     for i in range(4):
-        assert len(client.get_metric_history(run.run_id, f"training/t{i}")) == 100
+        assert len(client.get_metric_history(run.run_id, f"t{i}")) == 100
 
 
 def test_tensors_of_mixed_dtypes_keep_exact_values(run_args, client):
@@ -203,8 +203,8 @@ def test_tensors_of_mixed_dtypes_keep_exact_values(run_args, client):
         prov4ml.log_metric("big", torch.tensor(big), step=0)
         prov4ml.log_metric("small", torch.tensor(0.5), step=0)
         prov4ml.log_metric("half", torch.tensor(1.5, dtype=torch.bfloat16), step=0)
-    assert [m.value for m in client.get_metric_history(run.run_id, "training/big")] == [float(big)]
-    assert [m.value for m in client.get_metric_history(run.run_id, "training/half")] == [1.5]
+    assert [m.value for m in client.get_metric_history(run.run_id, "big")] == [float(big)]
+    assert [m.value for m in client.get_metric_history(run.run_id, "half")] == [1.5]
     series = {attr(s, "name"): s for s in by_type(read_prov(run.outputs.prov_json), "MetricSeries")}
     assert attr(series["big"], "max_value") == big and attr(series["small"], "max_value") == 0.5
 
@@ -226,7 +226,7 @@ def test_nan_and_inf_are_recorded_with_a_warning(run_args, client):
         prov4ml.log_metric("loss", float("nan"), step=1)
         prov4ml.log_metric("loss", float("inf"), step=2)
         run.flush()
-    values = [m.value for m in sorted(client.get_metric_history(run.run_id, "training/loss"), key=lambda m: m.step)]
+    values = [m.value for m in sorted(client.get_metric_history(run.run_id, "loss"), key=lambda m: m.step)]
     # MLflow's SQL store clamps +inf to the largest double; the sidecar keeps it exact
     assert values[0] == 1.0 and math.isnan(values[1]) and values[2] >= 1.7976931348623157e308
     assert run.outputs.metrics_file.read_text().splitlines()[3].split(",")[4] == "inf"

@@ -8,16 +8,26 @@ from __future__ import annotations
 from prov4ml_lightning.api import (
     active_run,
     end_run,
+    get_mlflow_logger,
     get_run_id,
     log_artifact,
+    log_carbon_metrics,
     log_current_execution_time,
+    log_execution_end_time,
+    log_execution_start_time,
+    log_flops_per_batch,
+    log_flops_per_epoch,
     log_metric,
     log_metrics,
     log_model,
+    log_model_memory_footprint,
+    log_optimizer,
     log_param,
     log_params,
     log_system_metrics,
+    save_model_version,
     start_run,
+    start_run_ctx,
 )
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import (
@@ -35,11 +45,13 @@ from prov4ml_lightning.version import __version__
 
 __all__ = [
     "Context",
+    "ModelVersioningLogger",
     "NoActiveRunError",
     "Prov4MLCallback",
     "Prov4MLError",
     "Prov4MLInputError",
     "Prov4MLWarning",
+    "ProvMLLogger",
     "RunAlreadyActiveError",
     "RunConfig",
     "RunOutputs",
@@ -49,24 +61,38 @@ __all__ = [
     "__version__",
     "active_run",
     "end_run",
+    "get_mlflow_logger",
     "get_run_id",
     "install_signal_handlers",
     "log_artifact",
+    "log_carbon_metrics",
     "log_current_execution_time",
+    "log_execution_end_time",
+    "log_execution_start_time",
+    "log_flops_per_batch",
+    "log_flops_per_epoch",
     "log_metric",
     "log_metrics",
     "log_model",
+    "log_model_memory_footprint",
+    "log_optimizer",
     "log_param",
     "log_params",
     "log_system_metrics",
+    "save_model_version",
     "start_run",
+    "start_run_ctx",
 ]
 
 
 def __getattr__(name: str):
-    # The callback imports Lightning (seconds); load it when first asked for, not with the package.
+    # The callback and the loggers import Lightning (seconds); load it when first asked for, not with the package.
     if name == "Prov4MLCallback":
         from prov4ml_lightning.lightning.callback import Prov4MLCallback
 
         return Prov4MLCallback
+    if name in ("ProvMLLogger", "ModelVersioningLogger"):
+        from prov4ml_lightning.lightning import loggers
+
+        return getattr(loggers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,14 +19,19 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from prov4ml_lightning.capture import sample_system_metrics_into
+from prov4ml_lightning.capture.measures import measures_of
+from prov4ml_lightning.capture.model_info import memory_footprint
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.distributed.parts import start_on_ranks
+from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.runs import open_run
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
@@ -35,16 +40,26 @@ from prov4ml_lightning.tracking.registry import current_run, require_run
 __all__ = [
     "active_run",
     "end_run",
+    "get_mlflow_logger",
     "get_run_id",
     "log_artifact",
+    "log_carbon_metrics",
     "log_current_execution_time",
+    "log_execution_end_time",
+    "log_execution_start_time",
+    "log_flops_per_batch",
+    "log_flops_per_epoch",
     "log_metric",
     "log_metrics",
     "log_model",
+    "log_model_memory_footprint",
+    "log_optimizer",
     "log_param",
     "log_params",
     "log_system_metrics",
+    "save_model_version",
     "start_run",
+    "start_run_ctx",
 ]
 
 
@@ -110,34 +125,96 @@ def start_run(
     return start_on_ranks(lambda rank: open_run(config, rank=rank), config)
 
 
-def end_run(status: str = "FINISHED") -> RunOutputs | None:
+@contextmanager
+def start_run_ctx(
+    prov_user_namespace: str,
+    experiment_name: str,
+    provenance_save_dir: str | os.PathLike[str],
+    mlflow_save_dir: str | os.PathLike[str],
+    nested: bool = False,
+    tags: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    log_system_metrics: bool = False,
+    create_graph: bool = True,
+    **options: Any,
+) -> Iterator[RunRecorder]:
+    """``start_run(...)`` as a context manager (the original prov4ml's ``start_run_ctx``).
+
+    The run ends when the block ends: ``FINISHED``, or ``FAILED`` (``KILLED`` for Ctrl-C) when
+    the block raises, and the exception goes on. ``create_graph`` is passed to :func:`end_run`;
+    ``options`` are :func:`start_run`'s keyword-only options (``tracking_uri``, ``run_name``, ...).
+
+    Example::
+
+        with prov4ml.start_run_ctx("www.example.org", "demo", "prov", "mlflow") as run:
+            prov4ml.log_metric("loss", 0.5, prov4ml.Context.TRAINING)
+    """
+    run = start_run(prov_user_namespace, experiment_name, provenance_save_dir, mlflow_save_dir, nested, tags,
+                    description, log_system_metrics, **options)
+    try:
+        yield run
+    except BaseException as exc:
+        run.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    end_run(create_graph=create_graph)
+
+
+def end_run(create_graph: bool | str = True, status: str = "FINISHED") -> RunOutputs | None:
     """End the current run: flush, end the MLflow run, write the PROV files and return their paths.
+
+    The files are ``provgraph_<run_id>.json`` and its graph ``provgraph_<run_id>.dot`` (and
+    ``.svg`` with Graphviz) in ``provenance_save_dir``, as the original prov4ml named them.
+    ``create_graph`` is accepted for the original prov4ml's signature: the graph is always written
+    (it costs milliseconds and ``prov4ml render`` reads it). ``status`` is ``FINISHED``, ``FAILED``
+    or ``KILLED``; ``end_run("FAILED")`` (a status in the first place) works too.
 
     Safe to call twice: with no run open it returns ``None``.
     """
+    if isinstance(create_graph, str):  # end_run("KILLED"): the status passed first
+        status = create_graph
     run = current_run()
     return None if run is None else run.end(status)
 
 
 def log_metric(key: str, value: Any, context: Context = Context.TRAINING, step: int | None = None,
-               timestamp: int | None = None) -> None:
+               synchronous: bool = True, timestamp: int | None = None) -> None:
     """Log one point of metric ``key`` in ``context``.
 
     ``value`` may be a Python or NumPy number or a one-element tensor (converted off the
-    training thread). ``step`` defaults to one past the series' last step; ``timestamp`` is in
-    milliseconds since the epoch (default: now).
+    training thread). MLflow stores it under ``key`` as given; the context is kept in PROV and in
+    the run tag ``prov4ml.context.<key>`` (see README, "Metric keys"). ``step`` defaults to one
+    past the series' last step; ``timestamp`` is in milliseconds since the epoch (default: now).
+    ``synchronous`` is accepted for the original prov4ml's signature: points are always written
+    by the background writer within ``flush_interval`` seconds (``active_run().flush()`` forces it).
     """
     require_run("log_metric").log_metric(key, value, context, step, timestamp)
 
 
 def log_metrics(metrics: Mapping[str, Any], context: Context = Context.TRAINING,
-                step: int | None = None) -> None:
-    """Log several metrics at the same step and time."""
-    require_run("log_metrics").log_metrics(metrics, context, step)
+                step: int | None = None, synchronous: bool = True) -> None:
+    """Log several metrics at the same step and time.
+
+    Two forms: ``{"loss": 0.3, "acc": 0.9}`` with one ``context`` for all, or the original
+    prov4ml's ``{"loss": (0.3, Context.TRAINING), "val_loss": (0.4, Context.VALIDATION)}``, each
+    value paired with its own context. ``synchronous``: see :func:`log_metric`.
+    """
+    run = require_run("log_metrics")
+    if isinstance(metrics, Mapping) and any(_is_paired(val) for val in metrics.values()):
+        ts = int(time.time() * 1000)
+        for key, val in metrics.items():
+            value, ctx = val if _is_paired(val) else (val, context)
+            run.log_metric(key, value, ctx, step, ts, call="log_metrics")
+        return
+    run.log_metrics(metrics, context, step)
+
+
+def _is_paired(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], (Context, str))
 
 
 def log_param(key: str, value: Any) -> None:
-    """Log one hyperparameter; a dict value is flattened to ``key/sub`` params."""
+    """Log one hyperparameter; a dict value is flattened to ``key/sub`` params, any other object
+    (a torchvision transform, ...) is stored as its text."""
     require_run("log_param").log_params({key: value}, call="log_param")
 
 
@@ -152,15 +229,72 @@ def log_artifact(path: str | os.PathLike[str], context: Context | None = None, *
     require_run("log_artifact").log_artifact(path, context, artifact_path=artifact_path)
 
 
-def log_model(model: torch.nn.Module, model_name: str, log_model_info: bool = True,
-              **mlflow_kwargs: Any) -> None:
+def log_model(model: torch.nn.Module, model_name: str = "default", log_model_info: bool = True,
+              log_as_artifact: bool = True, **mlflow_kwargs: Any) -> None:
     """Log ``model`` with MLflow's pytorch flavour and record it in PROV as generated by the run.
 
-    With ``log_model_info`` the parameter counts and memory footprint by dtype are recorded
-    too. Calling it again with the same name records a new version. Extra keyword arguments
-    (``input_example``, ``signature``, ...) go to ``mlflow.pytorch.log_model``.
+    With ``log_model_info`` the parameter counts and memory footprint by dtype are recorded in
+    PROV and as params of the MLflow model (not as run params, as the original prov4ml did: call
+    :func:`log_model_memory_footprint` for those); with ``log_as_artifact`` its state dict is
+    saved too (:func:`save_model_version`). Calling it again
+    with the same name records a new version. Extra keyword arguments (``input_example``,
+    ``signature``, ``serialization_format``, ...) go to ``mlflow.pytorch.log_model``.
     """
-    require_run("log_model").log_model(model, model_name, log_model_info, **mlflow_kwargs)
+    run = require_run("log_model")
+    if log_as_artifact and isinstance(model, torch.nn.Module):
+        save_model_version(model, model_name)
+    run.log_model(model, model_name, log_model_info, **mlflow_kwargs)
+
+
+def save_model_version(model: torch.nn.Module, model_name: str, context: Context = Context.EVALUATION,
+                       step: int | None = None) -> None:
+    """Save ``model``'s state dict as a new version: a file ``<model_name>.pth`` (``.v2.pth``,
+    ... for later versions of the same name) in ``<provenance_save_dir>/model_versions_<run id>``,
+    uploaded to the MLflow artifacts ``model_versions/``, and a PROV entity with its sha256,
+    derived from the version saved before it from the same module object (if any)."""
+    from prov4ml_lightning.capture.versions import save_version
+
+    save_version(require_run("save_model_version"), model, model_name, context, step)
+
+
+def log_model_memory_footprint(model: torch.nn.Module, model_name: str = "default") -> None:
+    """Log the original prov4ml's footprint params: ``model_name``, ``total_params``,
+    ``memory_of_model`` and ``total_memory_load_of_model`` (megabytes; parameters at the precision
+    of the attached Lightning trainer, else their own dtype, plus fp32 gradients and one fp32
+    optimizer state). A second model's values go under ``<model_name>/<param>``, as params are
+    immutable in a run."""
+    run = require_run("log_model_memory_footprint")
+    values = memory_footprint(model, model_name, "log_model_memory_footprint")
+    taken = run.log_params(values, call="log_model_memory_footprint", keep_conflicts=True)
+    if taken:
+        run.log_params({f"{model_name}/{k}": val for k, val in taken.items()}, call="log_model_memory_footprint")
+
+
+def log_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Log params ``optimizer_name``, ``lr`` (of the first parameter group) and the first group's
+    other hyperparameters as ``optimizer/<name>`` (betas, weight_decay, ...)."""
+    call = "log_optimizer"
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise Prov4MLInputError(f"{call}: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    group = optimizer.param_groups[0] if optimizer.param_groups else {}
+    params: dict[str, Any] = {"optimizer_name": type(optimizer).__name__}
+    if "lr" in group:
+        params["lr"] = float(group["lr"])
+    params.update({f"optimizer/{k}": (list(val) if isinstance(val, tuple) else val)
+                   for k, val in group.items() if k not in ("params", "lr") and not isinstance(val, torch.Tensor)})
+    require_run(call).log_params(params, call=call)
+
+
+def log_execution_start_time() -> None:
+    """Log the param ``execution_start_time``: now, in seconds since the epoch."""
+    require_run("log_execution_start_time").log_params({"execution_start_time": time.time()},
+                                                        call="log_execution_start_time")
+
+
+def log_execution_end_time() -> None:
+    """Log the param ``execution_end_time``: now, in seconds since the epoch."""
+    require_run("log_execution_end_time").log_params({"execution_end_time": time.time()},
+                                                      call="log_execution_end_time")
 
 
 def log_current_execution_time(label: str, context: Context = Context.TRAINING,
@@ -171,11 +305,67 @@ def log_current_execution_time(label: str, context: Context = Context.TRAINING,
                    call="log_current_execution_time")
 
 
-def log_system_metrics(context: Context = Context.TRAINING, step: int | None = None) -> None:
-    """Log one sample of CPU, memory, disk and (when present) GPU metrics."""
+def log_flops_per_batch(label: str, model: torch.nn.Module, batch: Any, context: Context = Context.TRAINING,
+                        step: int | None = None) -> int:
+    """Count the forward FLOPs of ``model`` on ``batch`` (its first element for ``(x, y)``) with
+    ``torch.utils.flop_counter`` and log the running total of ``label`` as metric ``label``, as
+    the original prov4ml did. The extra forward pass changes neither the model's modes nor the
+    random generators. Returns the total."""
+    run = require_run("log_flops_per_batch")
+    total = measures_of(run).flops.add_batch(label, model, batch)
+    run.log_metric(label, total, context, step, call="log_flops_per_batch")
+    return total
+
+
+def log_flops_per_epoch(label: str, model: torch.nn.Module, dataset: Any, context: Context = Context.TRAINING,
+                        step: int | None = None) -> int:
+    """Log the running total of ``label``: the FLOPs of a forward pass over ``dataset`` (one
+    item's FLOPs times its length, as the original prov4ml counted) added at each call."""
+    run = require_run("log_flops_per_epoch")
+    total = measures_of(run).flops.add_epoch(label, model, dataset)
+    run.log_metric(label, total, context, step, call="log_flops_per_epoch")
+    return total
+
+
+def log_system_metrics(context: Context = Context.TRAINING, step: int | None = None, synchronous: bool = True,
+                       timestamp: int | None = None) -> None:
+    """Log one sample of CPU, memory, disk and (when present) GPU metrics.
+    ``synchronous`` and ``timestamp`` are accepted for the original prov4ml's signature."""
     run = require_run("log_system_metrics")
     if isinstance(run, RunRecorder):  # not a rank's run that records nothing
         sample_system_metrics_into(run, context, step)
+
+
+def log_carbon_metrics(context: Context = Context.TRAINING, step: int | None = None, synchronous: bool = True,
+                       timestamp: int | None = None) -> dict[str, float]:
+    """Log the energy, emissions and power measured by CodeCarbon since the run's first call.
+
+    Metrics (CodeCarbon's names and units): ``emissions`` (kg CO2eq), ``emissions_rate``
+    (kg/s), ``cpu_power``/``gpu_power``/``ram_power`` (W), ``cpu_energy``/``gpu_energy``/
+    ``ram_energy``/``energy_consumed`` (kWh). CodeCarbon runs offline (no network; the carbon
+    intensity of the country ``PROV4ML_CARBON_COUNTRY``, default ``USA``), one tracker per run,
+    stopped by ``end_run``. Without CodeCarbon (the ``energy`` extra) the first call warns once
+    and nothing is logged. Returns the values logged (``{}`` without CodeCarbon).
+    """
+    run = require_run("log_carbon_metrics")
+    if not isinstance(run, RunRecorder):
+        return {}
+    values = measures_of(run).carbon.read()
+    if values:
+        run.log_metrics(values, context, step, timestamp)
+    return values
+
+
+def get_mlflow_logger() -> Any:
+    """A Lightning ``MLFlowLogger`` writing into the current run (same store, same run id).
+
+    Lightning's ``self.log`` values then reach the MLflow run directly (not PROV: use
+    :class:`~prov4ml_lightning.lightning.loggers.ProvMLLogger` or ``Prov4MLCallback`` for that);
+    the logger leaves ending the run to :func:`end_run`.
+    """
+    from prov4ml_lightning.lightning.loggers import mlflow_logger_for
+
+    return mlflow_logger_for(require_run("get_mlflow_logger"))
 
 
 def get_run_id() -> str:

@@ -235,8 +235,8 @@ def test_show_summarises_the_run(runs, capsys):
     doc = prov.read(str(base.prov_json), format="json")
     series = {str(next(iter(r.get_attribute("p4l:mlflow_key")))): r for r in doc.get_records()
               if r.is_element() and r.get_attribute("p4l:mlflow_key")}
-    last = next(iter(series["validation/val_loss"].get_attribute("p4l:last_value")))
-    low = next(iter(series["validation/val_loss"].get_attribute("p4l:min_value")))
+    last = next(iter(series["val_loss"].get_attribute("p4l:last_value")))
+    low = next(iter(series["val_loss"].get_attribute("p4l:min_value")))
     line = next(ln for ln in out.splitlines() if "val_loss" in ln and "validation" in ln)
     assert f"{last:.6g}" in line and f"{low:.6g} (min)" in line  # final and best (a loss: min)
     assert "train[0]" in out and "64 samples" in out  # data

@@ -179,7 +179,7 @@ def test_rank_zero_merges_parts_finished_unfinished_and_missing(run_args, client
     assert all(not attr(a, "artifact_uri") for a in artifacts.values())  # only rank 0 uploads
     assert check_file(out.prov_json) == []
     # MLflow: one run, the other ranks' points under rank<k>/
-    assert [m.value for m in client.get_metric_history(run.run_id, "training/rank1/loss")] == [10.0, 11.0, 12.0]
+    assert [m.value for m in client.get_metric_history(run.run_id, "rank1/loss")] == [10.0, 11.0, 12.0]
     assert client.get_run(run.run_id).data.tags["prov4ml.world_size"] == "4"
 
 
@@ -230,8 +230,8 @@ def test_ddp_fit_through_a_tracking_server_is_one_run_with_every_rank(mlflow_ser
     # at Lightning's steps (the last batch of each epoch)
     assert [m.step for m in client.get_metric_history(run_id, "train_loss_epoch")] == [3, 7, 11]
     for k in (0, 1):  # each rank's own system metrics, named by rank
-        assert client.get_metric_history(run_id, f"training/rank{k}/system/process_rss_mb")
-    assert not any(key.startswith("training/system/") for key in run.data.metrics)
+        assert client.get_metric_history(run_id, f"rank{k}/system/process_rss_mb")
+    assert not any(key.startswith("system/") for key in run.data.metrics)
 
     assert client.get_metric_history(run_id, "test_acc")  # the test joined the same run
 
@@ -302,7 +302,7 @@ def test_ddp_spawn_fit_is_one_run_with_every_rank(tmp_path):
     client = MlflowClient(default_tracking_uri(tmp_path / "mlflow"))
     (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert run.info.status == "FINISHED"
-    assert client.get_metric_history(run.info.run_id, "training/rank1/system/cpu_percent")
+    assert client.get_metric_history(run.info.run_id, "rank1/system/cpu_percent")
     ranks = _ranks_of(tmp_path / "prov" / f"provgraph_{run.info.run_id}.json")
     assert sorted(ranks) == [0, 1] and {attr(r, "status") for r in ranks.values()} == {"FINISHED"}
 
@@ -326,13 +326,13 @@ def test_functional_api_under_torchrun(tmp_path):
 
     only_zero, every = runs["collect-False"], runs["collect-True"]
     assert printed[(0, False)] == only_zero.info.run_id
-    assert sorted(only_zero.data.metrics) == ["training/loss", "training/reduced"]
-    assert sorted(every.data.metrics) == ["training/loss", "training/rank1/loss", "training/rank1/reduced",
-                                          "training/reduced"]
+    assert sorted(only_zero.data.metrics) == ["loss", "reduced"]
+    assert sorted(every.data.metrics) == ["loss", "rank1/loss", "rank1/reduced",
+                                          "reduced"]
     # rank 1 logged rank + step; all_reduce made "reduced" the same on both ranks
-    assert [m.value for m in client.get_metric_history(every.info.run_id, "training/rank1/loss")] == [1, 2, 3, 4, 5]
-    assert ([m.value for m in client.get_metric_history(every.info.run_id, "training/rank1/reduced")]
-            == [m.value for m in client.get_metric_history(every.info.run_id, "training/reduced")]
+    assert [m.value for m in client.get_metric_history(every.info.run_id, "rank1/loss")] == [1, 2, 3, 4, 5]
+    assert ([m.value for m in client.get_metric_history(every.info.run_id, "rank1/reduced")]
+            == [m.value for m in client.get_metric_history(every.info.run_id, "reduced")]
             == [10.0, 12.0, 14.0, 16.0, 18.0])
     assert every.data.params == {"rank_seed": "100"}  # rank 0's; rank 1's is an attribute of its activity
 

@@ -36,7 +36,7 @@ def _dead_run(folder: Path, run_id: str = "r1", *, ended: bool = False) -> None:
     if ended:
         journal.write("end", status="FINISHED", end_time=T0 + 9)
     journal.close()
-    points = [("loss", Context.TRAINING.value, "training/loss", s, 1 / (s + 1), int((T0 + 2 + s) * 1000))
+    points = [("loss", Context.TRAINING.value, "loss", s, 1 / (s + 1), int((T0 + 2 + s) * 1000))
               for s in range(4)]
     batches = [points]
     writer = MetricWriter(lambda: batches.pop() if batches else [], lambda _: None,

@@ -80,7 +80,7 @@ def test_bad_call_is_a_clear_error_and_the_run_goes_on(run_args, client, tmp_pat
         prov4ml.log_metric("after", 2.0)
     doc = _finishes_cleanly(run, client)
     assert {attr(s, "name") for s in by_type(doc, "MetricSeries")} == {"before", "after"}
-    assert set(client.get_run(run.run_id).data.metrics) == {"training/before", "training/after"}
+    assert set(client.get_run(run.run_id).data.metrics) == {"before", "after"}
 
 
 START_ERRORS = [
@@ -119,14 +119,14 @@ def _params(doc: Any) -> dict[str, Any]:
 
 
 def _nan(run, client, doc):
-    m = client.get_metric_history(run.run_id, "training/x")
+    m = client.get_metric_history(run.run_id, "x")
     assert len(m) == 1 and math.isnan(m[0].value)
     assert attr(_series(doc)["x"], "non_finite_count") == 1
 
 
 def _inf(sign: float):
     def check(run, client, doc):
-        (m,) = client.get_metric_history(run.run_id, "training/x")
+        (m,) = client.get_metric_history(run.run_id, "x")
         assert m.value == sign * 1.7976931348623157e308  # MLflow's SQL store clamps; the sidecar keeps inf
         assert run.outputs.metrics_file.read_text().splitlines()[-1].split(",")[4] == ("inf" if sign > 0 else "-inf")
         assert attr(_series(doc)["x"], "non_finite_count") == 1
@@ -136,7 +136,7 @@ def _inf(sign: float):
 def _metric_key(key: str, mlflow_key: str | None):
     def check(run, client, doc):
         metrics = client.get_run(run.run_id).data.metrics
-        (stored,) = set(metrics) - {"training/before"}
+        (stored,) = set(metrics) - {"before"}
         if mlflow_key is not None:
             assert stored == mlflow_key
         assert len(stored) <= 250 and ":" not in stored and "/../" not in stored
@@ -175,7 +175,7 @@ def _artifact_dotted(run, client, doc):
 
 
 def _tensor11(run, client, doc):
-    assert client.get_run(run.run_id).data.metrics["training/x"] == 7.0
+    assert client.get_run(run.run_id).data.metrics["x"] == 7.0
 
 
 def _unicode_model(run, client, doc):
@@ -189,11 +189,11 @@ TRANSFORMS = [
     ("-inf", lambda t: prov4ml.log_metric("x", float("-inf")), True, _inf(-1)),
     ("tensor of shape (1, 1)", lambda t: prov4ml.log_metric("x", torch.full((1, 1), 7.0)), False, _tensor11),
     ("key with spaces", lambda t: prov4ml.log_metric("my loss", 1.0), False,
-     _metric_key("my loss", "training/my loss")),
+     _metric_key("my loss", "my loss")),
     ("key with slashes", lambda t: prov4ml.log_metric("layer/1/grad", 1.0), False,
-     _metric_key("layer/1/grad", "training/layer/1/grad")),
+     _metric_key("layer/1/grad", "layer/1/grad")),
     ("unicode key", lambda t: prov4ml.log_metric("损失 é", 1.0), False,
-     _metric_key("损失 é", "training/损失 é")),
+     _metric_key("损失 é", "损失 é")),
     ("key with colon", lambda t: prov4ml.log_metric("acc:top1", 1.0), True, _metric_key("acc:top1", None)),
     ("key with ..", lambda t: prov4ml.log_metric("a//b/../c", 1.0), True, _metric_key("a//b/../c", None)),
     ("key of 300 chars", lambda t: prov4ml.log_metric("k" * 300, 1.0), True, _metric_key("k" * 300, None)),
@@ -270,6 +270,6 @@ def test_calls_out_of_order(run_args, client, tmp_path):
     _finishes_cleanly(run, client)
     mrun = client.get_run(run.run_id)
     assert mrun.data.params == {} and "late" not in mrun.data.tags
-    assert len(client.get_metric_history(run.run_id, "training/before")) == 1
+    assert len(client.get_metric_history(run.run_id, "before")) == 1
     assert [e["event"] for e in read_journal(out.provenance_dir / f"journal_{run.run_id}.jsonl")][-1] == "end"
     assert Context.EVALUATION is Context.TESTING

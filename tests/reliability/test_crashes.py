@@ -54,7 +54,7 @@ def test_exception_mid_epoch_ends_failed_and_keeps_every_point(run_args, client)
             run.end_activity(f"epoch{epoch}")
     assert logged == 26
     assert client.get_run(run.run_id).info.status == "FAILED"
-    assert sorted(m.step for m in client.get_metric_history(run.run_id, "training/loss")) == list(range(26))
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "loss")) == list(range(26))
     out = run.outputs
     assert run_status(out.prov_json) == "FAILED"
     assert series_counts(out.prov_json)[("loss", "training")] == 26
@@ -75,7 +75,7 @@ def test_real_sigint_ends_killed(run_args, client):
                 time.sleep(5)
     assert logged == 41
     assert client.get_run(run.run_id).info.status == "KILLED"
-    assert len(client.get_metric_history(run.run_id, "training/loss")) == 41
+    assert len(client.get_metric_history(run.run_id, "loss")) == 41
     assert run_status(run.outputs.prov_json) == "KILLED"
     assert series_counts(run.outputs.prov_json)[("loss", "training")] == 41
 
@@ -144,8 +144,8 @@ def test_sigterm_with_prov4ml_handler_ends_killed(script, tmp_path, mlflow_dir, 
     logged, val = map(int, next(ln for ln in proc.lines if ln.startswith("logged")).split()[1:])
     assert logged > 40
     assert client.get_run(run_id).info.status == "KILLED"
-    assert len(client.get_metric_history(run_id, "training/loss")) == logged
-    assert len(client.get_metric_history(run_id, "validation/acc")) == val
+    assert len(client.get_metric_history(run_id, "loss")) == logged
+    assert len(client.get_metric_history(run_id, "acc")) == val
     prov_json = tmp_path / "prov" / f"provgraph_{run_id}.json"
     assert run_status(prov_json) == "KILLED"
     assert series_counts(prov_json) == {("loss", "training"): logged, ("acc", "validation"): val}
@@ -193,7 +193,7 @@ def test_killed_process_is_recovered_from_journal_and_sidecar(script, tmp_path, 
     # MLflow: ended FAILED, marked crashed, every point the sidecar has
     mrun = client.get_run(run_id)
     assert mrun.info.status == "FAILED" and mrun.data.tags["prov4ml.crashed"] == "true"
-    assert len(client.get_metric_history(run_id, "training/loss")) == int(logged)
+    assert len(client.get_metric_history(run_id, "loss")) == int(logged)
     assert f"prov/provgraph_{run_id}.json" in {a.path for a in client.list_artifacts(run_id, "prov")}
     # Twice is harmless.
     with pytest.warns(prov4ml.Prov4MLWarning, match="cut short"):
@@ -230,7 +230,7 @@ def test_files_cut_short_by_a_kill_take_new_lines_cleanly(tmp_path):
 
     sidecar = tmp_path / "metrics_r.csv"
     sidecar.write_text("key,context,mlflow_key,step,value,timestamp_ms\r\nloss,training,training/loss,0,1.0,5\r\nlo")
-    points = [("loss", "training", "training/loss", 1, 0.5, 6)]
+    points = [("loss", "training", "loss", 1, 0.5, 6)]
     writer = MetricWriter(take=lambda: [points.pop()] if points else [],
                           summarise=lambda pts: None, sidecar=sidecar, send=lambda pts: None,
                           spill=tmp_path / "spill.csv", flush_interval=60)

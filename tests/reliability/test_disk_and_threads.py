@@ -81,7 +81,7 @@ def test_disk_full_while_writing_prov_leaves_no_half_written_json(run_args, prov
     assert _counts(good) == {"loss": 1}
     assert not [p.name for p in prov_dir.iterdir() if p.name.startswith(".")]  # no temp file left behind
     assert client.get_run(run.run_id).info.status == "FINISHED"  # MLflow was still told
-    assert len(client.get_metric_history(run.run_id, "training/loss")) == 2
+    assert len(client.get_metric_history(run.run_id, "loss")) == 2
 
     monkeypatch.undo()  # space freed: the journal and the sidecar rebuild the whole run
     (rec,) = recover(prov_dir)
@@ -116,7 +116,7 @@ def test_disk_full_for_the_sidecar_and_journal_loses_nothing_else(run_args, clie
     messages = [str(w.message) for w in caught]
     assert sum("could not append metric points" in m for m in messages) == 1
     assert sum("could not append to the run journal" in m for m in messages) == 1
-    assert len(client.get_metric_history(run.run_id, "training/loss")) == 20
+    assert len(client.get_metric_history(run.run_id, "loss")) == 20
     assert client.get_run(run.run_id).data.params == {"after": "1"}
     assert _counts(out.prov_json) == {"loss": 20}
     assert len(out.metrics_file.read_text().splitlines()) == 1 + 10  # what reached the disk before it filled
@@ -146,10 +146,10 @@ def test_many_threads_lose_and_duplicate_no_point(run_args, client):
             t.join(timeout=60)
     total = threads_n * points_n
     for key in ("shared", "auto"):
-        steps = [m.step for m in client.get_metric_history(run.run_id, f"training/{key}")]
+        steps = [m.step for m in client.get_metric_history(run.run_id, f"{key}")]
         assert sorted(steps) == list(range(total)), key
     for i in range(threads_n):
-        own = client.get_metric_history(run.run_id, f"training/own{i}")
+        own = client.get_metric_history(run.run_id, f"own{i}")
         assert sorted(m.step for m in own) == list(range(points_n))
     with open(run.outputs.metrics_file, newline="") as fh:
         rows = list(csv.reader(fh))[1:]

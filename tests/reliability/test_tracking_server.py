@@ -75,14 +75,14 @@ def test_unreachable_at_start_runs_offline_then_sync_creates_the_run(mlflow_serv
     assert mrun.data.tags[LOCAL_RUN_TAG] == local_id
     assert mrun.info.status == "FINISHED"
     assert mrun.data.params == {"lr": "0.1", "opt/name": "sgd"}
-    assert sorted(m.step for m in client.get_metric_history(mrun.info.run_id, "training/loss")) == list(range(100))
+    assert sorted(m.step for m in client.get_metric_history(mrun.info.run_id, "loss")) == list(range(100))
     assert "notes.txt" in {a.path for a in client.list_artifacts(mrun.info.run_id)}
     assert f"prov/provgraph_{local_id}.json" in {a.path for a in client.list_artifacts(mrun.info.run_id, "prov")}
     assert not (out.provenance_dir / f"mlflow_unsent_{local_id}.csv").exists()
     # Again, from the command line: finds the same run, sends nothing twice.
     assert main(["sync", str(out.provenance_dir), "--tracking-uri", mlflow_server.uri]) == 0
     assert f"MLflow run {mrun.info.run_id} updated: 0 metric points" in capsys.readouterr().out
-    assert len(client.get_metric_history(mrun.info.run_id, "training/loss")) == 100
+    assert len(client.get_metric_history(mrun.info.run_id, "loss")) == 100
 
 
 def test_silent_server_does_not_block_start_run(tmp_path, measure):
@@ -134,7 +134,7 @@ def _start_online(tmp_path: Path, server) -> RunRecorder:
     for step in range(200):
         run.log_metric("loss", 1 / (step + 1), Context.TRAINING, step=step)
     run.flush()
-    assert len(MlflowClient(server.uri).get_metric_history(run.run_id, "training/loss")) == 200
+    assert len(MlflowClient(server.uri).get_metric_history(run.run_id, "loss")) == 200
     return run
 
 
@@ -158,7 +158,7 @@ def test_server_killed_mid_run_spills_and_sync_replays(mlflow_server, tmp_path, 
 
     mlflow_server.restart()
     client = MlflowClient(mlflow_server.uri)
-    assert len(client.get_metric_history(run.run_id, "training/loss")) == 200  # what arrived before the kill
+    assert len(client.get_metric_history(run.run_id, "loss")) == 200  # what arrived before the kill
     assert client.get_run(run.run_id).info.status == "RUNNING"
     (report,) = sync(out.provenance_dir)  # the run's own tracking URI, from the journal
     assert not report.problems and not report.created
@@ -168,7 +168,7 @@ def test_server_killed_mid_run_spills_and_sync_replays(mlflow_server, tmp_path, 
     assert 0 < report.metric_points <= 300 and report.params <= 1 and report.artifacts == 1
     mrun = client.get_run(run.run_id)
     assert mrun.info.status == "FINISHED" and mrun.data.params["during_outage"] == "1"
-    assert sorted(m.step for m in client.get_metric_history(run.run_id, "training/loss")) == list(range(500))
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "loss")) == list(range(500))
     assert "outage.txt" in {a.path for a in client.list_artifacts(run.run_id)}
     assert f"prov/provgraph_{run.run_id}.json" in {a.path for a in client.list_artifacts(run.run_id, "prov")}
     assert not spill.exists()
@@ -185,7 +185,7 @@ def test_server_back_before_end_run_gets_every_point_without_sync(mlflow_server,
         out = prov4ml.end_run()
     assert len(_outage_warnings(caught)) == 1
     client = MlflowClient(mlflow_server.uri)
-    assert sorted(m.step for m in client.get_metric_history(run.run_id, "training/loss")) == list(range(400))
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "loss")) == list(range(400))
     mrun = client.get_run(run.run_id)
     assert mrun.info.status == "FINISHED"
     assert f"prov/provgraph_{run.run_id}.json" in {a.path for a in client.list_artifacts(run.run_id, "prov")}

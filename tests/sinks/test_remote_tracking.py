@@ -67,9 +67,9 @@ def test_functional_api_through_a_tracking_server(mlflow_server, tmp_path, capsy
     remote = client.get_run(run_id)
     assert remote.info.status == "FINISHED"
     assert remote.data.params == {"lr": "0.01", "optimizer/name": "adam"}
-    history = client.get_metric_history(run_id, "training/loss")
+    history = client.get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(s, 1 / (s + 1)) for s in range(20)]
-    assert [m.value for m in client.get_metric_history(run_id, "validation/acc")] == [0.75]
+    assert [m.value for m in client.get_metric_history(run_id, "acc")] == [0.75]
 
     # the PROV document named by the run tag, downloaded through the server, is the one written locally
     tag = remote.data.tags["prov4ml.provenance_file"]

@@ -55,7 +55,7 @@ def test_numpy_and_tensor_values_accepted(run_args, client):
         prov4ml.log_metric("b", np.array(2.5))
         prov4ml.log_metric("c", torch.tensor([[7.0]], requires_grad=True) * 1)
     m = client.get_run(run.run_id).data.metrics
-    assert (m["training/a"], m["training/b"], m["training/c"]) == (3, 2.5, 7.0)
+    assert (m["a"], m["b"], m["c"]) == (3, 2.5, 7.0)
 
 
 def test_keys_mlflow_rejects_are_transformed_and_kept_in_prov(run_args, client):

@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["model_statistics"]
+from prov4ml_lightning.errors import Prov4MLInputError
+
+__all__ = ["memory_footprint", "model_statistics"]
 
 
 def model_statistics(model: torch.nn.Module) -> dict[str, Any]:
@@ -34,3 +36,38 @@ def model_statistics(model: torch.nn.Module) -> dict[str, Any]:
     stats.update({f"param_bytes_{k}": v for k, v in sorted(param_bytes.items())})
     stats.update({f"buffer_bytes_{k}": v for k, v in sorted(buffer_bytes.items())})
     return stats
+
+
+def _trainer_precision_bits(model: torch.nn.Module) -> int | None:
+    """Bits per parameter value under the attached Lightning trainer's precision (``"16-mixed"``,
+    ``"bf16-mixed"``, ``"32-true"``, ``"64"``...), or ``None`` without a trainer."""
+    try:
+        precision = str(model.trainer.precision)  # a LightningModule without a trainer raises
+    except (AttributeError, RuntimeError):
+        return None
+    for prefix, bits in (("bf16", 16), ("16", 16), ("32", 32), ("64", 64), ("transformer-engine", 8)):
+        if precision.startswith(prefix):
+            return bits
+    return None
+
+
+def memory_footprint(model: torch.nn.Module, model_name: str = "default",
+                     call: str = "log_model_memory_footprint") -> dict[str, Any]:
+    """The original prov4ml's footprint params of ``model``, in megabytes (10^6 bytes).
+
+    ``memory_of_model``: the parameters at the attached trainer's precision, else at their own
+    dtype; ``total_memory_load_of_model``: that plus one fp32 gradient and one fp32 optimizer
+    value per parameter (the original's estimate).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise Prov4MLInputError(f"{call}: model must be a torch.nn.Module, got {type(model).__name__}")
+    total = sum(p.numel() for p in model.parameters())
+    bits = _trainer_precision_bits(model)
+    model_bytes = (total * bits // 8 if bits is not None
+                   else sum(p.numel() * p.element_size() for p in model.parameters()))
+    return {
+        "model_name": model_name,
+        "total_params": total,
+        "memory_of_model": model_bytes / 1e6,
+        "total_memory_load_of_model": (model_bytes + 2 * 4 * total) / 1e6,
+    }

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from prov4ml_lightning.context import Context
+from prov4ml_lightning.context import Context, context_tags
 from prov4ml_lightning.errors import NoActiveRunError, Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key, truncate_param_value  # MLflow's rules
@@ -73,6 +73,7 @@ class RunRecorder(Lineage):
         self._buffer: list[Point] = []
         self._next_step: dict[tuple[str, Context], int] = {}
         self._mlflow_keys: dict[tuple[str, Context], tuple[str, str]] = {}  # -> (MLflow key, context value)
+        self._taken_keys: dict[str, str] = {}  # MLflow key -> the context value its series holds
         self.series: dict[tuple[str, Context], MetricSeries] = {}
         self.params: dict[str, Any] = {}
         self.long_params: dict[str, str] = {}  # params MLflow holds truncated, whole
@@ -204,11 +205,19 @@ class RunRecorder(Lineage):
         v.check_key(key, call)
         if self._ended:
             raise NoActiveRunError(f"{call}({key!r}): run {self.run_id} has ended")
-        full = f"{ctx.value}/{key}"
-        mkey = mlflow_safe_key(full)
-        if mkey != full:
+        # The MLflow key is the key as given; one MLflow series holds one context's points, so a key
+        # already logged in another context goes to `<context>/<key>` from then on (README: "Metric keys").
+        mkey = mlflow_safe_key(key)
+        if mkey != key:
             warnings.warn(f"{call}: metric key {key!r} is stored in MLflow as {mkey!r} "
                           "(MLflow's name rules); PROV keeps the original", Prov4MLWarning, stacklevel=4)
+        if mkey in self._taken_keys:
+            other = self._taken_keys[mkey]
+            mkey = mlflow_safe_key(f"{ctx.value}/{key}")
+            warnings.warn(f"{call}: metric {key!r} was already logged in context {other}; its {ctx.value} points "
+                          f"go to the MLflow key {mkey!r} (PROV keeps both series under {key!r})",
+                          Prov4MLWarning, stacklevel=4)
+        self._taken_keys[mkey] = ctx.value
         names = self._mlflow_keys[(key, ctx)] = (mkey, ctx.value)
         self._next_step[(key, ctx)] = 0
         return names
@@ -220,14 +229,18 @@ class RunRecorder(Lineage):
 
     def _summarise(self, points: list[Point]) -> None:
         series = self.series
+        new: list[tuple[str, str]] = []
         for key, ctx, mkey, step, value, ts in points:
             s = series.get((key, ctx))
             if s is None:
                 s = series[(key, ctx)] = MetricSeries(key, Context(ctx), mkey)
+                new.append((mkey, ctx))
             seen_non_finite = s.non_finite
             s.add(step, value, ts)
             if s.non_finite and not seen_non_finite:
                 v.check_finite(value, f"metric {key!r} ({ctx}) at step {step}")
+        if new:  # on the writer thread, off the training thread
+            self.call_sink("tag metric contexts", self.sink.set_tags, self.run_id, context_tags(new))
 
     def replay(self, points: Sequence[tuple[str, str, str, int, float, int]]) -> None:
         """Fold the points an earlier session left in the sidecar (:func:`.writer.read_sidecar`) into
@@ -242,6 +255,7 @@ class RunRecorder(Lineage):
                 if series is None:
                     series = self.series[(key, ctx.value)] = MetricSeries(key, ctx, mkey)
                     self._mlflow_keys[(key, ctx)] = (mkey, ctx.value)
+                    self._taken_keys[mkey] = ctx.value
                 series.add(step, value, ts)
                 self._next_step[(key, ctx)] = max(self._next_step.get((key, ctx), 0), step + 1)
 

@@ -1,0 +1,54 @@
+"""Model versions saved during a run (the original prov4ml's ``save_model_version``).
+
+Each call writes the module's state dict to its own file, logs it as an MLflow artifact under
+``model_versions/`` and records it in PROV as an entity with its sha256, derived from the version
+saved before it from the same module object (its weights were trained from those).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from prov4ml_lightning.capture.measures import measures_of
+from prov4ml_lightning.errors import Prov4MLInputError
+
+if TYPE_CHECKING:
+    from prov4ml_lightning.records import ArtifactRecord
+    from prov4ml_lightning.tracking.recorder import RunRecorder
+
+__all__ = ["MODEL_VERSION_KIND", "save_version"]
+
+#: the artifact kind of a saved version (PROV type ``p4l:Model_version``)
+MODEL_VERSION_KIND = "model_version"
+
+
+def save_version(run: RunRecorder, model: Any, model_name: str, context: Any = None,
+                 step: int | None = None) -> ArtifactRecord:
+    """Save ``model``'s state dict as the next version of ``model_name`` in ``run``; return its record."""
+    call = f"save_model_version(model, {model_name!r})"
+    run.require_open(call)
+    if not isinstance(model, torch.nn.Module):
+        raise Prov4MLInputError(f"{call}: model must be a torch.nn.Module, got {type(model).__name__}")
+    from prov4ml_lightning.tracking import validation as v
+
+    v.check_name(model_name, call, "model_name")
+    if step is not None:
+        step = v.check_step(step, call)
+    folder = run.provenance_dir / f"model_versions_{run.run_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    version = 1 + sum(1 for a in run.artifacts if a.kind == MODEL_VERSION_KIND
+                      and a.attributes.get("model_name") == model_name)
+    path = folder / (f"{model_name}.pth" if version == 1 else f"{model_name}.v{version}.pth")
+    torch.save(model.state_dict(), path)
+    measures = measures_of(run)
+    previous = measures.versions.get(model)
+    record = run.log_artifact(
+        path, context, artifact_path="model_versions", kind=MODEL_VERSION_KIND, name=path.stem,
+        derived_from=previous, call=call,
+        attributes={"model_name": model_name, "version": version, "step": step,
+                    "model_class": f"{type(model).__module__}.{type(model).__qualname__}"},
+    )
+    measures.versions[model] = record.name
+    return record
