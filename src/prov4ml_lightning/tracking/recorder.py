@@ -265,11 +265,9 @@ class RunRecorder(Lineage):
 
     def name_series(self, key: str, context: Any, mlflow_key: str, *, call: str = "log_metric") -> str:
         """Store the series ``(key, context)`` in MLflow under ``mlflow_key`` (MLflow's name rules
-        applied: one warning when they change it) instead of the default rule, and tag the run
-        ``prov4ml.context.<MLflow key>`` = the context; call before its first point. Returns the
-        MLflow key. The Lightning callback uses it to write the keys Lightning's loggers write."""
-        from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key
-
+        applied: one warning when they change it) instead of the default rule; call before its first
+        point. Its context tags are set with the first point, as for every series. Returns the MLflow
+        key. The Lightning callback uses it to write the keys Lightning's loggers write."""
         ctx = v.check_context(context, f"{call}({key!r})")
         v.check_key(key, call)
         mkey = mlflow_safe_key(mlflow_key)
@@ -280,8 +278,8 @@ class RunRecorder(Lineage):
         with self._lock:
             if (key, ctx) not in self._mlflow_keys:
                 self._mlflow_keys[(key, ctx)] = (mkey, ctx.value)
+                self._taken_keys.setdefault(mkey, ctx.value)
                 self._next_step.setdefault((key, ctx), 0)
-        self.set_tags({mlflow_safe_key(f"prov4ml.context.{mkey}"): ctx.value})
         return mkey
 
     # -- params, tags ----------------------------------------------------------------------------
