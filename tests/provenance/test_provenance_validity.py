@@ -30,7 +30,8 @@ from tests.helpers import attr, by_type, read_prov
 
 SCHEMA = Path(prov.__file__).parent / "tests" / "schemas" / "prov-json.schema.json"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "provenance-model.md"
-_XSD_TYPES = {"xsd:int", "xsd:long", "xsd:integer", "xsd:double", "xsd:dateTime", "xsd:QName", "xsd:boolean"}
+_XSD_TYPES = {"xsd:int", "xsd:long", "xsd:integer", "xsd:double", "xsd:dateTime", "xsd:QName", "xsd:boolean",
+              "xsd:anyURI"}
 
 
 def _run(args: dict, tmp: Path) -> tuple[prov4ml.RunOutputs, prov4ml.RunOutputs]:

@@ -51,10 +51,10 @@ class LoopTracker:
 
     def start(self, trainer: Any, link: Any, ident: str, stage: str, label: str, *,
               informed_by: str | None, used: list[tuple[str, str]],
-              attributes: dict[str, Any] | None = None) -> None:
+              attributes: dict[str, Any] | None = None, part_of: str | None = None) -> None:
         kind, context, _, _ = STAGES[stage]
         self.ident, self.context, self._step_keys = ident, context, set()
-        link.start(ident, kind, label, informed_by=informed_by, used=used,
+        link.start(ident, kind, label, informed_by=informed_by, used=used, part_of=part_of,
                    attributes={"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                                **(attributes or {})})
         self._diff.start(trainer)
@@ -88,6 +88,8 @@ class EpochTracker:
 
     def __init__(self) -> None:
         self.ident: str | None = None
+        self._fit: str | None = None
+        self._previous: str | None = None  # the last epoch ended in this fit
         self.loops = 0  # validation loops run inside this epoch
         self._values: dict[str, Any] | None = None
         self._diff = EpochDiff()
@@ -100,9 +102,11 @@ class EpochTracker:
 
     def start(self, trainer: Any, link: Any, fit: str | None, used: list[tuple[str, str]]) -> None:
         epoch = trainer.current_epoch
-        self.ident, self.loops, self._values = f"{fit}.epoch_{epoch}", 0, None
+        # part of the fit (started by it); informed by the epoch whose weights it goes on training
+        previous, self._previous = self._previous if self._fit == fit else None, None
+        self.ident, self.loops, self._values, self._fit = f"{fit}.epoch_{epoch}", 0, None, fit
         self._results = loop_results(trainer)
-        link.start(self.ident, "TrainingEpoch", f"epoch {epoch}", informed_by=fit,
+        link.start(self.ident, "TrainingEpoch", f"epoch {epoch}", informed_by=previous, part_of=fit,
                    attributes={"epoch": epoch, "first_step": trainer.global_step}, used=used)
 
     def batch_start(self, trainer: Any, learning_rates: bool) -> None:
@@ -135,4 +139,4 @@ class EpochTracker:
 
     def end(self, link: Any, attributes: dict[str, Any]) -> None:
         link.end(self.ident, attributes)
-        self.ident, self._results = None, None
+        self._previous, self.ident, self._results = self.ident, None, None
