@@ -213,10 +213,10 @@ class Prov4MLCallback(Callback):
         self._fits += 1
         self._fit = f"fit_{self._fits}"
         params = fit_params(trainer, pl_module)
-        # Trainer settings describe the fit (attributes); every other hyperparameter is a parameter
-        # entity the fit uses: the run's, or a new version where this fit's value differs.
+        # Every hyperparameter is a parameter entity the fit uses: the run's, or a new version where
+        # this fit's value differs; trainer settings also describe the fit as its attributes.
         attrs: dict[str, Any] = {k: val for k, val in params.items() if k.startswith("trainer/")}
-        used = link.fit_params(self._fit, {k: val for k, val in params.items() if not k.startswith("trainer/")})
+        used = link.fit_params(self._fit, params)
         attrs.update(self._used_checkpoint(trainer, self._fit, restored_model=True))
         # "a/b" keys become "a.b" attribute names ("/" is not allowed in a PROV local name).
         link.start(self._fit, "Fit", f"fit {self._fits}", informed_by=self._last_fit, used=used,

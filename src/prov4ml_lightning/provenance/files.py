@@ -64,14 +64,8 @@ def read_document(path: str | os.PathLike[str], fmt: str = "json") -> ProvDocume
     from prov import read
 
     if fmt in ("rdf", "ttl", "turtle"):  # drop the shortcut triples: prov would read each as a second record
-        import rdflib
-
-        graph = rdflib.ConjunctiveGraph()
-        graph.parse(str(path), format="turtle")
-        prov = rdflib.Namespace("http://www.w3.org/ns/prov#")
-        for _, _, shortcut in _SHORTCUTS:
-            graph.remove((None, prov[shortcut], None))
-        return read(graph.serialize(format="turtle"), format="rdf", rdf_format="turtle")
+        text = Path(path).read_text(encoding="utf-8").split(_SHORTCUT_MARK, 1)[0]
+        return read(text, format="rdf", rdf_format="turtle")
     return read(str(path), format=fmt)
 
 
@@ -111,7 +105,11 @@ def serialize_document(doc: ProvDocument, fmt: str) -> str:
     if fmt == "provn":
         return doc.get_provn()
     if fmt in ("ttl", "turtle"):
-        return prov_o_graph(doc).serialize(format="turtle")
+        # prov's own Turtle, with the shortcut triples appended (rdflib re-serialising the whole
+        # graph would shorten xsd:double literals: 0.800000011920929 came back as 0.8)
+        text = doc.serialize(format="rdf", rdf_format="turtle")
+        extra = prov_o_graph(doc, shortcuts_only=True).serialize(format="nt", encoding="utf-8").decode()
+        return text.rstrip("\n") + "\n\n" + _SHORTCUT_MARK + "\n" + extra
     if fmt == "xml":
         return doc.serialize(format="xml")
     if fmt == "jsonld":
@@ -119,13 +117,14 @@ def serialize_document(doc: ProvDocument, fmt: str) -> str:
     raise Prov4MLInputError(f"unknown PROV format {fmt!r}")
 
 
+_SHORTCUT_MARK = "# PROV-O unqualified shortcuts of the qualified influences above"
+
 #: PROV-O's qualified pattern -> its unqualified shortcut: (qualifying property, influence
 #: property, shortcut). ``prov`` writes only the qualified forms (blank nodes).
 _SHORTCUTS = (
     ("qualifiedUsage", "entity", "used"),
     ("qualifiedGeneration", "activity", "wasGeneratedBy"),
     ("qualifiedDerivation", "entity", "wasDerivedFrom"),
-    ("qualifiedRevision", "entity", "wasRevisionOf"),
     ("qualifiedAssociation", "agent", "wasAssociatedWith"),
     ("qualifiedAttribution", "agent", "wasAttributedTo"),
     ("qualifiedDelegation", "agent", "actedOnBehalfOf"),
@@ -135,7 +134,7 @@ _SHORTCUTS = (
 )
 
 
-def prov_o_graph(doc: ProvDocument) -> Any:
+def prov_o_graph(doc: ProvDocument, *, shortcuts_only: bool = False) -> Any:
     """``doc`` as an rdflib graph in PROV-O, with each qualified influence's unqualified shortcut
     (``?a prov:used ?e`` beside ``?a prov:qualifiedUsage [prov:entity ?e]``), so both the
     tutorials' queries and the qualified ones find it. ``wasStartedBy``'s shortcut names the
@@ -145,10 +144,15 @@ def prov_o_graph(doc: ProvDocument) -> Any:
     graph = rdflib.ConjunctiveGraph()
     graph.parse(data=doc.serialize(format="rdf", rdf_format="turtle"), format="turtle")
     prov = rdflib.Namespace("http://www.w3.org/ns/prov#")
+    added = rdflib.Graph()
     for qualified, influencer, shortcut in _SHORTCUTS:
         for subject, node in list(graph.subject_objects(prov[qualified])):
             for target in list(graph.objects(node, prov[influencer])):
-                graph.add((subject, prov[shortcut], target))
+                added.add((subject, prov[shortcut], target))
+    if shortcuts_only:
+        return added
+    for triple in added:
+        graph.add(triple)
     for prefix, ns in (("prov", str(prov)), *((n.prefix, n.uri) for n in doc.get_registered_namespaces())):
         graph.bind(prefix, ns)
     return graph
