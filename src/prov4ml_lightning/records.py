@@ -93,6 +93,9 @@ class ArtifactRecord:
     activity: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     derived_from: str | None = None
+    #: the sub-activity during which the file was deleted or overwritten, and when (PROV invalidation)
+    invalidated_by: str | None = None
+    invalidated_at: float | None = None
 
 
 @dataclass
@@ -103,6 +106,10 @@ class ModelRecord:
     model_id: str | None
     created: float
     info: dict[str, Any] = field(default_factory=dict)
+    #: the sub-activity (a fit) that produced the weights; ``None``: the session that logged it
+    activity: str | None = None
+    #: ``(kind, name)`` of entities holding the same weights (checkpoints with an equal state-dict hash)
+    derived_from: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -117,3 +124,5 @@ class ActivityRecord:
     informed_by: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     used: list[tuple[str, str]] = field(default_factory=list)  # (kind, name) of entities it used
+    #: the activity it is a part of and was started by (a fit for an epoch); ``None``: the session
+    part_of: str | None = None

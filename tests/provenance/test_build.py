@@ -51,10 +51,17 @@ def test_the_run_activity_its_agents_and_ids(doc):
     assert {str(t) for t in run.get_asserted_types()} >= {"provml:LearningStageExecution", "p4l:Run"}
     agents = {str(a.identifier) for a in records_of(doc, "agent")}
     assert agents == {"user:person.alice", "p4l:prov4ml-lightning_1.2.3"}
-    assert len(records_of(doc, "wasAssociatedWith")) == 2 and len(records_of(doc, "actedOnBehalfOf")) == 1
+    # the run with its experimenter; the session with the experimenter (plan: code) and the recorder
+    associations = {(str(r.formal_attributes[0][1]), str(r.formal_attributes[1][1]))
+                    for r in records_of(doc, "wasAssociatedWith")}
+    assert associations == {(f"user:{RUN}", "user:person.alice"), (f"user:{RUN}.session_1", "user:person.alice"),
+                            (f"user:{RUN}.session_1", "p4l:prov4ml-lightning_1.2.3")}
+    assert len(records_of(doc, "actedOnBehalfOf")) == 1
+    (session,) = by_type(doc, "Session")
+    assert attr(session, "partOf") == doc.valid_qualified_name(f"user:{RUN}") and attr(session, "session") == 1
 
 
-def test_params_are_typed_literals_used_by_the_run(doc):
+def test_params_are_typed_literals_used_by_the_session(doc):
     params = {attr(p, "name"): p for p in by_type(doc, "Parameter")}
     assert {k: attr(p, "value") for k, p in params.items()} == {
         "lr": 0.01, "layers": 3, "flag": True, "shape": "[1, 2]", "opt": "adam", "none": None, "odd key:1": "x"}
@@ -62,7 +69,8 @@ def test_params_are_typed_literals_used_by_the_run(doc):
     assert str(params["lr"].identifier) == f"user:{RUN}.param.lr"
     assert str(params["odd key:1"].identifier) == f"user:{RUN}.param.{local_id('odd key:1')}"
     used = {str(r.formal_attributes[1][1]) for r in records_of(doc, "used")
-            if str(r.formal_attributes[0][1]) == f"user:{RUN}"}
+            if str(r.formal_attributes[0][1]) == f"user:{RUN}.session_1"}
+    # no fit lists them (functional API): the session that logged them used them
     assert {str(p.identifier) for p in params.values()} <= used
 
 
@@ -75,7 +83,8 @@ def test_metric_series_summaries_and_their_generation(doc):
     assert attr(loss, "first_point_time") == dt.datetime.fromtimestamp(T0 + 10, dt.timezone.utc)
     generated = {str(r.formal_attributes[0][1]): str(r.formal_attributes[1][1])
                  for r in records_of(doc, "wasGeneratedBy")}
-    assert generated[str(loss.identifier)] == f"user:{RUN}"
+    assert generated[str(loss.identifier)] == f"user:{RUN}.session_1"
+    assert "prov:Collection" in {str(t) for t in loss.get_asserted_types()}
     assert generated[str(acc.identifier)] == f"user:{RUN}.epoch_0"  # the epoch that logged it
 
 
@@ -119,9 +128,10 @@ def test_to_graph_flattens_nodes_edges_and_types():
     assert nodes[f"user:{RUN}.param.lr"] == ("entity", "lr")
     assert "p4l:Run" in spec.types[f"user:{RUN}"]
     assert (f"user:{RUN}.param.lr", f"user:{RUN}", "used") not in spec.edges  # edges read subject -> object
-    assert (f"user:{RUN}", f"user:{RUN}.param.lr", "used") in spec.edges
-    assert (f"user:{RUN}.metric.training.loss", f"user:{RUN}", "wasGeneratedBy") in spec.edges
-    assert (f"user:{RUN}.epoch_0", f"user:{RUN}", "wasStartedBy") in spec.edges  # no trigger: drawn to the starter
+    assert (f"user:{RUN}.session_1", f"user:{RUN}.param.lr", "used") in spec.edges
+    assert (f"user:{RUN}.metric.training.loss", f"user:{RUN}.session_1", "wasGeneratedBy") in spec.edges
+    # no trigger: drawn to the starter
+    assert (f"user:{RUN}.epoch_0", f"user:{RUN}.session_1", "wasStartedBy") in spec.edges
     attrs = {i: a for i, _, _, a in spec.nodes}[f"user:{RUN}.param.layers"]
     assert attrs["prov:value"] == "3"
 
@@ -134,4 +144,5 @@ def test_flatten_gives_plain_elements_and_relations():
     assert run.start == dt.datetime.fromtimestamp(T0, dt.timezone.utc)
     assert run.attrs["status"] == "FINISHED"
     assert by_id[f"user:{RUN}.param.layers"].attrs["prov:value"] == 3
-    assert any(r.name == "used" and r.subject == f"user:{RUN}" and r.obj == f"user:{RUN}.param.lr" for r in relations)
+    assert any(r.name == "used" and r.subject == f"user:{RUN}.session_1" and r.obj == f"user:{RUN}.param.lr"
+               for r in relations)

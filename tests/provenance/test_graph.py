@@ -62,7 +62,7 @@ def test_time_runs_left_to_right_with_epochs_in_order_inside_their_fit():
     order = [names["my run"]]
     for _ in chain:
         order.append(next(b for a, b in chain if a == order[-1]))
-    assert order == [names["my run"], *(names[f"epoch {i}"] for i in range(4))]
+    assert order == [names["my run"], names["session 1"], *(names[f"epoch {i}"] for i in range(4))]
     # inputs in the left cluster, outputs in the right one
     left = dot[dot.index("subgraph cluster_inputs"):dot.index("subgraph cluster_outputs")]
     right = dot[dot.index("subgraph cluster_outputs"):]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from prov4ml_lightning.capture.seeds import SeedInfo, detect_seed
 from prov4ml_lightning.capture.system_metrics import SystemMetricsSampler, sample_system_metrics
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLWarning
+from prov4ml_lightning.tracking.registry import PROCESS_KEY
 
 if TYPE_CHECKING:
     from prov4ml_lightning.tracking.recorder import RunRecorder
@@ -74,7 +76,8 @@ class RunContext:
         """The plain mapping the PROV builder reads (``code``, ``environment``, ``run``, ``session``,
         ``started_at``)."""
         return {"code": self.code, "environment": self.environment, "run": self.run_attributes(),
-                "session": self.session, "started_at": self.started_at}
+                "session": self.session, "started_at": self.started_at,
+                "process": {"pid": os.getpid(), "process_key": PROCESS_KEY}}
 
 
 def _part(what: str, fn: Any, *args: Any) -> Any:
@@ -107,10 +110,19 @@ def capture_context(out_dir: Path, run_id: str, session: int = 1) -> RunContext:
     return ctx
 
 
+#: this process's context of each run it opened: a run reopened by the same process (``test``
+#: after ``fit``) is the same session, with the same code and environment, not a new one.
+_SESSIONS: dict[str, RunContext] = {}
+
+
 def capture_into(run: RunRecorder) -> None:
-    """Plug capture into ``run``: this session's context, and model statistics for ``log_model``."""
+    """Plug capture into ``run``: this session's context (captured once per process and run), and
+    model statistics for ``log_model``."""
     run.describe_model = model_statistics
-    run.set_context(capture_context(run.provenance_dir, run.run_id, run.session))
+    ctx = _SESSIONS.get(run.run_id)
+    if ctx is None or ctx.session != run.session:
+        ctx = _SESSIONS[run.run_id] = capture_context(run.provenance_dir, run.run_id, run.session)
+    run.set_context(ctx)
 
 
 def sample_system_metrics_into(run: RunRecorder, context: Context = Context.TRAINING,

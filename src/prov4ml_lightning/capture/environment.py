@@ -22,7 +22,7 @@ from typing import Any
 
 from prov4ml_lightning.redact import redact_argv, redact_env
 
-__all__ = ["ENV_NAMES", "ENV_PREFIXES", "capture_environment", "installed_packages"]
+__all__ = ["ENV_NAMES", "ENV_PREFIXES", "capture_environment", "host_id", "installed_packages"]
 
 #: Environment variables recorded when set (values of secret-looking names become ``***``).
 ENV_NAMES = (
@@ -33,6 +33,24 @@ ENV_NAMES = (
 #: ... and every variable starting with one of these prefixes.
 ENV_PREFIXES = ("PL_", "TORCH_", "NCCL_", "SLURM_", "PBS_", "LSB_", "MLFLOW_", "CUDA_")
 _VERSIONS = {"torch": "torch", "lightning": "lightning", "mlflow": "mlflow", "prov": "prov", "numpy": "numpy"}
+
+
+def host_id() -> str:
+    """A stable identifier of this machine that two machines never share, even with one host
+    name (``vm``, ``localhost``, a container's): the first 12 hex digits of the sha256 of the
+    systemd/D-Bus machine id, else of the first network interface's MAC address, with the host
+    name. Hashed, so the raw machine id is not published."""
+    ident = ""
+    for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            ident = Path(candidate).read_text(encoding="ascii").strip()
+            if ident:
+                break
+    if not ident:
+        import uuid
+
+        ident = f"mac:{uuid.getnode():012x}"
+    return hashlib.sha256(f"{ident}|{socket.gethostname()}".encode()).hexdigest()[:12]
 
 
 def installed_packages() -> list[str]:
@@ -157,6 +175,7 @@ def capture_environment(out_dir: Path, run_id: str) -> tuple[dict[str, Any], Pat
         "python_executable": sys.executable,
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
+        "host_id": host_id(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_count_available": available,

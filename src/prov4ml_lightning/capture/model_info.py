@@ -1,15 +1,39 @@
-"""Size statistics of a ``torch.nn.Module``: parameter counts and memory footprint by dtype."""
+"""Size statistics of a ``torch.nn.Module``: parameter counts and memory footprint by dtype, and
+the sha256 of its weights (:func:`state_dict_sha256`), which ties a logged model to the
+checkpoint holding the same weights."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from prov4ml_lightning.errors import Prov4MLInputError
 
-__all__ = ["memory_footprint", "model_statistics"]
+__all__ = ["memory_footprint", "model_statistics", "state_dict_sha256"]
+
+
+def state_dict_sha256(state_dict: Mapping[str, Any]) -> str:
+    """sha256 over a state dict's entries in key order: each key, dtype, shape and raw bytes
+    (tensors on any device, any dtype, 0-d included); non-tensor entries by their ``repr``.
+    Equal weights give equal hashes whichever file or module holds them."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        value = state_dict[key]
+        h.update(key.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{str(t.dtype).removeprefix('torch.')}{tuple(value.shape)}".encode() + b"\0")
+            if t.numel():
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool
+                         else t.to(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(value).encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def model_statistics(model: torch.nn.Module) -> dict[str, Any]:
@@ -33,6 +57,7 @@ def model_statistics(model: torch.nn.Module) -> dict[str, Any]:
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
     }
     stats["memory_bytes"] = stats["param_bytes"] + stats["buffer_bytes"]
+    stats["state_dict_sha256"] = state_dict_sha256(model.state_dict())
     stats.update({f"param_bytes_{k}": v for k, v in sorted(param_bytes.items())})
     stats.update({f"buffer_bytes_{k}": v for k, v in sorted(buffer_bytes.items())})
     return stats

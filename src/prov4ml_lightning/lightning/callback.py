@@ -295,21 +295,18 @@ class Prov4MLCallback(Callback):
             self._forget_run()
         self._trainer = weakref.ref(trainer)
         link = self._open(trainer)
-        first_fit = self._fits == 0
         self._fits += 1
         self._fit = f"fit_{self._fits}"
         notes: list[str] = []
         params = fit_params(trainer, pl_module, notes)
         _warn_renamed(params, notes)
+        # Every hyperparameter is a parameter entity the fit uses: the run's, or a new version where
+        # this fit's value differs; trainer settings also describe the fit as its attributes.
         attrs: dict[str, Any] = {k: val for k, val in params.items() if k.startswith("trainer/")}
-        if first_fit:
-            attrs.update(link.log_params(params))  # conflicts with a joined run's params stay attributes
-        else:
-            # A resumed or repeated fit: the run holds the first fit's params; this one's are its own.
-            attrs.update(params)
+        used = link.fit_params(self._fit, params)
         attrs.update(self._used_checkpoint(trainer, self._fit, restored_model=True))
         # "a/b" keys become "a.b" attribute names ("/" is not allowed in a PROV local name).
-        link.start(self._fit, "Fit", f"fit {self._fits}", informed_by=self._last_fit,
+        link.start(self._fit, "Fit", f"fit {self._fits}", informed_by=self._last_fit, used=used,
                    attributes={k.replace("/", "."): _attr(val) for k, val in attrs.items()})
         if self.log_checkpoints:
             link.seed_checkpoints(trainer, self._earlier_checkpoints)
@@ -359,6 +356,8 @@ class Prov4MLCallback(Callback):
         if self.log_checkpoints:
             self._poll_checkpoints(trainer)  # an earlier save of this step (top-k before last) is on disk now
             self._ckpt_pending = (trainer.global_step, trainer.current_epoch)
+            if "state_dict" in checkpoint:  # the weights written: ties the logged model to this file
+                self.link.note_weights(trainer.global_step, checkpoint["state_dict"])
             # state_dict() ran before that poll: give this checkpoint the names known now
             state = checkpoint.get("callbacks", {}).get(self.state_key)
             if state is not None:
@@ -382,7 +381,7 @@ class Prov4MLCallback(Callback):
             link.mark_checkpoints(trainer)
         if self.log_model:
             # A resumed fit's model is a new version of the same name (the recorder counts every session's).
-            link.log_model(pl_module, self.model_name or type(pl_module).__name__)
+            link.log_model(pl_module, self.model_name or type(pl_module).__name__, self._fit)
         link.end(self._fit, {"status": "FINISHED", "last_step": trainer.global_step,
                              "epochs_completed": trainer.current_epoch, **early_stopping_state(trainer)})
         self._last_fit, self._fit = self._fit, None
@@ -400,7 +399,8 @@ class Prov4MLCallback(Callback):
             self._epochs.loops += 1
             parent = self._epochs.ident or self._fit
             self._loops.start(trainer, link, f"{parent}.validation_{self._epochs.loops}", stage,
-                              f"validation (epoch {trainer.current_epoch})", informed_by=parent, used=used)
+                              f"validation (epoch {trainer.current_epoch})", informed_by=parent, used=used,
+                              part_of=parent)
             return
         self._stage = stage
         ident = stage_ident(stage)
@@ -418,7 +418,8 @@ class Prov4MLCallback(Callback):
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         link = self.link
         used = link.datasets(trainer.val_dataloaders, "val") if self.log_datasets else []
-        link.start(f"{self._fit}.sanity_check", "SanityCheck", "sanity check", informed_by=self._fit, used=used)
+        # part of the fit, started by it; it uses the untrained weights, informed by nothing earlier
+        link.start(f"{self._fit}.sanity_check", "SanityCheck", "sanity check", used=used, part_of=self._fit)
 
     @override
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -539,5 +540,10 @@ def _warn_renamed(params: Mapping[str, Any], notes: list[str]) -> None:
 
 
 def _attr(value: Any) -> Any:
-    """A PROV attribute value: scalars stay typed, anything else becomes text."""
-    return value if isinstance(value, (bool, int, float, str)) else v.param_text(value)
+    """A PROV attribute value: scalars stay typed, lists and tuples become lists (JSON in the
+    document, never a Python repr), anything else text."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return v.param_text(value)

@@ -101,7 +101,10 @@ def optimizer_params(trainer: Any) -> dict[str, Any]:
         settings: dict[str, Any] = {"class": type(inner).__name__, "param_groups": len(inner.param_groups)}
         for key, value in getattr(inner, "defaults", {}).items():
             if value is not None and key != "params":
-                settings[key] = value if isinstance(value, _SCALARS) else str(value)
+                # a tuple of numbers (Adam's betas) stays a list: JSON in PROV, never "(0.9, 0.999)"
+                settings[key] = (value if isinstance(value, _SCALARS) else list(value)
+                                 if isinstance(value, (tuple, list)) and all(isinstance(x, _SCALARS) for x in value)
+                                 else str(value))
         lrs = [group.get("lr") for group in inner.param_groups]
         if len(set(map(str, lrs))) > 1:
             settings.update({f"pg{j}/lr": _scalar(lr) for j, lr in enumerate(lrs)})

@@ -47,10 +47,10 @@ class LoopTracker:
 
     def start(self, trainer: Any, link: Any, ident: str, stage: str, label: str, *,
               informed_by: str | None, used: list[tuple[str, str]],
-              attributes: dict[str, Any] | None = None) -> None:
+              attributes: dict[str, Any] | None = None, part_of: str | None = None) -> None:
         kind, context, _, _ = STAGES[stage]
         self.ident, self.context, self.batches = ident, context, 0
-        link.start(ident, kind, label, informed_by=informed_by, used=used,
+        link.start(ident, kind, label, informed_by=informed_by, used=used, part_of=part_of,
                    attributes={"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                                **(attributes or {})})
 
@@ -75,12 +75,16 @@ class EpochTracker:
 
     def __init__(self) -> None:
         self.ident: str | None = None
+        self._fit: str | None = None
+        self._previous: str | None = None  # the last epoch ended in this fit
         self.loops = 0  # validation loops run inside this epoch
 
     def start(self, trainer: Any, link: Any, fit: str | None, used: list[tuple[str, str]]) -> None:
         epoch = trainer.current_epoch
-        self.ident, self.loops = f"{fit}.epoch_{epoch}", 0
-        link.start(self.ident, "TrainingEpoch", f"epoch {epoch}", informed_by=fit,
+        # part of the fit (started by it); informed by the epoch whose weights it goes on training
+        previous, self._previous = self._previous if self._fit == fit else None, None
+        self.ident, self.loops, self._fit = f"{fit}.epoch_{epoch}", 0, fit
+        link.start(self.ident, "TrainingEpoch", f"epoch {epoch}", informed_by=previous, part_of=fit,
                    attributes={"epoch": epoch, "first_step": trainer.global_step}, used=used)
 
     def learning_rates(self, trainer: Any, link: Any, interval: str) -> None:
@@ -94,4 +98,4 @@ class EpochTracker:
 
     def end(self, link: Any, attributes: dict[str, Any]) -> None:
         link.end(self.ident, attributes)
-        self.ident = None
+        self._previous, self.ident = self.ident, None

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from prov4ml_lightning.capture.datasets import DatasetInfo, describe_dataloader, flatten_dataloaders
+from prov4ml_lightning.capture.model_info import state_dict_sha256
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.distributed.parts import attach_ranks
 from prov4ml_lightning.distributed.ranks import RankInfo
@@ -41,7 +42,7 @@ from prov4ml_lightning.runs import open_run
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
 from prov4ml_lightning.tracking.registry import current_run
-from prov4ml_lightning.tracking.validation import to_floats
+from prov4ml_lightning.tracking.validation import flatten_params, to_floats
 
 __all__ = ["NullLink", "RunLink", "checkpoint_name", "open_link"]
 
@@ -114,6 +115,9 @@ class RunLink:
         self._ckpt_records: dict[str, Any] = {}  # absolute path -> latest ArtifactRecord
         self._ckpt_earlier: dict[str, str] = {}  # absolute path -> name, recorded by an earlier session
         self._ckpt_used: dict[str, str] = {}  # absolute path -> name of a loaded checkpoint
+        self._weights: dict[int, str] = {}  # global step -> sha256 of the state dict saved at it
+        self._best: set[str] = set()  # names of the best checkpoints, set by mark_checkpoints
+        self._param_names: dict[str, tuple[str, Any]] = {}  # key -> (PROV name, value) of its latest version
 
     @property
     def run_id(self) -> str:
@@ -155,8 +159,10 @@ class RunLink:
 
     # -- activities -------------------------------------------------------------------------
     def start(self, ident: str, kind: str, label: str, *, informed_by: str | None = None,
-              attributes: Mapping[str, Any] | None = None, used: Iterable[Ref] = ()) -> None:
-        self.run.start_activity(ident, kind, label, informed_by=informed_by, attributes=attributes, used=list(used))
+              attributes: Mapping[str, Any] | None = None, used: Iterable[Ref] = (),
+              part_of: str | None = None) -> None:
+        self.run.start_activity(ident, kind, label, informed_by=informed_by, attributes=attributes, used=list(used),
+                                part_of=part_of)
 
     def end(self, ident: str | None, attributes: Mapping[str, Any] | None = None) -> None:
         """End ``ident``, first adding the metric segments its points make."""
@@ -175,14 +181,28 @@ class RunLink:
         )
 
     # -- params -------------------------------------------------------------------------------
-    def log_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Log ``params``, skipping keys the run already holds; return those it holds with another value."""
-        conflicts = self.run.log_params(params, call="Prov4MLCallback", keep_conflicts=True)
+    def fit_params(self, fit: str, params: Mapping[str, Any]) -> list[Ref]:
+        """The parameter entities fit ``fit`` uses: the run's params (logged now when new), and for
+        a value that differs from the run's (a resumed fit with a new learning rate) a new
+        entity ``param.<key>.<fit>`` derived from the version it replaces. MLflow keeps the first
+        value (its params are immutable); PROV holds both."""
+        flat = flatten_params(params, "Prov4MLCallback")
+        conflicts = self.run.log_params(flat, call="Prov4MLCallback", keep_conflicts=True)
+        refs: list[Ref] = []
+        for key, value in flat.items():
+            name, held = self._param_names.get(key, (key, _UNSET))
+            if key in conflicts and (held is _UNSET or not _same(held, value)):
+                new = f"{key}.{fit}"
+                self.run.add_entity("param", "Parameter", new, {"name": key, "value": _attr(value)},
+                                    label=f"{key} ({fit})", relation="none", derived_from=[("param", name)])
+                self._param_names[key] = (new, value)
+                name = new
+            refs.append(("param", name))
         if conflicts:
-            warnings.warn(f"Prov4MLCallback: the run already holds other values for {sorted(conflicts)}; the run "
-                          "keeps them and this fit records its own values as attributes of its Fit activity",
-                          Prov4MLWarning, stacklevel=3)
-        return conflicts
+            warnings.warn(f"Prov4MLCallback: {fit} runs with other values for {sorted(conflicts)} than the run's "
+                          "first; MLflow keeps the first values, the PROV document records this fit's as new "
+                          "parameter entities derived from them", Prov4MLWarning, stacklevel=3)
+        return refs
 
     # -- datasets -----------------------------------------------------------------------------
     def datasets(self, loaders: Any, role: str) -> list[Ref]:
@@ -199,7 +219,9 @@ class RunLink:
                     self._datasets[loader] = info
             if info.name not in self._declared:
                 self._declared.add(info.name)
-                self.run.add_entity("dataset", "Dataset", info.name, info.attributes, label=info.label)
+                # declared only: the loops that read it use it, when they start (not the run)
+                self.run.add_entity("dataset", "Dataset", info.name, info.attributes, label=info.label,
+                                    relation="none")
             refs.append(("dataset", info.name))
         return refs
 
@@ -237,9 +259,16 @@ class RunLink:
                                 derived_from=[("checkpoint", name)])
             self._ckpt_chain.append((step, name))
 
+    def note_weights(self, step: int, state_dict: Mapping[str, Any]) -> None:
+        """The state dict a checkpoint being saved at ``step`` holds (``on_save_checkpoint``): its hash."""
+        if step not in self._weights:
+            self._weights[step] = state_dict_sha256(state_dict)
+
     def poll_checkpoints(self, trainer: Any, activity: str | None, step: int, epoch: int,
                          upload: bool) -> None:
-        """Record the files ModelCheckpoint saved since the last poll (generated by ``activity``)."""
+        """Record the files ModelCheckpoint saved since the last poll (generated by ``activity``);
+        a file removed or overwritten since it was recorded is invalidated by ``activity``."""
+        self._invalidate_gone(activity)
         for callback, path, key in _checkpoint_files(trainer):
             if key in self._ckpt_seen:
                 continue
@@ -247,7 +276,8 @@ class RunLink:
             previous = next((name for s, name in reversed(self._ckpt_chain) if s < step), None)
             score = callback.best_k_models.get(path) if hasattr(callback, "best_k_models") else None
             attrs = {"global_step": step, "epoch": epoch, "monitor": getattr(callback, "monitor", None),
-                     "score": _float(score), "saved_by": type(callback).__name__, "best": False}
+                     "score": _float(score), "saved_by": type(callback).__name__, "best": False,
+                     "state_dict_sha256": self._weights.get(step)}
             if os.path.islink(path):
                 attrs["link_to"] = os.path.realpath(path)
             name = checkpoint_name(path, step)
@@ -260,7 +290,16 @@ class RunLink:
                 log.warning("prov4ml: checkpoint %s vanished before it could be recorded (%s)", path, err)
                 continue
             self._ckpt_chain.append((step, record.name))
+            overwritten = self._ckpt_records.get(os.path.abspath(path))
+            if overwritten is not None:  # the same path saved again (last.ckpt): the old content is gone
+                self.run.invalidate_artifact(overwritten, activity, record.created)
             self._ckpt_records[os.path.abspath(path)] = record
+
+    def _invalidate_gone(self, activity: str | None) -> None:
+        for path, record in self._ckpt_records.items():
+            if not os.path.lexists(path):
+                record.attributes["deleted"] = True
+                self.run.invalidate_artifact(record, activity)
 
     def mark_checkpoints(self, trainer: Any) -> None:
         """Mark the best checkpoint of each ModelCheckpoint, and files removed since they were saved.
@@ -270,8 +309,9 @@ class RunLink:
                                              getattr(trainer, "checkpoint_callbacks", []) or []) if p}
         for path, record in self._ckpt_records.items():
             record.attributes["best"] = path in best
-            if not os.path.lexists(path):
-                record.attributes["deleted"] = True
+            if path in best:
+                self._best.add(record.name)
+        self._invalidate_gone(None)
         for path, name in self._ckpt_used.items():
             self.run.update_entity("checkpoint", name, {"best": path in best})
         for path, name in self._ckpt_earlier.items():
@@ -280,8 +320,18 @@ class RunLink:
                 self.run.add_entity("checkpoint", "Checkpoint", name, attrs, label=name, relation="none")
 
     # -- model, end -----------------------------------------------------------------------------
-    def log_model(self, module: torch.nn.Module, name: str) -> None:
-        self.run.log_model(module, name)
+    def log_model(self, module: torch.nn.Module, name: str, fit: str | None) -> None:
+        """Log the trained module, generated by ``fit``, derived from each checkpoint recorded in
+        this session that holds the same weights (equal state-dict hashes), and saying whether
+        the best checkpoint is one of them."""
+        digest = state_dict_sha256(module.state_dict())
+        same = [r for r in self._ckpt_records.values()
+                if r.attributes.get("state_dict_sha256") == digest and r.invalidated_at is None]
+        best = [r.name for r in same if r.name in self._best]
+        record = self.run.log_model(module, name, activity=fit,
+                                    derived_from=[("checkpoint", r.name) for r in same])
+        record.info.update({"state_dict_sha256": digest, "same_weights_as_best_checkpoint": bool(best),
+                            **({"best_checkpoint": best[0]} if best else {})})
 
     def close(self, status: str) -> RunOutputs | None:
         """End the run when the callback owns it; a joined run is left to its owner."""
@@ -308,8 +358,11 @@ class NullLink:
     def end(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def log_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {}
+    def fit_params(self, fit: str, params: Mapping[str, Any]) -> list[Ref]:
+        return []
+
+    def note_weights(self, step: int, state_dict: Mapping[str, Any]) -> None:
+        pass
 
     def datasets(self, loaders: Any, role: str) -> list[Ref]:
         return []
@@ -329,7 +382,7 @@ class NullLink:
     def mark_checkpoints(self, trainer: Any) -> None:
         pass
 
-    def log_model(self, module: torch.nn.Module, name: str) -> None:
+    def log_model(self, module: torch.nn.Module, name: str, fit: str | None) -> None:
         pass
 
     def close(self, status: str) -> None:
@@ -377,6 +430,22 @@ def _checkpoint_files(trainer: Any) -> Iterable[tuple[Any, str, tuple[str, int, 
             except OSError:
                 continue
             yield callback, str(path), (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+_UNSET = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    return bool(a == b or str(a) == str(b))
+
+
+def _attr(value: Any) -> Any:
+    """A parameter value the journal and the PROV builder keep typed (containers as JSON lists)."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return str(value)
 
 
 def _float(value: Any) -> float | None:

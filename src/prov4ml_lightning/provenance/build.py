@@ -13,8 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prov.constants import PROV_ATTR_TIME, PROV_GENERATION, PROV_LABEL, PROV_ROLE, PROV_TYPE, PROV_VALUE
-from prov.model import ProvDocument, ProvRecord
+from prov.constants import (
+    PROV_ATTR_TIME,
+    PROV_GENERATION,
+    PROV_LABEL,
+    PROV_LOCATION,
+    PROV_ROLE,
+    PROV_TYPE,
+    PROV_VALUE,
+    XSD_ANYURI,
+)
+from prov.model import Literal, ProvDocument, ProvRecord
 
 from prov4ml_lightning.provenance.vocab import MLS_NS, P4L_NS, PROVML_NS, USER_PREFIX
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
@@ -75,6 +84,8 @@ class RunSnapshot:
     #: PROV-JSON text of the run's document as an earlier session wrote it (a reopened run:
     #: resumed training, or validate/test after fit); its records are carried over.
     previous_document: str | None = None
+    #: ``{"metrics" | "diff" | "packages": {"path", "sha256", "size_bytes"}}`` of the side files
+    side_files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class _Builder:
@@ -121,6 +132,7 @@ class _Builder:
             *self.attrs((self.snap.context or {}).get("run", {})),
         ]
         run = self.doc.activity(self.user[self.run_local], _time(info.start_time), _time(info.end_time), run_attrs)
+        session = self._session(run)
 
         person = self.doc.agent(
             self.user[f"person.{local_id(info.user)}"],
@@ -134,13 +146,14 @@ class _Builder:
                 (self.p4l["version"], self.snap.software_version),
             ],
         )
-        code = self._context(run)
+        code = self._context(session)
         # Every association carries a role: besides naming what each agent did, it keeps all of
         # them qualified, since prov 3.2.3's PROV-O reader pairs a plan with the wrong agent when
         # qualified and unqualified associations of one activity are mixed.
-        self.doc.wasAssociatedWith(run, person, code, other_attributes=[(PROV_ROLE, self.p4l["experimenter"])])
-        self.doc.wasAssociatedWith(run, software, other_attributes=[(PROV_ROLE, self.p4l["provenanceRecorder"])])
-        self.doc.actedOnBehalfOf(software, person, run)
+        self.doc.wasAssociatedWith(run, person, other_attributes=[(PROV_ROLE, self.p4l["experimenter"])])
+        self.doc.wasAssociatedWith(session, person, code, other_attributes=[(PROV_ROLE, self.p4l["experimenter"])])
+        self.doc.wasAssociatedWith(session, software, other_attributes=[(PROV_ROLE, self.p4l["provenanceRecorder"])])
+        self.doc.actedOnBehalfOf(software, person, session)
 
         if info.parent_run_id:
             # declared here (no times: they belong to the parent's own document) so that every
@@ -152,8 +165,11 @@ class _Builder:
 
         activities = {}
         for act in self.snap.activities:
-            activities[act.ident] = self._activity(run, act)
+            activities[act.ident] = self._activity(session, act)
 
+        # A parameter is used by the activities that list it (a Lightning fit); one nothing lists
+        # (the functional API's log_param) by the session that logged it, at its start.
+        listed = {name for act in self.snap.activities for kind, name in act.used if kind == "param"}
         for key, value in self.snap.params.items():
             ent = self.doc.entity(
                 self.rid("param", key),
@@ -162,15 +178,17 @@ class _Builder:
                     (PROV_TYPE, self.mls["HyperParameterSetting"]),
                     (PROV_LABEL, key),
                     (self.p4l["name"], key),
-                    *([] if value is None else [(PROV_VALUE, typed(value))]),  # no value, not the text "None"
+                    # no value, not the text "None"
+                    *([] if value is None else [(PROV_VALUE, typed(value)), (self.mls["hasValue"], typed(value))]),
                 ],
             )
-            self.doc.used(run, ent, _time(info.start_time))
+            if key not in listed:
+                self.doc.used(session, ent, _time(self.session_span[0]))
 
         for series in self.snap.series:
-            self._series(run, activities, series)
+            self._series(session, activities, series)
         for art in self.snap.artifacts:
-            self._artifact(run, activities, art)
+            self._artifact(session, activities, art)
         previous: dict[str, Any] = {}
         for model in self.snap.models:
             ent = self.doc.entity(
@@ -178,6 +196,7 @@ class _Builder:
                 [
                     (PROV_TYPE, self.p4l["Model"]),
                     (PROV_TYPE, self.mls["Model"]),
+                    *([(PROV_LOCATION, Literal(model.model_uri, XSD_ANYURI))] if model.model_uri else []),
                     (PROV_LABEL, f"{model.name} v{model.version}"),
                     *self.attrs(
                         {"name": model.name, "version": model.version, "model_uri": model.model_uri,
@@ -185,45 +204,98 @@ class _Builder:
                     ),
                 ],
             )
-            self.doc.wasGeneratedBy(ent, run, self.when(model.created, None))
+            # generated by the fit that produced its weights (the session for the functional API)
+            in_activity = model.activity if model.activity in activities else None
+            self.doc.wasGeneratedBy(ent, activities[in_activity] if in_activity else session,
+                                    self.when(model.created, in_activity))
+            for kind, name in model.derived_from:
+                if self.declared(kind, name):
+                    self.doc.wasDerivedFrom(ent, self.rid(kind, name))
             if model.name in previous:
                 self.doc.wasRevisionOf(ent, previous[model.name])
             previous[model.name] = ent
         for extra in self.snap.extra_entities:
-            self._extra(run, activities, extra)
+            self._extra(session, activities, extra)
         if self.previous is not None:
             merge_previous(self.doc, self.previous)
         return self.doc
 
     def declared(self, kind: str, name: str) -> bool:
-        """Whether entity ``(kind, name)`` is in this document (an artifact or extra entity) or the earlier one."""
+        """Whether entity ``(kind, name)`` is in this document (an artifact, parameter or extra
+        entity) or the earlier one."""
         return ((kind, name) in self.extras or any(a.kind == kind and a.name == name for a in self.snap.artifacts)
-                or self.rid(kind, name) in self.earlier)
+                or (kind == "param" and name in self.snap.params) or self.rid(kind, name) in self.earlier)
 
-    def _activity(self, run: Any, act: ActivityRecord) -> Any:
+    def _session(self, run: Any) -> Any:
+        """This process's session of the run: an activity part of the run, with its own start, end
+        and status, that uses its code and environment and starts its fits and stages."""
+        info, context = self.snap.info, self.snap.context or {}
+        self.session_no = int(context.get("session") or 1)
+        start = (info.start_time if self.session_no == 1
+                 else max(info.start_time, float(context.get("started_at") or info.start_time)))
+        self.session_span = (start, info.end_time)
+        self.session_id = self.rid(f"session_{self.session_no}")
+        attrs = {"session": self.session_no, "status": info.status, **(context.get("process") or {})}
+        node = self.doc.activity(self.session_id, _time(start), _time(info.end_time), [
+            (PROV_TYPE, self.p4l["Session"]), (PROV_LABEL, f"session {self.session_no}"),
+            (self.p4l["partOf"], self.user[self.run_local]), *self.attrs(attrs)])
+        if self.snap.metrics_file:
+            self._side_file(node, "metrics_file", self.snap.metrics_file, "MetricsFile",
+                            self.snap.side_files.get("metrics"), info.end_time)
+        return node
+
+    def _side_file(self, session: Any, kind: str, name: str, type_: str, facts: Mapping[str, Any] | None,
+                   when: float | None) -> Any:
+        """A file beside the document (metric sidecar, package list, code diff) as an entity with
+        its location and hash, generated by this session (a later session's copy is a revision)."""
+        facts = facts or {}
+        ident = self.rid(kind if self.session_no == 1 else f"{kind}.session_{self.session_no}")
+        attrs = {"file_name": name, "sha256": facts.get("sha256"), "size_bytes": facts.get("size_bytes")}
+        path = facts.get("path")
+        ent = self.doc.entity(ident, [
+            (PROV_TYPE, self.p4l[type_]), (PROV_LABEL, name),
+            *([(PROV_LOCATION, Literal(Path(path).resolve().as_uri(), XSD_ANYURI))] if path else []),
+            *self.attrs(attrs)])
+        self.doc.wasGeneratedBy(ent, session, _time(when if when is not None else self.session_span[0]))
+        if kind == "metrics_file" and self.session_no > 1:
+            # the sidecar is appended to by every session: this copy revises the earlier one's
+            earlier = self.rid(kind if self.session_no == 2 else f"{kind}.session_{self.session_no - 1}")
+            if earlier in self.earlier:
+                self.doc.wasRevisionOf(ent, earlier)
+        return ent
+
+    def _activity(self, session: Any, act: ActivityRecord) -> Any:
         types = [(PROV_TYPE, self.p4l[act.kind])]
         provml_type = _PROVML_ACTIVITY_TYPES.get(act.kind)
         if provml_type:
             types.append((PROV_TYPE, self.provml[provml_type]))
+        # Part-of is structure, not dependency: an attribute, and the start trigger (the parent
+        # loop, or the session, did start it). wasInformedBy only where data flowed.
+        parent = (self.rid(act.part_of) if act.part_of and (act.part_of in self.spans
+                                                            or self.rid(act.part_of) in self.earlier)
+                  else self.session_id)
         node = self.doc.activity(
             self.rid(act.ident), _time(act.start_time), _time(act.end_time),
-            [*types, (PROV_LABEL, act.label), *self.attrs(act.attributes)],
+            [*types, (PROV_LABEL, act.label), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
         )
-        self.doc.wasStartedBy(node, None, run, _time(act.start_time))
-        self.doc.wasInformedBy(node, run)
+        self.doc.wasStartedBy(node, None, parent, _time(act.start_time))
         if act.informed_by in self.spans or (act.informed_by and self.rid(act.informed_by) in self.earlier):
             self.doc.wasInformedBy(node, self.rid(act.informed_by))
-        for kind, name in act.used:  # entities added with add_entity(), e.g. the datasets a loop read
+        for kind, name in act.used:  # datasets, parameters, checkpoints it read when it started
             if self.declared(kind, name):
                 self.doc.used(node, self.rid(kind, name), _time(act.start_time))
         return node
 
-    def _series(self, run: Any, activities: Mapping[str, Any], s: MetricSeries) -> None:
+    def _series(self, session: Any, activities: Mapping[str, Any], s: MetricSeries) -> None:
         ent = self.doc.entity(
             self.rid("metric", s.context.value, s.name),
             [
                 (PROV_TYPE, self.p4l["MetricSeries"]),
+                (PROV_TYPE, self.doc.valid_qualified_name("prov:Collection")),
                 (PROV_LABEL, f"{s.name} ({s.context.value})"),
+                *([(self.p4l["pointsIn"], self.rid("metrics_file" if self.session_no == 1
+                                                   else f"metrics_file.session_{self.session_no}"))]
+                  if self.snap.metrics_file else []),
                 *self.attrs(
                     {
                         "name": s.name,
@@ -243,15 +315,17 @@ class _Builder:
                 ),
             ],
         )
-        generator = activities.get(s.activity or "", run)
-        self.doc.wasGeneratedBy(ent, generator, self.when(s.last_time, s.activity if generator is not run else None))
+        generator = activities.get(s.activity or "", session)
+        self.doc.wasGeneratedBy(ent, generator,
+                                self.when(s.last_time, s.activity if generator is not session else None))
 
-    def _artifact(self, run: Any, activities: Mapping[str, Any], a: ArtifactRecord) -> None:
+    def _artifact(self, session: Any, activities: Mapping[str, Any], a: ArtifactRecord) -> None:
         ent = self.doc.entity(
             self.rid(a.kind, a.name),
             [
                 (PROV_TYPE, self.p4l[a.kind.capitalize()]),
                 (PROV_LABEL, a.name),
+                (PROV_LOCATION, Literal(Path(a.local_path).as_uri(), XSD_ANYURI)),
                 *self.attrs(
                     {
                         "path": a.local_path,
@@ -266,26 +340,40 @@ class _Builder:
             ],
         )
         in_activity = a.activity if a.activity in activities else None
-        self.doc.wasGeneratedBy(ent, activities.get(a.activity or "", run), self.when(a.created, in_activity))
+        self.doc.wasGeneratedBy(ent, activities.get(a.activity or "", session), self.when(a.created, in_activity))
         if a.derived_from and self.declared(a.kind, a.derived_from):
             self.doc.wasDerivedFrom(ent, self.rid(a.kind, a.derived_from))
+        if a.invalidated_at is not None:
+            by = a.invalidated_by if a.invalidated_by in activities else None
+            self.doc.wasInvalidatedBy(ent, activities[by] if by else session, self.when(a.invalidated_at, by))
 
-    def _extra(self, run: Any, activities: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+    def _extra(self, session: Any, activities: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+        attributes = dict(extra.get("attributes", {}))
+        types = [(PROV_TYPE, self.p4l[extra["type"]])]
+        if extra["type"] == "Parameter":  # a fit's own value of a hyperparameter (see RunLink.fit_params)
+            value = attributes.pop("value", None)
+            types += [(PROV_TYPE, self.mls["HyperParameterSetting"])]
+            if value is not None:
+                types += [(PROV_VALUE, typed(value)), (self.mls["hasValue"], typed(value))]
+        elif extra["type"] == "Dataset":
+            types.append((PROV_TYPE, self.mls["Dataset"]))
+        if attributes.get("path") and extra["type"] in ("Checkpoint",):
+            types.append((PROV_LOCATION, Literal(Path(attributes["path"]).as_uri(), XSD_ANYURI)))
         ent = self.doc.entity(
             self.rid(extra["kind"], extra.get("name", extra["kind"])),
-            [(PROV_TYPE, self.p4l[extra["type"]]), (PROV_LABEL, extra.get("label", extra["kind"])),
-             *self.attrs(extra.get("attributes", {}))],
+            [*types, (PROV_LABEL, extra.get("label", extra["kind"])), *self.attrs(attributes)],
         )
-        # ``activity``: the sub-activity (epoch, loop, fit) that used or generated it; default the run.
+        # ``activity``: the sub-activity (epoch, loop, fit) that used or generated it; default the session.
         activity = extra.get("activity") if extra.get("activity") in activities else None
-        node = activities[activity] if activity else run
+        node = activities[activity] if activity else session
         relation = extra.get("relation", "used")
         if relation == "used":
-            when = self.when(extra.get("time"), activity) if activity else _time(self.snap.info.start_time)
+            when = self.when(extra.get("time"), activity) if activity else _time(self.session_span[0])
             self.doc.used(node, ent, when)
         elif relation == "generated":
             self.doc.wasGeneratedBy(ent, node, self.when(extra.get("time"), activity))
-        # relation None: attributes only, for an entity an earlier session defined (merged by id)
+        # relation None: declared only (a dataset, read by the loops that list it), or attributes
+        # for an entity an earlier session defined (merged by id)
         for kind, name in extra.get("derived_from") or ():
             if self.declared(kind, name):
                 self.doc.wasDerivedFrom(ent, self.rid(kind, name))
@@ -295,50 +383,58 @@ class _Builder:
             self.doc.hadMember(self.rid(*member_of), ent)
 
     def when(self, t: float | None, activity: str | None) -> dt.datetime | None:
-        """A generation time moved into the generating activity's interval (the run's when
+        """A generation time moved into the generating activity's interval (the session's when
         ``activity`` is None): metric timestamps have millisecond resolution and may be given
         by the user, and PROV requires generation within the activity. Raw times are kept as
         attributes where they matter (a metric series' ``first_point_time``/``last_point_time``)."""
         if t is None:
             return None
-        start, end = self.spans.get(activity, (None, None)) if activity else (None, None)
-        if activity is None:
-            start, end = self.snap.info.start_time, self.snap.info.end_time
+        start, end = self.spans.get(activity, (None, None)) if activity else self.session_span
         if start is not None and t < start:
             t = start
         if end is not None and t > end:
             t = end
         return _time(t)
 
-    def _context(self, run: Any) -> Any:
-        """The ``code`` (also a ``prov:Plan``) and ``environment`` entities and the host agent."""
+    def _context(self, session: Any) -> Any:
+        """The session's ``code`` (also a ``prov:Plan``) and ``environment`` entities, used when
+        it started, the side files they describe, and the host agent."""
         context = self.snap.context or {}
         # A reopened run's later sessions (resume, possibly elsewhere) get their own code and
-        # environment entities beside the first session's, used when that session started.
-        session = int(context.get("session") or 1)
-        suffix, label_suffix = ("", "") if session == 1 else (f".session_{session}", f" (session {session})")
-        start = _time(self.snap.info.start_time if session == 1 else
-                      max(self.snap.info.start_time, float(context.get("started_at") or 0)))
+        # environment entities beside the first session's.
+        n = self.session_no
+        suffix, label_suffix = ("", "") if n == 1 else (f".session_{n}", f" (session {n})")
+        start = _time(self.session_span[0])
+        files = self.snap.side_files
         code = env = None
         if context.get("code"):
             attrs = context["code"]
             label = Path(attrs["script_path"]).name if attrs.get("script_path") else "code"
             code = self.doc.entity(self.rid(f"code{suffix}"), [
                 (PROV_TYPE, self.p4l["Code"]), (PROV_TYPE, self.doc.valid_qualified_name("prov:Plan")),
-                (PROV_LABEL, label + label_suffix), *self.attrs({**attrs, "session": session})])
-            self.doc.used(run, code, start)
+                (PROV_LABEL, label + label_suffix), *self.attrs({**attrs, "session": n})])
+            self.doc.used(session, code, start)
+            if attrs.get("git_diff_file"):
+                diff = self._side_file(session, "code_diff", attrs["git_diff_file"], "CodeDiff",
+                                       files.get("diff"), self.session_span[0])
+                code.add_attributes([(self.p4l["diffFile"], diff.identifier)])
         if context.get("environment"):
             attrs = context["environment"]
             env = self.doc.entity(self.rid(f"environment{suffix}"), [
                 (PROV_TYPE, self.p4l["Environment"]),
                 (PROV_LABEL, f"environment of {self.snap.info.run_name}{label_suffix}"),
-                *self.attrs({**attrs, "session": session})])
-            self.doc.used(run, env, start)
+                *self.attrs({**attrs, "session": n})])
+            self.doc.used(session, env, start)
+            if attrs.get("packages_file"):
+                packages = self._side_file(session, "package_list", attrs["packages_file"], "PackageList",
+                                           files.get("packages"), self.session_span[0])
+                env.add_attributes([(self.p4l["packagesFile"], packages.identifier)])
             if attrs.get("hostname"):
-                host = self.doc.agent(self.user[f"host.{local_id(attrs['hostname'])}"], [
+                host_key = f"{attrs['hostname']}.{attrs['host_id']}" if attrs.get("host_id") else attrs["hostname"]
+                host = self.doc.agent(self.user[f"host.{local_id(host_key)}"], [
                     (PROV_TYPE, self.p4l["Host"]), (PROV_LABEL, attrs["hostname"]),
-                    (self.p4l["hostname"], attrs["hostname"])])
-                self.doc.wasAssociatedWith(run, host, other_attributes=[(PROV_ROLE, self.p4l["executionHost"])])
+                    *self.attrs({"hostname": attrs["hostname"], "host_id": attrs.get("host_id")})])
+                self.doc.wasAssociatedWith(session, host, other_attributes=[(PROV_ROLE, self.p4l["executionHost"])])
                 self.doc.wasAttributedTo(env, host)
         return code
 

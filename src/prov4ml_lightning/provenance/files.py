@@ -66,6 +66,9 @@ def read_document(path: str | os.PathLike[str], fmt: str = "json") -> ProvDocume
     """Read a PROV document written by :func:`write_document`."""
     from prov import read
 
+    if fmt in ("rdf", "ttl", "turtle"):  # drop the shortcut triples: prov would read each as a second record
+        text = Path(path).read_text(encoding="utf-8").split(_SHORTCUT_MARK, 1)[0]
+        return read(text, format="rdf", rdf_format="turtle")
     return read(str(path), format=fmt)
 
 
@@ -105,12 +108,57 @@ def serialize_document(doc: ProvDocument, fmt: str) -> str:
     if fmt == "provn":
         return doc.get_provn()
     if fmt in ("ttl", "turtle"):
-        return doc.serialize(format="rdf", rdf_format="turtle")
+        # prov's own Turtle, with the shortcut triples appended (rdflib re-serialising the whole
+        # graph would shorten xsd:double literals: 0.800000011920929 came back as 0.8)
+        text = doc.serialize(format="rdf", rdf_format="turtle")
+        extra = prov_o_graph(doc, shortcuts_only=True).serialize(format="nt", encoding="utf-8").decode()
+        return text.rstrip("\n") + "\n\n" + _SHORTCUT_MARK + "\n" + extra
     if fmt == "xml":
         return doc.serialize(format="xml")
     if fmt == "jsonld":
-        return doc.serialize(format="rdf", rdf_format="json-ld")
+        return prov_o_graph(doc).serialize(format="json-ld")
     raise Prov4MLInputError(f"unknown PROV format {fmt!r}")
+
+
+_SHORTCUT_MARK = "# PROV-O unqualified shortcuts of the qualified influences above"
+
+#: PROV-O's qualified pattern -> its unqualified shortcut: (qualifying property, influence
+#: property, shortcut). ``prov`` writes only the qualified forms (blank nodes).
+_SHORTCUTS = (
+    ("qualifiedUsage", "entity", "used"),
+    ("qualifiedGeneration", "activity", "wasGeneratedBy"),
+    ("qualifiedDerivation", "entity", "wasDerivedFrom"),
+    ("qualifiedAssociation", "agent", "wasAssociatedWith"),
+    ("qualifiedAttribution", "agent", "wasAttributedTo"),
+    ("qualifiedDelegation", "agent", "actedOnBehalfOf"),
+    ("qualifiedCommunication", "activity", "wasInformedBy"),
+    ("qualifiedStart", "hadActivity", "wasStartedBy"),
+    ("qualifiedInvalidation", "activity", "wasInvalidatedBy"),
+)
+
+
+def prov_o_graph(doc: ProvDocument, *, shortcuts_only: bool = False) -> Any:
+    """``doc`` as an rdflib graph in PROV-O, with each qualified influence's unqualified shortcut
+    (``?a prov:used ?e`` beside ``?a prov:qualifiedUsage [prov:entity ?e]``), so both the
+    tutorials' queries and the qualified ones find it. ``wasStartedBy``'s shortcut names the
+    starter activity (``prov:hadActivity``), as PROV-O defines it."""
+    import rdflib
+
+    graph = rdflib.ConjunctiveGraph()
+    graph.parse(data=doc.serialize(format="rdf", rdf_format="turtle"), format="turtle")
+    prov = rdflib.Namespace("http://www.w3.org/ns/prov#")
+    added = rdflib.Graph()
+    for qualified, influencer, shortcut in _SHORTCUTS:
+        for subject, node in list(graph.subject_objects(prov[qualified])):
+            for target in list(graph.objects(node, prov[influencer])):
+                added.add((subject, prov[shortcut], target))
+    if shortcuts_only:
+        return added
+    for triple in added:
+        graph.add(triple)
+    for prefix, ns in (("prov", str(prov)), *((n.prefix, n.uri) for n in doc.get_registered_namespaces())):
+        graph.bind(prefix, ns)
+    return graph
 
 
 
@@ -163,7 +211,9 @@ def round_trip(json_text: str, fmt: str) -> list[tuple[str, str]]:
     from prov import read
 
     doc = ProvDocument.deserialize(content=json_text, format="json")
-    text = serialize_document(doc, "ttl" if fmt == "rdf" else fmt)
+    # PROV-O as ``prov`` writes it (qualified forms only): ``prov.read`` would take the shortcut
+    # triples our Turtle adds for a second, unqualified record of each relation
+    text = doc.serialize(format="rdf", rdf_format="turtle") if fmt == "rdf" else serialize_document(doc, fmt)
     try:
         back = read(text, format=fmt, **({"rdf_format": "turtle"} if fmt == "rdf" else {}))
     except Exception as err:

@@ -30,12 +30,12 @@ __all__ = ["INPUT_TYPES", "OUTPUT_TYPES", "OVERVIEW_TYPES", "Cluster", "Edge", "
 
 #: Record types (``p4l:`` local names, agent types) drawn at level 1.
 OVERVIEW_TYPES = frozenset({
-    "Run", "Fit", "TrainingEpoch", "TestLoop", "Dataset", "Model", "Checkpoint", "Code", "Environment",
-    "Parameter", "MetricSeries", "Artifact", "Person", "SoftwareAgent", "Organization", "Host",
+    "Run", "Session", "Fit", "TrainingEpoch", "TestLoop", "Dataset", "Model", "Checkpoint", "Code", "Environment",
+    "Parameter", "MetricSeries", "MetricsFile", "Artifact", "Person", "SoftwareAgent", "Organization", "Host",
 })
 #: Entity types drawn on the left (what a run used) and on the right (what it produced).
 INPUT_TYPES = frozenset({"Dataset", "Code", "Environment", "Parameter"})
-OUTPUT_TYPES = frozenset({"Checkpoint", "Model", "MetricSeries", "MetricSegment", "Artifact"})
+OUTPUT_TYPES = frozenset({"Checkpoint", "Model", "MetricSeries", "MetricSegment", "Artifact", "MetricsFile"})
 #: Types level 1 draws as one list node (its lines name every member).
 _LISTED = {"Parameter": ("hyperparameter", "hyperparameters"), "MetricSeries": ("metric series", "metric series")}
 #: Members shown at each end of a collapsed group.
@@ -181,8 +181,9 @@ def plan(spec: GraphSpec, *, level: int = 1, collapse: int = 10) -> Plan:
             nodes[ident] = Node(ident, "entity", "unknown", ident, {}, "input", placeholder=True)
         edges.setdefault((src, dst), Counter())[relation] += 1
 
+    # the run first (its sessions may have begun a moment before it), then activities by start time
     timeline = sorted((i for i, n in nodes.items() if n.role == "activity"),
-                      key=lambda i: (nodes[i].start is None, nodes[i].start or _EPOCH))
+                      key=lambda i: (nodes[i].category != "Run", nodes[i].start is None, nodes[i].start or _EPOCH))
     return Plan(level, collapse, nodes, [Edge(s, d, r) for (s, d), r in edges.items()], clusters, timeline,
                 left_out, len(implied_edges), records)
 

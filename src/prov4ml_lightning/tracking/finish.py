@@ -46,8 +46,26 @@ def snapshot(run: RunRecorder) -> Any:
         activities=list(run.activities.values()), software_version=__version__,
         metrics_file=run.writer.sidecar.name, extra_entities=list(run.extra_entities),
         context=run.context.for_prov() if run.context is not None else None,
-        previous_document=run.previous_document,
+        previous_document=run.previous_document, side_files=side_files(run),
     )
+
+
+def side_files(run: RunRecorder) -> dict[str, dict[str, Any]]:
+    """Path, sha256 and size of the files beside the document: the metric sidecar (as it is now)
+    and the session's package list and code diff."""
+    from prov4ml_lightning.files import sha256_path
+
+    paths = {"metrics": run.writer.sidecar}
+    for path, folder in (run.context.files if run.context is not None else ()):
+        paths["diff" if folder == "code" else "packages" if folder == "environment" else folder] = Path(path)
+    out = {}
+    for kind, path in paths.items():
+        try:
+            digest, size = sha256_path(path)
+        except OSError:
+            continue
+        out[kind] = {"path": str(path), "sha256": digest, "size_bytes": size}
+    return out
 
 
 def write_provenance(run: RunRecorder) -> dict[str, Path]:

@@ -85,8 +85,13 @@ class Lineage:
         self.journal.write("artifact", record=record, artifact_path=artifact_path, upload=upload)
         return record
 
-    def log_model(self, model: Any, model_name: str, log_model_info: bool = True, **mlflow_kwargs: Any) -> ModelRecord:
-        """Log ``model``; its version counts the models of that name in every session of the run."""
+    def log_model(self, model: Any, model_name: str, log_model_info: bool = True, *, activity: str | None = None,
+                  derived_from: Sequence[tuple[str, str]] = (), **mlflow_kwargs: Any) -> ModelRecord:
+        """Log ``model``; its version counts the models of that name in every session of the run.
+
+        ``activity`` names the sub-activity (a fit) that produced its weights; ``derived_from``
+        lists ``(kind, name)`` of entities holding the same weights (a checkpoint).
+        """
         call = f"log_model(model, {model_name!r})"
         self.require_open(call)
         if not isinstance(model, torch.nn.Module):
@@ -108,7 +113,8 @@ class Lineage:
         except Exception as err:
             warnings.warn(f"{call}: MLflow could not store the model ({err!r}); PROV records it without a URI",
                           Prov4MLWarning, stacklevel=3)
-        return self.add_model(ModelRecord(model_name, version, uri, model_id, created, info))
+        return self.add_model(ModelRecord(model_name, version, uri, model_id, created, info, activity=activity,
+                                          derived_from=[tuple(d) for d in derived_from]))
 
     def add_model(self, record: ModelRecord) -> ModelRecord:
         """Record a model already described (a merged rank's)."""
@@ -119,11 +125,14 @@ class Lineage:
     # -- activities and entities (used by the callback and the rank merge) ----------------------
     def start_activity(self, ident: str, kind: str, label: str, *, informed_by: str | None = None,
                        attributes: Mapping[str, Any] | None = None,
-                       used: Sequence[tuple[str, str]] = ()) -> ActivityRecord:
-        """Start sub-activity ``ident``; ``used`` lists ``(kind, name)`` of entities it used."""
+                       used: Sequence[tuple[str, str]] = (), part_of: str | None = None) -> ActivityRecord:
+        """Start sub-activity ``ident``; ``used`` lists ``(kind, name)`` of entities it used;
+        ``part_of`` the activity it is a part of and started by (default: this session).
+        ``informed_by`` must name a true dependency: an activity that generated something this
+        one uses (the previous epoch's weights), never a mere parent."""
         self.require_open(f"start_activity({ident!r})")
         record = ActivityRecord(ident, kind, label, time.time(), informed_by=informed_by,
-                                attributes=dict(attributes or {}), used=list(used))
+                                attributes=dict(attributes or {}), used=list(used), part_of=part_of)
         self.activities[ident] = record
         self.journal.write("activity_start", record=record)
         return record
@@ -153,6 +162,11 @@ class Lineage:
                                     "derived_from": [list(d) for d in derived_from],
                                     "member_of": list(member_of) if member_of else None})
         self.journal.write("entity", entity=self.extra_entities[-1])
+
+    def invalidate_artifact(self, record: ArtifactRecord, activity: str | None, when: float | None = None) -> None:
+        """``record``'s file was deleted or overwritten during ``activity`` (PROV ``wasInvalidatedBy``)."""
+        if record.invalidated_at is None:
+            record.invalidated_by, record.invalidated_at = activity, when if when is not None else time.time()
 
     def update_entity(self, kind: str, name: str, attributes: Mapping[str, Any]) -> None:
         """Restate attributes of the latest entity ``(kind, name)`` this session added (the best

@@ -44,6 +44,14 @@ __all__ = ["RunOutputs", "RunRecorder"]
 log = logging.getLogger(__name__)
 
 _BUFFER_WAKE = 50_000  # buffered points that wake the writer early
+_NONE = object()
+
+
+def _same_param(held: Any, value: Any) -> bool:
+    """Whether a param value equals one already held (a tuple and its list, as the journal keeps it)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    return bool(held == value or v.param_text(held) == v.param_text(value))
 
 
 class RunRecorder(Lineage):
@@ -76,6 +84,7 @@ class RunRecorder(Lineage):
         self._taken_keys: dict[str, str] = {}  # MLflow key -> the context value its series holds
         self.series: dict[tuple[str, Context], MetricSeries] = {}
         self.params: dict[str, Any] = {}
+        self.earlier_params: dict[str, Any] = {}  # params earlier sessions of a reopened run logged
         self.long_params: dict[str, str] = {}  # params MLflow holds truncated, whole
         self.artifacts: list[ArtifactRecord] = []
         self.models: list[ModelRecord] = []
@@ -99,6 +108,7 @@ class RunRecorder(Lineage):
         # Crash safety: every non-metric event goes to an append-only journal (see journal.py).
         self.journal = Journal(journal_path(self.provenance_dir, info.run_id))
         self.journal.write("start", info=info, pid=os.getpid(), host=socket.gethostname(),
+                           process=registry.PROCESS_KEY,
                            software_version=__version__, formats=list(config.provenance_formats),
                            offline=bool(getattr(sink, "offline", False)),
                            mlflow_save_dir=str(getattr(sink, "mlflow_save_dir", "")),
@@ -298,13 +308,14 @@ class RunRecorder(Lineage):
         conflicts: dict[str, Any] = {}
         for key, value in flat.items():
             text = v.param_text(value)
-            if key in self.params:
-                if v.param_text(self.params[key]) != text:
+            held = self.params[key] if key in self.params else self.earlier_params.get(key, _NONE)
+            if held is not _NONE:
+                if not _same_param(held, value):
                     if keep_conflicts:
                         conflicts[key] = value
                         continue
                     raise Prov4MLInputError(
-                        f"{call}: param {key!r} was already logged as {self.params[key]!r}, got {value!r}; "
+                        f"{call}: param {key!r} was already logged as {held!r}, got {value!r}; "
                         "params are immutable in a run (log a metric or a new key instead)"
                     )
                 continue

@@ -11,17 +11,21 @@ import atexit
 import logging
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from prov4ml_lightning.errors import NoActiveRunError, RunAlreadyActiveError
 
-__all__ = ["closing", "current_run", "make_current", "release", "require_run"]
+__all__ = ["PROCESS_KEY", "closing", "current_run", "make_current", "release", "require_run"]
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+#: identifies this process among the sessions of a run (a pid alone is reused, and repeats on other hosts)
+PROCESS_KEY = uuid.uuid4().hex
 
 _lock = threading.RLock()
 _current: Any = None

@@ -111,13 +111,22 @@ def resume(run: RunRecorder) -> None:
     """A reopened run picks up what its earlier sessions left in the provenance folder: the series
     summaries from the metric sidecar (so series entities count every point and steps go on),
     the model versions, and the PROV document, whose records the next document carries over (see
-    ``provenance.merge_previous``). Sets the run's session number: the start events in its
-    journal, this one included."""
+    ``provenance.merge_previous``). Sets the run's session number: the processes that opened it
+    (start events in its journal, this one included; a process reopening the run for ``test``
+    after ``fit`` stays in its session), numbered in the order they first opened it."""
     doc = run.provenance_dir / f"provgraph_{run.run_id}.json"
     if doc.exists():
         run.previous_document = doc.read_text(encoding="utf-8")
     events = read_journal(run.journal.path)
-    run.session = max(1, sum(1 for e in events if e.get("event") == "start"))
+    processes = list(dict.fromkeys(e.get("process") or f"{e.get('host')}:{e.get('pid')}:{i}"
+                                   for i, e in enumerate(events) if e.get("event") == "start"))
+    run.session = processes.index(registry.PROCESS_KEY) + 1 if registry.PROCESS_KEY in processes else max(
+        1, len(processes))
+    known: dict[str, Any] = {}
+    for e in events:  # the params earlier sessions logged: a same value is not logged twice
+        if e.get("event") == "params" and isinstance(e.get("params"), dict):
+            known.update(e["params"])
+    run.earlier_params = known
     run.earlier_models = Counter(str(e["record"]["name"]) for e in events
                                  if e.get("event") == "model" and isinstance(e.get("record"), dict))
     run.replay(read_sidecar(run.writer.sidecar))

@@ -1,0 +1,91 @@
+"""Lineage questions as SPARQL over a run's PROV-O export (``prov4ml export --format ttl``), the
+same text docs/provenance-model.md shows for users to copy. Run them with rdflib::
+
+    import rdflib
+    g = rdflib.Graph().parse("run.ttl")
+    for row in g.query(QUERIES["a_hyperparameters"]): ...
+"""
+
+from __future__ import annotations
+
+__all__ = ["PREFIXES", "QUERIES"]
+
+PREFIXES = """PREFIX prov: <http://www.w3.org/ns/prov#>
+PREFIX p4l: <https://w3id.org/prov4ml-lightning/ns#>
+PREFIX mls: <http://www.w3.org/ns/mls#>
+PREFIX xsd: <http://www.w3.org/2001/XMLSchema#>
+"""
+
+#: name -> SPARQL text (with :data:`PREFIXES`)
+QUERIES = {
+    # (a) the datasets, code version and hyperparameters behind the final model (its latest version)
+    "a_hyperparameters": """SELECT ?model ?name ?value WHERE {
+  ?model a mls:Model ; p4l:version ?version ; prov:wasGeneratedBy ?fit .
+  FILTER NOT EXISTS { ?newer a mls:Model ; p4l:version ?v2 . FILTER (?v2 > ?version) }
+  ?fit prov:used ?param . ?param a mls:HyperParameterSetting ; p4l:name ?name ; mls:hasValue ?value .
+}""",
+    "a_datasets": """SELECT DISTINCT ?model ?dataset ?role ?fingerprint WHERE {
+  ?model a mls:Model ; p4l:version ?version ; prov:wasGeneratedBy ?fit .
+  FILTER NOT EXISTS { ?newer a mls:Model ; p4l:version ?v2 . FILTER (?v2 > ?version) }
+  ?part p4l:partOf+ ?fit ; prov:used ?dataset .
+  ?dataset a mls:Dataset ; p4l:role ?role .
+  OPTIONAL { ?dataset p4l:fingerprint ?fingerprint }
+}""",
+    "a_code": """SELECT ?model ?code ?script ?commit ?dirty WHERE {
+  ?model a mls:Model ; p4l:version ?version ; prov:wasGeneratedBy ?fit .
+  FILTER NOT EXISTS { ?newer a mls:Model ; p4l:version ?v2 . FILTER (?v2 > ?version) }
+  ?fit prov:wasStartedBy ?session . ?session prov:used ?code . ?code a p4l:Code .
+  OPTIONAL { ?code p4l:script_sha256 ?script } OPTIONAL { ?code p4l:git_commit ?commit }
+  OPTIONAL { ?code p4l:git_dirty ?dirty }
+}""",
+    # (b) the best checkpoint, its epoch, its derivation chain, and the logged models with its weights
+    "b_best_checkpoint": """SELECT ?checkpoint ?epoch ?step ?sha ?model WHERE {
+  ?checkpoint a p4l:Checkpoint ; p4l:best true ; p4l:epoch ?epoch ; p4l:global_step ?step .
+  OPTIONAL { ?checkpoint p4l:state_dict_sha256 ?sha }
+  OPTIONAL { ?model a mls:Model ; prov:wasDerivedFrom ?checkpoint }
+}""",
+    "b_chain": """SELECT ?checkpoint ?earlier ?step WHERE {
+  ?checkpoint a p4l:Checkpoint ; p4l:best true .
+  ?checkpoint prov:wasDerivedFrom+ ?earlier . ?earlier p4l:global_step ?step .
+} ORDER BY DESC(?step)""",
+    # (c) the responsible agents and what they did
+    "c_agents": """SELECT DISTINCT ?activity ?agent ?role ?type WHERE {
+  ?activity prov:qualifiedAssociation ?assoc . ?assoc prov:agent ?agent ; prov:hadRole ?role .
+  ?agent a ?type . FILTER (?type != prov:Agent)
+}""",
+    # (d) the sessions of a run, and the checkpoint each fit resumed from
+    "d_sessions": """SELECT ?session ?n ?start ?end ?status ?fit ?checkpoint WHERE {
+  ?session a p4l:Session ; p4l:session ?n ; prov:startedAtTime ?start .
+  OPTIONAL { ?session prov:endedAtTime ?end } OPTIONAL { ?session p4l:status ?status }
+  OPTIONAL { ?fit a p4l:Fit ; prov:wasStartedBy ?session .
+             OPTIONAL { ?fit prov:used ?checkpoint . ?checkpoint a p4l:Checkpoint } }
+} ORDER BY ?n""",
+    # (e) where the per-step values are, with their hash
+    "e_points": """SELECT ?series ?name ?count ?file ?location ?sha WHERE {
+  ?series a p4l:MetricSeries, prov:Collection ; p4l:name ?name ; p4l:count ?count ; p4l:pointsIn ?file .
+  ?file prov:atLocation ?location ; p4l:sha256 ?sha .
+}""",
+    # (f) the environment the final model was trained in, and the machine
+    "f_environment": """SELECT ?env ?python ?torch ?lightning ?packages ?packages_sha ?host ?host_id WHERE {
+  ?model a mls:Model ; p4l:version ?version ; prov:wasGeneratedBy ?fit .
+  FILTER NOT EXISTS { ?newer a mls:Model ; p4l:version ?v2 . FILTER (?v2 > ?version) }
+  ?fit prov:wasStartedBy ?session . ?session prov:used ?env . ?env a p4l:Environment ;
+     p4l:python_version ?python ; p4l:torch_version ?torch .
+  OPTIONAL { ?env p4l:lightning_version ?lightning }
+  OPTIONAL { ?env p4l:packagesFile ?packages . ?packages p4l:sha256 ?packages_sha }
+  OPTIONAL { ?env prov:wasAttributedTo ?host . OPTIONAL { ?host p4l:host_id ?host_id } }
+}""",
+    # the negative: nothing read or made after a checkpoint was written is upstream of it
+    "negative": """SELECT ?checkpoint ?upstream ?t WHERE {
+  ?checkpoint a p4l:Checkpoint ; prov:qualifiedGeneration ?g . ?g prov:atTime ?tc .
+  {
+    ?checkpoint (prov:used|prov:wasGeneratedBy|prov:wasInformedBy|prov:wasDerivedFrom|prov:wasStartedBy)+ ?upstream .
+    { ?upstream prov:startedAtTime ?t } UNION { ?upstream prov:qualifiedGeneration ?g2 . ?g2 prov:atTime ?t }
+  } UNION {
+    ?checkpoint (prov:used|prov:wasGeneratedBy|prov:wasInformedBy|prov:wasDerivedFrom|prov:wasStartedBy)+ ?reader .
+    ?reader prov:qualifiedUsage ?u . ?u prov:entity ?upstream ; prov:atTime ?t .
+  }
+  FILTER (?t > ?tc)
+}""",
+}
+QUERIES = {name: PREFIXES + text for name, text in QUERIES.items()}
