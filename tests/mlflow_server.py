@@ -54,6 +54,8 @@ class MlflowServer:
         self.backend_uri = f"sqlite:///{self.root / 'mlflow.db'}"
         self.artifacts = self.root / "artifacts"
         self.log_path = self.root / "server.log"
+        self.workers = 1
+        self.env: dict[str, str] = {}  # extra environment of the server (a team stack's store credentials)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -71,14 +73,14 @@ class MlflowServer:
         """Start the server and wait until ``/health`` answers."""
         if self.proc is not None and self.proc.poll() is None:
             return self
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, **self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
         cmd = [
             sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", self.backend_uri,
             "--artifacts-destination", str(self.artifacts),
             "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:

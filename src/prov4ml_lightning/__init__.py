@@ -8,7 +8,6 @@ from __future__ import annotations
 from prov4ml_lightning.api import (
     active_run,
     end_run,
-    get_mlflow_logger,
     get_run_id,
     log_artifact,
     log_carbon_metrics,
@@ -91,7 +90,7 @@ def __getattr__(name: str):
         from prov4ml_lightning.lightning.callback import Prov4MLCallback
 
         return Prov4MLCallback
-    if name in ("ProvMLLogger", "ModelVersioningLogger"):
+    if name in ("ProvMLLogger", "ModelVersioningLogger", "get_mlflow_logger"):
         from prov4ml_lightning.lightning import loggers
 
         return getattr(loggers, name)

@@ -40,7 +40,6 @@ from prov4ml_lightning.tracking.registry import current_run, require_run
 __all__ = [
     "active_run",
     "end_run",
-    "get_mlflow_logger",
     "get_run_id",
     "log_artifact",
     "log_carbon_metrics",
@@ -354,18 +353,6 @@ def log_carbon_metrics(context: Context = Context.TRAINING, step: int | None = N
     if values:
         run.log_metrics(values, context, step, timestamp)
     return values
-
-
-def get_mlflow_logger() -> Any:
-    """A Lightning ``MLFlowLogger`` writing into the current run (same store, same run id).
-
-    Lightning's ``self.log`` values then reach the MLflow run directly (not PROV: use
-    :class:`~prov4ml_lightning.lightning.loggers.ProvMLLogger` or ``Prov4MLCallback`` for that);
-    the logger leaves ending the run to :func:`end_run`.
-    """
-    from prov4ml_lightning.lightning.loggers import mlflow_logger_for
-
-    return mlflow_logger_for(require_run("get_mlflow_logger"))
 
 
 def get_run_id() -> str:

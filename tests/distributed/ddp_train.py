@@ -3,7 +3,7 @@ tests/distributed/test_distributed.py (Lightning's launcher starts the second pr
 never forked).
 
 Usage: ``python tests/distributed/ddp_train.py ROOT [--strategy ddp|ddp_spawn] [--fail-rank K] [--tracking-uri URI]
-[--upload-checkpoints] [--test]``. Prints ``RANK <k> RUN <run_id>`` per rank.
+[--upload-checkpoints] [--test]``. Prints ``RANK <k> RUN <run_id> OUT <PROV-JSON path>`` per rank.
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def main() -> None:
         if args.test:
             trainer.test(datamodule=data, ckpt_path="best")
     finally:
-        # with ddp_spawn this process launched the ranks and is none of them: its run_id stays None
-        sys.stdout.write(f"RANK {trainer.global_rank} RUN {callback.run_id}\n")
+        # with ddp_spawn this process launched the ranks and is none of them: rank 0 handed the run back
+        outputs = callback.outputs
+        sys.stdout.write(f"RANK {trainer.global_rank} RUN {callback.run_id} "
+                         f"OUT {outputs.prov_json if outputs is not None else None}\n")
         sys.stdout.flush()
 
 

@@ -305,6 +305,11 @@ def test_ddp_spawn_fit_is_one_run_with_every_rank(tmp_path):
     assert client.get_metric_history(run.info.run_id, "rank1/system/cpu_percent")
     ranks = _ranks_of(tmp_path / "prov" / f"provgraph_{run.info.run_id}.json")
     assert sorted(ranks) == [0, 1] and {attr(r, "status") for r in ranks.values()} == {"FINISHED"}
+    # the launching process is none of the ranks, yet its callback knows the run and where it was written
+    (line,) = [line.split() for line in done.stdout.splitlines() if line.startswith("RANK ")]
+    assert line[3] == run.info.run_id
+    assert Path(line[5]) == tmp_path / "prov" / f"provgraph_{run.info.run_id}.json"
+    assert not list((tmp_path / "prov").glob(".prov4ml_handoff_*"))  # read once, then removed
 
 
 @pytest.mark.slow

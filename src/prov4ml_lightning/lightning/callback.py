@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from prov4ml_lightning.context import Context
+from prov4ml_lightning.distributed.handoff import handoff_path, read_handoff, write_handoff
 from prov4ml_lightning.distributed.parts import SilentRun, open_part, shared_of
 from prov4ml_lightning.distributed.ranks import rank_from_trainer, share_run
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
@@ -146,8 +148,11 @@ class Prov4MLCallback(Callback):
         self.upload_checkpoints = upload_checkpoints
         self.log_model = log_model
         self.model_name = model_name
+        # ddp_spawn: the ranks run in other processes; rank zero hands the run back (distributed/handoff.py)
+        self._home_pid = os.getpid()
+        self._handoff_token = uuid.uuid4().hex
         # Survives checkpoints (state_dict): the run, and the fits recorded in it.
-        self.run_id: str | None = None
+        self._run_id: str | None = None
         self._fits = 0
         self._last_fit: str | None = None
         self._loops = LoopTracker()
@@ -155,7 +160,7 @@ class Prov4MLCallback(Callback):
         # Per session.
         self._link: RunLink | NullLink | None = None
         self._part: RunRecorder | SilentRun | None = None  # this rank's part (ranks other than zero)
-        self.outputs: RunOutputs | None = None  # where the run was written when the callback last ended it
+        self._outputs: RunOutputs | None = None  # where the run was written when the callback last ended it
         self._fit: str | None = None
         self._loaded: dict[str, Any] | None = None  # step and epoch of the checkpoint Lightning loaded
         self._epochs = EpochTracker()
@@ -169,6 +174,48 @@ class Prov4MLCallback(Callback):
     @override
     def state_key(self) -> str:
         return self._state_key
+
+    # -- the run id and outputs, also in the process that launched ddp_spawn's ranks ---------------
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id (None before the first fit, and on ranks that learned none)."""
+        self._adopt_handoff()
+        return self._run_id
+
+    @run_id.setter
+    def run_id(self, value: str | None) -> None:
+        self._run_id = value
+
+    @property
+    def outputs(self) -> RunOutputs | None:
+        """Where the run was written when the callback last ended it (rank zero, or the launching process)."""
+        self._adopt_handoff()
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, value: RunOutputs | None) -> None:
+        self._outputs = value
+
+    def _adopt_handoff(self) -> None:
+        # only the process that built the callback, and never a rank that runs in it itself (ddp, one process)
+        if os.getpid() != self._home_pid or self._link is not None:
+            return
+        path = handoff_path(self.config.provenance_save_dir, self._handoff_token)
+        if path.exists():
+            handed = read_handoff(path)
+            if handed is not None:
+                self._run_id = handed[0] or self._run_id
+                self._outputs = handed[1] or self._outputs
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled into spawned ranks: a run an earlier fit handed back is the one the ranks reopen
+        self._adopt_handoff()
+        state = self.__dict__.copy()
+        # weak references to this process's Trainer mean nothing in another process (and do not pickle)
+        state["_trainer"] = None
+        if "_listener" in state:
+            state["_listener"] = None
+        return state
 
     # -- run lifecycle ----------------------------------------------------------------------
     def _open(self, trainer: pl.Trainer) -> RunLink | NullLink:
@@ -199,6 +246,12 @@ class Prov4MLCallback(Callback):
             outputs = link.close(status)
             if outputs is not None:
                 self.outputs = outputs
+            if os.getpid() != self._home_pid and isinstance(link, RunLink):  # rank zero of a spawned job
+                try:
+                    write_handoff(handoff_path(self.config.provenance_save_dir, self._handoff_token),
+                                  self._run_id, self._outputs)
+                except OSError:
+                    log.warning("prov4ml: could not hand run %s back to the launching process", self._run_id)
 
     @property
     def link(self) -> RunLink | NullLink:

@@ -28,7 +28,7 @@ from prov4ml_lightning.capture.versions import MODEL_VERSION_KIND
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.tracking.registry import current_run, require_run
 
-__all__ = ["ModelVersioningLogger", "ProvMLLogger", "context_of_key", "mlflow_logger_for"]
+__all__ = ["ModelVersioningLogger", "ProvMLLogger", "context_of_key", "get_mlflow_logger", "mlflow_logger_for"]
 
 _lock = threading.Lock()
 # run -> the last ``metrics`` dict Lightning handed one of our loggers (held, so its id is not reused)
@@ -179,3 +179,14 @@ def mlflow_logger_for(run: Any, **kwargs: Any) -> MLFlowLogger:
     """A Lightning ``MLFlowLogger`` on ``run``'s MLflow store and run id; it does not end the run."""
     return _RunMLFlowLogger(experiment_name=run.info.experiment_name, tracking_uri=run.info.tracking_uri,
                             run_id=run.run_id, **kwargs)
+
+
+def get_mlflow_logger() -> MLFlowLogger:
+    """A Lightning ``MLFlowLogger`` writing into the current run (same store, same run id), as the
+    original prov4ml's ``get_mlflow_logger()``.
+
+    Lightning's ``self.log`` values then reach the MLflow run directly (not PROV: use
+    :class:`ProvMLLogger` or ``Prov4MLCallback`` for that); the logger leaves ending the run to
+    ``prov4ml.end_run``.
+    """
+    return mlflow_logger_for(require_run("get_mlflow_logger"))
