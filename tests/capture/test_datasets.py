@@ -132,3 +132,22 @@ def test_sampling_leaves_the_global_generators_untouched():
     assert np.array_equal(before[1], after[1])
     assert torch.equal(before[2], after[2])
     assert fingerprint(RandomTransform(None)).digest == a.digest  # random transforms: same fingerprint
+
+
+def test_sampling_leaves_a_datasets_own_generators_untouched():
+    class Noisy(Items):
+        def __init__(self):
+            super().__init__(None)
+            self.g = torch.Generator().manual_seed(123)
+            self.rng = np.random.default_rng(7)
+            self.py = random.Random(3)
+
+        def __getitem__(self, i):
+            return torch.rand(2, generator=self.g) + self.rng.random() + self.py.random()
+
+    ds = Noisy()
+    wrapped = torch.utils.data.Subset(ds, range(10))
+    before = (ds.g.get_state().clone(), ds.rng.bit_generator.state, ds.py.getstate())
+    fingerprint(wrapped)
+    assert torch.equal(ds.g.get_state(), before[0])
+    assert ds.rng.bit_generator.state == before[1] and ds.py.getstate() == before[2]

@@ -46,16 +46,16 @@ def test_two_callbacks_in_one_trainer_fail_before_training(run_args, client, tmp
 
 def test_one_callback_in_two_trainers_records_two_runs(run_args, client, tmp_path):
     callback = Prov4MLCallback(**run_args, log_model=False)
-    fast_trainer(tmp_path, [callback], max_epochs=1).fit(TinyModel(lr=0.1), datamodule=TinyDataModule())
+    fast_trainer(tmp_path, [callback], max_epochs=2).fit(TinyModel(lr=0.1), datamodule=TinyDataModule())
     first_run, first_out = callback.run_id, callback.outputs
-    trainer = fast_trainer(tmp_path, [callback], max_epochs=1)
+    trainer = fast_trainer(tmp_path, [callback], max_epochs=2)
     trainer.fit(TinyModel(lr=0.01), datamodule=TinyDataModule())
     trainer.test(TinyModel(), datamodule=TinyDataModule())  # a stage of the same Trainer: the same run
     second_run = callback.run_id
     assert second_run != first_run
     for run_id, lr in ((first_run, "0.1"), (second_run, "0.01")):
         assert client.get_run(run_id).data.params["lr"] == lr
-        assert _steps(client, run_id, "train_loss_step") == [1, 3, 5, 7]  # no step twice
+        assert _steps(client, run_id, "train_loss_step") == [1, 3, 5, 7, 9, 11, 13, 15]  # no step twice
         assert client.get_run(run_id).info.status == "FINISHED"
     assert "test_acc" in client.get_run(second_run).data.metrics
     for out in (first_out, callback.outputs):

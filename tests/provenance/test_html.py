@@ -93,14 +93,14 @@ def test_chromium_runs_the_view_and_no_hostile_value(browser, tmp_path):
     # search by name
     assert browser.evaluate("provView.find('epoch').length") == 3
     assert browser.evaluate("document.querySelectorAll('.pane:not([hidden]) g.node.hit').length") == 3
-    # lineage: upstream of epoch 2 reaches the run and its inputs, not the model it did not lead to
+    # lineage: upstream of epoch 2 reaches its session, the epochs before it and their inputs, not the model
     lit = browser.evaluate("""(() => {
         const nodes = provView.data.levels['1'].nodes;
         provView.lineage(Object.keys(nodes).find(k => nodes[k].label === 'epoch 2'), true);
         return Array.from(document.querySelectorAll('.pane:not([hidden]) g.node.lit'))
             .map(g => provView.data.levels['1'].nodes[g.id].label);
     })()""")
-    assert "epoch 2" in lit and "epoch 1" in lit and HOSTILE in lit and "net v1" not in lit
+    assert "epoch 2" in lit and "epoch 1" in lit and "session 1" in lit and "net v1" not in lit
     down = browser.evaluate("""(() => {
         const nodes = provView.data.levels['1'].nodes;
         provView.lineage(Object.keys(nodes).find(k => nodes[k].label === 'epoch 0'), false);

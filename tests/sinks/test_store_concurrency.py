@@ -52,5 +52,5 @@ def test_eight_processes_create_one_new_store_at_once(tmp_path: Path) -> None:
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         assert run.data.params["task"] == str(i)
-        history = client.get_metric_history(run_id, "training/loss")
+        history = client.get_metric_history(run_id, "loss")
         assert sorted(m.step for m in history) == list(range(50))

@@ -89,4 +89,4 @@ def test_busy_run_moves_uploads_to_the_child_and_keeps_every_point(run_args, cli
     prov4ml.end_run()
     assert run.uploader.points_via_child == 300
     assert run.writer.points_sent == 600
-    assert sorted(m.step for m in client.get_metric_history(run.run_id, "training/loss")) == list(range(600))
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "loss")) == list(range(600))

@@ -84,7 +84,7 @@ def test_functional_api_on_the_team_stack(team, tmp_path):
     remote = client.get_run(run_id)
     assert remote.info.status == "FINISHED"
     assert remote.data.params == {"lr": "0.01", "batch_size": "32"}
-    history = sorted(client.get_metric_history(run_id, "training/loss"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(s, 1 / (s + 1)) for s in range(200)]
     doc, downloaded = _check_prov_through_server(client, run_id, tmp_path / "down")
     (series,) = [s for s in by_type(doc, "MetricSeries") if attr(s, "name") == "loss"]
@@ -111,7 +111,7 @@ def test_callback_fit_on_the_team_stack(team, tmp_path):
     remote = client.get_run(run_id)
     assert remote.info.status == "FINISHED"
     assert remote.data.params["lr"] == "0.05"
-    assert [m.step for m in client.get_metric_history(run_id, "validation/val_loss")] == [8, 16]
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [7, 15]
     local = read_prov(callback.outputs.prov_json)
     doc, _ = _check_prov_through_server(client, run_id, tmp_path / "down")
     assert len(doc.records) == len(local.records)
@@ -137,8 +137,8 @@ def test_ddp_fit_on_the_team_stack(team, tmp_path):
     remote = client.get_run(run_id)
     assert remote.info.status == "FINISHED"
     assert remote.data.tags["prov4ml.world_size"] == "2"
-    assert client.get_metric_history(run_id, "training/rank1/system/cpu_percent")
-    assert client.get_metric_history(run_id, "validation/val_loss")
+    assert client.get_metric_history(run_id, "rank1/system/cpu_percent")
+    assert client.get_metric_history(run_id, "val_loss")
     doc, _ = _check_prov_through_server(client, run_id, tmp_path / "down")
     ranks = {attr(a, "global_rank"): a for a in by_type(doc, "Rank")}
     assert sorted(ranks) == [0, 1] and {attr(r, "status") for r in ranks.values()} == {"FINISHED"}

@@ -150,6 +150,7 @@ def fingerprint(dataset: Any, length: int | None = None) -> Fingerprint:
     indices = sorted({i * length // SAMPLE_SIZE for i in range(SAMPLE_SIZE)}) if length else []
     py_state, np_state = random.getstate(), np.random.get_state()
     torch_state = torch.random.get_rng_state()
+    own = _own_generators(dataset)  # a dataset's private generators must not advance either
     try:
         # Only the CPU generator: torch.manual_seed would reseed every CUDA device as well.
         torch.random.default_generator.manual_seed(0)
@@ -165,9 +166,45 @@ def fingerprint(dataset: Any, length: int | None = None) -> Fingerprint:
         random.setstate(py_state)
         np.random.set_state(np_state)
         torch.random.set_rng_state(torch_state)
+        for restore in own:
+            restore()
     if opaque:
         return Fingerprint(None, "unknown", unhashable=tuple(sorted(opaque)))
     return Fingerprint(h.hexdigest(), "complete")
+
+
+def _own_generators(obj: Any, depth: int = 0, seen: set[int] | None = None) -> list[Any]:
+    """Restore callbacks for the random generators a dataset holds in its attributes (and in the
+    datasets it wraps: ``Subset.dataset``, ``ConcatDataset.datasets``, ...), so sampling it for a
+    fingerprint leaves them where the training will find them."""
+    seen = set() if seen is None else seen
+    if depth > 3 or id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    found: list[Any] = []
+    if isinstance(obj, torch.Generator):
+        state = obj.get_state()
+        return [lambda g=obj, s=state: g.set_state(s)]
+    if isinstance(obj, np.random.Generator):
+        state = obj.bit_generator.state
+        return [lambda g=obj, s=state: setattr(g.bit_generator, "state", s)]
+    if isinstance(obj, np.random.RandomState):
+        state = obj.get_state()
+        return [lambda g=obj, s=state: g.set_state(s)]
+    if isinstance(obj, random.Random):
+        state = obj.getstate()
+        return [lambda g=obj, s=state: g.setstate(s)]
+    if isinstance(obj, (list, tuple)):
+        for part in obj[:64]:
+            found.extend(_own_generators(part, depth + 1, seen))
+        return found
+    attrs = getattr(obj, "__dict__", None)
+    if isinstance(attrs, dict) and not isinstance(obj, (torch.Tensor, np.ndarray, type)):
+        for value in list(attrs.values())[:256]:
+            if isinstance(value, (torch.Generator, np.random.Generator, np.random.RandomState, random.Random,
+                                  list, tuple)) or (hasattr(value, "__getitem__") and hasattr(value, "__dict__")):
+                found.extend(_own_generators(value, depth + 1, seen))
+    return found
 
 
 def _item_bytes(item: Any, opaque: set[str], depth: int = 0) -> Iterator[bytes]:

@@ -366,6 +366,7 @@ class Prov4MLCallback(Callback):
 
     def _forget_run(self) -> None:
         self.run_id, self._fits, self._last_fit, self._earlier_checkpoints = None, 0, None, {}
+        self._epochs, self._loops = EpochTracker(), LoopTracker()  # the earlier run's epochs inform nothing here
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
