@@ -33,3 +33,39 @@ def snapshot(epochs: int = 2) -> RunSnapshot:
         series=[loss, acc], artifacts=[artifact], models=[model], activities=activities,
         software_version="1.2.3", metrics_file="metrics_abc123.csv",
     )
+
+
+def long_run(epochs: int, steps_per_epoch: int = 10) -> RunSnapshot:
+    """A synthetic Lightning-like run of ``epochs`` epochs: one fit, an epoch and a validation loop per
+    epoch, a checkpoint per epoch plus ``last.ckpt`` overwritten each epoch, step and epoch metrics,
+    a test loop and a model: what the callback records, at any length."""
+    info = RunInfo(run_id="long1", experiment_name="exp", experiment_id="1", run_name=f"{epochs} epochs",
+                   namespace=NS, tracking_uri="file:///mlruns", provenance_dir="/tmp/prov", start_time=T0,
+                   user="alice", end_time=T0 + 10 * epochs + 20, status="FINISHED")
+    fit = ActivityRecord("fit_1", "Fit", "fit 1", T0 + 1, T0 + 10 * epochs + 5)
+    activities = [fit]
+    loss = MetricSeries("train_loss", Context.TRAINING, "train_loss")
+    val = MetricSeries("val_loss", Context.VALIDATION, "val_loss")
+    artifacts = []
+    for e in range(epochs):
+        start = T0 + 2 + 10 * e
+        ident = f"fit_1.epoch_{e}"
+        activities.append(ActivityRecord(ident, "TrainingEpoch", f"epoch {e}", start, start + 9,
+                                         informed_by=f"fit_1.epoch_{e - 1}" if e else None, part_of="fit_1",
+                                         attributes={"epoch": e}))
+        activities.append(ActivityRecord(f"{ident}.validation_1", "ValidationLoop", f"validation (epoch {e})",
+                                         start + 8, start + 8.5, part_of=ident, attributes={"epoch": e}))
+        for s in range(steps_per_epoch):
+            step = e * steps_per_epoch + s
+            loss.add(step, 1.0 / (step + 1), int((start + 0.5 * s) * 1000))
+        val.add((e + 1) * steps_per_epoch - 1, 1.0 / (e + 2), int((start + 8.5) * 1000))
+        ckpt = f"/tmp/ckpt/epoch={e}.ckpt"
+        artifacts.append(ArtifactRecord(f"epoch={e}.ckpt", ckpt, f"file://{ckpt}", f"{e:064x}", 100, False,
+                                        Context.TRAINING, start + 9, kind="checkpoint", activity=ident,
+                                        attributes={"epoch": e, "best": e == epochs - 1}))
+    activities.append(ActivityRecord("test_1", "TestLoop", "test", T0 + 10 * epochs + 6, T0 + 10 * epochs + 8,
+                                     informed_by="fit_1"))
+    model = ModelRecord("net", 1, "models:/m-1", "m-1", T0 + 10 * epochs + 10, {"total_params": 10})
+    return RunSnapshot(info=info, params={"lr": 0.01, "epochs": epochs}, series=[loss, val], artifacts=artifacts,
+                       models=[model], activities=activities, software_version="1.2.3",
+                       metrics_file="metrics_long1.csv")
