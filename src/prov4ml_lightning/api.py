@@ -78,6 +78,10 @@ def start_run(
     provenance_formats: tuple[str, ...] = ("json",),
     collect_all_ranks: bool = False,
     flush_interval: float = 2.0,
+    person_name: str | None = None,
+    person_email: str | None = None,
+    person_orcid: str | None = None,
+    organization: str | None = None,
 ) -> RunRecorder:
     """Open a run; usable as a context manager (an exception inside ends it FAILED and re-raises).
 
@@ -109,6 +113,13 @@ def start_run(
             ``rank<k>/<key>``). See docs/distributed-and-servers.md.
         flush_interval: seconds between the background writer's drains of the metric buffer
             into the sidecar file and MLflow (a process killed hard loses at most this much).
+        person_name, person_email, person_orcid: the person responsible for the run, recorded as
+            a ``prov:Person`` (``foaf:name``, ``foaf:mbox``; the ORCID iD, given as
+            ``0000-0002-1825-0097`` or its ``https://orcid.org/`` IRI, is the agent's identifier).
+            Each ``None`` is taken from ``PROV4ML_PERSON_NAME`` / ``PROV4ML_PERSON_EMAIL`` /
+            ``PROV4ML_PERSON_ORCID`` when set; with none of them, the OS login names the person.
+        organization: the organisation the person acts for (``prov:Organization``,
+            ``prov:actedOnBehalfOf``); ``None``: ``PROV4ML_ORGANIZATION`` when set.
 
     Raises:
         RunAlreadyActiveError: a run is open and ``nested`` is false.
@@ -119,7 +130,8 @@ def start_run(
         provenance_save_dir=provenance_save_dir, mlflow_save_dir=mlflow_save_dir, nested=nested, tags=tags,
         description=description, log_system_metrics=log_system_metrics, tracking_uri=tracking_uri,
         run_name=run_name, system_metrics_interval=system_metrics_interval, provenance_formats=provenance_formats,
-        collect_all_ranks=collect_all_ranks, flush_interval=flush_interval,
+        collect_all_ranks=collect_all_ranks, flush_interval=flush_interval, person_name=person_name,
+        person_email=person_email, person_orcid=person_orcid, organization=organization,
     )
     return start_on_ranks(lambda rank: open_run(config, rank=rank), config)
 

@@ -42,6 +42,9 @@ class RunInfo:
     parent_run_id: str | None = None
     end_time: float | None = None
     status: str = "RUNNING"
+    #: the responsible person and organisation: ``person_name``, ``person_email``,
+    #: ``person_orcid`` (an IRI), ``organization``; only those given
+    responsible: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """Lineage questions (a)-(f) of docs/provenance-model.md and the negative, asked in SPARQL (rdflib)
-over the PROV-O export of real runs: the MNIST-like example (fit, then test in the same process)
-and a fit preempted in one process and resumed from its checkpoint in another."""
+over the PROV-O export of real runs: the MNIST-like example (fit, then test in the same process),
+a fit preempted in one process and resumed from its checkpoint in another, and a classification
+fit (integer class labels, distinct train/val/test sets, the responsible person and organisation
+given by environment variables)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,7 @@ from prov4ml_lightning.provenance import load_document
 from prov4ml_lightning.provenance.checks import check_file
 from prov4ml_lightning.provenance.files import serialize_document
 from prov4ml_lightning.provenance.queries import QUERIES
+from prov4ml_lightning.provenance.vocab import undefined_terms
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +45,53 @@ if part == "1":
 else:  # a new process: a new session; a changed learning rate
     make_trainer(out, make_callback(out), 3).fit(
         SmallCNN(lr=1e-3), datamodule=DigitsData(n_train=512, n_val=64, n_test=64), ckpt_path="last")
+"""
+
+
+_CLASSIFY = """
+import logging, warnings
+from pathlib import Path
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+import prov4ml_lightning as prov4ml
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore")
+L.seed_everything(0, verbose=False)
+out = Path({out!r})
+
+def split(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    return TensorDataset(x, (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long())  # 0-d int64 labels, 3 classes
+
+class Classifier(L.LightningModule):
+    def __init__(self, lr=0.05):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    def step(self, batch, name):
+        x, y = batch
+        logits = self.net(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        self.log(f"{{name}}_loss", loss)
+        self.log(f"{{name}}_acc", (logits.argmax(1) == y).float().mean())
+        return loss
+    def training_step(self, batch, i): return self.step(batch, "train")
+    def validation_step(self, batch, i): self.step(batch, "val")
+    def test_step(self, batch, i): self.step(batch, "test")
+    def configure_optimizers(self): return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+callback = prov4ml.Prov4MLCallback(prov_user_namespace="www.example.org", experiment_name="classify",
+                                   provenance_save_dir=out / "prov", mlflow_save_dir=out / "mlflow")
+trainer = L.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                    log_every_n_steps=4, enable_model_summary=False, default_root_dir=out, callbacks=[
+                        callback, ModelCheckpoint(dirpath=out / "checkpoints", monitor="val_loss", save_top_k=1)])
+model = Classifier()
+trainer.fit(model, train_dataloaders=DataLoader(split(256, 1), batch_size=32, shuffle=True),
+            val_dataloaders=DataLoader(split(64, 2), batch_size=32))
+trainer.test(model, dataloaders=DataLoader(split(64, 3), batch_size=32), ckpt_path="best")
 """
 
 
@@ -72,6 +123,52 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> rdflib.Graph:
     for part in ("1", "2"):
         subprocess.run([sys.executable, str(script), part], check=True, capture_output=True, cwd=out, timeout=600)
     return _graph(out / "prov")[0]
+
+
+@pytest.fixture(scope="module")
+def classification(tmp_path_factory: pytest.TempPathFactory) -> rdflib.Graph:
+    out = tmp_path_factory.mktemp("classification")
+    script = out / "classify.py"
+    script.write_text(_CLASSIFY.format(out=str(out)))
+    env = {**os.environ, "PROV4ML_PERSON_NAME": "Ada Lovelace", "PROV4ML_PERSON_EMAIL": "ada@example.org",
+           "PROV4ML_PERSON_ORCID": "0000-0002-1825-0097", "PROV4ML_ORGANIZATION": "Example Lab"}
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True, cwd=out, timeout=600, env=env)
+    return _graph(out / "prov")[0]
+
+
+def test_classification_fit_with_separate_train_val_test_sets(classification):
+    g = classification
+    datasets = {r["role"]: r["fingerprint"] for r in _rows(g, "a_datasets")}
+    # the test set is not behind the model; 0-d int64 labels get a real fingerprint
+    assert set(datasets) == {"train", "val"} and all(fp and len(fp) == 64 for fp in datasets.values())
+    assert len(set(datasets.values())) == 2
+    params = {r["name"]: r["value"] for r in _rows(g, "a_hyperparameters")}
+    assert params["lr"] == "0.05"
+    (code,) = _rows(g, "a_code")
+    assert code["script"] and len(code["script"]) == 64
+    (best,) = _rows(g, "b_best_checkpoint")
+    assert best["model"] is not None and len(best["sha"]) == 64  # the logged model has the best weights
+    (who,) = _rows(g, "c_responsible")
+    assert (who["person"], who["name"], who["mbox"], who["org_name"]) == (
+        "https://orcid.org/0000-0002-1825-0097", "Ada Lovelace", "mailto:ada@example.org", "Example Lab")
+    roles = {r["role"].rsplit("#", 1)[-1] for r in _rows(g, "c_agents")}
+    assert roles == {"experimenter", "provenanceRecorder", "executionHost"}
+    (session,) = {r["n"]: r for r in _rows(g, "d_sessions")}.values()  # fit + test: one session
+    assert session["status"] == "FINISHED"
+    points = _rows(g, "e_points")
+    assert {r["name"] for r in points} >= {"train_loss", "val_loss", "val_acc", "test_loss", "test_acc"}
+    (env,) = _rows(g, "f_environment")
+    assert env["torch"] and env["host_id"]
+    assert _rows(g, "negative") == []
+    # the test set is read by the test loop only, after the fit
+    readers = g.query(QUERIES["a_datasets"].split("SELECT")[0] + """
+        SELECT ?reader WHERE { ?reader prov:used ?d . ?d p4l:role "test" }""")
+    assert readers and all("test_" in str(r[0]) for r in readers)
+
+
+@pytest.mark.parametrize("which", ["mnist", "resumed", "classification"])
+def test_every_p4l_term_is_in_the_shipped_vocabulary(which, request):
+    assert undefined_terms(request.getfixturevalue(which)) == set()
 
 
 def test_a_datasets_code_and_hyperparameters_behind_the_final_model(mnist):
@@ -124,7 +221,7 @@ def test_f_training_environment(mnist):
     assert env["packages_sha"] and env["host_id"]
 
 
-@pytest.mark.parametrize("which", ["mnist", "resumed"])
+@pytest.mark.parametrize("which", ["mnist", "resumed", "classification"])
 def test_nothing_read_or_made_after_a_checkpoint_is_upstream_of_it(which, request):
     graph = request.getfixturevalue(which)
     assert _rows(graph, "negative") == []

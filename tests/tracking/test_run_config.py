@@ -65,3 +65,15 @@ def test_a_reopened_run_continues_its_model_versions(run_args):
 
     versions = sorted(attr(m, "version") for m in by_type(read_prov(out.prov_json), "Model"))
     assert versions == [1, 2]  # the first session's model is carried over, the second is a new version
+
+
+def test_identity_options_are_normalised_and_taken_from_the_environment(tmp_path, monkeypatch):
+    args = {"prov_user_namespace": "www.example.org", "experiment_name": "x", "provenance_save_dir": tmp_path,
+            "mlflow_save_dir": tmp_path}
+    monkeypatch.setenv("PROV4ML_ORGANIZATION", "Example Lab")
+    monkeypatch.delenv("PROV4ML_PERSON_NAME", raising=False)
+    config = RunConfig(**args, person_orcid="orcid:0000-0002-1825-0097", person_email="mailto:a@example.org")
+    assert (config.person_orcid, config.person_email) == ("https://orcid.org/0000-0002-1825-0097", "a@example.org")
+    assert (config.organization, config.person_name) == ("Example Lab", None)
+    with pytest.raises(Prov4MLInputError, match="Prov4MLCallback: person_email must be an e-mail address"):
+        RunConfig(**args, person_email="nobody", call="Prov4MLCallback")

@@ -79,6 +79,9 @@ class Prov4MLCallback(Callback):
             files stay on disk anyway. PROV keeps the path and sha256 either way.
         log_model: log the trained module at the end of ``fit`` with ``prov4ml.log_model``.
         model_name: the name of that model (default: the module's class name).
+        person_name, person_email, person_orcid, organization: the responsible person and
+            organisation, as for ``prov4ml.start_run`` (or ``PROV4ML_PERSON_NAME`` / ``_EMAIL`` /
+            ``_ORCID`` and ``PROV4ML_ORGANIZATION``).
 
     Raises:
         Prov4MLInputError: a namespace, name or option is unusable (at construction); a second
@@ -122,6 +125,10 @@ class Prov4MLCallback(Callback):
         upload_checkpoints: bool = False,
         log_model: bool = True,
         model_name: str | None = None,
+        person_name: str | None = None,
+        person_email: str | None = None,
+        person_orcid: str | None = None,
+        organization: str | None = None,
     ) -> None:
         super().__init__()
         call = "Prov4MLCallback"
@@ -130,7 +137,9 @@ class Prov4MLCallback(Callback):
             provenance_save_dir=provenance_save_dir, mlflow_save_dir=mlflow_save_dir, nested=nested, tags=tags,
             description=description, log_system_metrics=log_system_metrics, tracking_uri=tracking_uri,
             run_name=run_name, system_metrics_interval=system_metrics_interval,
-            provenance_formats=provenance_formats, collect_all_ranks=True, flush_interval=flush_interval, call=call,
+            provenance_formats=provenance_formats, collect_all_ranks=True, flush_interval=flush_interval,
+            person_name=person_name, person_email=person_email, person_orcid=person_orcid, organization=organization,
+            call=call,
         )
         if model_name is not None:
             v.check_name(model_name, call, "model_name")

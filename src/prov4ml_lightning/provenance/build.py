@@ -25,7 +25,7 @@ from prov.constants import (
 )
 from prov.model import Literal, ProvDocument, ProvRecord
 
-from prov4ml_lightning.provenance.vocab import MLS_NS, P4L_NS, PROVML_NS, USER_PREFIX
+from prov4ml_lightning.provenance.vocab import FOAF_NS, MLS_NS, ORCID_NS, P4L_NS, PROVML_NS, USER_PREFIX
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 
 __all__ = ["RunSnapshot", "build_document", "local_id", "merge_previous", "typed"]
@@ -134,10 +134,7 @@ class _Builder:
         run = self.doc.activity(self.user[self.run_local], _time(info.start_time), _time(info.end_time), run_attrs)
         session = self._session(run)
 
-        person = self.doc.agent(
-            self.user[f"person.{local_id(info.user)}"],
-            [(PROV_TYPE, self.doc.valid_qualified_name("prov:Person")), (PROV_LABEL, info.user)],
-        )
+        person = self._person(run)
         software = self.doc.agent(
             self.p4l[f"prov4ml-lightning_{local_id(self.snap.software_version)}"],
             [
@@ -219,6 +216,37 @@ class _Builder:
         if self.previous is not None:
             merge_previous(self.doc, self.previous)
         return self.doc
+
+    def _person(self, run: Any) -> Any:
+        """The responsible person (``prov:Person``) and the organisation it acts for: named by the
+        run's identity options (an ORCID iD is the person's identifier), else the OS login."""
+        info, who = self.snap.info, self.snap.info.responsible or {}
+        name, email, orcid = who.get("person_name"), who.get("person_email"), who.get("person_orcid")
+        if orcid:
+            ident = self.doc.add_namespace("orcid", ORCID_NS)[orcid.removeprefix(ORCID_NS)]
+        elif email or name:
+            ident = self.user[f"person.{local_id(email or name or '')}"]
+        else:
+            ident = self.user[f"person.{local_id(info.user)}"]
+        foaf = self.doc.add_namespace("foaf", FOAF_NS) if (name or email or who.get("organization")) else None
+        attrs: list[tuple[Any, Any]] = [(PROV_TYPE, self.doc.valid_qualified_name("prov:Person")),
+                                        (PROV_LABEL, name or email or orcid or info.user)]
+        if foaf is not None and name:
+            attrs.append((foaf["name"], name))
+        if foaf is not None and email:
+            attrs.append((foaf["mbox"], Literal(f"mailto:{email}", XSD_ANYURI)))
+        if orcid:
+            attrs.append((self.p4l["orcid"], Literal(orcid, XSD_ANYURI)))
+        if name or email or orcid:
+            attrs.append((self.p4l["os_user"], info.user))  # the login that ran it, for the record
+        person = self.doc.agent(ident, attrs)
+        organization = who.get("organization")
+        if organization and foaf is not None:
+            org = self.doc.agent(self.user[f"organization.{local_id(organization)}"], [
+                (PROV_TYPE, self.doc.valid_qualified_name("prov:Organization")), (PROV_LABEL, organization),
+                (foaf["name"], organization)])
+            self.doc.actedOnBehalfOf(person, org, run)
+        return person
 
     def declared(self, kind: str, name: str) -> bool:
         """Whether entity ``(kind, name)`` is in this document (an artifact, parameter or extra

@@ -14,6 +14,7 @@ PREFIXES = """PREFIX prov: <http://www.w3.org/ns/prov#>
 PREFIX p4l: <https://w3id.org/prov4ml-lightning/ns#>
 PREFIX mls: <http://www.w3.org/ns/mls#>
 PREFIX xsd: <http://www.w3.org/2001/XMLSchema#>
+PREFIX foaf: <http://xmlns.com/foaf/0.1/>
 """
 
 #: name -> SPARQL text (with :data:`PREFIXES`)
@@ -52,6 +53,14 @@ QUERIES = {
     "c_agents": """SELECT DISTINCT ?activity ?agent ?role ?type WHERE {
   ?activity prov:qualifiedAssociation ?assoc . ?assoc prov:agent ?agent ; prov:hadRole ?role .
   ?agent a ?type . FILTER (?type != prov:Agent)
+}""",
+    # (c) the person responsible (name, e-mail, ORCID iD) and the organisation they act for
+    "c_responsible": """SELECT DISTINCT ?person ?name ?mbox ?orcid ?login ?organization ?org_name WHERE {
+  ?run a p4l:Run ; prov:wasAssociatedWith ?person . ?person a prov:Person .
+  OPTIONAL { ?person foaf:name ?name } OPTIONAL { ?person foaf:mbox ?mbox }
+  OPTIONAL { ?person p4l:orcid ?orcid } OPTIONAL { ?person p4l:os_user ?login }
+  OPTIONAL { ?person prov:actedOnBehalfOf ?organization . ?organization a prov:Organization ;
+             foaf:name ?org_name }
 }""",
     # (d) the sessions of a run, and the checkpoint each fit resumed from
     "d_sessions": """SELECT ?session ?n ?start ?end ?status ?fit ?checkpoint WHERE {

@@ -14,6 +14,7 @@ from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.tracking import validation as v
+from prov4ml_lightning.tracking.identity import IDENTITY_ENV, resolve_identity
 
 __all__ = ["PROVENANCE_FORMATS", "RunConfig"]
 
@@ -45,6 +46,12 @@ class RunConfig:
     provenance_formats: tuple[str, ...] = ("json",)
     collect_all_ranks: bool = False
     flush_interval: float = 2.0
+    #: the responsible person and organisation (tracking/identity.py; ``None``: the environment's
+    #: ``PROV4ML_PERSON_NAME`` / ``_EMAIL`` / ``_ORCID`` / ``PROV4ML_ORGANIZATION``, if set)
+    person_name: str | None = None
+    person_email: str | None = None
+    person_orcid: str | None = None
+    organization: str | None = None
     call: InitVar[str] = "start_run"
 
     def __post_init__(self, call: str) -> None:
@@ -77,6 +84,9 @@ class RunConfig:
             raise Prov4MLInputError(f"{call}: provenance_formats must be among json, provn, ttl, xml; got {bad}")
         # JSON always, first, and each format once
         object.__setattr__(self, "provenance_formats", tuple(dict.fromkeys(("json", *self.provenance_formats))))
+        # the identity as recorded: arguments, else environment, normalised (an ORCID as its IRI)
+        for name, value in resolve_identity({n: getattr(self, n) for n in IDENTITY_ENV}, call).items():
+            object.__setattr__(self, name, value)
 
     @property
     def namespace(self) -> str:

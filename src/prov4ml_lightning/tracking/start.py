@@ -26,6 +26,7 @@ from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
+from prov4ml_lightning.tracking.identity import IDENTITY_ENV
 from prov4ml_lightning.tracking.journal import read_journal
 from prov4ml_lightning.tracking.recorder import RunRecorder
 from prov4ml_lightning.tracking.writer import read_sidecar
@@ -94,6 +95,7 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
             tracking_uri=redact_url(uri),
             provenance_dir=str(prov_dir), start_time=start, user=_user(), tags=str_tags,
             description=config.description, parent_run_id=parent.info.run_id if parent else None,
+            responsible={k: getattr(config, k) for k in IDENTITY_ENV if getattr(config, k) is not None},
         )
         run = RunRecorder(config, info, sink, parent=parent)
         if reopened:
