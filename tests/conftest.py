@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -45,9 +47,16 @@ def client(mlflow_dir: Path):
 
 @pytest.fixture(autouse=True)
 def no_leaked_runs(monkeypatch: pytest.MonkeyPatch):
-    """Fail a test that leaves a run open (and close it so the next test starts clean)."""
+    """Fail a test that leaves a run open (and close it so the next test starts clean).
+
+    Also keep MLFLOW_TRACKING_URI out of the next test: Lightning's MLFlowLogger (mlflow.set_tracking_uri)
+    sets it in os.environ, and a store a later test (or its subprocess) inherited would take its runs."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     leaked = registry.current_run()
     if leaked is not None:
         while registry.current_run() is not None:
