@@ -17,18 +17,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from prov4ml_lightning.context import Context
 from prov4ml_lightning.distributed.handoff import handoff_path, read_handoff, write_handoff
 from prov4ml_lightning.distributed.parts import SilentRun, open_part, shared_of
 from prov4ml_lightning.distributed.ranks import rank_from_trainer, share_run
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
-from prov4ml_lightning.lightning.hparams import early_stopping_state, fit_params
-from prov4ml_lightning.lightning.loops import STAGES, EpochTracker, LoopTracker, stage_ident
+from prov4ml_lightning.lightning.checkpoints import CheckpointHooks
+from prov4ml_lightning.lightning.evaluation import EvaluationHooks
+from prov4ml_lightning.lightning.hparams import early_stopping_state, fit_params, prov_attr, warn_renamed
+from prov4ml_lightning.lightning.logged import LoggedValuesHooks
+from prov4ml_lightning.lightning.loops import EpochTracker, LoopTracker
 from prov4ml_lightning.lightning.run_link import NullLink, RunLink, open_link
-from prov4ml_lightning.lightning.tap import listen, unlisten
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
@@ -38,7 +38,7 @@ __all__ = ["Prov4MLCallback"]
 log = logging.getLogger(__name__)
 
 
-class Prov4MLCallback(Callback):
+class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
     r"""Record a Lightning run as an MLflow run and a W3C PROV document.
 
     Per ``trainer.fit``: hyperparameters (``save_hyperparameters()`` of the module and datamodule,
@@ -266,22 +266,6 @@ class Prov4MLCallback(Callback):
     def link(self) -> RunLink | NullLink:
         return self._link if self._link is not None else NullLink()
 
-    # -- a checkpoint Lightning loads (resume, or test/validate of a checkpoint) --------------
-    @override
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        self._loaded = {"global_step": int(checkpoint.get("global_step", 0)), "epoch": checkpoint.get("epoch")}
-
-    def _used_checkpoint(self, trainer: pl.Trainer, activity: str, restored_model: bool) -> dict[str, Any]:
-        """Record the checkpoint Lightning loaded for this stage (if any); its attributes for the activity."""
-        loaded, self._loaded = self._loaded, None
-        if loaded is None or not trainer.ckpt_path:
-            return {}
-        self.link.use_checkpoint(str(trainer.ckpt_path), loaded["global_step"], loaded["epoch"], activity,
-                                 restored_model=restored_model)
-        return {"resumed_from" if restored_model else "checkpoint": str(trainer.ckpt_path),
-                "start_step": loaded["global_step"]}
-
     # -- fit ----------------------------------------------------------------------------------
     # -- one Trainer's logger calls ----------------------------------------------------------
     @override
@@ -300,51 +284,6 @@ class Prov4MLCallback(Callback):
             return
         self._listen(trainer)
 
-    def _listen(self, trainer: pl.Trainer) -> None:
-        self._unlisten()
-        trainer_ref = weakref.ref(trainer)
-
-        def listener(values: dict[str, Any], step: int, step_level: bool) -> None:
-            owner = trainer_ref()
-            if owner is not None:
-                self._on_logged(owner, values, step, step_level)
-
-        if listen(trainer, listener):
-            self._listener = (trainer_ref, listener)
-
-    def _unlisten(self) -> None:
-        if self._listener is not None:
-            trainer_ref, listener = self._listener
-            self._listener = None
-            trainer = trainer_ref()
-            if trainer is not None:
-                unlisten(trainer, listener)
-
-    def _on_logged(self, trainer: pl.Trainer, values: dict[str, Any], step: int, step_level: bool) -> None:
-        """What Lightning hands its loggers (:mod:`.tap`): recorded under the same keys and step, in the
-        context of the loop that logged them, as points of the running activity."""
-        if trainer.sanity_checking or self._link is None:
-            return
-        if trainer.validating or trainer.testing:
-            context = Context.VALIDATION if trainer.validating else Context.TESTING
-            activity = self._loops.ident or self._fit
-        else:
-            context, activity = Context.TRAINING, self._epochs.ident or self._fit
-            if step_level and not self._step_logged(trainer, step):
-                return
-        epoch = values.pop("epoch", None) if context is not Context.TRAINING else None
-        link = self._link
-        link.log(values, context, step, activity)
-        if epoch is not None:  # the epoch counter Lightning adds is the fit's, whichever loop logs it
-            link.log({"epoch": epoch}, Context.TRAINING, step, activity)
-
-    def _step_logged(self, trainer: pl.Trainer, step: int) -> bool:
-        """Whether a training step value Lightning logs at ``step`` is recorded (``log_every_n_steps``)."""
-        every = self.log_every_n_steps
-        if every is None:
-            return True
-        return every > 0 and ((step + 1) % every == 0 or trainer.should_stop)
-
     # -- fit ----------------------------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -361,7 +300,7 @@ class Prov4MLCallback(Callback):
         self._fit = f"fit_{self._fits}"
         notes: list[str] = []
         params = fit_params(trainer, pl_module, notes)
-        _warn_renamed(params, notes)
+        warn_renamed(params, notes)
         # Every hyperparameter is a parameter entity the fit uses: the run's, or a new version where
         # this fit's value differs; trainer settings also describe the fit as its attributes.
         attrs: dict[str, Any] = {k: val for k, val in params.items() if k.startswith("trainer/")}
@@ -369,7 +308,7 @@ class Prov4MLCallback(Callback):
         attrs.update(self._used_checkpoint(trainer, self._fit, restored_model=True))
         # "a/b" keys become "a.b" attribute names ("/" is not allowed in a PROV local name).
         link.start(self._fit, "Fit", f"fit {self._fits}", informed_by=self._last_fit, used=used,
-                   attributes={k.replace("/", "."): _attr(val) for k, val in attrs.items()})
+                   attributes={k.replace("/", "."): prov_attr(val) for k, val in attrs.items()})
         if self.log_checkpoints:
             link.seed_checkpoints(trainer, self._earlier_checkpoints)
 
@@ -413,29 +352,6 @@ class Prov4MLCallback(Callback):
         self._close_epoch(trainer)
 
     @override
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        # The file is written after this hook; it is hashed at the next hook (see _poll_checkpoints).
-        if self.log_checkpoints:
-            self._poll_checkpoints(trainer)  # an earlier save of this step (top-k before last) is on disk now
-            self._ckpt_pending = (trainer.global_step, trainer.current_epoch)
-            if "state_dict" in checkpoint:  # the weights written: ties the logged model to this file
-                self.link.note_weights(trainer.global_step, checkpoint["state_dict"])
-            # state_dict() ran before that poll: give this checkpoint the names known now
-            state = checkpoint.get("callbacks", {}).get(self.state_key)
-            if state is not None:
-                state["checkpoints"] = {**self._earlier_checkpoints, **self.link.checkpoint_names()}
-
-    def _poll_checkpoints(self, trainer: pl.Trainer, force: bool = False) -> None:
-        """Record checkpoint files saved since the last poll; ``force`` looks even without a
-        save seen in ``on_save_checkpoint`` (weights-only checkpoints skip that hook)."""
-        if not self.log_checkpoints or (self._ckpt_pending is None and not force) or self._fit is None:
-            return
-        step, epoch = self._ckpt_pending or (trainer.global_step, trainer.current_epoch)
-        self._ckpt_pending = None
-        self.link.poll_checkpoints(trainer, self._epochs.ident or self._fit, step, epoch, self.upload_checkpoints)
-
-    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close_epoch(trainer)
         link = self.link
@@ -449,83 +365,6 @@ class Prov4MLCallback(Callback):
                              "epochs_completed": trainer.current_epoch, **early_stopping_state(trainer)})
         self._last_fit, self._fit = self._fit, None
         self._close("FINISHED")
-
-    # -- validation, test, predict -------------------------------------------------------------
-    def _start_loop(self, trainer: pl.Trainer, stage: str) -> None:
-        in_fit = self._fit is not None and stage == "validate"
-        link = self.link if in_fit else self._open(trainer)
-        if self._ckpt_pending is not None:
-            self._poll_checkpoints(trainer)
-        role, loaders = STAGES[stage][2], getattr(trainer, STAGES[stage][3])
-        used = link.datasets(loaders, role) if self.log_datasets else []
-        if in_fit:
-            self._epochs.loops += 1
-            parent = self._epochs.ident or self._fit
-            self._loops.start(trainer, link, f"{parent}.validation_{self._epochs.loops}", stage,
-                              f"validation (epoch {trainer.current_epoch})", informed_by=parent, used=used,
-                              part_of=parent)
-            return
-        self._stage = stage
-        ident = stage_ident(stage)
-        checkpoint = self._used_checkpoint(trainer, ident, restored_model=False)
-        self._loops.start(trainer, link, ident, stage, stage, informed_by=self._last_fit, used=used,
-                          attributes=checkpoint)
-
-    def _end_loop(self, trainer: pl.Trainer, status: str = "FINISHED") -> None:
-        self._loops.end(trainer, self.link, status)
-        if self._stage is not None:  # a stand-alone stage: the run goes back to closed
-            self._stage = None
-            self._close(status)
-
-    @override
-    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        link = self.link
-        used = link.datasets(trainer.val_dataloaders, "val") if self.log_datasets else []
-        # part of the fit, started by it; it uses the untrained weights, informed by nothing earlier
-        link.start(f"{self._fit}.sanity_check", "SanityCheck", "sanity check", used=used, part_of=self._fit)
-
-    @override
-    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        per_loader = [int(n) for n in trainer.num_sanity_val_batches]
-        self.link.end(f"{self._fit}.sanity_check", {"status": "FINISHED", "batches": sum(per_loader),
-                                                     "dataloaders": len(per_loader)})
-
-    @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._start_loop(trainer, "validate")
-
-    @override
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not trainer.sanity_checking:
-            self._loops.batch_end()
-
-    @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._end_loop(trainer)
-
-    @override
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start_loop(trainer, "test")
-
-    @override
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._loops.batch_end()
-
-    @override
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._end_loop(trainer)
-
-    @override
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start_loop(trainer, "predict")
-
-    @override
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._end_loop(trainer)
 
     # -- failures and teardown ------------------------------------------------------------------
     @override
@@ -590,23 +429,3 @@ def _is_termination(exception: BaseException) -> bool:
 
     return isinstance(exception, (KeyboardInterrupt, SIGTERMException, RunTerminated))
 
-
-def _warn_renamed(params: Mapping[str, Any], notes: list[str]) -> None:
-    """One warning per fit for the hyperparameter names the run stores under another name: empty
-    ones (``_empty``) and those MLflow's name rules change (PROV keeps the name before those)."""
-    from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key
-
-    notes = notes + [f"{key!r} -> {mkey!r} in MLflow" for key in params if (mkey := mlflow_safe_key(key)) != key]
-    if notes:
-        warnings.warn("Prov4MLCallback: hyperparameter names no run accepts as they are were renamed: "
-                      + ", ".join(notes), Prov4MLWarning, stacklevel=3)
-
-
-def _attr(value: Any) -> Any:
-    """A PROV attribute value: scalars stay typed, lists and tuples become lists (JSON in the
-    document, never a Python repr), anything else text."""
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return v.param_text(value)

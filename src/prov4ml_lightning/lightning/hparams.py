@@ -19,8 +19,12 @@ Also here: the early-stopping decision (:func:`early_stopping_state`), an attrib
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
+
+from prov4ml_lightning.errors import Prov4MLWarning
+from prov4ml_lightning.tracking import validation as v
 
 __all__ = [
     "clean_hparams",
@@ -30,7 +34,9 @@ __all__ = [
     "lr_stats",
     "module_hparams",
     "optimizer_params",
+    "prov_attr",
     "trainer_params",
+    "warn_renamed",
 ]
 
 _SCALARS = (bool, int, float, str)
@@ -205,3 +211,24 @@ def early_stopping_state(trainer: Any) -> dict[str, Any]:
         if isinstance(best, float):
             out["early_stopping_best_score"] = best
     return out
+
+
+def warn_renamed(params: Mapping[str, Any], notes: list[str]) -> None:
+    """One warning per fit for the hyperparameter names the run stores under another name: empty
+    ones (``_empty``) and those MLflow's name rules change (PROV keeps the name before those)."""
+    from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key
+
+    notes = notes + [f"{key!r} -> {mkey!r} in MLflow" for key in params if (mkey := mlflow_safe_key(key)) != key]
+    if notes:
+        warnings.warn("Prov4MLCallback: hyperparameter names no run accepts as they are were renamed: "
+                      + ", ".join(notes), Prov4MLWarning, stacklevel=3)
+
+
+def prov_attr(value: Any) -> Any:
+    """A PROV attribute value: scalars stay typed, lists and tuples become lists (JSON in the
+    document, never a Python repr), anything else text."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return v.param_text(value)
