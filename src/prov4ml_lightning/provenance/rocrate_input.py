@@ -1,11 +1,10 @@
 """What an RO-Crate of a run is made from: the run's PROV-JSON document read as plain JSON (its
 ``p4l:Run`` activity, entities and agents, attribute values without their type wrappers, the local
-files they locate) and the sha256 of a file, to check it against the hash the document recorded.
+files they locate).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from prov4ml_lightning.errors import Prov4MLInputError
 
-__all__ = ["RunDocument", "attr_types", "attr_value", "file_sha256", "location_path", "read_run"]
+__all__ = ["RunDocument", "attr_types", "attr_value", "location_path", "read_run"]
 
 _CASTS = {"xsd:int": int, "xsd:long": int, "xsd:integer": int, "xsd:double": float, "xsd:float": float}
 
@@ -36,15 +35,6 @@ def attr_types(attrs: dict[str, Any]) -> set[str]:
     """The ``prov:type`` values of a record's attributes."""
     raw = attrs.get("prov:type")
     return {str(attr_value(t)) for t in (raw if isinstance(raw, list) else [raw]) if t is not None}
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def location_path(location: Any) -> Path | None:

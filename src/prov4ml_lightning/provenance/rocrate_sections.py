@@ -11,13 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
-from prov4ml_lightning.provenance.rocrate_input import (
-    RunDocument,
-    attr_types,
-    attr_value,
-    file_sha256,
-    location_path,
-)
+from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.provenance.rocrate_input import RunDocument, attr_types, attr_value, location_path
 
 __all__ = ["RO_CRATE_VERSION", "CrateBuilder"]
 
@@ -53,7 +48,7 @@ class CrateBuilder:
         return self.crate.add(self._context_entity(self.crate, identifier, properties=props))
 
     def file(self, path: Path, dest: str, props: dict[str, Any], recorded_sha256: str | None = None) -> Any:
-        digest = file_sha256(path)
+        digest = sha256_path(path)[0]
         if recorded_sha256 and digest != recorded_sha256:
             raise Prov4MLInputError(
                 f"`export --format rocrate`: {path} has sha256 {digest}, the PROV document recorded "
@@ -146,7 +141,7 @@ class CrateBuilder:
                 "description": "uncommitted changes to the code (git diff HEAD) when the run started",
                 "encodingFormat": "text/x-diff"}, str(attr_value(attrs.get("p4l:git_diff_sha256")) or "") or None)
         path = Path(str(script_path)) if script_path else None
-        if path is not None and path.is_file() and recorded and file_sha256(path) == recorded:
+        if path is not None and path.is_file() and recorded and sha256_path(path)[0] == recorded:
             entity = self.file(path, f"code/{path.name}", {"@type": ["File", "SoftwareSourceCode"], **props,
                                                            "description": "the entry script the run executed"},
                                str(recorded))
@@ -207,7 +202,7 @@ class CrateBuilder:
             path = location_path(attrs.get("prov:location"))
             props: dict[str, Any] = {"description": _ckpt_description(attrs)}
             if self.include_checkpoints and path is not None and path.is_file() and digest \
-                    and path.resolve() not in self.copied and file_sha256(path) == digest:
+                    and path.resolve() not in self.copied and sha256_path(path)[0] == digest:
                 out.append(self.file(path, f"checkpoints/{path.name}", {"name": label, **props}, str(digest)))
                 continue
             props.update({"@type": "File", "name": label})
