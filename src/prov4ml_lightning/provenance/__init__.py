@@ -1,7 +1,8 @@
 """The PROV side of a run: the only package that imports ``prov``.
 
-- :mod:`.build`: the recorder's plain records -> a :class:`prov.model.ProvDocument` (and the
-  merge of an earlier session's document into a reopened run's);
+- :mod:`.build`: the recorder's plain records -> a :class:`prov.model.ProvDocument`, with
+  :mod:`.sessions` (the session, its agents, code, environment and side files), :mod:`.merge` (an
+  earlier session's document carried into a reopened run's) and :mod:`.values` (PROV values);
 - :mod:`.files`: writing documents (and every PROV file of a run) atomically, reading them back,
   serialising, validity helpers;
 - :mod:`.views`: a document flattened into plain nodes and edges for drawing and the CLI.

@@ -1,68 +1,28 @@
-"""Records -> :class:`prov.model.ProvDocument`: the PROV model of a run (docs/provenance-model.md),
-and the merge of an earlier session's document into a reopened run's.
+"""Records -> :class:`prov.model.ProvDocument`: the PROV model of a run (docs/provenance-model.md).
+
+The builder's core lives here (the run, its activities, parameters, metric series, artifacts, models
+and extra entities); :mod:`.sessions` adds the session and who and what it ran with, :mod:`.merge`
+carries an earlier session's records over, :mod:`.values` turns plain values into PROV ones.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prov.constants import (
-    PROV_ATTR_TIME,
-    PROV_GENERATION,
-    PROV_LABEL,
-    PROV_LOCATION,
-    PROV_ROLE,
-    PROV_TYPE,
-    PROV_VALUE,
-    XSD_ANYURI,
-)
-from prov.model import Literal, ProvDocument, ProvRecord
+from prov.constants import PROV_LABEL, PROV_LOCATION, PROV_ROLE, PROV_TYPE, PROV_VALUE, XSD_ANYURI
+from prov.model import Literal, ProvDocument
 
-from prov4ml_lightning.provenance.vocab import FOAF_NS, MLS_NS, ORCID_NS, P4L_NS, PROVML_NS, USER_PREFIX
+from prov4ml_lightning.provenance.merge import merge_previous
+from prov4ml_lightning.provenance.sessions import SessionRecords
+from prov4ml_lightning.provenance.values import local_id, prov_time, typed
+from prov4ml_lightning.provenance.vocab import MLS_NS, P4L_NS, PROVML_NS, USER_PREFIX
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 
 __all__ = ["RunSnapshot", "build_document", "local_id", "merge_previous", "typed"]
-
-_LOCAL_OK = re.compile(r"[^A-Za-z0-9_.\-]")
-
-
-def local_id(text: str) -> str:
-    """A PROV-N-safe local name for ``text``; changed names get a hash suffix so they stay unique."""
-    safe = _LOCAL_OK.sub("_", text)
-    if safe != text or len(safe) > 120:
-        safe = f"{safe[:100]}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-    return safe
-
-
-def _time(seconds: float | None) -> dt.datetime | None:
-    if seconds is None:
-        return None
-    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
-
-
-def typed(value: Any) -> Any:
-    """A PROV attribute value: ``prov`` types ints, floats (NaN/INF included), bools and datetimes
-    as ``xsd:int``/``xsd:long``, ``xsd:double``, ``xsd:boolean`` and ``xsd:dateTime``; lists, tuples
-    and dicts of such values are recorded as JSON text (never as a Python ``repr``); anything else
-    as its string form."""
-    if isinstance(value, (bool, int, float, str, dt.datetime)):
-        return value
-    if value is None:
-        return "None"
-    if isinstance(value, (list, tuple, dict)):
-        try:
-            return json.dumps(value)
-        except (TypeError, ValueError):
-            return str(value)
-    return str(value)
-
 
 
 @dataclass
@@ -88,7 +48,7 @@ class RunSnapshot:
     side_files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-class _Builder:
+class _Builder(SessionRecords):
     def __init__(self, snap: RunSnapshot) -> None:
         self.snap = snap
         self.doc = ProvDocument()
@@ -131,10 +91,11 @@ class _Builder:
             *[(self.p4l[f"tag_{local_id(k)}"], v) for k, v in info.tags.items()],
             *self.attrs((self.snap.context or {}).get("run", {})),
         ]
-        run = self.doc.activity(self.user[self.run_local], _time(info.start_time), _time(info.end_time), run_attrs)
-        session = self._session(run)
+        run = self.doc.activity(self.user[self.run_local], prov_time(info.start_time), prov_time(info.end_time),
+                                run_attrs)
+        session = self.add_session(run)
 
-        person = self._person(run)
+        person = self.add_person(run)
         software = self.doc.agent(
             self.p4l[f"prov4ml-lightning_{local_id(self.snap.software_version)}"],
             [
@@ -143,7 +104,7 @@ class _Builder:
                 (self.p4l["version"], self.snap.software_version),
             ],
         )
-        code = self._context(session)
+        code = self.add_context(session)
         # Every association carries a role: besides naming what each agent did, it keeps all of
         # them qualified, since prov 3.2.3's PROV-O reader pairs a plan with the wrong agent when
         # qualified and unqualified associations of one activity are mixed.
@@ -158,7 +119,7 @@ class _Builder:
             parent = self.doc.activity(self.user[f"run_{info.parent_run_id}"], None, None, [
                 (PROV_TYPE, self.p4l["ParentRun"]), (self.p4l["run_id"], info.parent_run_id)])
             self.doc.wasInformedBy(run, parent)
-            self.doc.wasStartedBy(run, None, parent, _time(info.start_time))
+            self.doc.wasStartedBy(run, None, parent, prov_time(info.start_time))
 
         activities = {}
         for act in self.snap.activities:
@@ -180,7 +141,7 @@ class _Builder:
                 ],
             )
             if key not in listed:
-                self.doc.used(session, ent, _time(self.session_span[0]))
+                self.doc.used(session, ent, prov_time(self.session_span[0]))
 
         for series in self.snap.series:
             self._series(session, activities, series)
@@ -217,36 +178,6 @@ class _Builder:
             merge_previous(self.doc, self.previous)
         return self.doc
 
-    def _person(self, run: Any) -> Any:
-        """The responsible person (``prov:Person``) and the organisation it acts for: named by the
-        run's identity options (an ORCID iD is the person's identifier), else the OS login."""
-        info, who = self.snap.info, self.snap.info.responsible or {}
-        name, email, orcid = who.get("person_name"), who.get("person_email"), who.get("person_orcid")
-        if orcid:
-            ident = self.doc.add_namespace("orcid", ORCID_NS)[orcid.removeprefix(ORCID_NS)]
-        elif email or name:
-            ident = self.user[f"person.{local_id(email or name or '')}"]
-        else:
-            ident = self.user[f"person.{local_id(info.user)}"]
-        foaf = self.doc.add_namespace("foaf", FOAF_NS) if (name or email or who.get("organization")) else None
-        attrs: list[tuple[Any, Any]] = [(PROV_TYPE, self.doc.valid_qualified_name("prov:Person")),
-                                        (PROV_LABEL, name or email or orcid or info.user)]
-        if foaf is not None and name:
-            attrs.append((foaf["name"], name))
-        if foaf is not None and email:
-            attrs.append((foaf["mbox"], Literal(f"mailto:{email}", XSD_ANYURI)))
-        if orcid:
-            attrs.append((self.p4l["orcid"], Literal(orcid, XSD_ANYURI)))
-        if name or email or orcid:
-            attrs.append((self.p4l["os_user"], info.user))  # the login that ran it, for the record
-        person = self.doc.agent(ident, attrs)
-        organization = who.get("organization")
-        if organization and foaf is not None:
-            org = self.doc.agent(self.user[f"organization.{local_id(organization)}"], [
-                (PROV_TYPE, self.doc.valid_qualified_name("prov:Organization")), (PROV_LABEL, organization),
-                (foaf["name"], organization)])
-            self.doc.actedOnBehalfOf(person, org, run)
-        return person
 
     def declared(self, kind: str, name: str) -> bool:
         """Whether entity ``(kind, name)`` is in this document (an artifact, parameter or extra
@@ -254,43 +185,7 @@ class _Builder:
         return ((kind, name) in self.extras or any(a.kind == kind and a.name == name for a in self.snap.artifacts)
                 or (kind == "param" and name in self.snap.params) or self.rid(kind, name) in self.earlier)
 
-    def _session(self, run: Any) -> Any:
-        """This process's session of the run: an activity part of the run, with its own start, end
-        and status, that uses its code and environment and starts its fits and stages."""
-        info, context = self.snap.info, self.snap.context or {}
-        self.session_no = int(context.get("session") or 1)
-        start = (info.start_time if self.session_no == 1
-                 else max(info.start_time, float(context.get("started_at") or info.start_time)))
-        self.session_span = (start, info.end_time)
-        self.session_id = self.rid(f"session_{self.session_no}")
-        attrs = {"session": self.session_no, "status": info.status, **(context.get("process") or {})}
-        node = self.doc.activity(self.session_id, _time(start), _time(info.end_time), [
-            (PROV_TYPE, self.p4l["Session"]), (PROV_LABEL, f"session {self.session_no}"),
-            (self.p4l["partOf"], self.user[self.run_local]), *self.attrs(attrs)])
-        if self.snap.metrics_file:
-            self._side_file(node, "metrics_file", self.snap.metrics_file, "MetricsFile",
-                            self.snap.side_files.get("metrics"), info.end_time)
-        return node
 
-    def _side_file(self, session: Any, kind: str, name: str, type_: str, facts: Mapping[str, Any] | None,
-                   when: float | None) -> Any:
-        """A file beside the document (metric sidecar, package list, code diff) as an entity with
-        its location and hash, generated by this session (a later session's copy is a revision)."""
-        facts = facts or {}
-        ident = self.rid(kind if self.session_no == 1 else f"{kind}.session_{self.session_no}")
-        attrs = {"file_name": name, "sha256": facts.get("sha256"), "size_bytes": facts.get("size_bytes")}
-        path = facts.get("path")
-        ent = self.doc.entity(ident, [
-            (PROV_TYPE, self.p4l[type_]), (PROV_LABEL, name),
-            *([(PROV_LOCATION, Literal(Path(path).resolve().as_uri(), XSD_ANYURI))] if path else []),
-            *self.attrs(attrs)])
-        self.doc.wasGeneratedBy(ent, session, _time(when if when is not None else self.session_span[0]))
-        if kind == "metrics_file" and self.session_no > 1:
-            # the sidecar is appended to by every session: this copy revises the earlier one's
-            earlier = self.rid(kind if self.session_no == 2 else f"{kind}.session_{self.session_no - 1}")
-            if earlier in self.earlier:
-                self.doc.wasRevisionOf(ent, earlier)
-        return ent
 
     def _activity(self, session: Any, act: ActivityRecord) -> Any:
         types = [(PROV_TYPE, self.p4l[act.kind])]
@@ -303,15 +198,15 @@ class _Builder:
                                                             or self.rid(act.part_of) in self.earlier)
                   else self.session_id)
         node = self.doc.activity(
-            self.rid(act.ident), _time(act.start_time), _time(act.end_time),
+            self.rid(act.ident), prov_time(act.start_time), prov_time(act.end_time),
             [*types, (PROV_LABEL, act.label), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
         )
-        self.doc.wasStartedBy(node, None, parent, _time(act.start_time))
+        self.doc.wasStartedBy(node, None, parent, prov_time(act.start_time))
         if act.informed_by in self.spans or (act.informed_by and self.rid(act.informed_by) in self.earlier):
             self.doc.wasInformedBy(node, self.rid(act.informed_by))
         for kind, name in act.used:  # datasets, parameters, checkpoints it read when it started
             if self.declared(kind, name):
-                self.doc.used(node, self.rid(kind, name), _time(act.start_time))
+                self.doc.used(node, self.rid(kind, name), prov_time(act.start_time))
         return node
 
     def _series(self, session: Any, activities: Mapping[str, Any], s: MetricSeries) -> None:
@@ -337,8 +232,8 @@ class _Builder:
                         "last_value": s.last_value,
                         "non_finite_count": s.non_finite,
                         "series_file": self.snap.metrics_file,
-                        "first_point_time": _time(s.first_time),
-                        "last_point_time": _time(s.last_time),
+                        "first_point_time": prov_time(s.first_time),
+                        "last_point_time": prov_time(s.last_time),
                     }
                 ),
             ],
@@ -396,7 +291,7 @@ class _Builder:
         node = activities[activity] if activity else session
         relation = extra.get("relation", "used")
         if relation == "used":
-            when = self.when(extra.get("time"), activity) if activity else _time(self.session_span[0])
+            when = self.when(extra.get("time"), activity) if activity else prov_time(self.session_span[0])
             self.doc.used(node, ent, when)
         elif relation == "generated":
             self.doc.wasGeneratedBy(ent, node, self.when(extra.get("time"), activity))
@@ -422,49 +317,7 @@ class _Builder:
             t = start
         if end is not None and t > end:
             t = end
-        return _time(t)
-
-    def _context(self, session: Any) -> Any:
-        """The session's ``code`` (also a ``prov:Plan``) and ``environment`` entities, used when
-        it started, the side files they describe, and the host agent."""
-        context = self.snap.context or {}
-        # A reopened run's later sessions (resume, possibly elsewhere) get their own code and
-        # environment entities beside the first session's.
-        n = self.session_no
-        suffix, label_suffix = ("", "") if n == 1 else (f".session_{n}", f" (session {n})")
-        start = _time(self.session_span[0])
-        files = self.snap.side_files
-        code = env = None
-        if context.get("code"):
-            attrs = context["code"]
-            label = Path(attrs["script_path"]).name if attrs.get("script_path") else "code"
-            code = self.doc.entity(self.rid(f"code{suffix}"), [
-                (PROV_TYPE, self.p4l["Code"]), (PROV_TYPE, self.doc.valid_qualified_name("prov:Plan")),
-                (PROV_LABEL, label + label_suffix), *self.attrs({**attrs, "session": n})])
-            self.doc.used(session, code, start)
-            if attrs.get("git_diff_file"):
-                diff = self._side_file(session, "code_diff", attrs["git_diff_file"], "CodeDiff",
-                                       files.get("diff"), self.session_span[0])
-                code.add_attributes([(self.p4l["diffFile"], diff.identifier)])
-        if context.get("environment"):
-            attrs = context["environment"]
-            env = self.doc.entity(self.rid(f"environment{suffix}"), [
-                (PROV_TYPE, self.p4l["Environment"]),
-                (PROV_LABEL, f"environment of {self.snap.info.run_name}{label_suffix}"),
-                *self.attrs({**attrs, "session": n})])
-            self.doc.used(session, env, start)
-            if attrs.get("packages_file"):
-                packages = self._side_file(session, "package_list", attrs["packages_file"], "PackageList",
-                                           files.get("packages"), self.session_span[0])
-                env.add_attributes([(self.p4l["packagesFile"], packages.identifier)])
-            if attrs.get("hostname"):
-                host_key = f"{attrs['hostname']}.{attrs['host_id']}" if attrs.get("host_id") else attrs["hostname"]
-                host = self.doc.agent(self.user[f"host.{local_id(host_key)}"], [
-                    (PROV_TYPE, self.p4l["Host"]), (PROV_LABEL, attrs["hostname"]),
-                    *self.attrs({"hostname": attrs["hostname"], "host_id": attrs.get("host_id")})])
-                self.doc.wasAssociatedWith(session, host, other_attributes=[(PROV_ROLE, self.p4l["executionHost"])])
-                self.doc.wasAttributedTo(env, host)
-        return code
+        return prov_time(t)
 
 
 _PROVML_ACTIVITY_TYPES = {
@@ -480,35 +333,3 @@ def build_document(snapshot: RunSnapshot) -> ProvDocument:
     return _Builder(snapshot).build()
 
 
-def _relation_key(record: ProvRecord) -> tuple[Any, ...]:
-    # Time is left out: the same usage recorded by two sessions of a run is one usage.
-    return (record.get_type(), *((k, v) for k, v in record.formal_attributes if k != PROV_ATTR_TIME))
-
-
-def merge_previous(doc: ProvDocument, previous: ProvDocument) -> None:
-    """Carry the records an earlier session of the same run wrote into ``doc`` (a reopened run).
-
-    An element both documents define keeps ``doc``'s values and gains the attributes only the
-    earlier one had (types are united); a relation ``doc`` already states (same kind and
-    arguments, any time) is not repeated, and an entity ``doc`` generates keeps that one
-    generation. Everything else of the earlier document (its epochs, checkpoints, ...) is copied.
-    """
-    elements = {r.identifier: r for r in doc.get_records() if r.is_element()}
-    relations = {_relation_key(r) for r in doc.get_records() if r.is_relation()}
-    generated = {r.formal_attributes[0][1] for r in doc.get_records() if r.get_type() == PROV_GENERATION}
-    for record in previous.get_records():
-        if record.is_element():
-            mine = elements.get(record.identifier)
-            if mine is None:
-                doc.add_record(record)
-            else:
-                have = {k for k, _ in mine.attributes}
-                mine.add_attributes([(k, v) for k, v in record.attributes if k not in have or k == PROV_TYPE])
-            continue
-        key = _relation_key(record)
-        if key in relations:
-            continue
-        if record.get_type() == PROV_GENERATION and record.formal_attributes[0][1] in generated:
-            continue
-        relations.add(key)
-        doc.add_record(record)
