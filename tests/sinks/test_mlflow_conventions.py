@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import random
 import subprocess
 import warnings
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 import prov4ml_lightning as prov4ml
@@ -121,3 +123,29 @@ def test_datasets_are_mlflow_dataset_inputs_and_seeded_runs_get_distinct_names(r
         assert d.dataset.digest == fingerprint[:36]
         assert json.loads(d.dataset.profile)["fingerprint"] == fingerprint
         assert json.loads(d.dataset.source)["prov_entity"] == name
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.slow
+def test_log_model_leaves_out_mlflows_pickle_notice_only_when_the_format_is_ours(run_args, client) -> None:
+    records = _Records()
+    logger = logging.getLogger("mlflow.pytorch")
+    logger.addHandler(records)
+    try:
+        with prov4ml.start_run_ctx(**run_args) as run:
+            prov4ml.log_model(torch.nn.Linear(2, 1), "default")
+            assert not [m for m in records.messages if "Pickle" in m]
+            prov4ml.log_model(torch.nn.Linear(2, 1), "asked", serialization_format="pickle")
+    finally:
+        logger.removeHandler(records)
+    assert [m for m in records.messages if m.startswith("Saving pytorch model by Pickle")]  # the caller's choice
+    assert {m.name for m in client.search_logged_models([client.get_run(run.run_id).info.experiment_id])} >= {
+        "default", "asked"}

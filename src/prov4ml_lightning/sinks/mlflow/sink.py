@@ -178,6 +178,13 @@ def source_tags(user: str | None, code: Mapping[str, Any]) -> dict[str, str]:
     return tags
 
 
+class _PickleNoticeFilter(logging.Filter):
+    """Drops MLflow's "Saving pytorch model by Pickle ..." notice, and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Saving pytorch model by Pickle")
+
+
 def _is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
 
@@ -421,10 +428,14 @@ class MlflowSink:
 
         ``pip_requirements`` defaults to :func:`default_pip_requirements`, so MLflow skips its slow
         requirement inference; ``serialization_format`` to :func:`default_serialization_format`.
+        When the format is ours to choose, MLflow's notice that pickle runs code on loading is
+        left out (the README says so, and how to get ``pt2``: pass ``input_example``); a caller
+        who asks for a format gets MLflow's messages as they are.
         """
         import mlflow.pytorch
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+        chosen_by_us = "serialization_format" not in kwargs
         kwargs.setdefault("serialization_format", default_serialization_format(kwargs.get("input_example")))
         if pip_requirements is None:
             pip_requirements = default_pip_requirements()
@@ -435,15 +446,23 @@ class MlflowSink:
             experiment_id, name=name, source_run_id=run_id,
             params={k: str(v) for k, v in (params or {}).items()} or None,
         )
-        with _use_tracking_uri(self.tracking_uri):
-            info = mlflow.pytorch.log_model(
-                model,
-                name=name,
-                run_id=run_id,
-                model_id=logged.model_id,
-                pip_requirements=pip_requirements,
-                **kwargs,
-            )
+        quiet = _PickleNoticeFilter() if chosen_by_us else None
+        mlflow_log = logging.getLogger("mlflow.pytorch")
+        if quiet is not None:
+            mlflow_log.addFilter(quiet)
+        try:
+            with _use_tracking_uri(self.tracking_uri):
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name=name,
+                    run_id=run_id,
+                    model_id=logged.model_id,
+                    pip_requirements=pip_requirements,
+                    **kwargs,
+                )
+        finally:
+            if quiet is not None:
+                mlflow_log.removeFilter(quiet)
         return info.model_uri, getattr(info, "model_id", None)
 
     # -- reconciling a run with its local records (used by `prov4ml sync` / `recover`) ----------
