@@ -149,3 +149,27 @@ def test_log_model_leaves_out_mlflows_pickle_notice_only_when_the_format_is_ours
     assert [m for m in records.messages if m.startswith("Saving pytorch model by Pickle")]  # the caller's choice
     assert {m.name for m in client.search_logged_models([client.get_run(run.run_id).info.experiment_id])} >= {
         "default", "asked"}
+
+
+@pytest.mark.slow
+def test_an_mlflowlogger_in_the_same_trainer_is_announced_not_silent(run_args, tmp_path, monkeypatch) -> None:
+    """What README "An MLFlowLogger in the same Trainer" describes: Lightning's logger sets
+    MLFLOW_TRACKING_URI when it starts, the callback's run follows it there and says so, and the
+    fit leaves two runs (the logger's and the callback's, each with every point once)."""
+    import mlflow.tracking._tracking_service.utils as mlflow_uri
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    monkeypatch.setattr(mlflow_uri, "_tracking_uri", mlflow_uri._tracking_uri)  # restored after the test
+    monkeypatch.setattr(start, "_ANNOUNCED", set())
+    (tmp_path / "logger").mkdir()
+    logger_uri = default_tracking_uri(tmp_path / "logger")
+    logger = MLFlowLogger(experiment_name="lightning", tracking_uri=logger_uri)
+    callback = Prov4MLCallback(**run_args)
+    with pytest.warns(Prov4MLWarning, match="MLFLOW_TRACKING_URI") as caught:
+        fast_trainer(tmp_path, [callback], logger=logger, max_epochs=1).fit(TinyModel(), TinyDataModule())
+    message = str(next(w.message for w in caught if "MLFLOW_TRACKING_URI" in str(w.message)))
+    assert logger_uri in message and str(Path(run_args["mlflow_save_dir"]).resolve()) in message
+    store = MlflowClient(logger_uri)
+    assert logger.run_id != callback.run_id
+    for run_id in (logger.run_id, callback.run_id):
+        assert [m.step for m in store.get_metric_history(run_id, "val_loss")] == [7]
