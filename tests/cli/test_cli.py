@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -417,11 +418,29 @@ def test_malformed_file_is_a_one_line_error(command, content, expected, tmp_path
     assert not list(tmp_path.glob("*.svg"))
 
 
-def test_folder_with_two_documents_asks_for_one(runs, tmp_path, capsys):
-    for name in ("base", "lr"):
-        shutil.copy(runs[name].prov_json, tmp_path)
-    code, _, err = _cli(capsys, "show", tmp_path)
-    assert code == 2 and "holds 2 PROV documents" in err and err.count("\n") == 1
+def test_a_folder_of_several_runs_gives_the_newest_with_a_note_and_validate_checks_all(runs, tmp_path, capsys):
+    for age, name in ((200, "base"), (100, "lr")):  # lr is the newer
+        copied = Path(shutil.copy(runs[name].prov_json, tmp_path))
+        stamp = copied.stat().st_mtime - age
+        os.utime(copied, (stamp, stamp))
+    newest, older = runs["lr"].prov_json.name, runs["base"].prov_json.name
+    code, out, err = _cli(capsys, "show", tmp_path)
+    assert code == 0 and runs["lr"].run_id in out and runs["base"].run_id not in out
+    assert err.count("\n") == 1 and "holds 2 runs" in err and newest in err and older in err
+    code, out, err = _cli(capsys, "export", tmp_path, "--format", "provn")
+    assert code == 0 and runs["lr"].run_id in out and newest in err
+    code, out, _ = _cli(capsys, "diff", runs["base"].prov_json, tmp_path)  # base against the newest (lr)
+    assert code == 1 and _diff_rows(out, "hyperparameters") == {"lr": ("0.1", "0.01")}
+    code, out, err = _cli(capsys, "validate", "--quick", tmp_path)
+    assert code == 0 and err == ""
+    assert f"{tmp_path / newest}: OK" in out and f"{tmp_path / older}: OK" in out and "2 of 2 documents valid" in out
+
+
+def test_help_has_no_rest_markup(capsys):
+    for argv in (["--help"], *([name, "--help"] for name in COMMANDS)):
+        code, out, _ = _cli(capsys, *argv)
+        assert code == 0
+        assert "``" not in out and not re.search(r":[a-z]+:`", out), (argv, out)
 
 
 # -- the Lightning front door -------------------------------------------------------------------------
