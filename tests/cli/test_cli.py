@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -505,3 +506,28 @@ def test_lightning_diff_finds_changed_data(lightning_runs, capsys):
     assert a != b
     assert _diff_rows(out, "hyperparameters") == {"datamodule/n_train": ("64", "48")}
     assert "code: same" in out and "hardware: same" in out
+
+
+@pytest.mark.slow
+def test_show_orders_checkpoints_by_step_keeps_path_ends_and_says_why_training_stopped(tmp_path, mlflow_dir, capsys):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from tests.lightning_models import TinyDataModule, TinyModel, fast_trainer
+
+    deep = tmp_path / ("a-long-folder-name-for-checkpoints-" * 3) / "ckpt"
+    callback = prov4ml.Prov4MLCallback("www.example.org", f"cli-{uuid.uuid4().hex[:8]}", tmp_path / "prov",
+                                       mlflow_dir, log_model=False)
+    saver = ModelCheckpoint(dirpath=deep, filename="{step}", every_n_train_steps=1, save_top_k=-1)
+    stopper = EarlyStopping(monitor="val_loss", stopping_threshold=10.0)  # stops after the first epoch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast_trainer(tmp_path, [callback, saver, stopper], max_epochs=5).fit(TinyModel(), TinyDataModule(batch_size=4))
+    code, out, _ = _cli(capsys, "show", tmp_path / "prov")
+    assert code == 0
+    assert "Early stopping (fit 1): STOPPING_THRESHOLD, after epoch 0, monitoring val_loss" in out
+    assert out.count("Early stopping") == 1 and "Stopping threshold reached" in out
+    section = out.split("Checkpoints (16, best and last 8 shown)")[1].split("\n\n")[0]
+    steps = [int(m) for m in re.findall(r"^\s+step(\d+)_", section, re.M)]
+    assert steps == list(range(9, 17))  # by step, not by name (step10 after step9)
+    for step in steps:
+        assert "\u2026" in section and f"/ckpt/step={step}.ckpt" in section
