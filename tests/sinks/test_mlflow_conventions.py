@@ -123,6 +123,14 @@ def test_datasets_are_mlflow_dataset_inputs_and_seeded_runs_get_distinct_names(r
         assert d.dataset.digest == fingerprint[:36]
         assert json.loads(d.dataset.profile)["fingerprint"] == fingerprint
         assert json.loads(d.dataset.source)["prov_entity"] == name
+    # the README's search examples find the run
+    experiment = [run.info.experiment_id]
+    val_loss = run.data.metrics["val_loss"]
+    digest = next(d.dataset.digest for d in inputs.values() if contexts[d.dataset.name] == "training")
+    for query in (f"metrics.val_loss < {val_loss + 1}", f"dataset.digest = '{digest}'",
+                  "dataset.context = 'validation'", "attributes.status = 'FINISHED'"):
+        assert callback.run_id in {r.info.run_id for r in client.search_runs(experiment, query)}, query
+    assert not client.search_runs(experiment, f"metrics.val_loss < {val_loss - 1}")
 
 
 class _Records(logging.Handler):
