@@ -526,6 +526,8 @@ def test_show_orders_checkpoints_by_step_keeps_path_ends_and_says_why_training_s
     assert code == 0
     assert "Early stopping (fit 1): STOPPING_THRESHOLD, after epoch 0, monitoring val_loss" in out
     assert out.count("Early stopping") == 1 and "Stopping threshold reached" in out
+    code_line = next(line for line in out.splitlines() if line.startswith("Code:"))
+    assert "__main__.py" in code_line and not code_line.endswith("\u2026")  # the script's name, the commit after it
     section = out.split("Checkpoints (16, best and last 8 shown)")[1].split("\n\n")[0]
     steps = [int(m) for m in re.findall(r"^\s+step(\d+)_", section, re.M)]
     assert steps == list(range(9, 17))  # by step, not by name (step10 after step9)

@@ -64,7 +64,7 @@ def summary(view: RunView) -> list[str]:
         ("Software", join(f"{name} {env[key]}" for name, key in (
             ("Python", "python_version"), ("torch", "torch_version"), ("lightning", "lightning_version"),
             ("mlflow", "mlflow_version")) if env.get(key))),
-        ("Code", join([code.get("script_path"), _commit(code)])),
+        ("Code", join([_tail(code["script_path"], 60) if code.get("script_path") else "", _commit(code)])),
         ("Seed", view.seed),
         ("Tracking", view.run_attr("tracking_uri")),
     ]
