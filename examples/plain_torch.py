@@ -54,6 +54,7 @@ def main() -> None:
 
     mlflow_dir = (out / "mlflow").resolve()
     print(f"MLflow store:    {outputs.tracking_uri}")
+    print(f"MLflow run id:   {outputs.run_id}")
     print(f"PROV document:   {outputs.prov_json}")
     print(f"PROV graph:      {outputs.prov_svg or outputs.prov_dot}")
     print(f"Metric points:   {outputs.metrics_file}")

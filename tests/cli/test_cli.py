@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import uuid
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -417,11 +419,29 @@ def test_malformed_file_is_a_one_line_error(command, content, expected, tmp_path
     assert not list(tmp_path.glob("*.svg"))
 
 
-def test_folder_with_two_documents_asks_for_one(runs, tmp_path, capsys):
-    for name in ("base", "lr"):
-        shutil.copy(runs[name].prov_json, tmp_path)
-    code, _, err = _cli(capsys, "show", tmp_path)
-    assert code == 2 and "holds 2 PROV documents" in err and err.count("\n") == 1
+def test_a_folder_of_several_runs_gives_the_newest_with_a_note_and_validate_checks_all(runs, tmp_path, capsys):
+    for age, name in ((200, "base"), (100, "lr")):  # lr is the newer
+        copied = Path(shutil.copy(runs[name].prov_json, tmp_path))
+        stamp = copied.stat().st_mtime - age
+        os.utime(copied, (stamp, stamp))
+    newest, older = runs["lr"].prov_json.name, runs["base"].prov_json.name
+    code, out, err = _cli(capsys, "show", tmp_path)
+    assert code == 0 and runs["lr"].run_id in out and runs["base"].run_id not in out
+    assert err.count("\n") == 1 and "holds 2 runs" in err and newest in err and older in err
+    code, out, err = _cli(capsys, "export", tmp_path, "--format", "provn")
+    assert code == 0 and runs["lr"].run_id in out and newest in err
+    code, out, _ = _cli(capsys, "diff", runs["base"].prov_json, tmp_path)  # base against the newest (lr)
+    assert code == 1 and _diff_rows(out, "hyperparameters") == {"lr": ("0.1", "0.01")}
+    code, out, err = _cli(capsys, "validate", "--quick", tmp_path)
+    assert code == 0 and err == ""
+    assert f"{tmp_path / newest}: OK" in out and f"{tmp_path / older}: OK" in out and "2 of 2 documents valid" in out
+
+
+def test_help_has_no_rest_markup(capsys):
+    for argv in (["--help"], *([name, "--help"] for name in COMMANDS)):
+        code, out, _ = _cli(capsys, *argv)
+        assert code == 0
+        assert "``" not in out and not re.search(r":[a-z]+:`", out), (argv, out)
 
 
 # -- the Lightning front door -------------------------------------------------------------------------
@@ -486,3 +506,30 @@ def test_lightning_diff_finds_changed_data(lightning_runs, capsys):
     assert a != b
     assert _diff_rows(out, "hyperparameters") == {"datamodule/n_train": ("64", "48")}
     assert "code: same" in out and "hardware: same" in out
+
+
+@pytest.mark.slow
+def test_show_orders_checkpoints_by_step_keeps_path_ends_and_says_why_training_stopped(tmp_path, mlflow_dir, capsys):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from tests.lightning_models import TinyDataModule, TinyModel, fast_trainer
+
+    deep = tmp_path / ("a-long-folder-name-for-checkpoints-" * 3) / "ckpt"
+    callback = prov4ml.Prov4MLCallback("www.example.org", f"cli-{uuid.uuid4().hex[:8]}", tmp_path / "prov",
+                                       mlflow_dir, log_model=False)
+    saver = ModelCheckpoint(dirpath=deep, filename="{step}", every_n_train_steps=1, save_top_k=-1)
+    stopper = EarlyStopping(monitor="val_loss", stopping_threshold=10.0)  # stops after the first epoch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast_trainer(tmp_path, [callback, saver, stopper], max_epochs=5).fit(TinyModel(), TinyDataModule(batch_size=4))
+    code, out, _ = _cli(capsys, "show", tmp_path / "prov")
+    assert code == 0
+    assert "Early stopping (fit 1): STOPPING_THRESHOLD, after epoch 0, monitoring val_loss" in out
+    assert out.count("Early stopping") == 1 and "Stopping threshold reached" in out
+    code_line = next(line for line in out.splitlines() if line.startswith("Code:"))
+    assert "__main__.py" in code_line and not code_line.endswith("\u2026")  # the script's name, the commit after it
+    section = out.split("Checkpoints (16, best and last 8 shown)")[1].split("\n\n")[0]
+    steps = [int(m) for m in re.findall(r"^\s+step(\d+)_", section, re.M)]
+    assert steps == list(range(9, 17))  # by step, not by name (step10 after step9)
+    for step in steps:
+        assert "\u2026" in section and f"/ckpt/step={step}.ckpt" in section

@@ -11,12 +11,12 @@ from prov4ml_lightning.sinks.base import NullSink, TrackingSink
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
 from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
-#: what the recorder, the metric writer and uploader, rank parts and `prov4ml sync` call on a sink.
+#: what the recorder, the metric writer and uploader, rank parts, the callback and `prov4ml sync` call on a sink.
 MEMBERS = {
     "tracking_uri", "public_uri", "mlflow_save_dir", "offline",
     "available", "go_offline", "recheck",
     "experiment_id", "create_run", "reopen_run", "end_run",
-    "log_metrics", "log_params", "set_tags", "log_artifact", "log_model",
+    "log_metrics", "log_params", "set_tags", "log_dataset_inputs", "log_artifact", "log_model",
     "get_run", "get_metric_history", "search_runs", "list_artifacts",
 }
 METHODS = {name for name, value in vars(TrackingSink).items() if callable(value) and not name.startswith("_")}

@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from prov4ml_lightning.cli._common import EXIT_USAGE, CliError, Scratch, warn
+from prov4ml_lightning.cli._common import EXIT_USAGE, CliError, Scratch, plain_text, warn
 from prov4ml_lightning.errors import Prov4MLError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
-        command = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__,
+        command = sub.add_parser(module.NAME, help=plain_text(module.HELP),
+                                 description=plain_text(module.__doc__ or ""),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
         command.set_defaults(handler=module.run)

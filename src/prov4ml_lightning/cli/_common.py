@@ -19,7 +19,9 @@ __all__ = [
     "Scratch",
     "add_run_argument",
     "echo",
+    "plain_text",
     "resolve_prov_file",
+    "resolve_prov_files",
     "warn",
 ]
 
@@ -39,6 +41,17 @@ class CliError(Prov4MLError):
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
+
+
+_REST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_REST_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_text(text: str) -> str:
+    """A docstring as ``--help`` shows it: reST's inline literals and roles (:mod:`x`, :func:`~a.b`)
+    become the plain names."""
+    text = _REST_ROLE.sub(lambda m: m.group(1), text)
+    return _REST_LITERAL.sub(lambda m: m.group(1), text)
 
 
 def echo(text: str = "") -> None:
@@ -83,20 +96,43 @@ def add_run_argument(parser: argparse.ArgumentParser, *names: str, nargs: str | 
     )
 
 
+def _documents_in(folder: Path, target: str) -> list[Path]:
+    """The PROV documents in ``folder`` (or its ``prov/``), newest first (by modification time).
+
+    Raises:
+        CliError: there is none.
+    """
+    found = list(folder.glob(_PROV_GLOB)) or list(folder.glob(f"prov/{_PROV_GLOB}"))
+    if not found:
+        raise CliError(f"{target}: folder holds no {_PROV_GLOB} (nor prov/{_PROV_GLOB})")
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+
+def resolve_prov_files(target: str, tracking_uri: str | None, scratch: Scratch) -> list[Path]:
+    """Every PROV-JSON file ``target`` names: all the runs of a folder (newest first), else the one
+    file :func:`resolve_prov_file` finds."""
+    path = Path(target)
+    if path.is_dir():
+        return _documents_in(path, target)
+    return [resolve_prov_file(target, tracking_uri, scratch)]
+
+
 def resolve_prov_file(target: str, tracking_uri: str | None, scratch: Scratch) -> Path:
     """The local PROV-JSON file that ``target`` names: a file, a run's folder or an MLflow run id.
+
+    A folder holding several runs' documents gives the newest (by modification time), with a
+    note on standard error naming it and how to pick another.
 
     Raises:
         CliError: nothing usable is found; the message says what was tried.
     """
     path = Path(target)
     if path.is_dir():
-        found = sorted(path.glob(_PROV_GLOB)) or sorted(path.glob(f"prov/{_PROV_GLOB}"))
-        if not found:
-            raise CliError(f"{target}: folder holds no {_PROV_GLOB} (nor prov/{_PROV_GLOB})")
+        found = _documents_in(path, target)
         if len(found) > 1:
-            names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
-            raise CliError(f"{target}: folder holds {len(found)} PROV documents ({names}); name one of them")
+            others = ", ".join(p.name for p in found[1:4]) + (", ..." if len(found) > 4 else "")
+            warn(f"note: {target} holds {len(found)} runs' PROV documents; using the newest, {found[0].name} "
+                 f"(older: {others}); name a file to choose another")
         return found[0]
     if path.exists():
         return path

@@ -9,6 +9,7 @@ time, ...) and the maximum otherwise.
 from __future__ import annotations
 
 import argparse
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -63,7 +64,7 @@ def summary(view: RunView) -> list[str]:
         ("Software", join(f"{name} {env[key]}" for name, key in (
             ("Python", "python_version"), ("torch", "torch_version"), ("lightning", "lightning_version"),
             ("mlflow", "mlflow_version")) if env.get(key))),
-        ("Code", join([code.get("script_path"), _commit(code)])),
+        ("Code", join([_tail(code["script_path"], 60) if code.get("script_path") else "", _commit(code)])),
         ("Seed", view.seed),
         ("Tracking", view.run_attr("tracking_uri")),
     ]
@@ -89,6 +90,7 @@ def summary(view: RunView) -> list[str]:
         add("")
         add(f"Epochs: {epochs} training, {loops} validation loops")
 
+    lines.extend(_early_stopping(view))
     lines.extend(_metrics(view))
     lines.extend(_checkpoints(view))
 
@@ -131,18 +133,54 @@ def _metrics(view: RunView) -> list[str]:
     return ["", "Metrics (final and best per context)", *table(rows)]
 
 
+def _early_stopping(view: RunView) -> list[str]:
+    """EarlyStopping's decision, per fit that it stopped (``early_stopping_state`` in the callback)."""
+    lines = []
+    for fit in (e for e in view.typed("Fit") if e.attrs.get("stop_reason")):
+        a = fit.attrs
+        what = join([f"after epoch {a['stopped_epoch']}" if a.get("stopped_epoch") is not None else "",
+                     f"monitoring {a['early_stopping_monitor']}" if a.get("early_stopping_monitor") else "",
+                     f"best {fmt(a['early_stopping_best_score'])}" if _finite(a.get("early_stopping_best_score"))
+                     else ""], ", ")
+        lines.append(f"Early stopping ({fit.label}): {a['stop_reason']}" + (f", {what}" if what else ""))
+        if a.get("stop_message"):
+            lines.append(f"  {fmt(a['stop_message'], 120)}")
+    return ["", *lines] if lines else []
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _tail(value: Any, limit: int) -> str:
+    """A long path shortened at its start, keeping the end that tells files apart."""
+    text = "-" if value is None else str(value)
+    return text if len(text) <= limit else "\u2026" + text[-(limit - 1):]
+
+
+def _step(checkpoint: Any) -> tuple[int, str]:
+    try:
+        return int(checkpoint.attrs.get("global_step")), checkpoint.label
+    except (TypeError, ValueError):
+        return -1, checkpoint.label
+
+
 def _checkpoints(view: RunView) -> list[str]:
-    checkpoints = view.typed("Checkpoint")
+    checkpoints = sorted(view.typed("Checkpoint"), key=_step)  # in the order they were saved
     if not checkpoints:
         return []
     shown = checkpoints
     if len(checkpoints) > _MAX_CHECKPOINTS:
         best = [c for c in checkpoints if str(c.attrs.get("best")).lower() == "true"]
-        shown = [*best, *[c for c in checkpoints[-(_MAX_CHECKPOINTS - len(best)):] if c not in best]]
+        rest = [c for c in checkpoints if c not in best][-max(_MAX_CHECKPOINTS - len(best), 1):]
+        shown = sorted([*best, *rest], key=_step)
     rows = [(c.label, f"{c.attrs.get('monitor', 'score')} {fmt(c.attrs.get('score'))}" if "score" in c.attrs else "",
              "best" if str(c.attrs.get("best")).lower() == "true" else "",
              f"sha256 {str(c.attrs.get('sha256', ''))[:12]}" if c.attrs.get("sha256") else "",
-             fmt(c.attrs.get("path"), 70)) for c in shown]
+             _tail(c.attrs.get("path"), 70)) for c in shown]
     more = len(checkpoints) - len(shown)
     return ["", f"Checkpoints ({len(checkpoints)}{f', best and last {len(shown)} shown' if more else ''})",
             *table(rows)]

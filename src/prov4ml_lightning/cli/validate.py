@@ -2,8 +2,9 @@
 kinds, the time order of events, and round trips through PROV-N, PROV-XML and PROV-O
 (see :mod:`prov4ml_lightning.provenance.checks`).
 
-Each problem is printed as one line ``FILE: [check] RECORD_ID: message``. Exit status 1 when
-any document has a problem (a file that is not JSON counts as one), 2 when a file is missing.
+A folder holding several runs is checked run by run. Each problem is printed as one line
+``FILE: [check] RECORD_ID: message``. Exit status 1 when any document has a problem (a file
+that is not JSON counts as one), 2 when a file is missing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prov4ml_lightning.cli._common import (
     Scratch,
     add_run_argument,
     echo,
-    resolve_prov_file,
+    resolve_prov_files,
 )
 
 __all__ = ["HELP", "NAME", "add_arguments", "run"]
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
     from prov4ml_lightning.provenance.checks import Problem, check_file
 
     # Resolve every argument first: a typo in the third name should not wait for two checks.
-    paths = [resolve_prov_file(target, args.tracking_uri, scratch) for target in args.files]
+    # a folder holding several runs: every run in it
+    paths = [p for target in args.files for p in resolve_prov_files(target, args.tracking_uri, scratch)]
     failed = 0
     for path in paths:
         try:

@@ -208,6 +208,7 @@ class RunLink:
     def datasets(self, loaders: Any, role: str) -> list[Ref]:
         """Dataset entities of ``loaders`` (added once per dataloader); their references."""
         refs = []
+        inputs = []  # new datasets, for MLflow's dataset inputs
         for i, loader in enumerate(flatten_dataloaders(loaders)):
             try:
                 info = self._datasets.get(loader)
@@ -222,7 +223,10 @@ class RunLink:
                 # declared only: the loops that read it use it, when they start (not the run)
                 self.run.add_entity("dataset", "Dataset", info.name, info.attributes, label=info.label,
                                     relation="none")
+                inputs.append({"name": info.name, **info.attributes})
             refs.append(("dataset", info.name))
+        if inputs:  # once per dataset and run, like the entity: the run page's "Datasets"
+            self.run.call_sink("log dataset inputs", self.run.sink.log_dataset_inputs, self.run_id, inputs)
         return refs
 
     # -- checkpoints --------------------------------------------------------------------------

@@ -72,6 +72,9 @@ class TrackingSink(Protocol):
     def set_tags(self, run_id: str, tags: Iterable[tuple[str, str]]) -> None:
         """Set ``(key, text)`` tags."""
 
+    def log_dataset_inputs(self, run_id: str, datasets: Sequence[Mapping[str, Any]]) -> None:
+        """Record datasets (``name``, ``role`` and the dataset entity's attributes) as the run's inputs."""
+
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
         """Upload a file or folder under ``artifact_path``."""
 
@@ -135,6 +138,9 @@ class NullSink:
         pass
 
     def set_tags(self, run_id: str, tags: Iterable[tuple[str, str]]) -> None:
+        pass
+
+    def log_dataset_inputs(self, run_id: str, datasets: Sequence[Mapping[str, Any]]) -> None:
         pass
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:

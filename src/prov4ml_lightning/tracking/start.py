@@ -51,9 +51,10 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
     prov_dir = Path(config.provenance_save_dir).resolve()
     check_writable(prov_dir, call)
 
-    from prov4ml_lightning.sinks.mlflow.sink import MlflowSink, resolve_tracking_uri
+    from prov4ml_lightning.sinks.mlflow.sink import MlflowSink, resolve_tracking_uri, source_tags
 
     uri = resolve_tracking_uri(config.tracking_uri, config.mlflow_save_dir)
+    _announce_environment_store(config, uri, call)
     str_tags = {str(k): v.param_text(val) for k, val in (config.tags or {}).items()}
 
     def make(parent: Any) -> RunRecorder:
@@ -102,11 +103,42 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
             resume(run)
         if prepare is not None:
             prepare(run)
+        if not reopened and not getattr(sink, "offline", False):
+            # MLflow's own tags (user, source, git) from what capture found: its UI's "Created by", "Source"
+            code = getattr(run.context, "code", None) or {}
+            run.call_sink("set source tags", sink.set_tags, run_id, source_tags(info.user, code).items())
         return run
 
     run = registry.make_current(make, call, config.nested)
     log.info("prov4ml run %s started (tracking %s)", run.run_id, run.info.tracking_uri)
     return run
+
+
+#: (MLFLOW_TRACKING_URI, mlflow_save_dir) pairs already announced by this process
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def _announce_environment_store(config: RunConfig, uri: str, call: str) -> None:
+    """Warn once per process and pair of values when ``MLFLOW_TRACKING_URI`` sends the run
+    elsewhere than the embedded store in the ``mlflow_save_dir`` the caller gave.
+
+    Precedence (``sinks.mlflow.sink.resolve_tracking_uri``): ``tracking_uri``, else
+    ``MLFLOW_TRACKING_URI``, else ``sqlite:///<mlflow_save_dir>/mlflow.db``. An explicit
+    ``tracking_uri`` is the caller's choice and is not announced.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if config.tracking_uri or not env or uri != env:
+        return
+    save_dir = str(Path(config.mlflow_save_dir).resolve())
+    if (env, save_dir) in _ANNOUNCED:
+        return
+    _ANNOUNCED.add((env, save_dir))
+    warnings.warn(
+        f"{call}: MLFLOW_TRACKING_URI={redact_url(env)} is set, so the run goes to that MLflow store and not to "
+        f"the embedded store in mlflow_save_dir={save_dir!r}; pass tracking_uri=... to choose the store "
+        "explicitly, or unset MLFLOW_TRACKING_URI to use mlflow_save_dir",
+        Prov4MLWarning, stacklevel=4,
+    )
 
 
 def resume(run: RunRecorder) -> None:

@@ -150,6 +150,9 @@ class TrackingGuard:
     def set_tags(self, run_id: str, tags: Iterable[tuple[str, str]]) -> None:
         self._bounded("set_tags", self._sink.set_tags, run_id, tags)
 
+    def log_dataset_inputs(self, run_id: str, datasets: Sequence[Mapping[str, Any]]) -> None:
+        self._bounded("log_dataset_inputs", self._sink.log_dataset_inputs, run_id, datasets)
+
     # Uploads may rightly take long: a probe first instead of a deadline.
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
         self._probed("log_artifact", self._sink.log_artifact, run_id, local_path, artifact_path)

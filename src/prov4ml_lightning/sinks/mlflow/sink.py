@@ -35,6 +35,7 @@ __all__ = [
     "generate_run_name",
     "mlflow_safe_key",
     "resolve_tracking_uri",
+    "source_tags",
     "truncate_param_value",
 ]
 
@@ -52,6 +53,20 @@ _MODEL_REQUIREMENTS = ("torch", "mlflow", "lightning", "numpy")
 MLFLOW_TAG_DESCRIPTION = "mlflow.note.content"
 MLFLOW_TAG_PARENT = "mlflow.parentRunId"
 MLFLOW_TAG_RUN_NAME = "mlflow.runName"
+# MLflow's own run tags (mlflow.utils.mlflow_tags), which its UI reads: "Created by", "Source", git.
+MLFLOW_TAG_USER = "mlflow.user"
+MLFLOW_TAG_SOURCE_NAME = "mlflow.source.name"
+MLFLOW_TAG_SOURCE_TYPE = "mlflow.source.type"
+MLFLOW_TAG_GIT_COMMIT = "mlflow.source.git.commit"
+MLFLOW_TAG_GIT_BRANCH = "mlflow.source.git.branch"
+MLFLOW_TAG_GIT_REPO_URL = "mlflow.source.git.repoURL"
+MLFLOW_TAG_DATASET_CONTEXT = "mlflow.data.context"
+#: MLflow's dataset limits (mlflow.utils.validation.MAX_DATASET_*)
+_DATASET_DIGEST_MAX = 36
+_DATASET_NAME_MAX = 500
+_DATASETS_PER_BATCH = 1000
+#: dataloader role -> the context MLflow shows next to a dataset input
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing", "predict": "prediction"}
 #: run tag naming the PROV JSON among the run's artifacts (set by the recorder at the end).
 PROVENANCE_TAG = "prov4ml.provenance_file"
 
@@ -139,6 +154,35 @@ def generate_run_name() -> str:
         if len(name) <= _RUN_NAME_MAX:
             return name
     return name[:_RUN_NAME_MAX]
+
+
+def source_tags(user: str | None, code: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow's own run tags for who ran what, from the captured ``code`` attributes
+    (``capture.code.capture_code``): ``mlflow.user``, ``mlflow.source.name`` and ``.type``, and
+    ``mlflow.source.git.commit`` / ``branch`` / ``repoURL`` where the script is in a git checkout.
+
+    The same tags MLflow's run-context providers (``mlflow.tracking.context``) set for a fluent
+    run, taken from what the run already captured instead of asking git a second time; the remote
+    URL is the captured one, with credentials already redacted.
+    """
+    tags: dict[str, str] = {}
+    if user:
+        tags[MLFLOW_TAG_USER] = user
+    script = code.get("script_path")
+    tags[MLFLOW_TAG_SOURCE_NAME] = str(script) if script else "<interactive>"
+    tags[MLFLOW_TAG_SOURCE_TYPE] = "LOCAL"  # mlflow.entities.SourceType.LOCAL: a script run on this machine
+    for tag, attr in ((MLFLOW_TAG_GIT_COMMIT, "git_commit"), (MLFLOW_TAG_GIT_BRANCH, "git_branch"),
+                      (MLFLOW_TAG_GIT_REPO_URL, "git_remote")):
+        if code.get(attr):
+            tags[tag] = str(code[attr])
+    return tags
+
+
+class _PickleNoticeFilter(logging.Filter):
+    """Drops MLflow's "Saving pytorch model by Pickle ..." notice, and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Saving pytorch model by Pickle")
 
 
 def _is_local_store(tracking_uri: str) -> bool:
@@ -334,6 +378,36 @@ class MlflowSink:
         for start in range(0, len(items), _BATCH_PARAMS):
             self.client.log_batch(run_id, tags=items[start : start + _BATCH_PARAMS], synchronous=True)
 
+    def log_dataset_inputs(self, run_id: str, datasets: Sequence[Mapping[str, Any]]) -> None:
+        """Record datasets as the run's MLflow dataset inputs (the run page's "Datasets", the runs
+        table's "Dataset" column).
+
+        Each mapping holds ``name`` (the PROV entity's name), ``role`` (``train``, ``val``,
+        ``test``, ``predict``: the input's ``mlflow.data.context`` tag ``training``,
+        ``validation``...) and the dataset entity's attributes: the MLflow digest is the
+        ``fingerprint`` (its first 36 hex digits, MLflow's limit; the whole of it is in the
+        profile), the source the dataset's class.
+        """
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for ds in datasets:
+            fingerprint = ds.get("fingerprint")
+            digest = (str(fingerprint) if fingerprint else hashlib.sha256(str(ds["name"]).encode()).hexdigest())
+            profile = {k: ds[k] for k in ("length", "fingerprint", "fingerprint_status", "batch_size")
+                       if ds.get(k) is not None}
+            source = json.dumps({"dataset_class": ds.get("dataset_class"), "prov_entity": ds["name"]})
+            role = str(ds.get("role") or "")
+            inputs.append(DatasetInput(
+                Dataset(name=str(ds["name"])[:_DATASET_NAME_MAX], digest=digest[:_DATASET_DIGEST_MAX],
+                        source_type="code", source=source, profile=json.dumps(profile)),
+                tags=[InputTag(MLFLOW_TAG_DATASET_CONTEXT, DATASET_CONTEXTS.get(role, role or "other"))],
+            ))
+        for start in range(0, len(inputs), _DATASETS_PER_BATCH):
+            self.client.log_inputs(run_id, datasets=inputs[start : start + _DATASETS_PER_BATCH])
+
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
         if Path(local_path).is_dir():
             self.client.log_artifacts(run_id, local_path, artifact_path)
@@ -354,10 +428,14 @@ class MlflowSink:
 
         ``pip_requirements`` defaults to :func:`default_pip_requirements`, so MLflow skips its slow
         requirement inference; ``serialization_format`` to :func:`default_serialization_format`.
+        When the format is ours to choose, MLflow's notice that pickle runs code on loading is
+        left out (the README says so, and how to get ``pt2``: pass ``input_example``); a caller
+        who asks for a format gets MLflow's messages as they are.
         """
         import mlflow.pytorch
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+        chosen_by_us = "serialization_format" not in kwargs
         kwargs.setdefault("serialization_format", default_serialization_format(kwargs.get("input_example")))
         if pip_requirements is None:
             pip_requirements = default_pip_requirements()
@@ -368,15 +446,23 @@ class MlflowSink:
             experiment_id, name=name, source_run_id=run_id,
             params={k: str(v) for k, v in (params or {}).items()} or None,
         )
-        with _use_tracking_uri(self.tracking_uri):
-            info = mlflow.pytorch.log_model(
-                model,
-                name=name,
-                run_id=run_id,
-                model_id=logged.model_id,
-                pip_requirements=pip_requirements,
-                **kwargs,
-            )
+        quiet = _PickleNoticeFilter() if chosen_by_us else None
+        mlflow_log = logging.getLogger("mlflow.pytorch")
+        if quiet is not None:
+            mlflow_log.addFilter(quiet)
+        try:
+            with _use_tracking_uri(self.tracking_uri):
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name=name,
+                    run_id=run_id,
+                    model_id=logged.model_id,
+                    pip_requirements=pip_requirements,
+                    **kwargs,
+                )
+        finally:
+            if quiet is not None:
+                mlflow_log.removeFilter(quiet)
         return info.model_uri, getattr(info, "model_id", None)
 
     # -- reconciling a run with its local records (used by `prov4ml sync` / `recover`) ----------
