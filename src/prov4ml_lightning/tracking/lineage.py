@@ -99,7 +99,7 @@ class Lineage:
         v.check_name(model_name, call, "model_name")
         version = 1 + self.earlier_models[model_name] + sum(1 for m in self.models if m.name == model_name)
         info = dict(self.describe_model(model)) if log_model_info else {}
-        from prov4ml_lightning.sinks.mlflow.sink import default_serialization_format
+        from prov4ml_lightning.sinks.mlflow.rules import default_serialization_format
 
         info["serialization_format"] = (mlflow_kwargs.get("serialization_format")
                                         or default_serialization_format(mlflow_kwargs.get("input_example")))

@@ -28,7 +28,7 @@ import torch
 from prov4ml_lightning.context import Context, context_tags
 from prov4ml_lightning.errors import NoActiveRunError, Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
-from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key, truncate_param_value  # MLflow's rules
+from prov4ml_lightning.sinks.mlflow.rules import mlflow_safe_key, truncate_param_value  # MLflow's rules
 from prov4ml_lightning.sinks.mlflow.uploader import MetricUploader
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v

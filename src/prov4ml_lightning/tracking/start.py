@@ -51,7 +51,8 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
     prov_dir = Path(config.provenance_save_dir).resolve()
     check_writable(prov_dir, call)
 
-    from prov4ml_lightning.sinks.mlflow.sink import MlflowSink, resolve_tracking_uri, source_tags
+    from prov4ml_lightning.sinks.mlflow.rules import resolve_tracking_uri, source_tags
+    from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
     uri = resolve_tracking_uri(config.tracking_uri, config.mlflow_save_dir)
     _announce_environment_store(config, uri, call)

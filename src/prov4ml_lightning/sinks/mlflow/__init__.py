@@ -1,5 +1,6 @@
 """The MLflow sink: the only package that imports ``mlflow``.
 
+- :mod:`.rules`: MLflow's rules (store choice, key names, limits, run names, the store lock);
 - :mod:`.sink`: :class:`MlflowSink` (``MlflowClient`` with explicit run ids, no fluent state);
 - :mod:`.guard`: :class:`TrackingGuard`, health probe, deadlines and circuit breaker for HTTP stores;
 - :mod:`.uploader`, :mod:`.upload_child`: metric inserts in-process or in a child process.

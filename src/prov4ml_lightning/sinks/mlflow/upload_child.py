@@ -19,12 +19,20 @@ __all__: list[str] = []
 _HERE = Path(__file__).resolve().parent
 
 
-def _load_sink_module() -> Any:
-    spec = importlib.util.spec_from_file_location("prov4ml_lightning_upload_sink", _HERE / "sink.py")
+def _load(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _load_sink_module() -> Any:
+    # sink.py imports its rules by their package name; registered under that name first, they are
+    # found without importing the package (and torch) in this process
+    _load("prov4ml_lightning.sinks.mlflow.rules", _HERE / "rules.py")
+    return _load("prov4ml_lightning_upload_sink", _HERE / "sink.py")
 
 
 def main() -> None:

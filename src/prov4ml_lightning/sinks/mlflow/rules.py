@@ -1,0 +1,249 @@
+"""MLflow's rules, applied by the sink (and by the core, which names a series' MLflow key once):
+which store a run goes to (:func:`resolve_tracking_uri`), which keys MLflow accepts
+(:func:`mlflow_safe_key`), how long a param value may be, the model's requirements and
+serialisation, MLflow's own tags for who ran what (:func:`source_tags`), a run name drawn without
+touching the global ``random`` (:func:`generate_run_name`), and one process at a time creating or
+migrating a new store (:func:`open_client`).
+
+It imports nothing of the package and MLflow only inside functions: the upload child loads it by
+path, and the training process uses the rules without importing MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BATCH_METRICS",
+    "BATCH_PARAMS",
+    "DATASETS_PER_BATCH",
+    "DATASET_CONTEXTS",
+    "DATASET_DIGEST_MAX",
+    "DATASET_NAME_MAX",
+    "MAX_KEY_LENGTH",
+    "MAX_PARAM_VALUE_LENGTH",
+    "MLFLOW_TAG_DATASET_CONTEXT",
+    "MLFLOW_TAG_DESCRIPTION",
+    "MLFLOW_TAG_GIT_BRANCH",
+    "MLFLOW_TAG_GIT_COMMIT",
+    "MLFLOW_TAG_GIT_REPO_URL",
+    "MLFLOW_TAG_PARENT",
+    "MLFLOW_TAG_RUN_NAME",
+    "MLFLOW_TAG_SOURCE_NAME",
+    "MLFLOW_TAG_SOURCE_TYPE",
+    "MLFLOW_TAG_USER",
+    "PROVENANCE_TAG",
+    "default_pip_requirements",
+    "default_serialization_format",
+    "default_tracking_uri",
+    "generate_run_name",
+    "is_local_store",
+    "mlflow_safe_key",
+    "open_client",
+    "resolve_tracking_uri",
+    "source_tags",
+    "truncate_param_value",
+]
+
+log = logging.getLogger(__name__)
+
+BATCH_METRICS = 1000  # mlflow.utils.validation.MAX_METRICS_PER_BATCH
+
+BATCH_PARAMS = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+
+MAX_KEY_LENGTH = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
+
+MAX_PARAM_VALUE_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")  # MLflow's set, minus ':' which Windows stores reject
+
+_RUN_NAME_MAX = 20  # mlflow.utils.name_utils._generate_random_name(max_length=20)
+
+#: the packages a logged model is pinned to, so MLflow skips its slow requirement inference.
+_MODEL_REQUIREMENTS = ("torch", "mlflow", "lightning", "numpy")
+
+MLFLOW_TAG_DESCRIPTION = "mlflow.note.content"
+
+MLFLOW_TAG_PARENT = "mlflow.parentRunId"
+
+MLFLOW_TAG_RUN_NAME = "mlflow.runName"
+
+# MLflow's own run tags (mlflow.utils.mlflow_tags), which its UI reads: "Created by", "Source", git.
+MLFLOW_TAG_USER = "mlflow.user"
+
+MLFLOW_TAG_SOURCE_NAME = "mlflow.source.name"
+
+MLFLOW_TAG_SOURCE_TYPE = "mlflow.source.type"
+
+MLFLOW_TAG_GIT_COMMIT = "mlflow.source.git.commit"
+
+MLFLOW_TAG_GIT_BRANCH = "mlflow.source.git.branch"
+
+MLFLOW_TAG_GIT_REPO_URL = "mlflow.source.git.repoURL"
+
+MLFLOW_TAG_DATASET_CONTEXT = "mlflow.data.context"
+
+#: MLflow's dataset limits (mlflow.utils.validation.MAX_DATASET_*)
+DATASET_DIGEST_MAX = 36
+
+DATASET_NAME_MAX = 500
+
+DATASETS_PER_BATCH = 1000
+
+#: dataloader role -> the context MLflow shows next to a dataset input
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing", "predict": "prediction"}
+
+#: run tag naming the PROV JSON among the run's artifacts (set by the recorder at the end).
+PROVENANCE_TAG = "prov4ml.provenance_file"
+
+# The operating system's generator: no state shared with the user's seeded `random`, and none a
+# forked process inherits (two forked workers must not draw the same run name).
+_NAME_RNG = random.SystemRandom()
+
+def default_tracking_uri(mlflow_save_dir: str | os.PathLike[str]) -> str:
+    """The embedded store: SQLite in ``mlflow_save_dir``, artifacts beside it."""
+    path = Path(mlflow_save_dir).resolve() / "mlflow.db"
+    return f"sqlite:///{path}"
+
+def resolve_tracking_uri(tracking_uri: str | None, mlflow_save_dir: str | os.PathLike[str]) -> str:
+    """The store a run writes to: ``tracking_uri`` when given, else ``MLFLOW_TRACKING_URI``, else
+    the embedded SQLite store in ``mlflow_save_dir`` (:func:`default_tracking_uri`)."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(mlflow_save_dir)
+
+def mlflow_safe_key(key: str) -> str:
+    """Map ``key`` to a name MLflow accepts; identity for ordinary keys and for its own output.
+
+    Characters outside letters, digits, ``_ - . / space`` become ``_``, empty, ``.`` and ``..``
+    path segments are dropped, the result is cut to fit 250 characters, and any changed key is
+    suffixed with ``-`` and 8 hex digits of the original's SHA-1 so two keys never collide.
+    The original key is kept in PROV.
+    """
+    safe = _BAD_KEY_CHARS.sub("_", key)
+    safe = "/".join(s for s in safe.split("/") if s not in ("", ".", "..")) or "_"
+    if safe != key or len(safe) > MAX_KEY_LENGTH:
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        safe = f"{safe[: MAX_KEY_LENGTH - 9]}-{digest}"
+    return safe
+
+def truncate_param_value(text: str) -> str:
+    """``text`` cut to MLflow's 6000-character limit, with a note saying where the whole value is
+    (the recorder keeps it in ``long_params_<run id>.json``, uploaded as ``params/``)."""
+    if len(text) <= MAX_PARAM_VALUE_LENGTH:
+        return text
+    note = f"...[truncated; full value in artifact params/long_params.json, {len(text)} chars]"
+    return text[: MAX_PARAM_VALUE_LENGTH - len(note)] + note
+
+def default_pip_requirements() -> list[str]:
+    """``name==version`` of the installed packages in :data:`_MODEL_REQUIREMENTS`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in _MODEL_REQUIREMENTS:
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+def default_serialization_format(input_example: Any = None) -> str:
+    """How MLflow stores a model when the caller does not say: ``pt2`` (``torch.export``: a graph
+    and weights, no pickled code) needs an input example to trace; without one only ``pickle`` works."""
+    return "pt2" if input_example is not None else "pickle"
+
+def generate_run_name() -> str:
+    """A run name in MLflow's style (``adjective-noun-number``, at most 20 characters).
+
+    MLflow's generator draws from the global ``random``, so a run created without a name would
+    shift a seeded training; this one draws from the operating system.
+    """
+    try:
+        from mlflow.utils.name_utils import _GENERATOR_NOUNS as nouns
+        from mlflow.utils.name_utils import _GENERATOR_PREDICATES as adjectives
+    except ImportError:  # an MLflow without its word lists: the same style, fewer words
+        adjectives, nouns = ["bold", "calm", "keen", "wise"], ["owl", "fox", "elk", "ant"]
+    name = ""
+    for _ in range(10):
+        name = f"{_NAME_RNG.choice(adjectives).lower()}-{_NAME_RNG.choice(nouns).lower()}-{_NAME_RNG.randint(0, 1000)}"
+        if len(name) <= _RUN_NAME_MAX:
+            return name
+    return name[:_RUN_NAME_MAX]
+
+def source_tags(user: str | None, code: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow's own run tags for who ran what, from the captured ``code`` attributes
+    (``capture.code.capture_code``): ``mlflow.user``, ``mlflow.source.name`` and ``.type``, and
+    ``mlflow.source.git.commit`` / ``branch`` / ``repoURL`` where the script is in a git checkout.
+
+    The same tags MLflow's run-context providers (``mlflow.tracking.context``) set for a fluent
+    run, taken from what the run already captured instead of asking git a second time; the remote
+    URL is the captured one, with credentials already redacted.
+    """
+    tags: dict[str, str] = {}
+    if user:
+        tags[MLFLOW_TAG_USER] = user
+    script = code.get("script_path")
+    tags[MLFLOW_TAG_SOURCE_NAME] = str(script) if script else "<interactive>"
+    tags[MLFLOW_TAG_SOURCE_TYPE] = "LOCAL"  # mlflow.entities.SourceType.LOCAL: a script run on this machine
+    for tag, attr in ((MLFLOW_TAG_GIT_COMMIT, "git_commit"), (MLFLOW_TAG_GIT_BRANCH, "git_branch"),
+                      (MLFLOW_TAG_GIT_REPO_URL, "git_remote")):
+        if code.get(attr):
+            tags[tag] = str(code[attr])
+    return tags
+
+def is_local_store(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+
+_STORE_ATTEMPTS = 6
+
+_STORE_LOCK_TIMEOUT_S = 600.0
+
+def _store_lock_path(tracking_uri: str) -> Path:
+    """The lock file that serialises creating and migrating the store at ``tracking_uri``.
+
+    Beside the SQLite file for an embedded store (every process sharing the folder sees it); in
+    the temporary folder, named by a hash of the URI, for a database server.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return db.with_name(db.name + ".prov4ml-lock")
+    import tempfile
+
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"prov4ml-store-{digest}.lock"
+
+def open_client(tracking_uri: str) -> Any:
+    """``MlflowClient(tracking_uri)``, safe when many processes open a new store at once.
+
+    Opening a database store creates its tables and runs MLflow's schema migrations (alembic);
+    two processes doing that at once on a fresh store race (SQLite: ``duplicate column name:
+    step``). A file lock makes one process migrate while the others wait, and a failed opening is
+    retried, so a SLURM job array or a shell loop started at once all get their runs.
+    """
+    from mlflow.tracking import MlflowClient
+
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in ("sqlite", "postgresql", "mysql", "mssql"):
+        return MlflowClient(tracking_uri)
+    import time
+
+    from filelock import FileLock
+
+    lock = FileLock(str(_store_lock_path(tracking_uri)), timeout=_STORE_LOCK_TIMEOUT_S)
+    for attempt in range(_STORE_ATTEMPTS):
+        try:
+            with lock:
+                client = MlflowClient(tracking_uri)
+                client.search_experiments(max_results=1)  # the store is created and migrated here
+                return client
+        except Exception as err:  # a migration another program ran at the same time, a busy database
+            if attempt == _STORE_ATTEMPTS - 1:
+                raise
+            log.info("prov4ml: opening the MLflow store %s failed (%r); retrying", scheme, err)
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
