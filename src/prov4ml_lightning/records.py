@@ -96,6 +96,9 @@ class ArtifactRecord:
     activity: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     derived_from: str | None = None
+    #: kind of the entity ``derived_from`` names, when not this record's own kind (a checkpoint derived
+    #: from the fit's initial weights, a ``model_state``)
+    derived_from_kind: str | None = None
     #: the sub-activity during which the file was deleted or overwritten, and when (PROV invalidation)
     invalidated_by: str | None = None
     invalidated_at: float | None = None

@@ -230,8 +230,13 @@ def test_resume_from_checkpoint_continues_the_run(run_args, client, tmp_path):
     (fit2,) = [f for f in by_type(doc, "Fit") if _local(f) == "fit_2"]
     assert attr(fit2, "resumed_from") == str(last) and attr(fit2, "start_step") == 8
     # the restored model derives from the checkpoint the first session recorded, same bytes
-    (state_entity,) = by_type(doc, "ModelState")
+    states = {_local(e): e for e in by_type(doc, "ModelState")}
+    assert set(states) == {"model_state.fit_1.initial", "model_state.fit_2.initial"}
+    state_entity = states["model_state.fit_2.initial"]  # restored; fit_1's are the weights the fresh fit began with
+    assert len(attr(states["model_state.fit_1.initial"], "state_dict_sha256")) == 64
+    assert ("fit_1", "model_state.fit_1.initial") in _relations(doc, "used")
     derived = _relations(doc, "wasDerivedFrom")
+    assert any(b == "model_state.fit_1.initial" for _, b in derived)  # fit 1's first checkpoint derives from them
     (source,) = [b for a, b in derived if a == _local(state_entity)]
     (ckpt,) = [c for c in by_type(doc, "Checkpoint") if _local(c) == source]
     assert attr(ckpt, "global_step") == 8 and ("fit_1.epoch_0", source) in {

@@ -186,6 +186,8 @@ def test_b_the_best_checkpoint_its_epoch_chain_and_model(mnist):
     assert best["epoch"] == "1" and best["model"] is not None and len(best["sha"]) == 64
     chain = _rows(mnist, "b_chain")
     assert chain and all(int(r["step"]) < int(best["step"]) for r in chain)
+    (start,) = _rows(mnist, "b_initial")  # the chain reaches the weights the fit started from
+    assert start["step"] == "0" and len(start["sha"]) == 64 and start["sha"] != best["sha"]
 
 
 def test_c_responsible_agents(mnist):

@@ -309,6 +309,8 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
         # "a/b" keys become "a.b" attribute names ("/" is not allowed in a PROV local name).
         link.start(self._fit, "Fit", f"fit {self._fits}", informed_by=self._last_fit, used=used,
                    attributes={k.replace("/", "."): prov_attr(val) for k, val in attrs.items()})
+        if self.log_checkpoints and "resumed_from" not in attrs:  # the weights its first checkpoint derives from
+            link.initial_weights(self._fit, pl_module, trainer.global_step, trainer.current_epoch)
         if self.log_checkpoints:
             link.seed_checkpoints(trainer, self._earlier_checkpoints)
 

@@ -116,6 +116,7 @@ class RunLink:
         self._ckpt_earlier: dict[str, str] = {}  # absolute path -> name, recorded by an earlier session
         self._ckpt_used: dict[str, str] = {}  # absolute path -> name of a loaded checkpoint
         self._weights: dict[int, str] = {}  # global step -> sha256 of the state dict saved at it
+        self._initial: str | None = None  # the initial weights entity of the running fresh fit
         self._best: set[str] = set()  # names of the best checkpoints, set by mark_checkpoints
         self._param_names: dict[str, tuple[str, Any]] = {}  # key -> (PROV name, value) of its latest version
 
@@ -257,11 +258,21 @@ class RunLink:
                             relation="used", activity=activity)
         self._ckpt_used[os.path.abspath(ckpt_path)] = name
         if restored_model:
+            self._initial = None  # the chain goes on from the restored checkpoint
             self.run.add_entity("model_state", "ModelState", f"{activity}.initial",
                                 {"restored_from": attrs["path"], "global_step": step, "epoch": epoch},
                                 label=f"model restored at step {step}", relation="used", activity=activity,
                                 derived_from=[("checkpoint", name)])
             self._ckpt_chain.append((step, name))
+
+    def initial_weights(self, fit: str, module: Any, step: int, epoch: int) -> None:
+        """A fit that restores no checkpoint starts from the module's weights as they are: an entity
+        with their hash, used by the fit, from which its first checkpoint is derived."""
+        name = f"{fit}.initial"
+        self.run.add_entity("model_state", "ModelState", name,
+                            {"state_dict_sha256": state_dict_sha256(module.state_dict()), "global_step": step,
+                             "epoch": epoch}, label=f"initial weights ({fit})", relation="used", activity=fit)
+        self._initial = name
 
     def note_weights(self, step: int, state_dict: Mapping[str, Any]) -> None:
         """The state dict a checkpoint being saved at ``step`` holds (``on_save_checkpoint``): its hash."""
@@ -278,6 +289,9 @@ class RunLink:
                 continue
             self._ckpt_seen.add(key)
             previous = next((name for s, name in reversed(self._ckpt_chain) if s < step), None)
+            previous_kind = None
+            if previous is None and self._initial is not None:  # the fit's first: from its initial weights
+                previous, previous_kind = self._initial, "model_state"
             score = callback.best_k_models.get(path) if hasattr(callback, "best_k_models") else None
             attrs = {"global_step": step, "epoch": epoch, "monitor": getattr(callback, "monitor", None),
                      "score": _float(score), "saved_by": type(callback).__name__, "best": False,
@@ -287,7 +301,8 @@ class RunLink:
             name = checkpoint_name(path, step)
             try:
                 record = self.run.log_artifact(path, kind="checkpoint", name=name, activity=activity,
-                                               derived_from=previous, upload=upload,
+                                               derived_from=previous, derived_from_kind=previous_kind,
+                                               upload=upload,
                                                artifact_path="checkpoints" if upload else None,
                                                attributes=attrs, call="Prov4MLCallback")
             except (OSError, Prov4MLError) as err:  # deleted between stat and hash: nothing to record
@@ -364,6 +379,9 @@ class NullLink:
 
     def fit_params(self, fit: str, params: Mapping[str, Any]) -> list[Ref]:
         return []
+
+    def initial_weights(self, fit: str, module: Any, step: int, epoch: int) -> None:
+        pass
 
     def note_weights(self, step: int, state_dict: Mapping[str, Any]) -> None:
         pass

@@ -264,8 +264,9 @@ class _Builder(SessionRecords):
         )
         in_activity = a.activity if a.activity in activities else None
         self.doc.wasGeneratedBy(ent, activities.get(a.activity or "", session), self.when(a.created, in_activity))
-        if a.derived_from and self.declared(a.kind, a.derived_from):
-            self.doc.wasDerivedFrom(ent, self.rid(a.kind, a.derived_from))
+        source_kind = a.derived_from_kind or a.kind
+        if a.derived_from and self.declared(source_kind, a.derived_from):
+            self.doc.wasDerivedFrom(ent, self.rid(source_kind, a.derived_from))
         if a.invalidated_at is not None:
             by = a.invalidated_by if a.invalidated_by in activities else None
             self.doc.wasInvalidatedBy(ent, activities[by] if by else session, self.when(a.invalidated_at, by))

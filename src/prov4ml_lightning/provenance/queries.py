@@ -49,6 +49,13 @@ QUERIES = {
   ?checkpoint a p4l:Checkpoint ; p4l:best true .
   ?checkpoint prov:wasDerivedFrom+ ?earlier . ?earlier p4l:global_step ?step .
 } ORDER BY DESC(?step)""",
+    # (b) where that chain begins: the weights the fit started from (its initial weights, or the
+    # model state restored from a checkpoint), with their hash
+    "b_initial": """SELECT ?weights ?sha ?step WHERE {
+  ?checkpoint a p4l:Checkpoint ; p4l:best true ; prov:wasDerivedFrom+ ?weights .
+  ?weights a p4l:ModelState ; p4l:global_step ?step .
+  OPTIONAL { ?weights p4l:state_dict_sha256 ?sha }
+}""",
     # (c) the responsible agents and what they did
     "c_agents": """SELECT DISTINCT ?activity ?agent ?role ?type WHERE {
   ?activity prov:qualifiedAssociation ?assoc . ?assoc prov:agent ?agent ; prov:hadRole ?role .

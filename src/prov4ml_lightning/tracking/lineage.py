@@ -48,7 +48,7 @@ class Lineage:
     def log_artifact(self, path: str | os.PathLike[str], context: Any = None, *,
                      artifact_path: str | None = None, kind: str = "artifact",
                      activity: str | None = None, attributes: Mapping[str, Any] | None = None,
-                     derived_from: str | None = None, upload: bool = True,
+                     derived_from: str | None = None, derived_from_kind: str | None = None, upload: bool = True,
                      call: str = "log_artifact", name: str | None = None) -> ArtifactRecord:
         self.require_open(call)
         ctx = None if context is None else v.check_context(context, call)
@@ -74,7 +74,7 @@ class Lineage:
         record = ArtifactRecord(
             name=name, local_path=local, artifact_uri=uri, sha256=digest, size_bytes=size,
             is_dir=p.is_dir(), context=ctx, created=time.time(), kind=kind, activity=activity,
-            attributes=dict(attributes or {}), derived_from=derived_from,
+            attributes=dict(attributes or {}), derived_from=derived_from, derived_from_kind=derived_from_kind,
         )
         return self.add_artifact(record, artifact_path=artifact_path, upload=upload)
 
