@@ -28,7 +28,8 @@ from prov4ml_lightning.lightning.evaluation import EvaluationHooks
 from prov4ml_lightning.lightning.hparams import early_stopping_state, fit_params, prov_attr, warn_renamed
 from prov4ml_lightning.lightning.logged import LoggedValuesHooks
 from prov4ml_lightning.lightning.loops import EpochTracker, LoopTracker
-from prov4ml_lightning.lightning.run_link import NullLink, RunLink, open_link
+from prov4ml_lightning.lightning.null_link import NullLink
+from prov4ml_lightning.lightning.run_link import RunLink, open_link
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder

@@ -37,6 +37,7 @@ from prov4ml_lightning.distributed.parts import attach_ranks
 from prov4ml_lightning.distributed.ranks import RankInfo
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning
 from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.lightning.null_link import NullLink
 from prov4ml_lightning.records import MetricSeries
 from prov4ml_lightning.runs import open_run
 from prov4ml_lightning.tracking.config import RunConfig
@@ -44,7 +45,7 @@ from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
 from prov4ml_lightning.tracking.registry import current_run
 from prov4ml_lightning.tracking.validation import flatten_params, to_floats
 
-__all__ = ["NullLink", "RunLink", "checkpoint_name", "open_link"]
+__all__ = ["RunLink", "checkpoint_name", "open_link"]
 
 log = logging.getLogger(__name__)
 
@@ -358,56 +359,6 @@ class RunLink:
             self.end(ident, {"status": status})
         if self.owned:
             return self.run.end(status)
-        return None
-
-
-class NullLink:
-    """What ranks other than zero write: nothing."""
-
-    owned = False
-    reopened = False
-    run_id = None
-
-    def log(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def start(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def end(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def fit_params(self, fit: str, params: Mapping[str, Any]) -> list[Ref]:
-        return []
-
-    def initial_weights(self, fit: str, module: Any, step: int, epoch: int) -> None:
-        pass
-
-    def note_weights(self, step: int, state_dict: Mapping[str, Any]) -> None:
-        pass
-
-    def datasets(self, loaders: Any, role: str) -> list[Ref]:
-        return []
-
-    def seed_checkpoints(self, trainer: Any, earlier: Mapping[str, str]) -> None:
-        pass
-
-    def checkpoint_names(self) -> dict[str, str]:
-        return {}
-
-    def use_checkpoint(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def poll_checkpoints(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def mark_checkpoints(self, trainer: Any) -> None:
-        pass
-
-    def log_model(self, module: torch.nn.Module, name: str, fit: str | None) -> None:
-        pass
-
-    def close(self, status: str) -> None:
         return None
 
 
