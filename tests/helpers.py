@@ -55,3 +55,21 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         if time.monotonic() >= deadline:
             raise AssertionError(f"waited {timeout} s for {what}; it never held")
         time.sleep(interval)
+
+
+def server_run_args(tmp_path: Path, uri: str, experiment: str) -> dict:
+    """start_run / Prov4MLCallback arguments for a run sent to the tracking server at ``uri``."""
+    return {"prov_user_namespace": "www.example.org", "experiment_name": experiment,
+            "provenance_save_dir": str(tmp_path / "prov"), "mlflow_save_dir": str(tmp_path / "mlflow"),
+            "tracking_uri": uri}
+
+
+def load_model(uri: str, model_uri: str):
+    """The model at ``model_uri`` loaded back through the store at ``uri`` (mlflow.pytorch)."""
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.pytorch.load_model(model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)

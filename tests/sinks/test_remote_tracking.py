@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import mlflow.pytorch
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -18,27 +17,13 @@ from mlflow.tracking import MlflowClient
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Context, Prov4MLCallback
 from prov4ml_lightning.provenance.checks import check_file
-from tests.helpers import attr, by_type, read_prov
+from tests.helpers import attr, by_type, load_model, read_prov, server_run_args
 from tests.lightning_models import TinyDataModule, TinyModel, fast_trainer
 
 pytestmark = [
     pytest.mark.slow,  # a real `mlflow server` and Lightning fits
     pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
 ]
-
-
-def _args(tmp_path: Path, uri: str, experiment: str) -> dict:
-    return {"prov_user_namespace": "www.example.org", "experiment_name": experiment,
-            "provenance_save_dir": str(tmp_path / "prov"), "mlflow_save_dir": str(tmp_path / "mlflow"),
-            "tracking_uri": uri}
-
-
-def _load_model(uri: str, model_uri: str) -> torch.nn.Module:
-    mlflow.set_tracking_uri(uri)
-    try:
-        return mlflow.pytorch.load_model(model_uri)
-    finally:
-        mlflow.set_tracking_uri(None)
 
 
 def _served_files(server, run_id: str) -> set[str]:
@@ -53,7 +38,7 @@ def test_functional_api_through_a_tracking_server(mlflow_server, tmp_path, capsy
     notes = tmp_path / "notes.txt"
     notes.write_text("shared server")
     model = torch.nn.Linear(4, 2)
-    run = prov4ml.start_run(**_args(tmp_path, mlflow_server.uri, f"remote-{tmp_path.name}"))
+    run = prov4ml.start_run(**server_run_args(tmp_path, mlflow_server.uri, f"remote-{tmp_path.name}"))
     run_id = run.run_id
     prov4ml.log_params({"lr": 0.01, "optimizer": {"name": "adam"}})
     for step in range(20):
@@ -90,7 +75,7 @@ def test_functional_api_through_a_tracking_server(mlflow_server, tmp_path, capsy
     # the model comes back through the server and predicts like the original
     (entity,) = by_type(doc, "Model")
     x = torch.randn(3, 4)
-    torch.testing.assert_close(_load_model(mlflow_server.uri, attr(entity, "model_uri"))(x), model(x))
+    torch.testing.assert_close(load_model(mlflow_server.uri, attr(entity, "model_uri"))(x), model(x))
 
     # `prov4ml show <run id>` reads the run, its packages list included, from the server alone
     assert main(["show", run_id, "--tracking-uri", mlflow_server.uri]) == 0
@@ -101,7 +86,7 @@ def test_functional_api_through_a_tracking_server(mlflow_server, tmp_path, capsy
 
 def test_callback_through_a_tracking_server_uploads_checkpoints(mlflow_server, tmp_path):
     torch.manual_seed(0)
-    callback = Prov4MLCallback(**_args(tmp_path, mlflow_server.uri, f"remote-cb-{tmp_path.name}"),
+    callback = Prov4MLCallback(**server_run_args(tmp_path, mlflow_server.uri, f"remote-cb-{tmp_path.name}"),
                                upload_checkpoints=True)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=-1)
     model = TinyModel(lr=0.05)
@@ -127,4 +112,4 @@ def test_callback_through_a_tracking_server_uploads_checkpoints(mlflow_server, t
 
     (entity,) = by_type(doc, "Model")
     x = torch.randn(5, 4)
-    torch.testing.assert_close(_load_model(mlflow_server.uri, attr(entity, "model_uri"))(x), model(x))
+    torch.testing.assert_close(load_model(mlflow_server.uri, attr(entity, "model_uri"))(x), model(x))

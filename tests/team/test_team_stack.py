@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow.pytorch
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -19,7 +18,7 @@ from mlflow.tracking import MlflowClient
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Prov4MLCallback
 from prov4ml_lightning.provenance.checks import check_file
-from tests.helpers import attr, by_type, read_prov
+from tests.helpers import attr, by_type, load_model, read_prov, server_run_args
 from tests.lightning_models import TinyDataModule, TinyModel, fast_trainer
 
 pytestmark = [
@@ -28,20 +27,6 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _args(tmp_path: Path, uri: str, experiment: str) -> dict:
-    return {"prov_user_namespace": "www.example.org", "experiment_name": experiment,
-            "provenance_save_dir": str(tmp_path / "prov"), "mlflow_save_dir": str(tmp_path / "mlflow"),
-            "tracking_uri": uri}
-
-
-def _load_model(uri: str, model_uri: str) -> torch.nn.Module:
-    mlflow.set_tracking_uri(uri)
-    try:
-        return mlflow.pytorch.load_model(model_uri)
-    finally:
-        mlflow.set_tracking_uri(None)
 
 
 def _stored_underneath(team, run_id: str, model_uri: str) -> tuple[str, set[str]]:
@@ -72,7 +57,7 @@ def _check_prov_through_server(client: MlflowClient, run_id: str, down: Path):
 def test_functional_api_on_the_team_stack(team, tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
-    prov4ml.start_run(**_args(tmp_path, team.uri, "team-api"))
+    prov4ml.start_run(**server_run_args(tmp_path, team.uri, "team-api"))
     run_id = prov4ml.get_run_id()
     prov4ml.log_params({"lr": 0.01, "batch_size": 32})
     for step in range(200):
@@ -92,7 +77,7 @@ def test_functional_api_on_the_team_stack(team, tmp_path):
     assert downloaded.read_bytes() == out.prov_json.read_bytes()
     (entity,) = by_type(doc, "Model")
     x = torch.randn(3, 4)
-    torch.testing.assert_close(_load_model(team.uri, attr(entity, "model_uri"))(x), model(x))
+    torch.testing.assert_close(load_model(team.uri, attr(entity, "model_uri"))(x), model(x))
 
     status, objects = _stored_underneath(team, run_id, attr(entity, "model_uri"))
     assert status == "FINISHED"  # the row is in PostgreSQL
@@ -102,7 +87,7 @@ def test_functional_api_on_the_team_stack(team, tmp_path):
 
 def test_callback_fit_on_the_team_stack(team, tmp_path):
     torch.manual_seed(0)
-    callback = Prov4MLCallback(**_args(tmp_path, team.uri, "team-callback"))
+    callback = Prov4MLCallback(**server_run_args(tmp_path, team.uri, "team-callback"))
     model = TinyModel(lr=0.05)
     fast_trainer(tmp_path, [callback]).fit(model, datamodule=TinyDataModule(batch_size=8))
     run_id = callback.run_id
@@ -117,7 +102,7 @@ def test_callback_fit_on_the_team_stack(team, tmp_path):
     assert len(doc.records) == len(local.records)
     (entity,) = by_type(doc, "Model")
     x = torch.randn(5, 4)
-    torch.testing.assert_close(_load_model(team.uri, attr(entity, "model_uri"))(x), model(x))
+    torch.testing.assert_close(load_model(team.uri, attr(entity, "model_uri"))(x), model(x))
     status, objects = _stored_underneath(team, run_id, attr(entity, "model_uri"))
     assert status == "FINISHED" and {f"provgraph_{run_id}.json", "model:MLmodel"} <= objects
 
@@ -143,6 +128,6 @@ def test_ddp_fit_on_the_team_stack(team, tmp_path):
     ranks = {attr(a, "global_rank"): a for a in by_type(doc, "Rank")}
     assert sorted(ranks) == [0, 1] and {attr(r, "status") for r in ranks.values()} == {"FINISHED"}
     (entity,) = by_type(doc, "Model")
-    assert isinstance(_load_model(team.uri, attr(entity, "model_uri")), torch.nn.Module)
+    assert isinstance(load_model(team.uri, attr(entity, "model_uri")), torch.nn.Module)
     status, objects = _stored_underneath(team, run_id, attr(entity, "model_uri"))
     assert status == "FINISHED" and {f"provgraph_{run_id}.json", "model:MLmodel"} <= objects
