@@ -9,6 +9,7 @@ points to keep.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 __all__ = ["KEYS", "STEPS", "VAL_STEPS", "Probe", "Regressor", "expected_points", "loaders", "make_trainer"]
 
-STEPS = 250
+STEPS = int(os.environ.get("PROV4ML_BENCH_STEPS", "250"))  # peers.py --steps (issue 17's workload: 256)
 VAL_STEPS = 50
 BATCH = 32
 FEATURES = 32

@@ -70,7 +70,6 @@ def case(name: str, calls: int, root: Path) -> dict[str, Any]:
         result["end_run_s"] = time.perf_counter() - t
         result["points"] = run.writer.points_written
         result["points_sent"] = run.writer.points_sent
-        result["points_via_child"] = run.uploader.points_via_child
     print(f"{name:28s} median {result['median_us']:6.2f} us  p95 {result['p95_us']:6.2f} us"
           + (f"  end_run {result['end_run_s']:6.2f} s  sent {result['points_sent']}" if run else ""), file=sys.stderr)
     return result

@@ -34,8 +34,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = ("bare", "csv", "mlflow", "mlflow_async", "autolog", "yprov4ml", "prov4ml_api", "prov4ml_api_inproc",
-           "prov4ml", "prov4ml_sysmetrics")
+CONFIGS = ("bare", "csv", "mlflow", "mlflow_async", "autolog", "yprov4ml", "prov4ml_api", "prov4ml",
+           "prov4ml_sysmetrics", "prov4ml_nomodel", "prov4ml_api_model")
 LABELS = {
     "bare": "bare Lightning (logger=False)",
     "csv": "CSVLogger",
@@ -44,9 +44,10 @@ LABELS = {
     "autolog": "mlflow.pytorch.autolog(log_every_n_step=1)",
     "yprov4ml": "yProv4ML ProvMLLogger",
     "prov4ml_api": "prov4ml functional API (4-line callback)",
-    "prov4ml_api_inproc": "same, MLflow inserts kept in-process (no upload child)",
     "prov4ml": "Prov4MLCallback (defaults)",
     "prov4ml_sysmetrics": "Prov4MLCallback, system metrics every 1 s",
+    "prov4ml_nomodel": "Prov4MLCallback(log_model=False)",
+    "prov4ml_api_model": "prov4ml functional API + log_model at the end",
 }
 NS = "www.example.org"
 
@@ -102,12 +103,12 @@ def child(cfg: str, epochs: int, workdir: Path) -> dict[str, Any]:
                            provenance_save_dir=str(workdir / "yprov"))
         logger = ProvMLLogger()
     elif cfg.startswith("prov4ml_api"):
-        callbacks.append(_api_callback(prov4ml, workdir, child=cfg == "prov4ml_api"))
+        callbacks.append(_api_callback(prov4ml, workdir, log_model=cfg == "prov4ml_api_model"))
     elif cfg.startswith("prov4ml"):
         sysm = cfg == "prov4ml_sysmetrics"
         callbacks.append(prov4ml.Prov4MLCallback(
             NS, "bench", workdir / "prov", workdir / "mlflow", log_system_metrics=sysm,
-            **({"system_metrics_interval": 1.0} if sysm else {})))
+            log_model=cfg != "prov4ml_nomodel", **({"system_metrics_interval": 1.0} if sysm else {})))
     trainer = make_trainer(epochs, probe, logger=logger, callbacks=callbacks, default_root_dir=str(workdir))
     trainer.fit(model, train, val)
     if cfg == "yprov4ml":
@@ -120,6 +121,7 @@ def child(cfg: str, epochs: int, workdir: Path) -> dict[str, Any]:
         info["run_id"] = mlflow.last_active_run().info.run_id
     elif cfg.startswith("prov4ml"):
         info["run_id"] = callbacks[0].run_id
+        info.update(getattr(callbacks[0], "timings", {}))
     starts = probe.batch_starts
     per_step = [(s[-1] - s[0]) / (len(s) - 1) for s in starts[1:] if len(s) > 1]
     # The median single step shrugs off other processes' bursts, and also hides periodic costs
@@ -129,7 +131,8 @@ def child(cfg: str, epochs: int, workdir: Path) -> dict[str, Any]:
     return {
         "cfg": cfg, "epochs": epochs, "import_s": t_setup - t_imp, "boot_s": t_imp - _T_PROC,
         "start_s": starts[0][0] - t_setup, "step_s": statistics.median(per_step),
-        "step_median_s": statistics.median(steps),
+        "step_median_s": statistics.median(steps), "epoch_step_s": per_step,
+        "mlflow_imported": "mlflow" in sys.modules,
         "epoch_gap_s": statistics.median(epoch_gaps) if epoch_gaps else None,
         "end_s": t_done - probe.last_batch_end, "fit_s": t_done - t_setup,
         "cpu_s": time.process_time() - cpu0,
@@ -168,7 +171,7 @@ class _ChildRss:
         return self.peak
 
 
-def _api_callback(prov4ml: Any, workdir: Path, child: bool) -> Any:
+def _api_callback(prov4ml: Any, workdir: Path, log_model: bool = False) -> Any:
     import lightning.pytorch as pl
 
     class ApiCallback(pl.Callback):
@@ -177,8 +180,6 @@ def _api_callback(prov4ml: Any, workdir: Path, child: bool) -> Any:
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             self.run = prov4ml.start_run(NS, "bench", workdir / "prov", workdir / "mlflow")
             self.run_id = self.run.run_id
-            if not child:  # the A/B of the upload child: every MLflow insert on the writer thread
-                self.run.uploader.budget = None
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
             m = trainer.callback_metrics
@@ -190,7 +191,14 @@ def _api_callback(prov4ml: Any, workdir: Path, child: bool) -> Any:
                                step=trainer.current_epoch)
 
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+            self.timings: dict[str, float] = {}
+            if log_model:
+                t = time.perf_counter()
+                prov4ml.log_model(pl_module, "model")
+                self.timings["log_model_s"] = time.perf_counter() - t
+            t = time.perf_counter()
             prov4ml.end_run()
+            self.timings["end_run_s"] = time.perf_counter() - t
 
     return ApiCallback()
 
@@ -214,7 +222,23 @@ def persisted(result: dict[str, Any], workdir: Path) -> dict[str, int]:
     elif "run_id" in result:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(result["uri"])
+        if cfg.startswith("prov4ml"):
+            # its MLflow service finishes after the training process exited: wait for it (store lock:
+            # it may still be creating the store) and say how long it took
+            from prov4ml_lightning.sinks.mlflow.rules import open_client
+
+            t0 = time.perf_counter()
+            client = open_client(result["uri"])
+            while time.perf_counter() - t0 < 300:
+                try:
+                    if client.get_run(result["run_id"]).info.status == "FINISHED":
+                        break
+                except Exception:  # not created yet
+                    pass
+                time.sleep(0.05)
+            result["mlflow_done_after_exit_s"] = time.perf_counter() - t0
+        else:
+            client = MlflowClient(result["uri"])
         run = client.get_run(result["run_id"])
         for key in run.data.metrics:
             n = len(client.get_metric_history(result["run_id"], key))
@@ -251,7 +275,8 @@ def run_child(cfg: str, epochs: int, workdir: Path, yprov_python: str | None, te
     if workdir.exists():
         shutil.rmtree(workdir)
     (workdir / "mlflow").mkdir(parents=True)
-    shutil.copy(template, workdir / "mlflow" / "mlflow.db")
+    if not os.environ.get("PROV4ML_BENCH_FRESH_STORE"):
+        shutil.copy(template, workdir / "mlflow" / "mlflow.db")
     python = yprov_python if cfg == "yprov4ml" else sys.executable
     out = workdir / "result.json"
     t0 = time.perf_counter()
@@ -276,8 +301,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--yprov-python", default=str(HERE / ".venv" / "bin" / "python"))
     parser.add_argument("--workdir", default="/tmp/prov4ml-bench/peers")
     parser.add_argument("--out", default=str(HERE / "results" / "peers.json"))
+    parser.add_argument("--steps", type=int, default=250, help="training steps per epoch (issue 17: 256)")
+    parser.add_argument("--fresh-store", action="store_true",
+                        help="every run creates its SQLite store (a first run), instead of copying a created one")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    os.environ["PROV4ML_BENCH_STEPS"] = str(args.steps)  # the children read it (benchmarks/_workload.py)
+    if args.fresh_store:
+        os.environ["PROV4ML_BENCH_FRESH_STORE"] = "1"
     if args.child:
         result = child(args.child, args.epochs, Path(args.workdir))
         Path(args.out).write_text(json.dumps(result))
@@ -313,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
                       file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"epochs": args.epochs, "rounds": args.rounds, "runs": runs, "skipped": skipped,
+    out.write_text(json.dumps({"epochs": args.epochs, "steps": args.steps, "fresh_store": args.fresh_store,
+                               "rounds": args.rounds, "runs": runs, "skipped": skipped,
                                "load_before": os.getloadavg()}, indent=1))
     print(f"wrote {out}", file=sys.stderr)
 

@@ -83,6 +83,52 @@ def peers_table(data: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]
     return "\n".join(lines), summary
 
 
+def zero_wait_table(data: dict[str, Any]) -> str:
+    """Issue 17's table: what a run costs the training process in time and memory, against bare Lightning.
+
+    Whole cost = the child's whole wall time (interpreter start to exit, all writing done) minus bare's.
+    """
+    runs = [r for r in data["runs"] if "error" not in r]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by.setdefault(r["cfg"], []).append(r)
+    if "bare" not in by:
+        raise SystemExit("zero_wait.json has no successful bare runs")
+    bare = by["bare"]
+    b_start, b_wall, b_rss = (_med([r[k] for r in bare]) for k in ("start_s", "wall_s", "peak_rss_mb"))
+    b_epochs = [_med([r["epoch_step_s"][i] for r in bare if len(r["epoch_step_s"]) > i])
+                for i in range(max(len(r["epoch_step_s"]) for r in bare))]
+    lines = [
+        f"Workload: {data['epochs']} epochs x {data.get('steps', 250)} steps, 2 metrics per step, "
+        f"{'a new SQLite store per run' if data.get('fresh_store') else 'a created SQLite store copied per run'}; "
+        f"{data['rounds']} alternating rounds, medians. Step times per epoch exclude the first epoch's first step.",
+        "",
+        "| config | start to first batch (s) | over bare | fit + finalize (s) | whole cost over bare (s) "
+        "| worst epoch step vs bare | peak RSS over bare (MB) | child processes' RSS (MB) | log_model (s) "
+        "| end_run (s) | MLflow complete after exit (s) | imports mlflow |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for cfg in CONFIGS:
+        rs = by.get(cfg)
+        if not rs:
+            continue
+        epochs = [_med([r["epoch_step_s"][i] for r in rs if len(r["epoch_step_s"]) > i]) for i in range(len(b_epochs))]
+        worst = max(e / b - 1 for e, b in zip(epochs, b_epochs))
+        start = _med([r["start_s"] for r in rs])
+        lm = [r["log_model_s"] for r in rs if "log_model_s" in r]
+        er = [r["end_run_s"] for r in rs if "end_run_s" in r]
+        done = [r["mlflow_done_after_exit_s"] for r in rs if "mlflow_done_after_exit_s" in r]
+        lines.append(
+            f"| {LABELS[cfg]} | {start:.2f} | {start - b_start:+.2f} | {_med([r['fit_s'] for r in rs]):.2f} "
+            f"| {_med([r['wall_s'] for r in rs]) - b_wall:+.2f} | {100 * worst:+.1f}% "
+            f"| {_med([r['peak_rss_mb'] for r in rs]) - b_rss:+.0f} | {_med([r['peak_child_rss_mb'] for r in rs]):.0f} "
+            f"| {f'{_med(lm):.2f}' if lm else ''} | {f'{_med(er):.2f}' if er else ''} "
+            f"| {f'{_med(done):.2f}' if done else ''} "
+            f"| {'yes' if any(r.get('mlflow_imported') for r in rs) else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def micro_table(data: dict[str, Any]) -> str:
     lines = ["| case | calls | median per call (us) | p95 of 1000-call chunks (us) | end_run after (s) "
              "| points sent to MLflow |", "|---|---:|---:|---:|---:|---:|"]
@@ -94,15 +140,15 @@ def micro_table(data: dict[str, Any]) -> str:
 
 def scaling_tables(data: dict[str, Any]) -> str:
     lines = ["| points | mode | logging (s) | end_run (s) | PROV JSON (KB) | sidecar CSV (MB) | peak RSS (MB) "
-             "| upload child RSS (MB) | sent to MLflow | via child |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| child processes' RSS (MB) | sent to MLflow |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data["points"]:
         if "error" in r:
-            lines.append(f"| {r['args']} | failed | " + " |" * 8)
+            lines.append(f"| {r['args']} | failed | " + " |" * 7)
             continue
         lines.append(f"| {r['n']:,} | {r['mode']} | {r['log_s']:.2f} | {r['end_s']:.2f} | {r['prov_bytes'] / 1024:.0f} "
                      f"| {r['sidecar_bytes'] / 2**20:.1f} | {r['peak_rss_mb']:.0f} | {r['peak_child_rss_mb']:.0f} "
-                     f"| {r['points_sent']:,} | {r['points_via_child']:,} |")
+                     f"| {r['points_sent']:,} |")
     lines += ["", "| epochs (4 batches each) | fit (s) | end of fit (s) | PROV JSON (KB) |", "|---:|---:|---:|---:|"]
     for r in data["epochs"]:
         if "error" in r:
@@ -206,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     if peers:
         table, summary = peers_table(peers)
         parts += ["### Peers: the same Lightning workload", "", table, ""]
+    zero = load("zero_wait")
+    if zero:
+        parts += ["### Zero wait (issue 17): the training process's cost of a run", "", zero_wait_table(zero), ""]
     if micro:
         parts += ["### Hot path", "", micro_table(micro), ""]
     if scaling:

@@ -88,7 +88,7 @@ def child_points(n: int, mode: str, rate: float, workdir: Path) -> dict[str, Any
     return {
         "n": n, "mode": mode, "start_s": t_started - t0, "log_s": t_logged - t_started, "end_s": t_end - t_logged,
         "prov_bytes": outputs.prov_json.stat().st_size, "sidecar_bytes": outputs.metrics_file.stat().st_size,
-        "points_sent": run.writer.points_sent, "points_via_child": run.uploader.points_via_child,
+        "points_sent": run.writer.points_sent,
         "peak_rss_mb": max(s[1] for s in samples), "peak_child_rss_mb": max(s[2] for s in samples),
         "rss": samples if n >= 1_000_000 else [],
         "run_id": run.run_id, "uri": f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}",

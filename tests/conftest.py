@@ -11,7 +11,13 @@ import pytest
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning.tracking import registry
+from prov4ml_lightning.tracking.config import WAIT_ENV
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401  (a real `mlflow server`)
+
+# The tests read MLflow right after end_run (or after a training subprocess exits): make end_run wait
+# for the MLflow service (the subprocesses inherit it). The default, not waiting, has its own tests
+# (tests/sinks/test_service.py), which unset it.
+os.environ[WAIT_ENV] = "1"
 
 
 @pytest.fixture(scope="session")

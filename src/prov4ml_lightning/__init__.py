@@ -27,6 +27,7 @@ from prov4ml_lightning.api import (
     save_model_version,
     start_run,
     start_run_ctx,
+    wait_for_mlflow,
 )
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import (
@@ -81,6 +82,7 @@ __all__ = [
     "save_model_version",
     "start_run",
     "start_run_ctx",
+    "wait_for_mlflow",
 ]
 
 

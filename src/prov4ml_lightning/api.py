@@ -37,6 +37,8 @@ from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
 from prov4ml_lightning.tracking.registry import current_run, require_run
 
+_RUN_CREATED_WAIT_S = 600.0
+
 __all__ = [
     "active_run",
     "end_run",
@@ -59,6 +61,7 @@ __all__ = [
     "save_model_version",
     "start_run",
     "start_run_ctx",
+    "wait_for_mlflow",
 ]
 
 
@@ -78,6 +81,7 @@ def start_run(
     provenance_formats: tuple[str, ...] = ("json",),
     collect_all_ranks: bool = False,
     flush_interval: float = 2.0,
+    wait_for_mlflow: bool | None = None,
     person_name: str | None = None,
     person_email: str | None = None,
     person_orcid: str | None = None,
@@ -113,6 +117,10 @@ def start_run(
             ``rank<k>/<key>``). See docs/distributed-and-servers.md.
         flush_interval: seconds between the background writer's drains of the metric buffer
             into the sidecar file and MLflow (a process killed hard loses at most this much).
+        wait_for_mlflow: whether :func:`end_run` also waits until MLflow holds the whole run
+            (see there); ``None`` (default): only when the environment variable
+            ``PROV4ML_WAIT_FOR_MLFLOW`` is ``1``/``true``/``yes``. :func:`wait_for_mlflow` waits at
+            any time.
         person_name, person_email, person_orcid: the person responsible for the run, recorded as
             a ``prov:Person`` (``foaf:name``, ``foaf:mbox``; the ORCID iD, given as
             ``0000-0002-1825-0097`` or its ``https://orcid.org/`` IRI, is the agent's identifier).
@@ -130,7 +138,8 @@ def start_run(
         provenance_save_dir=provenance_save_dir, mlflow_save_dir=mlflow_save_dir, nested=nested, tags=tags,
         description=description, log_system_metrics=log_system_metrics, tracking_uri=tracking_uri,
         run_name=run_name, system_metrics_interval=system_metrics_interval, provenance_formats=provenance_formats,
-        collect_all_ranks=collect_all_ranks, flush_interval=flush_interval, person_name=person_name,
+        collect_all_ranks=collect_all_ranks, flush_interval=flush_interval, wait_for_mlflow=wait_for_mlflow,
+        person_name=person_name,
         person_email=person_email, person_orcid=person_orcid, organization=organization,
     )
     return start_on_ranks(lambda rank: open_run(config, rank=rank), config)
@@ -171,7 +180,18 @@ def start_run_ctx(
 
 
 def end_run(create_graph: bool | str = True, status: str = "FINISHED") -> RunOutputs | None:
-    """End the current run: flush, end the MLflow run, write the PROV files and return their paths.
+    """End the current run: flush, write the PROV files, end the MLflow run and return the paths.
+
+    What it waits for is what must be durable: every point in the metric sidecar
+    (``metrics_<run_id>.csv``), the journal's end event, and the PROV files and graph written
+    (atomically) to ``provenance_save_dir``; a model passed to ``log_model`` was saved to a file
+    before that call returned. From these, ``prov4ml recover`` and ``prov4ml sync`` rebuild
+    everything. MLflow's copy (the last points, the uploads, the model, the run's status) is
+    handed to the MLflow service process (a database store) and written in the background, also
+    after this process exits; it does not wait for that unless the run was started with
+    ``wait_for_mlflow=True`` (or ``PROV4ML_WAIT_FOR_MLFLOW=1``), or the caller calls
+    :func:`wait_for_mlflow`. With a tracking server (``http://...``) the MLflow calls are made
+    here, as before.
 
     The files are ``provgraph_<run_id>.json`` and its graph ``provgraph_<run_id>.dot`` (and
     ``.svg`` with Graphviz) in ``provenance_save_dir``, as the original prov4ml named them.
@@ -369,8 +389,30 @@ def log_carbon_metrics(context: Context = Context.TRAINING, step: int | None = N
 
 def get_run_id() -> str:
     """The MLflow run id of the current run (``None`` on a rank other than zero that records
-    nothing: ``start_run(collect_all_ranks=False)`` in a distributed job)."""
-    return require_run("get_run_id").run_id
+    nothing: ``start_run(collect_all_ranks=False)`` in a distributed job).
+
+    ``start_run`` draws the id itself and MLflow's service process creates the run under it in
+    the background; this call waits until it has (or has failed to, which was warned), so the
+    id can be looked up in MLflow at once. Nothing else waits for that."""
+    run = require_run("get_run_id")
+    sink = getattr(run, "sink", None)  # a silent rank has none
+    if sink is not None:
+        sink.run_created(_RUN_CREATED_WAIT_S)
+    return run.run_id
+
+
+def wait_for_mlflow(timeout: float | None = None) -> bool:
+    """Wait until MLflow holds everything the runs of this process handed to it so far (metrics,
+    params, tags, files, models, the ends of ended runs); whether it does within ``timeout``
+    seconds (``None``: no limit).
+
+    For a script that reads MLflow right after ``end_run`` (or use ``start_run(...,
+    wait_for_mlflow=True)``). Failures were warned when they happened; the local files keep
+    everything for ``prov4ml sync``.
+    """
+    from prov4ml_lightning.sinks.mlflow.service import wait_for_mlflow as wait
+
+    return wait(timeout)
 
 
 def active_run() -> RunRecorder | None:

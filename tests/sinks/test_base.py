@@ -9,12 +9,13 @@ import pytest
 
 from prov4ml_lightning.sinks.base import NullSink, TrackingSink
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
+from prov4ml_lightning.sinks.mlflow.service import MlflowService, ServiceSink
 from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
-#: what the recorder, the metric writer and uploader, rank parts, the callback and `prov4ml sync` call on a sink.
+#: what the recorder, the metric writer, rank parts, the callback, `get_run_id` and `prov4ml sync` call on a sink.
 MEMBERS = {
     "tracking_uri", "public_uri", "mlflow_save_dir", "offline",
-    "available", "go_offline", "recheck",
+    "available", "go_offline", "recheck", "flush", "run_created",
     "experiment_id", "create_run", "reopen_run", "end_run",
     "log_metrics", "log_params", "set_tags", "log_dataset_inputs", "log_artifact", "log_model",
     "get_run", "get_metric_history", "search_runs", "list_artifacts",
@@ -28,7 +29,8 @@ def test_the_protocol_lists_exactly_the_members_the_package_calls() -> None:
 
 def _sinks(tmp_path: Path) -> list[object]:
     remote = MlflowSink("http://127.0.0.1:9", tmp_path)  # MlflowClient does not connect until called
-    return [remote, TrackingGuard(remote), NullSink()]
+    return [remote, TrackingGuard(remote), NullSink(),
+            ServiceSink(MlflowService.__new__(MlflowService), "sqlite:///x.db", tmp_path, tmp_path)]
 
 
 def test_mlflow_sink_guard_and_null_sink_conform(tmp_path: Path) -> None:
@@ -37,7 +39,7 @@ def test_mlflow_sink_guard_and_null_sink_conform(tmp_path: Path) -> None:
         assert all(hasattr(sink, name) for name in MEMBERS)
 
 
-@pytest.mark.parametrize("cls", [MlflowSink, TrackingGuard, NullSink])
+@pytest.mark.parametrize("cls", [MlflowSink, TrackingGuard, NullSink, ServiceSink])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_parameters_match_the_protocol(cls: type, method: str) -> None:
     def shape(fn: object) -> list[tuple[str, object, bool]]:

@@ -65,7 +65,8 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
     Args:
         prov_user_namespace, experiment_name, provenance_save_dir, mlflow_save_dir, nested,
             tags, description, log_system_metrics, tracking_uri, run_name,
-            system_metrics_interval, provenance_formats, flush_interval: as for ``prov4ml.start_run``
+            system_metrics_interval, provenance_formats, flush_interval, wait_for_mlflow: as for
+            ``prov4ml.start_run``
             (the fields of :class:`~prov4ml_lightning.tracking.config.RunConfig`; every rank
             records, as with ``collect_all_ranks=True``). ``nested=True`` starts a child of a run
             the user opened instead of joining it.
@@ -119,6 +120,7 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
         system_metrics_interval: float = 10.0,
         provenance_formats: tuple[str, ...] = ("json",),
         flush_interval: float = 2.0,
+        wait_for_mlflow: bool | None = None,
         log_every_n_steps: int | None = None,
         log_learning_rates: bool = True,
         log_datasets: bool = True,
@@ -139,7 +141,8 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
             description=description, log_system_metrics=log_system_metrics, tracking_uri=tracking_uri,
             run_name=run_name, system_metrics_interval=system_metrics_interval,
             provenance_formats=provenance_formats, collect_all_ranks=True, flush_interval=flush_interval,
-            person_name=person_name, person_email=person_email, person_orcid=person_orcid, organization=organization,
+            wait_for_mlflow=wait_for_mlflow, person_name=person_name, person_email=person_email,
+            person_orcid=person_orcid, organization=organization,
             call=call,
         )
         if model_name is not None:

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -37,7 +38,7 @@ from prov4ml_lightning.tracking.journal import JOURNAL_PREFIX, Journal, read_jou
 from prov4ml_lightning.tracking.writer import read_sidecar  # the one reader of the sidecar, beside its writer
 
 __all__ = ["CRASHED", "JournaledRun", "RecoveredRun", "load_run", "process_alive", "read_sidecar", "recover",
-           "run_journals", "write_run_files"]
+           "run_journals", "wait_for_service", "write_run_files"]
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,35 @@ def process_alive(run: JournaledRun) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def wait_for_service(run: JournaledRun, timeout: float) -> bool:
+    """Wait until the MLflow service process of ``run`` (``sinks/mlflow/service.py``), which goes on
+    writing after its training process died, has exited; whether it has within ``timeout`` seconds.
+
+    Comparing MLflow with the local files while it still writes would send points twice and end
+    the run under it. A service on another host, or a pid now used by another program, is not waited for.
+    """
+    pid, host = run.start.get("mlflow_service_pid"), run.start.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return True
+    deadline = time.monotonic() + timeout
+    while _is_service(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _is_service(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone (or no /proc: then nothing to wait for that we can see)
+        return False
+    state = ""
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return b"service_process.py" in cmdline and state != "Z"
 
 
 def write_run_files(run: JournaledRun, status: str, end_time: float,

@@ -39,6 +39,7 @@ from prov4ml_lightning.recovery.recover import (
     process_alive,
     read_sidecar,
     run_journals,
+    wait_for_service,
 )
 from prov4ml_lightning.redact import REDACTED, redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 #: MLflow tag linking a run created by ``sync`` to the local id its PROV document uses.
 LOCAL_RUN_TAG = "prov4ml.local_run_id"
 _CHUNK = 1000
+_SERVICE_WAIT_S = 300.0  # how long sync waits for a dead run's MLflow service to finish its work
 
 
 @dataclass
@@ -115,6 +117,10 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
         uri = _tracking_uri(run, tracking_uri)
     except Prov4MLInputError as err:
         report.skipped = str(err)
+        return report
+    if not wait_for_service(run, _SERVICE_WAIT_S):
+        report.skipped = (f"the MLflow service process {run.start.get('mlflow_service_pid')} of the run is still "
+                          f"writing after {_SERVICE_WAIT_S:.0f} s; sync again once it has exited")
         return report
     from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 

@@ -1,6 +1,6 @@
 """What the rest of the package may call on a tracking sink: :class:`TrackingSink`.
 
-The recorder, the metric writer and uploader, rank parts and ``prov4ml sync`` talk to MLflow
+The recorder, the metric writer, rank parts and ``prov4ml sync`` talk to MLflow
 through these members only. :class:`~prov4ml_lightning.sinks.mlflow.sink.MlflowSink` implements
 them against a store, :class:`~prov4ml_lightning.sinks.mlflow.guard.TrackingGuard` wraps one with
 deadlines and a circuit breaker, and :class:`NullSink` writes nothing (a rank other than zero).
@@ -47,6 +47,14 @@ class TrackingSink(Protocol):
 
     def recheck(self) -> None:
         """Forget a backoff after an outage: the next call tries the store again."""
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the store holds every write handed to the sink so far; whether it does within
+        ``timeout`` seconds (at once for a sink that writes before returning)."""
+
+    def run_created(self, timeout: float | None = None) -> bool:
+        """Wait until the run exists in the store; whether it does (a sink that creates the run
+        before ``start_run`` returns answers at once)."""
 
     # -- run lifecycle ---------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -117,6 +125,12 @@ class NullSink:
 
     def recheck(self) -> None:
         pass
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def run_created(self, timeout: float | None = None) -> bool:
+        return False
 
     def experiment_id(self, name: str) -> str:
         raise TrackingUnavailableError(f"experiment_id({name!r}): this sink has no tracking store")

@@ -16,10 +16,12 @@ from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.identity import IDENTITY_ENV, resolve_identity
 
-__all__ = ["PROVENANCE_FORMATS", "RunConfig"]
+__all__ = ["PROVENANCE_FORMATS", "WAIT_ENV", "RunConfig"]
 
 #: PROV serialisations a run can write besides JSON (always written)
 PROVENANCE_FORMATS = ("json", "provn", "ttl", "xml")
+#: the environment variable that makes ``end_run`` wait for MLflow when ``wait_for_mlflow`` is None
+WAIT_ENV = "PROV4ML_WAIT_FOR_MLFLOW"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class RunConfig:
     provenance_formats: tuple[str, ...] = ("json",)
     collect_all_ranks: bool = False
     flush_interval: float = 2.0
+    #: whether ``end_run`` also waits until MLflow holds the whole run (``None``: the environment's
+    #: ``PROV4ML_WAIT_FOR_MLFLOW`` is 1/true/yes; else ``False``, see ``prov4ml.end_run``)
+    wait_for_mlflow: bool | None = None
     #: the responsible person and organisation (tracking/identity.py; ``None``: the environment's
     #: ``PROV4ML_PERSON_NAME`` / ``_EMAIL`` / ``_ORCID`` / ``PROV4ML_ORGANIZATION``, if set)
     person_name: str | None = None
@@ -66,6 +71,9 @@ class RunConfig:
         for name in ("nested", "log_system_metrics", "collect_all_ranks"):
             if not isinstance(getattr(self, name), bool):
                 raise Prov4MLInputError(f"{call}: {name} must be True or False, got {getattr(self, name)!r}")
+        if self.wait_for_mlflow is not None and not isinstance(self.wait_for_mlflow, bool):
+            raise Prov4MLInputError(f"{call}: wait_for_mlflow must be None, True or False, "
+                                    f"got {self.wait_for_mlflow!r}")
         for name in ("system_metrics_interval", "flush_interval"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -87,6 +95,13 @@ class RunConfig:
         # the identity as recorded: arguments, else environment, normalised (an ORCID as its IRI)
         for name, value in resolve_identity({n: getattr(self, n) for n in IDENTITY_ENV}, call).items():
             object.__setattr__(self, name, value)
+
+    @property
+    def waits_for_mlflow(self) -> bool:
+        """``wait_for_mlflow``, or when it is ``None`` the environment's ``PROV4ML_WAIT_FOR_MLFLOW``."""
+        if self.wait_for_mlflow is not None:
+            return self.wait_for_mlflow
+        return os.environ.get(WAIT_ENV, "").strip().lower() in ("1", "true", "yes")
 
     @property
     def namespace(self) -> str:

@@ -29,7 +29,6 @@ from prov4ml_lightning.context import Context, context_tags
 from prov4ml_lightning.errors import NoActiveRunError, Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning.sinks.mlflow.rules import mlflow_safe_key, truncate_param_value  # MLflow's rules
-from prov4ml_lightning.sinks.mlflow.uploader import MetricUploader
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
@@ -43,6 +42,7 @@ __all__ = ["RunOutputs", "RunRecorder"]
 
 log = logging.getLogger(__name__)
 
+_MLFLOW_WAIT_S = 600.0  # how long end_run(wait_for_mlflow) waits for MLflow before going on
 _BUFFER_WAKE = 50_000  # buffered points that wake the writer early
 _NONE = object()
 
@@ -112,14 +112,14 @@ class RunRecorder(Lineage):
                            software_version=__version__, formats=list(config.provenance_formats),
                            offline=bool(getattr(sink, "offline", False)),
                            mlflow_save_dir=str(getattr(sink, "mlflow_save_dir", "")),
+                           # the MLflow service that may still be writing after this process died (recover waits)
+                           mlflow_service_pid=getattr(getattr(sink, "service", None), "pid", None),
                            metrics_file=f"metrics_{info.run_id}.csv")
-        # Sends in-process, or from a child process once MLflow's inserts cost the training time.
-        self.uploader = MetricUploader(sink, info.run_id)
         self.writer = MetricWriter(
             take=self._take_buffer,
             summarise=self._summarise,
             sidecar=self.provenance_dir / f"metrics_{info.run_id}.csv",
-            send=self.uploader,
+            send=lambda points: sink.log_metrics(info.run_id, points),
             spill=self.provenance_dir / f"mlflow_unsent_{info.run_id}.csv",
             flush_interval=config.flush_interval,
         )
@@ -270,8 +270,11 @@ class RunRecorder(Lineage):
                 self._next_step[(key, ctx)] = max(self._next_step.get((key, ctx), 0), step + 1)
 
     def flush(self) -> None:
-        """Write every buffered point to the sidecar file and MLflow now."""
+        """Write every buffered point to the sidecar file now and hand it to MLflow; with
+        ``wait_for_mlflow``, also wait until MLflow holds everything handed to it so far."""
         self.writer.flush(final=False)
+        if self.config.waits_for_mlflow:
+            self.sink.flush(_MLFLOW_WAIT_S)
 
     def name_series(self, key: str, context: Any, mlflow_key: str, *, call: str = "log_metric") -> str:
         """Store the series ``(key, context)`` in MLflow under ``mlflow_key`` (MLflow's name rules
@@ -365,18 +368,23 @@ class RunRecorder(Lineage):
             close()
         self.sink.recheck()  # a server back from an outage gets the last points now, not after a backoff
         self.writer.close()
-        self.uploader.close()
         now = time.time()
         for act in self.activities.values():
             if act.end_time is None:
                 act.end_time = now
         self.info.end_time = now
         self.info.status = status
-        if self.document:
-            return publish(self, status, now)
-        self.journal.write("end", status=status, end_time=now, **({"error": error} if error else {}))
-        self.journal.close()
-        return None
+        try:
+            if self.document:
+                return publish(self, status, now)
+            self.journal.write("end", status=status, end_time=now, **({"error": error} if error else {}))
+            self.journal.close()
+            return None
+        finally:
+            if self.config.waits_for_mlflow and not self.sink.flush(_MLFLOW_WAIT_S):
+                warnings.warn(f"end_run: MLflow has not taken all of run {self.run_id} after {_MLFLOW_WAIT_S:.0f} "
+                              f"s; the service goes on in the background, and `prov4ml sync {self.provenance_dir}` "
+                              "completes MLflow if it is cut short", Prov4MLWarning, stacklevel=4)
 
     def write_provenance(self) -> dict[str, Path]:
         """Write the PROV document (and graph) of the run as it stands; return the paths."""

@@ -23,6 +23,7 @@ from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, Tracking
 from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.redact import redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
+from prov4ml_lightning.sinks.mlflow.service import ServiceSink, get_service
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
@@ -51,30 +52,49 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
     prov_dir = Path(config.provenance_save_dir).resolve()
     check_writable(prov_dir, call)
 
-    from prov4ml_lightning.sinks.mlflow.rules import resolve_tracking_uri, source_tags
-    from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
+    from prov4ml_lightning.sinks.mlflow.rules import (
+        generate_run_name,
+        is_database_uri,
+        resolve_tracking_uri,
+        source_tags,
+    )
 
     uri = resolve_tracking_uri(config.tracking_uri, config.mlflow_save_dir)
     _announce_environment_store(config, uri, call)
     str_tags = {str(k): v.param_text(val) for k, val in (config.tags or {}).items()}
 
     def make(parent: Any) -> RunRecorder:
-        sink = TrackingGuard(MlflowSink(uri, config.mlflow_save_dir))
         start = time.time()
         nonlocal run_id
         run_name = config.run_name
         reopened = run_id is not None
+        parent_offline = parent is not None and getattr(parent.sink, "offline", False)
+        # A database store: MLflow's import, the store's creation and migration and the run's
+        # creation go to this process's MLflow service (sinks/mlflow/service.py); a server is asked here.
+        service = get_service() if is_database_uri(uri) else None
+        sink: Any
+        if service is not None:
+            sink = ServiceSink(service, uri, config.mlflow_save_dir, prov_dir)
+        else:
+            from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
+
+            sink = TrackingGuard(MlflowSink(uri, config.mlflow_save_dir))
+        deferred = False
         if run_id is None:
             try:
-                if parent is not None and getattr(parent.sink, "offline", False):
+                if parent_offline:
                     raise TrackingUnavailableError("the parent run is offline")
-                if not sink.available():
-                    raise TrackingUnavailableError("no answer to GET /health")
-                experiment_id = sink.experiment_id(config.experiment_name)
-                run_id, run_name = sink.create_run(
-                    experiment_id, run_name, str_tags, config.description,
-                    parent.info.run_id if parent else None, int(start * 1000),
-                )
+                if service is not None:  # the id is drawn here; the service creates the run under it
+                    run_id, experiment_id, deferred = uuid.uuid4().hex, "", True
+                    run_name = run_name or str_tags.get("mlflow.runName") or generate_run_name()
+                else:
+                    if not sink.available():
+                        raise TrackingUnavailableError("no answer to GET /health")
+                    experiment_id = sink.experiment_id(config.experiment_name)
+                    run_id, run_name = sink.create_run(
+                        experiment_id, run_name, str_tags, config.description,
+                        parent.info.run_id if parent else None, int(start * 1000),
+                    )
             except TrackingUnavailableError as err:
                 # Offline: a local id now, the MLflow run later (`prov4ml sync`); never block here.
                 sink.go_offline()
@@ -99,6 +119,10 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
             description=config.description, parent_run_id=parent.info.run_id if parent else None,
             responsible={k: getattr(config, k) for k in IDENTITY_ENV if getattr(config, k) is not None},
         )
+        if deferred:
+            sink.start_run(run_id, config.experiment_name, info.run_name, str_tags, config.description,
+                           info.parent_run_id, int(start * 1000),
+                           on_created=lambda experiment: setattr(info, "experiment_id", experiment))
         run = RunRecorder(config, info, sink, parent=parent)
         if reopened:
             resume(run)

@@ -3,8 +3,9 @@
 - :mod:`.rules`: MLflow's rules (store choice, key names, limits, run names, the store lock);
 - :mod:`.sink`: :class:`MlflowSink` (``MlflowClient`` with explicit run ids, no fluent state);
 - :mod:`.guard`: :class:`TrackingGuard`, health probe, deadlines and circuit breaker for HTTP stores;
-- :mod:`.uploader`, :mod:`.upload_child`: metric inserts in-process or in a child process.
+- :mod:`.service`, :mod:`.service_process`: the MLflow service process (a database store's
+  MLflow work, off the training process).
 
-The modules are imported by name (``sinks.mlflow.sink``), not from here: the upload child loads
+The modules are imported by name (``sinks.mlflow.sink``), not from here: the service process loads
 ``sink.py`` by path so that it imports MLflow only, not this package.
 """

@@ -125,6 +125,12 @@ class TrackingGuard:
             if self._down_until:
                 self._down_until = min(self._down_until, time.monotonic())
 
+    def flush(self, timeout: float | None = None) -> bool:
+        return self._sink.flush(timeout)
+
+    def run_created(self, timeout: float | None = None) -> bool:
+        return not self.offline and self._sink.run_created(timeout)
+
     # -- run lifecycle: small calls, bounded by the deadline -------------------------------------
     def experiment_id(self, name: str) -> str:
         return self._bounded("experiment_id", self._sink.experiment_id, name)

@@ -11,6 +11,7 @@ path, and the training process uses the rules without importing MLflow.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -163,17 +164,42 @@ def generate_run_name() -> str:
     MLflow's generator draws from the global ``random``, so a run created without a name would
     shift a seeded training; this one draws from the operating system.
     """
-    try:
-        from mlflow.utils.name_utils import _GENERATOR_NOUNS as nouns
-        from mlflow.utils.name_utils import _GENERATOR_PREDICATES as adjectives
-    except ImportError:  # an MLflow without its word lists: the same style, fewer words
-        adjectives, nouns = ["bold", "calm", "keen", "wise"], ["owl", "fox", "elk", "ant"]
+    adjectives, nouns = _name_words()
     name = ""
     for _ in range(10):
         name = f"{_NAME_RNG.choice(adjectives).lower()}-{_NAME_RNG.choice(nouns).lower()}-{_NAME_RNG.randint(0, 1000)}"
         if len(name) <= _RUN_NAME_MAX:
             return name
     return name[:_RUN_NAME_MAX]
+
+@functools.cache
+def _name_words() -> tuple[list[str], list[str]]:
+    """MLflow's word lists, read from ``mlflow/utils/name_utils.py`` (which imports only
+    ``random`` and ``uuid``) without importing the ``mlflow`` package: its import costs the
+    training process seconds (see ``service.py``)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("mlflow")  # finds the package without running it
+        folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+        if folders:
+            words = importlib.util.spec_from_file_location("_prov4ml_mlflow_names",
+                                                           Path(folders[0]) / "utils" / "name_utils.py")
+            assert words is not None and words.loader is not None
+            module = importlib.util.module_from_spec(words)
+            words.loader.exec_module(module)
+            return list(module._GENERATOR_PREDICATES), list(module._GENERATOR_NOUNS)
+    except Exception as err:  # an MLflow without its word lists: the same style, fewer words
+        log.debug("prov4ml: MLflow's run-name words unavailable (%r)", err)
+    return ["bold", "calm", "keen", "wise"], ["owl", "fox", "elk", "ant"]
+
+
+def is_database_uri(uri: str) -> bool:
+    """Whether ``uri`` is a database store MLflow opens in the calling process (``sqlite:``,
+    ``postgresql:``, ``mysql:``, ``mssql:``, with or without a ``+driver``)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    return scheme in ("sqlite", "postgresql", "mysql", "mssql")
+
 
 def source_tags(user: str | None, code: Mapping[str, Any]) -> dict[str, str]:
     """MLflow's own run tags for who ran what, from the captured ``code`` attributes
@@ -196,12 +222,14 @@ def source_tags(user: str | None, code: Mapping[str, Any]) -> dict[str, str]:
             tags[tag] = str(code[attr])
     return tags
 
+
 def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
 
-_STORE_ATTEMPTS = 6
 
+_STORE_ATTEMPTS = 6
 _STORE_LOCK_TIMEOUT_S = 600.0
+
 
 def _store_lock_path(tracking_uri: str) -> Path:
     """The lock file that serialises creating and migrating the store at ``tracking_uri``.
@@ -217,6 +245,7 @@ def _store_lock_path(tracking_uri: str) -> Path:
     digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"prov4ml-store-{digest}.lock"
 
+
 def open_client(tracking_uri: str) -> Any:
     """``MlflowClient(tracking_uri)``, safe when many processes open a new store at once.
 
@@ -227,9 +256,9 @@ def open_client(tracking_uri: str) -> Any:
     """
     from mlflow.tracking import MlflowClient
 
-    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
-    if scheme not in ("sqlite", "postgresql", "mysql", "mssql"):
+    if not is_database_uri(tracking_uri):
         return MlflowClient(tracking_uri)
+    scheme = tracking_uri.split(":", 1)[0]
     import time
 
     from filelock import FileLock

@@ -7,20 +7,21 @@ client API, and restored straight after.
 MLflow's own rules (store choice, key names, value limits, model defaults, run names, the lock
 around creating a new store) are in :mod:`.rules`, which this module applies.
 
-It imports nothing of the package at module level but its rules: the upload child loads both
+It imports nothing of the package at module level but its rules: the service process loads both
 files by path, with MLflow only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the upload child: see upload_child.py
+from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the service process: see service_process.py
     BATCH_METRICS,
     BATCH_PARAMS,
     DATASET_CONTEXTS,
@@ -103,7 +104,7 @@ class MlflowSink:
     @property
     def public_uri(self) -> str:
         """The tracking URI without credentials, for messages and records."""
-        # Imported here: the upload child loads this file without the package.
+        # Imported here: the service process loads this file without the package.
         from prov4ml_lightning.redact import redact_url
 
         return redact_url(self.tracking_uri)
@@ -113,11 +114,17 @@ class MlflowSink:
         return True
 
     def go_offline(self) -> None:
-        """Mark the run as having no MLflow run (read by the metric uploader); calls still go through."""
+        """Mark the run as having no MLflow run; calls still go through."""
         self.offline = True
 
     def recheck(self) -> None:
         pass
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True  # every call has written before it returned
+
+    def run_created(self, timeout: float | None = None) -> bool:
+        return not self.offline
 
     # -- run lifecycle -------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -153,16 +160,63 @@ class MlflowSink:
         :func:`generate_run_name`, never from MLflow's generator, which draws from the global
         ``random`` and would change a seeded training.
         """
+        return self.create_run_with_id(None, experiment_id, run_name, tags, description, parent_run_id,
+                                       start_time_ms)
+
+    def create_run_with_id(self, run_id: str | None, experiment_id: str, run_name: str | None,
+                           tags: Mapping[str, str], description: str | None, parent_run_id: str | None,
+                           start_time_ms: int) -> tuple[str, str]:
+        """:meth:`create_run` under ``run_id`` (32 hex digits, drawn by the training process; a
+        database store only: see :meth:`_chosen_id`), or under MLflow's id when it is ``None``."""
         all_tags = {mlflow_safe_key(k): v for k, v in tags.items()}
         if description:
             all_tags[MLFLOW_TAG_DESCRIPTION] = description
         if parent_run_id:
             all_tags[MLFLOW_TAG_PARENT] = parent_run_id
         run_name = run_name or all_tags.get(MLFLOW_TAG_RUN_NAME) or generate_run_name()
-        run = self.client.create_run(
-            experiment_id, start_time=start_time_ms, tags=all_tags, run_name=run_name
-        )
+        with self._chosen_id(run_id, "create_run"):
+            run = self.client.create_run(experiment_id, start_time=start_time_ms, tags=all_tags, run_name=run_name)
+        if run_id is not None and run.info.run_id != run_id:
+            raise RuntimeError(f"create_run(run_id={run_id!r}): MLflow gave the run id {run.info.run_id}")
         return run.info.run_id, run.info.run_name
+
+    @contextlib.contextmanager
+    def _chosen_id(self, hex_id: str | None, call: str) -> Iterator[None]:
+        """Make the database store's next ``uuid.uuid4()`` return ``hex_id`` (``None``: leave it).
+
+        The training process draws run and model ids itself (its files and PROV records are named
+        before MLflow is even imported) and the service process creates them under those ids;
+        ``SqlAlchemyStore.create_run`` and ``create_logged_model`` draw theirs with
+        ``uuid.uuid4()`` and take no parameter for it, so in the service process (one thread
+        does MLflow's work) the store module's ``uuid`` is swapped for the one call. The callers
+        check that MLflow used the id.
+        """
+        if hex_id is None:
+            yield
+            return
+        import uuid
+
+        from mlflow.store.tracking import sqlalchemy_store
+
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        if not isinstance(store, sqlalchemy_store.SqlAlchemyStore):
+            raise ValueError(f"{call}: a chosen id needs a database store, not {type(store).__name__}")
+        chosen = uuid.UUID(hex=hex_id[-32:])
+        real_uuid = sqlalchemy_store.uuid
+
+        class _Chosen:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real_uuid, name)
+
+            @staticmethod
+            def uuid4() -> uuid.UUID:
+                return chosen
+
+        sqlalchemy_store.uuid = _Chosen()  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            sqlalchemy_store.uuid = real_uuid
 
     def reopen_run(self, run_id: str) -> dict[str, Any]:
         """Mark an existing run RUNNING again (resume); return its info as a dict."""
@@ -269,6 +323,11 @@ class MlflowSink:
         left out (the README says so, and how to get ``pt2``: pass ``input_example``); a caller
         who asks for a format gets MLflow's messages as they are.
         """
+        return self._log_model(run_id, model, name, pip_requirements, params, None, kwargs)
+
+    def _log_model(self, run_id: str, model: Any, name: str, pip_requirements: list[str] | None,
+                   params: Mapping[str, Any] | None, model_id: str | None, kwargs: dict[str, Any]
+                   ) -> tuple[str, str | None]:
         import mlflow.pytorch
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
@@ -279,10 +338,13 @@ class MlflowSink:
         # Create the LoggedModel ourselves: left to MLflow it lands in the fluent default
         # experiment (and, with no tracking URI set, in ./mlruns), not in the run's experiment.
         experiment_id = self.client.get_run(run_id).info.experiment_id
-        logged = self.client.create_logged_model(
-            experiment_id, name=name, source_run_id=run_id,
-            params={k: str(v) for k, v in (params or {}).items()} or None,
-        )
+        with self._chosen_id(model_id, "log_model"):
+            logged = self.client.create_logged_model(
+                experiment_id, name=name, source_run_id=run_id,
+                params={k: str(v) for k, v in (params or {}).items()} or None,
+            )
+        if model_id is not None and logged.model_id != model_id:
+            raise RuntimeError(f"log_model(model_id={model_id!r}): MLflow gave the model id {logged.model_id}")
         quiet = _PickleNoticeFilter() if chosen_by_us else None
         mlflow_log = logging.getLogger("mlflow.pytorch")
         if quiet is not None:
@@ -301,6 +363,17 @@ class MlflowSink:
             if quiet is not None:
                 mlflow_log.removeFilter(quiet)
         return info.model_uri, getattr(info, "model_id", None)
+
+    def log_model_file(self, run_id: str, path: str, name: str, model_id: str, *,
+                       pip_requirements: list[str] | None = None, params: Mapping[str, Any] | None = None,
+                       **kwargs: Any) -> tuple[str, str | None]:
+        """:meth:`log_model` of the model the training process saved at ``path``
+        (``service.save_model_file``), as MLflow model ``model_id`` (``m-`` and 32 hex digits,
+        drawn by the training process; a database store only: see :meth:`_chosen_id`)."""
+        import torch
+
+        model = torch.load(path, map_location="cpu", weights_only=False)
+        return self._log_model(run_id, model, name, pip_requirements, params, model_id, kwargs)
 
     # -- reconciling a run with its local records (used by `prov4ml sync` / `recover`) ----------
     def get_run(self, run_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,384 @@
+"""MLflow in a service process: the training process hands its MLflow work over and goes on.
+
+Importing MLflow (about 1.5 s of CPU), creating and migrating a new store (about 2 s of
+alembic), creating the run, the inserts and ``log_model``'s requirement checks all cost CPU;
+done in the training process they hold the GIL, delay the first batch and slow the first epochs.
+So for a database store (the embedded SQLite default, PostgreSQL, ...) each training process
+starts one service process (``service_process.py``, which loads only ``sink.py`` and MLflow) at
+its first ``start_run`` and every run of the process (nested runs, sweep trials, several stores)
+hands it its MLflow calls over a pipe. The service does them in order on another core.
+
+- The training process draws the run id (and a model's id) itself, so its files and PROV
+  records are named at once; the service creates the run and the model under those ids.
+- Writes return at once. A write the service fails warns (:class:`Prov4MLWarning`) as soon as
+  its answer arrives; the record stays in the journal, the metric sidecar and the PROV files,
+  from which ``prov4ml sync`` completes MLflow. A store that cannot be opened or a run that
+  cannot be created is announced the same way and the run goes on offline.
+- Reads (``get_run`` ...) and :meth:`ServiceSink.run_created` wait for their answer, GIL released.
+- Requests are written straight into the pipe (enlarged to 1 MiB; the service reads it into
+  memory as it comes, even while it imports MLflow), so nothing handed over is lost when the
+  training process exits: the service finishes the work, then exits on its own.
+- A file the user may change or delete later (an artifact outside the run's provenance folder,
+  a checkpoint) is copied into the provenance folder's ``.prov4ml_staging`` first; the service
+  uploads the copy and removes it. ``log_model`` saves the model there (``torch.save`` with
+  cloudpickle, as MLflow's pytorch flavour does) and the service loads and logs it.
+
+:func:`wait_for_mlflow` waits until the service has done everything handed to it so far.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any
+
+from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning, TrackingUnavailableError
+
+__all__ = ["MlflowService", "ServiceSink", "get_service", "save_model_file", "wait_for_mlflow"]
+
+log = logging.getLogger(__name__)
+
+_SCRIPT = Path(__file__).resolve().with_name("service_process.py")
+_PIPE_BYTES = 1 << 20
+STAGING = ".prov4ml_staging"  # folder in the provenance folder for files handed to the service
+
+
+class MlflowService:
+    """The service process of this training process and its pipe (see the module docstring)."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        # The service must import what this process imports (a path added at run time included).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._proc = subprocess.Popen(
+            [sys.executable, str(_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # a Ctrl-C for the training does not stop it half-way through its work
+        )
+        self.pid = self._proc.pid
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            # not Linux, or over the system's limit: the default 64 KiB it is
+            with contextlib.suppress(ImportError, AttributeError, OSError):
+                import fcntl
+
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        self._lock = threading.Lock()  # one request at a time into the pipe, in the order of _pending
+        self._pending: deque[tuple[Future[Any], Callable[[str], None] | None]] = deque()
+        self.dead: str | None = None  # why the service stopped, once it has
+        threading.Thread(target=self._read, name="prov4ml-service-answers", daemon=True).start()
+        log.info("prov4ml: MLflow service process %d started", self.pid)
+
+    def request(self, message: tuple[Any, ...], on_error: Callable[[str], None] | None = None) -> Future[Any]:
+        """Hand ``message`` over; its future holds the answer. ``on_error(text)`` is called (on the
+        answer thread) when the service fails it; the future then holds a :class:`Prov4MLError`."""
+        future: Future[Any] = Future()
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            if self.dead is None:
+                try:
+                    self._proc.stdin.write(payload)  # type: ignore[union-attr]
+                    self._proc.stdin.flush()  # type: ignore[union-attr]
+                    self._pending.append((future, on_error))
+                    return future
+                except (OSError, ValueError) as err:
+                    self._stop_locked(f"the MLflow service process stopped ({err!r})")
+        future.set_exception(TrackingUnavailableError(self.dead or "the MLflow service process stopped"))
+        return future
+
+    def _read(self) -> None:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        while True:
+            try:
+                status, detail, said = pickle.load(stdout)
+            except Exception:  # EOF: the service ended or was killed
+                with self._lock:
+                    self._stop_locked(f"the MLflow service process {self.pid} stopped")
+                return
+            for name, level, text in said:  # MLflow's warnings, where the user sees them
+                logging.getLogger(name).log(level, "%s", text)
+            with self._lock:
+                future, on_error = self._pending.popleft() if self._pending else (None, None)
+            if future is None:
+                continue
+            if status == "ok":
+                future.set_result(detail)
+                continue
+            if on_error is not None:
+                try:
+                    on_error(str(detail))
+                except Exception:  # a failing handler must not stop the answers
+                    log.exception("prov4ml: handling an MLflow service error")
+            future.set_exception(Prov4MLError(f"MLflow (service process): {detail}"))
+
+    def _stop_locked(self, reason: str) -> None:
+        self.dead = self.dead or reason
+        while self._pending:
+            future, _ = self._pending.popleft()
+            if not future.done():
+                future.set_exception(TrackingUnavailableError(self.dead))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait (GIL released) until every request handed over so far is answered; whether they were."""
+        with self._lock:
+            last = self._pending[-1][0] if self._pending else None
+        if last is None:
+            return True
+        try:
+            last.exception(timeout=timeout)
+        except FutureTimeout:
+            return False
+        return True
+
+
+_SERVICE: MlflowService | None = None
+_SERVICE_LOCK = threading.Lock()
+
+
+def get_service() -> MlflowService | None:
+    """This process's service, started when needed; ``None`` when it cannot start (the caller
+    then uses MLflow in-process)."""
+    global _SERVICE
+    with _SERVICE_LOCK:
+        if _SERVICE is None or _SERVICE.dead is not None:
+            try:
+                _SERVICE = MlflowService()
+            except (OSError, ValueError) as err:
+                log.info("prov4ml: the MLflow service process could not start (%s); MLflow runs in-process", err)
+                _SERVICE = None
+        return _SERVICE
+
+
+_ABANDONED: list[MlflowService] = []
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (a DataLoader worker) starts its own service if it ever needs one. Its copy of
+    # the parent's is kept, neither used nor closed: closing a pipe takes the pipe object's lock,
+    # which the parent's answer thread (not copied by fork) may have held at the fork, forever.
+    global _SERVICE
+    if _SERVICE is not None:
+        _ABANDONED.append(_SERVICE)
+    _SERVICE = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def wait_for_mlflow(timeout: float | None = None) -> bool:
+    """Wait until MLflow holds everything this process's runs have handed to the service so far
+    (their metrics, params, tags, files, models and ends); whether it does within ``timeout``
+    seconds (``None``: no limit). Returns ``True`` at once when there is no service."""
+    service = _SERVICE
+    return True if service is None else service.wait(timeout)
+
+
+@atexit.register
+def _note_at_exit() -> None:
+    service = _SERVICE
+    if service is not None and service.dead is None and service._pending:
+        log.info("prov4ml: the MLflow service process %d finishes %d request(s) after this process exits",
+                 service.pid, len(service._pending))
+
+
+def save_model_file(model: Any, path: Path) -> None:
+    """Save ``model`` whole, as MLflow's pytorch flavour does (``torch.save`` with cloudpickle:
+    a class defined in ``__main__`` travels by value), for the service to load and log."""
+    import cloudpickle
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model, path, pickle_module=cloudpickle)
+
+
+class ServiceSink:
+    """A :class:`~prov4ml_lightning.sinks.base.TrackingSink` over the MLflow service process.
+
+    Args:
+        service: this process's :class:`MlflowService`.
+        tracking_uri: a database store (``sqlite:///...``, ``postgresql://...``).
+        mlflow_save_dir: the embedded store's folder.
+        provenance_dir: the run's provenance folder (files in it are the run's own and are
+            uploaded as they are; anything else is copied first, see the module docstring).
+    """
+
+    def __init__(self, service: MlflowService, tracking_uri: str, mlflow_save_dir: str | os.PathLike[str],
+                 provenance_dir: Path) -> None:
+        self.service = service
+        self.tracking_uri = tracking_uri
+        self.mlflow_save_dir = Path(mlflow_save_dir).resolve()
+        self.provenance_dir = provenance_dir
+        self.offline = False
+        self.failure: str | None = None  # why this run has no MLflow run, once known
+        self._store = (tracking_uri, str(self.mlflow_save_dir))
+        self._created: Future[Any] | None = None
+        self._warned: set[str] = set()
+
+    @property
+    def public_uri(self) -> str:
+        from prov4ml_lightning.redact import redact_url
+
+        return redact_url(self.tracking_uri)
+
+    # -- the pipe -------------------------------------------------------------------------------
+    def _send(self, kind: str, *body: Any, what: str | None) -> Future[Any]:
+        """Hand a request over; ``what`` names a write whose failure warns (reads raise instead)."""
+        if self.failure is not None:
+            raise TrackingUnavailableError(self.failure)
+        on_error = None if what is None else (lambda text: self._failed(what, text))
+        return self.service.request((kind, self._store, *body), on_error)
+
+    def _call(self, method: str, *args: Any, what: str | None, **kwargs: Any) -> Future[Any]:
+        return self._send("call", method, args, kwargs, what=what)
+
+    def _failed(self, what: str, text: str) -> None:
+        log.info("prov4ml: MLflow service could not %s: %s", what, text)
+        if what in self._warned or self.failure is not None:  # announced once (a run never created: at start)
+            return
+        self._warned.add(what)
+        warnings.warn(f"prov4ml: MLflow could not {what} ({text}); the run goes on, and the record stays in the "
+                      f"journal, metric sidecar and PROV files in {self.provenance_dir}, from which "
+                      f"`prov4ml sync {self.provenance_dir}` completes MLflow", Prov4MLWarning, stacklevel=2)
+
+    def _answer(self, future: Future[Any]) -> Any:
+        return future.result()  # waits with the GIL released
+
+    # -- state ----------------------------------------------------------------------------------
+    def available(self) -> bool:
+        return self.failure is None and self.service.dead is None
+
+    def go_offline(self) -> None:
+        """The run has no MLflow run: every call from now on fails at once."""
+        self.offline = True
+        self.failure = self.failure or "the run has no MLflow run (it went offline)"
+
+    def recheck(self) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.service.wait(timeout)
+
+    def run_created(self, timeout: float | None = None) -> bool:
+        if self._created is None:
+            return not self.offline
+        try:
+            self._created.result(timeout=timeout)
+        except Exception:
+            return False
+        return True
+
+    # -- run lifecycle --------------------------------------------------------------------------
+    def start_run(self, run_id: str, experiment_name: str, run_name: str, tags: Mapping[str, str],
+                  description: str | None, parent_run_id: str | None, start_time_ms: int,
+                  on_created: Callable[[str], None]) -> None:
+        """Have the service create experiment ``experiment_name`` (when needed) and run ``run_id``;
+        ``on_created(experiment_id)`` is called once it has. A failure warns as soon as it is
+        known and makes the run offline (every later call fails at once; ``prov4ml sync``)."""
+        def failed(text: str) -> None:
+            self.failure = f"the MLflow store {self.public_uri} could not take run {run_id}: {text}"
+            self.offline = True
+            warnings.warn(f"start_run: {self.failure}; the run goes on offline: metrics and provenance are kept in "
+                          f"{self.provenance_dir}, and `prov4ml sync {self.provenance_dir}` writes them to MLflow "
+                          "once the store works", Prov4MLWarning, stacklevel=2)
+
+        self._created = self.service.request(
+            ("start_run", self._store, run_id, experiment_name, run_name, dict(tags), description, parent_run_id,
+             start_time_ms), failed)
+        self._created.add_done_callback(
+            lambda f: on_created(str(f.result()[0])) if f.exception() is None else None)
+
+    def experiment_id(self, name: str) -> str:
+        return str(self._answer(self._call("experiment_id", name, what=None)))
+
+    def create_run(self, experiment_id: str, run_name: str | None, tags: Mapping[str, str],
+                   description: str | None, parent_run_id: str | None, start_time_ms: int) -> tuple[str, str]:
+        run_id, name = self._answer(self._call("create_run", experiment_id, run_name, dict(tags), description,
+                                               parent_run_id, start_time_ms, what=None))
+        return str(run_id), str(name)
+
+    def reopen_run(self, run_id: str) -> dict[str, Any]:
+        return dict(self._answer(self._call("reopen_run", run_id, what=None)))
+
+    def end_run(self, run_id: str, status: str, end_time_ms: int) -> None:
+        self._call("end_run", run_id, status, end_time_ms, what="end the run")
+
+    # -- data -----------------------------------------------------------------------------------
+    def log_metrics(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> None:
+        self._call("log_metrics", run_id, list(points), what="log metrics")
+
+    def log_params(self, run_id: str, params: Iterable[tuple[str, str]]) -> None:
+        self._call("log_params", run_id, list(params), what="log params")
+
+    def set_tags(self, run_id: str, tags: Iterable[tuple[str, str]]) -> None:
+        self._call("set_tags", run_id, list(tags), what="set tags")
+
+    def log_dataset_inputs(self, run_id: str, datasets: Sequence[Mapping[str, Any]]) -> None:
+        self._call("log_dataset_inputs", run_id, [dict(d) for d in datasets], what="log dataset inputs")
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        path = Path(local_path)
+        what = f"upload {path.name}"
+        if self.failure is not None:
+            raise TrackingUnavailableError(self.failure)
+        try:
+            ours = path.resolve().is_relative_to(self.provenance_dir.resolve())
+        except OSError:
+            ours = False
+        if ours:
+            self._call("log_artifact", run_id, str(path), artifact_path, what=what)
+            return
+        # The user's file: they may change or delete it once this returns, so the service gets a copy.
+        stage = self.provenance_dir / STAGING / uuid.uuid4().hex
+        copy = stage / path.name
+        stage.mkdir(parents=True)
+        try:
+            if path.is_dir():
+                shutil.copytree(path, copy, symlinks=False)
+            else:
+                shutil.copy2(path, copy)
+        except OSError:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        self._send("log_staged", run_id, str(copy), artifact_path, str(stage), what=what)
+
+    def log_model(self, run_id: str, model: Any, name: str, *, pip_requirements: list[str] | None = None,
+                  params: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[str, str | None]:
+        """Save ``model`` to a file here (the only part the caller waits for) and hand it to the
+        service, which logs it as MLflow model ``models:/<model_id>``; return that URI and id."""
+        if self.failure is not None:
+            raise TrackingUnavailableError(self.failure)
+        model_id = f"m-{uuid.uuid4().hex}"
+        path = self.provenance_dir / STAGING / f"{model_id}.pth"
+        save_model_file(model, path)
+        self._send("log_model_file", run_id, str(path), name, model_id,
+                   {"pip_requirements": pip_requirements, "params": dict(params or {}), **kwargs},
+                   what=f"log model {name!r}")
+        return f"models:/{model_id}", model_id
+
+    # -- reading back -----------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return self._answer(self._call("get_run", run_id, what=None))  # type: ignore[no-any-return]
+
+    def get_metric_history(self, run_id: str, key: str) -> set[tuple[int, int]]:
+        return set(self._answer(self._call("get_metric_history", run_id, key, what=None)))
+
+    def search_runs(self, experiment_id: str, tag: str, value: str) -> list[str]:
+        return list(self._answer(self._call("search_runs", experiment_id, tag, value, what=None)))
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        return list(self._answer(self._call("list_artifacts", run_id, path, what=None)))

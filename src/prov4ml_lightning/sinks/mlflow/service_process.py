@@ -1,0 +1,199 @@
+"""The MLflow service process: it does a training process's MLflow work, so that process never waits.
+
+Started once per training process by :mod:`.service` (at its first ``start_run`` on a database
+store) and shared by every run and store of that process. Importing MLflow, creating and
+migrating a store, creating runs, every insert, upload and model, and the runs' ends happen
+here, on another core, in the order they were asked for.
+
+Run as a script, not imported: importing the package would import torch for nothing, so it loads
+``rules.py`` and ``sink.py`` (which import only MLflow) by path; torch is imported only when a
+model arrives. Protocol on stdin/stdout, pickled; every request is answered, in order:
+
+- ``("call", store, method, args, kwargs)``: ``MlflowSink(*store).method(*args, **kwargs)``,
+  the sink of each ``store = (tracking_uri, mlflow_save_dir)`` opened at its first use;
+- ``("start_run", store, run_id, experiment_name, run_name, tags, description, parent, start_ms)``:
+  the experiment (created when needed) and the run under the id the training process drew;
+- ``("log_model_file", store, run_id, path, name, model_id, kwargs)``: the model the training
+  process saved to ``path`` (torch + cloudpickle), logged under ``model_id``; the file is then removed;
+- ``("log_staged", store, run_id, path, artifact_path, stage)``: a copy of the user's file or
+  folder uploaded, then its staging folder ``stage`` removed;
+- ``None`` or the end of stdin: finish what was asked, then exit.
+
+Answers are ``("ok", result, said)`` or ``("error", text, said)``, ``said`` the ``(logger, level,
+message)`` of what MLflow warned meanwhile (the training process logs them again). A reader
+thread takes the requests off the pipe at once (while MLflow is still being imported), so the
+training process never blocks on a full pipe; when the training process has exited, the work
+goes on and the answers are dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib.util
+import logging
+import os
+import pickle
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__: list[str] = []
+
+_HERE = Path(__file__).resolve().parent
+_RETRY_BROKEN_S = 30.0  # a store that could not be opened is not tried again for this long
+#: what a request may call on a sink (nothing else of the object is reachable from the pipe).
+_CALLS = frozenset({
+    "experiment_id", "create_run", "reopen_run", "end_run", "log_metrics", "log_params", "set_tags",
+    "log_dataset_inputs", "log_artifact", "get_run", "get_metric_history", "search_runs", "list_artifacts",
+})
+
+
+def _load(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_sink_module() -> Any:
+    # sink.py imports its rules by their package name; registered under that name first, they are
+    # found without importing the package (and torch) in this process
+    _load("prov4ml_lightning.sinks.mlflow.rules", _HERE / "rules.py")
+    return _load("prov4ml_lightning_service_sink", _HERE / "sink.py")
+
+
+class _Inbox:
+    """Requests read off stdin by a thread as they come; ``None`` once stdin is closed."""
+
+    def __init__(self, stdin: Any) -> None:
+        self._stdin = stdin
+        self._items: collections.deque[Any] = collections.deque()
+        self._ready = threading.Condition()
+        threading.Thread(target=self._read, name="prov4ml-service-inbox", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = pickle.load(self._stdin)
+            except Exception:  # EOF: the training process closed the pipe or exited
+                message = None
+            with self._ready:
+                self._items.append(message)
+                self._ready.notify()
+            if message is None:
+                return
+
+    def get(self) -> Any:
+        with self._ready:
+            while not self._items:
+                self._ready.wait()
+            return self._items.popleft()
+
+
+class _Said(logging.Handler):
+    """Collects what MLflow warns while it serves a request: ``(logger name, level, message)``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._records.append((record.name, record.levelno, record.getMessage()[:4000]))
+
+    def take(self) -> list[tuple[str, int, str]]:
+        out, self._records = self._records, []
+        return out
+
+
+def main() -> None:
+    # Run as a script, this folder is sys.path[0]: its module names must not shadow real ones.
+    sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != _HERE]
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # stdout carries the answers; stray prints must not corrupt them
+    inbox = _Inbox(stdin)
+    answering = True
+    said = _Said()
+
+    def answer(message: tuple[str, Any]) -> None:
+        nonlocal answering
+        message = (*message, said.take())
+        if not answering:
+            return
+        try:
+            pickle.dump(message, stdout, protocol=pickle.HIGHEST_PROTOCOL)
+            stdout.flush()
+        except (OSError, ValueError):  # the training process is gone: finish the work unanswered
+            answering = False
+
+    try:
+        sink_module = _load_sink_module()
+        import mlflow  # noqa: F401  (it configures its loggers when imported: the handler goes on after)
+
+        # MLflow's warnings go back with the answer, for the training process to log where the user sees them
+        logging.getLogger("mlflow").addHandler(said)
+    except BaseException as err:
+        sink_module, failure = None, f"MLflow could not be imported: {type(err).__name__}: {err}"
+    sinks: dict[tuple[str, str], Any] = {}
+    broken: dict[tuple[str, str], tuple[float, str]] = {}  # store -> (when, why) it could not be opened
+
+    def sink_for(store: tuple[str, str]) -> Any:
+        if sink_module is None:
+            raise RuntimeError(failure)
+        if store not in sinks:
+            when, why = broken.get(store, (0.0, ""))
+            if time.monotonic() - when < _RETRY_BROKEN_S:  # opening it again would fail the same, slowly
+                raise RuntimeError(why)
+            try:
+                sinks[store] = sink_module.MlflowSink(*store)
+            except Exception as err:
+                broken[store] = (time.monotonic(), f"{type(err).__name__}: {str(err)[:2000]}")
+                raise
+        return sinks[store]
+
+    while True:
+        message = inbox.get()
+        if message is None:
+            return
+        kind, store, *rest = message
+        try:
+            sink = sink_for(store)
+            if kind == "call":
+                method, args, kwargs = rest
+                if method not in _CALLS:
+                    raise ValueError(f"unknown call {method!r}")
+                result = getattr(sink, method)(*args, **kwargs)
+                if method == "log_metrics":
+                    result = len(args[1])
+            elif kind == "start_run":
+                run_id, experiment_name, run_name, tags, description, parent, start_ms = rest
+                experiment_id = sink.experiment_id(experiment_name)
+                _, name = sink.create_run_with_id(run_id, experiment_id, run_name, tags, description, parent,
+                                                  start_ms)
+                result = (experiment_id, name)
+            elif kind == "log_model_file":
+                run_id, path, name, model_id, kwargs = rest
+                result = sink.log_model_file(run_id, path, name, model_id, **kwargs)
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            elif kind == "log_staged":
+                run_id, path, artifact_path, stage = rest
+                try:
+                    result = sink.log_artifact(run_id, path, artifact_path)
+                finally:
+                    shutil.rmtree(stage, ignore_errors=True)
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+        except Exception as err:
+            answer(("error", f"{type(err).__name__}: {str(err)[:2000]}"))
+        else:
+            answer(("ok", result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The MLflow service process: the training process hands MLflow its work and does not wait.
+
+Real processes, real SQLite stores, read back with MlflowClient after the fact. These tests run
+with the default (``end_run`` does not wait for MLflow): ``PROV4ML_WAIT_FOR_MLFLOW`` is unset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+
+import prov4ml_lightning as prov4ml
+from prov4ml_lightning import Prov4MLWarning
+from prov4ml_lightning.sinks.mlflow.service import get_service
+from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri
+from prov4ml_lightning.tracking.config import WAIT_ENV
+from tests.helpers import attr, by_type, load_model, read_prov, wait_until
+
+_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    import torch
+    import prov4ml_lightning as prov4ml
+
+    prov_dir, mlflow_dir, user_file, with_model = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+    t0 = time.perf_counter()
+    prov4ml.start_run("www.example.org", "service", prov_dir, mlflow_dir)
+    started = time.perf_counter() - t0
+    for step in range(300):
+        prov4ml.log_metric("loss", 1.0 / (step + 1), step=step)
+    prov4ml.log_param("lr", 0.01)
+    prov4ml.log_artifact(user_file)
+    os.remove(user_file)  # the user's file is gone once log_artifact returned: MLflow must still get it
+    mlflow_before_model = "mlflow" in sys.modules
+    if with_model:
+        class Net(torch.nn.Module):  # defined in __main__: it travels by value to the service
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(3, 2)
+
+            def forward(self, x):
+                return self.fc(x)
+
+        torch.manual_seed(0)
+        prov4ml.log_model(Net(), "net")
+    t1 = time.perf_counter()
+    outputs = prov4ml.end_run()
+    print(json.dumps({"run_id": outputs.run_id, "prov": str(outputs.prov_json), "start_s": started,
+                      "end_s": time.perf_counter() - t1, "mlflow_before_model": mlflow_before_model,
+                      "mlflow_at_end": "mlflow" in sys.modules}))
+""")
+
+
+def _run_script(tmp_path: Path, with_model: bool) -> tuple[dict, Path, Path]:
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT)
+    user_file = tmp_path / "notes.txt"
+    user_file.write_text("the user's notes\n")
+    mlflow_dir = tmp_path / "mlflow"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env.pop(WAIT_ENV, None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "prov"), str(mlflow_dir), str(user_file),
+                           "1" if with_model else "0"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), mlflow_dir, tmp_path / "prov"
+
+
+def _finished_run(mlflow_dir: Path, run_id: str):
+    from prov4ml_lightning.sinks.mlflow.rules import open_client
+
+    # the store lock: the service may still be creating the store (two migrations at once would clash)
+    client = open_client(default_tracking_uri(mlflow_dir))
+
+    def finished():
+        try:
+            run = client.get_run(run_id)
+        except Exception:
+            return None
+        return run if run.info.status == "FINISHED" else None
+
+    # the service finishes after the training process exited: it is not waited for
+    run = wait_until(finished, timeout=120, interval=0.2)
+    return client, run
+
+
+@pytest.mark.slow
+def test_the_training_process_does_not_wait_and_mlflow_gets_everything_after_it_exits(tmp_path: Path) -> None:
+    out, mlflow_dir, prov_dir = _run_script(tmp_path, with_model=True)
+    assert out["mlflow_before_model"] is False  # no MLflow import in the training process
+    assert out["start_s"] < 1.0, out  # no store creation, migration or run creation (seconds) in start_run
+    client, run = _finished_run(mlflow_dir, out["run_id"])
+    history = client.get_metric_history(out["run_id"], "loss")
+    assert sorted(m.step for m in history) == list(range(300))
+    assert run.data.params == {"lr": "0.01"}
+    notes = Path(client.download_artifacts(out["run_id"], "notes.txt", str(tmp_path / "down")))
+    assert notes.read_text() == "the user's notes\n"  # the copy handed over, although the user deleted the file
+    assert not (prov_dir / ".prov4ml_staging").exists() or not any((prov_dir / ".prov4ml_staging").iterdir())
+    prov_files = {a.path for a in client.list_artifacts(out["run_id"], "prov")}
+    assert f"prov/provgraph_{out['run_id']}.json" in prov_files
+    # the model: logged by the service under the id the PROV document already names
+    doc = read_prov(Path(out["prov"]))
+    (model,) = [m for m in by_type(doc, "Model")]
+    uri = str(attr(model, "model_uri"))
+    assert uri.startswith("models:/m-"), uri
+    wait_until(lambda: str(client.get_logged_model(uri.split("/", 1)[1]).status) == "READY", timeout=60,
+               interval=0.2)
+    loaded = load_model(default_tracking_uri(mlflow_dir), uri)
+    import torch
+
+    torch.manual_seed(0)
+    expected = torch.nn.Linear(3, 2)
+    assert torch.equal(loaded.fc.weight, expected.weight)  # the weights the training process had
+
+
+def test_start_run_returns_before_mlflow_and_get_run_id_waits_for_the_run(run_args: dict, mlflow_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv(WAIT_ENV, raising=False)
+    run = prov4ml.start_run(**run_args)
+    assert run.info.experiment_id == "" or run.info.experiment_id  # known only once the service answered
+    run_id = prov4ml.get_run_id()  # waits until the run exists
+    client = MlflowClient(default_tracking_uri(mlflow_dir))
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert run.info.experiment_id == client.get_run(run_id).info.experiment_id
+    prov4ml.log_metric("loss", 0.5, step=0)
+    prov4ml.end_run()
+    assert prov4ml.wait_for_mlflow(60)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.5]
+
+
+def test_runs_of_one_process_share_one_service(run_args: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WAIT_ENV, raising=False)
+    first = prov4ml.start_run(**run_args)
+    pid = first.sink.service.pid
+    prov4ml.end_run()
+    second = prov4ml.start_run(**{**run_args, "run_name": "second"})
+    assert second.sink.service.pid == pid
+    prov4ml.end_run()
+    assert prov4ml.wait_for_mlflow(60)
+
+
+@pytest.mark.slow
+def test_an_unusable_store_warns_as_soon_as_known_and_loses_nothing(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WAIT_ENV, raising=False)
+    mlflow_dir = tmp_path / "broken"
+    mlflow_dir.mkdir()
+    (mlflow_dir / "mlflow.db").write_bytes(b"this is not an SQLite database" * 100)
+    prov_dir = tmp_path / "prov"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = prov4ml.start_run("www.example.org", f"broken-{uuid.uuid4().hex[:6]}", prov_dir, mlflow_dir)
+        for step in range(20):
+            prov4ml.log_metric("loss", float(step), step=step)
+        assert prov4ml.wait_for_mlflow(120)
+        assert run.sink.offline  # known now, and said
+        messages = [str(w.message) for w in caught if issubclass(w.category, Prov4MLWarning)]
+        assert any(m.startswith("start_run: the MLflow store") and "prov4ml sync" in m for m in messages), messages
+        prov4ml.log_param("lr", 0.1)  # later calls fail fast, quietly: the outage was announced
+        outputs = prov4ml.end_run()
+    doc = read_prov(outputs.prov_json)
+    assert doc.get_records()  # the PROV document is written
+    rows = outputs.metrics_file.read_text().splitlines()
+    assert len(rows) == 21  # header + every point in the sidecar, for `prov4ml sync`
+
+
+@pytest.mark.slow
+def test_a_killed_service_fails_calls_fast_and_the_next_run_gets_a_new_one(run_args: dict,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WAIT_ENV, raising=False)
+    run = prov4ml.start_run(**run_args)
+    service = run.sink.service
+    assert prov4ml.wait_for_mlflow(120)
+    os.kill(service.pid, 9)
+    wait_until(lambda: service.dead is not None, timeout=20)
+    t = time.perf_counter()
+    prov4ml.log_param("lr", 0.1)
+    prov4ml.log_metric("loss", 1.0, step=0)
+    outputs = prov4ml.end_run()
+    assert time.perf_counter() - t < 10
+    assert outputs.prov_json.exists() and "loss" in outputs.metrics_file.read_text()
+    again = prov4ml.start_run(**{**run_args, "run_name": "after"})
+    assert again.sink.service is get_service() and again.sink.service.pid != service.pid
+    prov4ml.end_run()
+    assert prov4ml.wait_for_mlflow(120)
