@@ -109,7 +109,7 @@ class Plan:
     nodes: dict[str, Node]
     edges: list[Edge]
     clusters: dict[str, Cluster]
-    #: activity nodes in start-time order (the drawing chains them left to right).
+    #: activity nodes in start-time order (the drawing chains them top to bottom).
     timeline: list[str]
     #: records level 1 leaves out, by type.
     left_out: Counter[str]
