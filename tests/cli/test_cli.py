@@ -202,7 +202,7 @@ def test_render_collapses_hundreds_of_epochs(tmp_path, mlflow_dir, capsys):
     assert any("epoch=150.ckpt" in t and "best" in t for t in texts)  # the best one stays visible
     # The chain survives the collapse: epoch 297 was informed by the hidden epoch 296.
     dot_text = (tmp_path / "long.dot").read_text()
-    hidden = re.search(r"^\t(n\d+) \[label=\"\u2026 294 more epochs", dot_text, re.M).group(1)
+    hidden = re.search(r"^\t+(n\d+) \[label=\"\u2026 294 more epochs", dot_text, re.M).group(1)
     drawn = re.findall(r"^\t(n\d+) -> (n\d+) \[color=", dot_text, re.M)  # PROV edges, not layout ones
     assert any(a == hidden for a, _ in drawn) and any(b == hidden for _, b in drawn)
     # --collapse 0 keeps every record (only the DOT source: dot needs minutes to lay out 600 nodes).

@@ -154,9 +154,12 @@ def test_hostile_labels_cannot_add_graphviz_nodes_or_edges(run_args, tmp_path):
     graph = json.loads(proc.stdout)
     names = {o["name"] for o in graph.get("objects", [])}
     ours = {n for n in names if n.startswith("n") and n[1:].isdigit()}
-    clusters = {n for n in names if re.fullmatch(r"cluster_(inputs|outputs|legend|fit_\d+|session_\d+)", n)}
-    assert names - ours - clusters <= {"legend_entity", "legend_activity", "legend_agent", "legend_notes",
-                                       "legend_collapsed"}, names - ours
+    clusters = {n for n in names if re.fullmatch(r"cluster_(inputs|outputs|used_then|timeline|legend|fit_\d+|"
+                                                 r"session_\d+)", n)}
+    # layout only: rows (anonymous rank=same subgraphs %<k>), a row's empty middle (s<k>), the column anchors
+    layout = {n for n in names if re.fullmatch(r"%\d+|s\d+|anchor_[lmr]", n)}
+    assert names - ours - clusters - layout <= {"legend_entity", "legend_activity", "legend_agent", "legend_notes",
+                                                "legend_collapsed"}, names - ours
     assert not {"b", "evil", "pwned", "g", "y"} & names
     labels = " ".join(o.get("label", "") for o in graph["objects"])
     for name in ("<b>html</b>", "evil -> pwned"):

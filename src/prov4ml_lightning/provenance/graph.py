@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,6 +42,8 @@ _STYLE = {
 }
 _COLLAPSED_FILL = {"entity": "#FFFDD0", "activity": "#D8E0FE", "agent": "#FEEBC6"}
 _MAX_LABEL = 48
+#: Characters per label line and lines per label part: the picture grows down, not across.
+_WRAP, _WRAP_LINES = 24, 3
 _MAX_TOOLTIP_VALUE = 200
 #: Lines a level-1 list node (hyperparameters, metric series) shows.
 _LIST_LINES = 14
@@ -105,9 +108,27 @@ def _detail(category: str, a: dict[str, str]) -> str:
     return " \u00b7 ".join(p for p in parts if p)
 
 
-def _label(*lines: str) -> str:
+_BREAK = re.compile(r"[^\s_/=\-:,]*[\s_/=\-:,]?")
+
+
+def _wrap(text: str, width: int = _WRAP, most: int = _WRAP_LINES) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken after a space, ``_ / = - : ,`` (inside a
+    long word when it has none); the last of ``most`` lines ends with an ellipsis when text is left."""
+    pieces = [w[i:i + width] for w in _BREAK.findall(text) if w for i in range(0, len(w), width)]
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1] + piece.rstrip()) > width:
+            lines.append("")
+        lines[-1] += piece.lstrip() if not lines[-1] else piece
+    lines = [line.rstrip() for line in lines]
+    if len(lines) > most:
+        lines = [*lines[: most - 1], _short(lines[most - 1] + "\u2026", width)]
+    return lines
+
+
+def _label(*lines: str, width: int = _WRAP) -> str:
     # escape() each line (no HTML, literal backslashes), join with DOT's own newline escape.
-    text = "\\n".join(graphviz.escape(_short(line)) for line in lines if line)
+    text = "\\n".join(graphviz.escape(part) for line in lines if line for part in _wrap(line, width))
     return graphviz.nohtml(text)
 
 
@@ -132,7 +153,8 @@ def _node_label(plan: Plan, node: Node) -> str:
         labels = [plan.records[m][2] for m in node.members]
         shown = labels if len(labels) <= 2 else [labels[0], "\u2026", labels[-1]]
         return _label(node.label, " ".join(_short(m, 20) for m in shown))
-    return _label(node.label, _detail(node.category, node.attrs))
+    # a house is about twice as wide as its text: agents' lines are kept shorter
+    return _label(node.label, _detail(node.category, node.attrs), width=_WRAP if node.kind != "agent" else 16)
 
 
 def _node_tooltip(plan: Plan, node: Node) -> str:
@@ -167,7 +189,7 @@ def dot_from_plan(p: Plan, title: str = "provenance", *, legend: bool = True, id
     """DOT source of an already computed :class:`~.layout.Plan` (names ``n<i>`` in ``p.nodes`` order)."""
     caption = f"{title}  (level {p.level}{', overview' if p.level == 1 else ''})"
     graph = graphviz.Digraph(name="prov", graph_attr={
-        "rankdir": "LR", "newrank": "true", "label": graphviz.escape(_short(caption, 100)), "fontsize": "14",
+        "rankdir": "TB", "newrank": "true", "label": graphviz.escape(_short(caption, 100)), "fontsize": "14",
         "labelloc": "t", "labeljust": "l", "nodesep": "0.2", "ranksep": "0.35", "fontname": "Helvetica",
     }, node_attr={"fontname": "Helvetica", "fontsize": "11"}, edge_attr={"fontname": "Helvetica"})
     # Node names are our own counters: PROV ids hold ':' which DOT reads as a port separator.
@@ -186,6 +208,18 @@ def dot_from_plan(p: Plan, title: str = "provenance", *, legend: bool = True, id
         where = node.cluster if node.role == "activity" else f"cluster_{node.role}s"
         label = _node_label(p, node) if not node.placeholder else _label(node.ident)
         bodies.setdefault(where, []).append((names[ident], label, {"tooltip": _node_tooltip(p, node), **style}))
+    # The middle column of a row with no activity of its own (its activity made more than one record):
+    # an invisible point in that activity's cluster, so the row still has a left, a middle and a right.
+    middles: list[str] = []
+    cluster: str | None = None
+    for r, row in enumerate(p.rows):
+        if row.middle is not None:
+            middles.append(names[row.middle])
+            cluster = p.nodes[row.middle].cluster
+        else:
+            middles.append(f"s{r}")
+            bodies.setdefault(cluster, []).append(
+                (f"s{r}", "", {"shape": "point", "style": "invis", "width": "0", "height": "0"}))
 
     def add_cluster(parent: graphviz.Digraph, cluster_id: str | None) -> None:
         for name, label, attrs in bodies.get(cluster_id, []):
@@ -193,35 +227,60 @@ def dot_from_plan(p: Plan, title: str = "provenance", *, legend: bool = True, id
         for child in [c for c in p.clusters.values() if c.parent == cluster_id]:
             with parent.subgraph(name=child.ident) as sub:
                 kind = "session" if child.ident.startswith("cluster_session_") else "fit"
-                sub.attr(label=graphviz.escape(_short(child.label, 60)), fontsize="11", **_CLUSTER_STYLE[kind])
+                sub.attr(label=graphviz.escape(_short(child.label, 60)), fontsize="11", peripheries="1",
+                         **_CLUSTER_STYLE[kind])
                 add_cluster(sub, child.ident)
 
-    add_cluster(graph, None)
-    for side, text in (("inputs", "used: data, code, environment, hyperparameters, agents"),
-                       ("outputs", "produced: checkpoints, model, metrics, files")):
+    def add_side(parent: graphviz.Digraph, side: str, text: str) -> None:
         if bodies.get(f"cluster_{side}"):
-            with graph.subgraph(name=f"cluster_{side}") as sub:
-                sub.attr(label=text, fontsize="11", **_CLUSTER_STYLE["side"])
+            with parent.subgraph(name=f"cluster_{side}") as sub:
+                sub.attr(label=text, fontsize="11", peripheries="1", **_CLUSTER_STYLE["side"])
                 for name, label, attrs in bodies[f"cluster_{side}"]:
                     sub.node(name, label, **attrs)
 
-    # Layout only: activities chained in time order, inputs before the first, outputs after the last.
-    timeline = [names[i] for i in p.timeline]
-    for a, b in itertools.pairwise(timeline):
+    # Three columns, each a cluster: Graphviz orders clusters by edge crossings (flat edges only order the
+    # nodes inside one cluster); the anchors below decide between the two mirror images. The used column
+    # and the timeline share an invisible cluster: an edge from a record used to a later activity then
+    # runs between the two columns, not around the produced one.
+    with graph.subgraph(name="cluster_used_then") as used_then:
+        used_then.attr(label="", peripheries="0")
+        add_side(used_then, "inputs", "used: data, code, environment, hyperparameters, agents")
+        with used_then.subgraph(name="cluster_timeline") as timeline:
+            timeline.attr(label="", peripheries="0")
+            add_cluster(timeline, None)
+    add_side(graph, "outputs", "produced: checkpoints, model, metrics, files")
+
+    # Layout only: one rank per planned row, its used records left of its activity, its products right
+    # of it (flat invisible edges fix that order); rows chained top to bottom, activities in time order.
+    for row, middle in zip(p.rows, middles, strict=True):
+        members = [*((names[row.left],) if row.left else ()), middle, *((names[row.right],) if row.right else ())]
+        with graph.subgraph() as same:
+            same.attr(rank="same")
+            for name in members:
+                same.node(name)
+    for a, b in itertools.pairwise(middles):
         graph.edge(a, b, style="invis", weight="4")
-    if timeline:
-        for ident, node in p.nodes.items():
-            if node.role == "input" and node.kind != "activity":
-                graph.edge(names[ident], timeline[0], style="invis", weight="0")
-            elif node.role == "output":
-                graph.edge(timeline[-1], names[ident], style="invis", weight="0")
+    # Anchors above the first row, outside every cluster (flat edges do order them): the columns hang
+    # from them, and the mirror image of the three columns would cross these edges.
+    heads = {"input": "anchor_l", "activity": "anchor_m", "output": "anchor_r"}
+    with graph.subgraph() as top:
+        top.attr(rank="min")
+        for name in heads.values():
+            top.node(name, "", shape="point", style="invis", width="0", height="0")
+    graph.edge("anchor_l", "anchor_m", style="invis")
+    graph.edge("anchor_m", "anchor_r", style="invis")
+    for role, head in heads.items():
+        column = [names[i] for row in p.rows for i in (row.left if role == "input" else row.right if role == "output"
+                                                       else None,) if i] if role != "activity" else middles
+        first = column[0] if column else None
+        if first:
+            graph.edge(head, first, style="invis")
     # PROV edges point from effect to cause (entity -> the activity that generated it); drawn from
-    # cause to effect with the arrowhead at the cause, so time runs left to right and arrows keep PROV's sense.
+    # cause to effect with the arrowhead at the cause, so time runs downwards and arrows keep PROV's sense.
     for k, edge in enumerate(p.edges):
         extra = {"id": f"{ids}e{k}"} if ids else {}
         src, dst = p.nodes[edge.src], p.nodes[edge.dst]
-        if src.role == dst.role and src.role != "activity":
-            extra["constraint"] = "false"  # keep each side one column: derivations, attributions
+        extra["constraint"] = "false"  # the rows above place every node
         # The side says it: an edge into the left column is `used`, one out to the right `wasGeneratedBy`;
         # the others are labelled (xlabel: placed after the layout, so labels do not widen the gaps).
         text = graphviz.escape(edge.text())
@@ -235,31 +294,38 @@ def dot_from_plan(p: Plan, title: str = "provenance", *, legend: bool = True, id
                    **extra)
 
     if legend:
-        _legend(graph, p)
+        _legend(graph, p, middles[-1] if middles else None)
     return graph.source
 
 
-def _legend(graph: graphviz.Digraph, p: Plan) -> None:
+def _legend(graph: graphviz.Digraph, p: Plan, above: str | None) -> None:
+    """A box under the drawing (below ``above``, the last row's middle): the shapes in one row, notes under them."""
     with graph.subgraph(name="cluster_legend") as box:
-        box.attr(label="Legend", fontsize="10", style="rounded", color="#999999", rank="same")
-        keys = [("legend_entity", "entity", "Entity\\n(data, model, metric, file)"),
+        box.attr(label="Legend", fontsize="10", style="rounded", color="#999999")
+        keys = [("legend_entity", "entity", "Entity\\n(data, model,\\nmetric, file)"),
                 ("legend_activity", "activity", "Activity\\n(run, epoch, loop)"),
                 ("legend_agent", "agent", "Agent\\n(person, software)")]
-        for name, kind, text in keys:
-            box.node(name, text, fontsize="9", **_STYLE[kind])
-        notes = ["time runs left to right", "edge A \u2192 B reads \u201cA relation B\u201d",
+        with box.subgraph() as row:
+            row.attr(rank="same")
+            for name, kind, text in keys:
+                row.node(name, text, fontsize="9", **_STYLE[kind])
+            if any(n.style == "collapsed" for n in p.nodes.values()):
+                row.node("legend_collapsed", f"\u2026 N more\\n(groups of > {p.collapse}\\ncollapsed)", fontsize="9",
+                         shape="box", style="filled,dashed", fillcolor=_COLLAPSED_FILL["activity"])
+        notes = ["time runs top to bottom", "edge A \u2192 B reads \u201cA relation B\u201d",
                  "unlabelled: used (left column), wasGeneratedBy (right)", "\u00d7n: n relations merged"]
-        if any(n.style == "collapsed" for n in p.nodes.values()):
-            box.node("legend_collapsed", f"\u2026 N more\\n(groups of > {p.collapse} collapsed)", fontsize="9",
-                     shape="box", style="filled,dashed", fillcolor=_COLLAPSED_FILL["activity"])
         if p.implied:
-            notes.append(f"{p.implied} wasInformedBy shown by a nearer chain")
-        if p.left_out:
-            hidden = ", ".join(f"{n} {plural(c, n)}" for c, n in sorted(p.left_out.items()))
-            notes.append(_short(f"level 1 leaves out: {hidden}", 120))
+            notes.append(f"{p.implied} wasInformedBy/wasStartedBy shown by a nearer chain")
+        if p.left_out or p.relations_left_out:
+            hidden = ", ".join([*(f"{n} {plural(c, n)}" for c, n in sorted(p.left_out.items())),
+                                *(f"{n} {r} of checkpoints" for r, n in sorted(p.relations_left_out.items()))])
+            notes.extend(_wrap(f"level 1 leaves out: {hidden}", 60, 4))
             notes.append("(--level 2 shows every record)")
         box.node("legend_notes", graphviz.nohtml("\\l".join(graphviz.escape(n) for n in notes) + "\\l"),
                  shape="plaintext", fontsize="9")
+        box.edge("legend_activity", "legend_notes", style="invis")
+    if above:
+        graph.edge(above, "legend_activity", style="invis")
 
 
 def dot_available() -> bool:

@@ -1,14 +1,20 @@
 """What a drawing of a run shows, and where: the :class:`Plan` both the Graphviz picture
 (``graph.py``) and the interactive HTML view (``html.py``) draw.
 
-Time flows left to right: the run, then its activities in start-time order (epoch 0, 1, 2, ...),
-clustered by fit and, for a reopened run, by session. What the run used (data, code,
-environment, hyperparameters, agents) is on the left, what it produced (checkpoints, model,
-metric series, artifacts) on the right.
+Time flows top to bottom: the run, then its activities in start-time order (epoch 0, 1, 2, ...)
+down the middle column, clustered by fit and, for a reopened run, by session. What the run used
+(data, code, environment, hyperparameters, agents) is the left column, what it produced
+(checkpoints, model, metric series, artifacts) the right one, each record in the row of the
+first activity it is related to (:class:`Row`): a checkpoint beside the epoch that wrote it, the
+model beside its fit, the test data beside the test. The picture
+grows down, not across, so it keeps its natural size in a narrow pane (MLflow's artifact
+preview scales an image to the pane's width).
 
 Level 1 (the default overview) draws the run's activities down to epochs and test loops, its
 data, code, environment, model, checkpoints and agents, and one list node each for the
-hyperparameters and the metric series; level 2 draws every record. Groups of more than
+hyperparameters and the metric series, without the checkpoints' bookkeeping (which later epoch
+replaced a checkpoint, which checkpoint continues which: counted in the legend); level 2 draws
+every record and relation. Groups of more than
 ``collapse`` records of one type in one cluster (hundreds of epochs or checkpoints) keep their
 first and last three members, the best checkpoint, and one dashed "... N more" node. An
 activity's ``wasInformedBy`` (or ``wasStartedBy``) edge to an activity that already informed one of its nearer
@@ -25,8 +31,8 @@ from dataclasses import dataclass, field
 from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.provenance.views import GraphSpec
 
-__all__ = ["INPUT_TYPES", "OUTPUT_TYPES", "OVERVIEW_TYPES", "Cluster", "Edge", "Node", "Plan", "plan", "plural",
-           "truthy"]
+__all__ = ["INPUT_TYPES", "OUTPUT_TYPES", "OVERVIEW_TYPES", "Cluster", "Edge", "Node", "Plan", "Row", "plan",
+           "plural", "truthy"]
 
 #: Record types (``p4l:`` local names, agent types) drawn at level 1.
 OVERVIEW_TYPES = frozenset({
@@ -36,6 +42,9 @@ OVERVIEW_TYPES = frozenset({
 #: Entity types drawn on the left (what a run used) and on the right (what it produced).
 INPUT_TYPES = frozenset({"Dataset", "Code", "Environment", "Parameter"})
 OUTPUT_TYPES = frozenset({"Checkpoint", "Model", "MetricSeries", "MetricSegment", "Artifact", "MetricsFile"})
+#: Relations level 1 leaves out (checkpoint bookkeeping: a later epoch replaced it, a checkpoint
+#: continues another), by (relation, category of the source, category of the target); the legend counts them.
+_BOOKKEEPING = {("wasInvalidatedBy", "Checkpoint", None), ("wasDerivedFrom", "Checkpoint", "Checkpoint")}
 #: Types level 1 draws as one list node (its lines name every member).
 _LISTED = {"Parameter": ("hyperparameter", "hyperparameters"), "MetricSeries": ("metric series", "metric series")}
 #: Members shown at each end of a collapsed group.
@@ -84,13 +93,23 @@ class Cluster:
 
 
 @dataclass
+class Row:
+    """One row of the drawing: a record used (``left``) and one produced (``right``) beside ``middle``, the
+    activity of that time (``None`` in the extra rows an activity with several records needs)."""
+
+    left: str | None = None
+    middle: str | None = None
+    right: str | None = None
+
+
+@dataclass
 class Plan:
     level: int
     collapse: int
     nodes: dict[str, Node]
     edges: list[Edge]
     clusters: dict[str, Cluster]
-    #: activity nodes in start-time order (the drawing chains them left to right).
+    #: activity nodes in start-time order (the drawing chains them top to bottom).
     timeline: list[str]
     #: records level 1 leaves out, by type.
     left_out: Counter[str]
@@ -98,6 +117,10 @@ class Plan:
     implied: int
     #: every record of the document by PROV id: (kind, category, label, attrs), for members' details.
     records: dict[str, tuple[str, str, str, dict[str, str]]]
+    #: the drawing's rows, top to bottom (time order).
+    rows: list[Row] = field(default_factory=list)
+    #: relations level 1 leaves out (checkpoint bookkeeping), by relation name.
+    relations_left_out: Counter[str] = field(default_factory=Counter)
 
 
 def _category(kind: str, types: list[str]) -> str:
@@ -166,8 +189,13 @@ def plan(spec: GraphSpec, *, level: int = 1, collapse: int = 10) -> Plan:
         moved.update(_collapse(nodes, collapse))
 
     edges: dict[tuple[str, str], Counter[str]] = {}
+    quiet: Counter[str] = Counter()
     for src, dst, relation in spec.edges:
         if (src, dst, relation) in implied_edges:
+            continue
+        if level == 1 and src in records and dst in records and \
+                {(relation, records[src][1], None), (relation, records[src][1], records[dst][1])} & _BOOKKEEPING:
+            quiet[relation] += 1
             continue
         if src in removed or dst in removed:
             continue  # a relation of a record level 1 leaves out
@@ -184,14 +212,40 @@ def plan(spec: GraphSpec, *, level: int = 1, collapse: int = 10) -> Plan:
     # the run first (its sessions may have begun a moment before it), then activities by start time
     timeline = sorted((i for i, n in nodes.items() if n.role == "activity"),
                       key=lambda i: (nodes[i].category != "Run", nodes[i].start is None, nodes[i].start or _EPOCH))
-    return Plan(level, collapse, nodes, [Edge(s, d, r) for (s, d), r in edges.items()], clusters, timeline,
-                left_out, len(implied_edges), records)
+    drawn = [Edge(s, d, r) for (s, d), r in edges.items()]
+    rows = _rows(nodes, drawn, timeline)
+    return Plan(level, collapse, nodes, drawn, clusters, timeline, left_out, len(implied_edges), records, rows, quiet)
+
+
+def _rows(nodes: dict[str, Node], edges: list[Edge], timeline: list[str]) -> list[Row]:
+    """Each side record in the row of the first activity (in time order) it is related to: a checkpoint
+    beside the epoch that wrote it, the data beside the first epoch that read it; a record related to
+    no activity goes to the first row (inputs) or the last (outputs)."""
+    index = {ident: k for k, ident in enumerate(timeline)}
+    first: dict[str, int] = {}
+    for edge in edges:
+        for a, b in ((edge.src, edge.dst), (edge.dst, edge.src)):
+            if b in index:
+                first[a] = min(index[b], first.get(a, index[b]))
+    last = max(len(timeline) - 1, 0)
+    cells: dict[int, tuple[list[str], list[str]]] = {k: ([], []) for k in range(len(timeline))}
+    for ident, node in nodes.items():
+        if node.role != "activity":
+            k = first.get(ident, last if node.role == "output" else 0)
+            cells.setdefault(k, ([], []))[node.role == "output"].append(ident)
+    rows: list[Row] = []
+    for k in sorted(cells):
+        left, right = cells[k]
+        for r in range(max(1, len(left), len(right))):
+            rows.append(Row(left[r] if r < len(left) else None, timeline[k] if r == 0 and k < len(timeline) else None,
+                            right[r] if r < len(right) else None))
+    return rows
 
 
 def _informers(spec: GraphSpec, nodes: dict[str, Node]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for src, dst, relation in spec.edges:
-        if relation == "wasInformedBy" and src in nodes and dst in nodes:
+        if relation in ("wasInformedBy", "wasStartedBy") and src in nodes and dst in nodes:
             out.setdefault(src, []).append(dst)
     return out
 
@@ -208,8 +262,8 @@ def _ancestors(ident: str, informers: dict[str, list[str]]) -> set[str]:
 
 
 def _implied_informers(spec: GraphSpec, nodes: dict[str, Node]) -> set[tuple[str, str, str]]:
-    """``A wasInformedBy B`` (or ``wasStartedBy B``) where B already informed another informer of A:
-    the drawn chain A -> C -> ... -> B shows it."""
+    """``A wasInformedBy B`` (or ``wasStartedBy B``) where B already informed or started another informer of
+    A: the drawn chain A -> C -> ... -> B shows it (epoch 1 -> epoch 0 -> fit, not epoch 1 -> fit)."""
     informers = _informers(spec, nodes)
     implied = set()
     for src, dst, relation in spec.edges:
