@@ -194,3 +194,50 @@ def test_a_killed_service_fails_calls_fast_and_the_next_run_gets_a_new_one(run_a
     assert again.sink.service is get_service() and again.sink.service.pid != service.pid
     prov4ml.end_run()
     assert prov4ml.wait_for_mlflow(120)
+
+
+_KILLED = textwrap.dedent("""
+    import sys, time
+    import prov4ml_lightning as prov4ml
+
+    run = prov4ml.start_run("www.example.org", "killed", sys.argv[1], sys.argv[2])
+    prov4ml.log_param("lr", 0.1)
+    for step in range(200):
+        prov4ml.log_metric("loss", 1.0 / (step + 1), step=step)
+    run.flush()  # in the sidecar now; MLflow's service is probably still importing MLflow
+    print("ready", run.run_id, flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.slow
+def test_a_training_killed_before_mlflow_caught_up_is_recovered_completely(tmp_path: Path, capsys) -> None:
+    """SIGKILL right after start: the service still has the run's creation and points to write.
+    It finishes them after the training died, and `prov4ml recover` waits for it before ending the
+    MLflow run FAILED: nothing is lost and nothing is sent twice."""
+    from prov4ml_lightning.cli import main
+
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED)
+    prov_dir, mlflow_dir = tmp_path / "prov", tmp_path / "mlflow"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env.pop(WAIT_ENV, None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, str(script), str(prov_dir), str(mlflow_dir)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("ready"), line
+    run_id = line.split()[1]
+    proc.kill()
+    proc.wait()
+    assert main(["recover", str(prov_dir)]) == 0
+    assert f"{run_id}: recovered as CRASHED, 200 metric points" in capsys.readouterr().out
+    from prov4ml_lightning.sinks.mlflow.rules import open_client
+
+    client = open_client(default_tracking_uri(mlflow_dir))
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["prov4ml.crashed"] == "true"
+    assert run.data.params == {"lr": "0.1"}
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(200))  # every point, once

@@ -4,9 +4,10 @@ PROV's shapes and colours: entities are yellow ellipses, activities blue boxes, 
 houses; a legend explains them. Labels are shortened to 48 characters; hovering a node in the
 SVG shows its identifier and every attribute.
 
-Time runs left to right: the run, then its activities in start order, clustered by fit (and by
-session for a reopened run); what the run used (data, code, environment, hyperparameters,
-agents) on the left, what it produced (checkpoints, model, metric series, files) on the right.
+Time runs top to bottom: the run, then its activities in start order down the middle column,
+clustered by fit (and by session for a reopened run); what the run used (data, code, environment,
+hyperparameters, agents) on the left, what it produced (checkpoints, model, metric series, files)
+on the right.
 
   --level 1   overview (default): the run, its fits, epochs and tests, data, code, environment,
               model, checkpoints and agents, one list node for the hyperparameters and one for
