@@ -28,8 +28,9 @@ from prov4ml_lightning.distributed.ranks import RankInfo, rank_from_env, share_r
 from prov4ml_lightning.provenance.checks import check_file
 from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.runs import open_run
+from prov4ml_lightning.sinks.mlflow.rules import open_client
 from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri, fetch_provenance
-from tests.helpers import attr, by_type, read_prov, records_of
+from tests.helpers import attr, by_type, read_prov, records_of, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent  # the job scripts live beside this module
@@ -280,8 +281,17 @@ def test_ddp_rank_that_raises_ends_the_run_failed_without_a_hang(tmp_path, fail_
     elapsed = time.monotonic() - t0
     assert done.returncode != 0 and f"boom on rank {fail_rank}" in done.stderr
     assert elapsed < JOB_TIMEOUT_S
-    client = MlflowClient(default_tracking_uri(tmp_path / "mlflow"))
-    (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    # Lightning SIGKILLs rank 0 once rank 1 has died ("Forcefully terminating all other processes"), maybe while
+    # its end_run waits for the MLflow service: the service, detached, finishes the run's end on its own (the
+    # store lock: it may still be creating the store).
+    client = open_client(default_tracking_uri(tmp_path / "mlflow"))
+
+    def ended():
+        experiment = client.get_experiment_by_name("ddp")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        return runs if runs and runs[0].info.status != "RUNNING" else None
+
+    (run,) = wait_until(ended, timeout=120, interval=0.2)
     assert run.info.status == "FAILED"
     prov_json = tmp_path / "prov" / f"provgraph_{run.info.run_id}.json"
     ranks = _ranks_of(prov_json)

@@ -98,7 +98,9 @@ class RankGroup:
                     self._merge_part(run, k, deadline)
                 except Exception:  # one unreadable part must not cost the run the others
                     log.exception("prov4ml: could not merge the part of rank %d", k)
-        run.flush()  # the merged points become series now, so each can name its rank
+        # the merged points become series now, so each can name its rank (MLflow is not waited for: a
+        # failed job's launcher may kill this process any moment, and the PROV files come first)
+        run.flush(wait_for_mlflow=False)
         for series in run.series.values():
             head = series.name.split("/", 1)[0]
             if head.startswith("rank") and head[4:].isdigit() and int(head[4:]) < self.rank.world_size:

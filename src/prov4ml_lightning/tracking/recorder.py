@@ -269,11 +269,12 @@ class RunRecorder(Lineage):
                 series.add(step, value, ts)
                 self._next_step[(key, ctx)] = max(self._next_step.get((key, ctx), 0), step + 1)
 
-    def flush(self) -> None:
+    def flush(self, *, wait_for_mlflow: bool | None = None) -> None:
         """Write every buffered point to the sidecar file now and hand it to MLflow; with
-        ``wait_for_mlflow``, also wait until MLflow holds everything handed to it so far."""
+        ``wait_for_mlflow`` (``None``: the run's option), also wait until MLflow holds everything
+        handed to it so far."""
         self.writer.flush(final=False)
-        if self.config.waits_for_mlflow:
+        if self.config.waits_for_mlflow if wait_for_mlflow is None else wait_for_mlflow:
             self.sink.flush(_MLFLOW_WAIT_S)
 
     def name_series(self, key: str, context: Any, mlflow_key: str, *, call: str = "log_metric") -> str:

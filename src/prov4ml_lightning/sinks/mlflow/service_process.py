@@ -45,6 +45,7 @@ __all__: list[str] = []
 
 _HERE = Path(__file__).resolve().parent
 _RETRY_BROKEN_S = 30.0  # a store that could not be opened is not tried again for this long
+_NICENESS = 10  # the service's CPU priority below the training's
 #: what a request may call on a sink (nothing else of the object is reachable from the pipe).
 _CALLS = frozenset({
     "experiment_id", "create_run", "reopen_run", "end_run", "log_metrics", "log_params", "set_tags",
@@ -112,6 +113,9 @@ class _Said(logging.Handler):
 
 
 def main() -> None:
+    # Background work: on a busy machine the training processes get the CPU first.
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(_NICENESS)
     # Run as a script, this folder is sys.path[0]: its module names must not shadow real ones.
     sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != _HERE]
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
