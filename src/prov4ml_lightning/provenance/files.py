@@ -27,7 +27,11 @@ def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
         raise Prov4MLInputError(f"unknown PROV format {fmt!r}")
     # Streamed into the file (a document can be large), except the text-only serialisations.
     if fmt == "json":
-        return atomic_write(path, lambda fh: doc.serialize(fh, format="json", indent=2))
+        # The JSON serialiser itself: doc.serialize(format=...) loads every serialiser of the prov
+        # package, rdflib included (0.3 s of imports that end_run would pay for nothing).
+        from prov.serializers.provjson import ProvJSONSerializer
+
+        return atomic_write(path, lambda fh: ProvJSONSerializer(doc).serialize(fh, indent=2))
     if fmt == "xml":
         return atomic_write(path, lambda fh: doc.serialize(fh, format="xml"))
     return atomic_write_text(path, serialize_document(doc, fmt))
