@@ -5,10 +5,11 @@ and round-trip helpers ``checks.py`` uses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,36 @@ def write_document(doc: ProvDocument, path: Path, fmt: str = "json") -> Path:
         raise Prov4MLInputError(f"unknown PROV format {fmt!r}")
     # Streamed into the file (a document can be large), except the text-only serialisations.
     if fmt == "json":
-        # The JSON serialiser itself: doc.serialize(format=...) loads every serialiser of the prov
-        # package, rdflib included (0.3 s of imports that end_run would pay for nothing).
-        from prov.serializers.provjson import ProvJSONSerializer
-
-        return atomic_write(path, lambda fh: ProvJSONSerializer(doc).serialize(fh, indent=2))
+        with _json_serializer_only():
+            return atomic_write(path, lambda fh: doc.serialize(fh, format="json", indent=2))
     if fmt == "xml":
         return atomic_write(path, lambda fh: doc.serialize(fh, format="xml"))
     return atomic_write_text(path, serialize_document(doc, fmt))
+
+
+@contextlib.contextmanager
+def _json_serializer_only() -> Iterator[None]:
+    """While it lasts, ``prov``'s serialiser registry holds the JSON serialiser alone, if nothing
+    had loaded it yet.
+
+    ``ProvDocument.serialize(format="json")`` asks ``prov.serializers.get``, which first loads
+    every serialiser the package has, the RDF one and with it ``rdflib``: 0.3 s of imports that
+    every ``end_run`` would pay to write JSON (a third of a short run's end, measured). The
+    registry is left as it was found (``None``: loaded in full by the next caller that needs more).
+    """
+    from prov.serializers import Registry
+    from prov.serializers.provjson import ProvJSONSerializer
+
+    if Registry.serializers is not None:
+        yield
+        return
+    only = {"json": ProvJSONSerializer}
+    Registry.serializers = only
+    try:
+        yield
+    finally:
+        if Registry.serializers is only:
+            Registry.serializers = None
 
 
 def write_run_files(doc: ProvDocument, base: Path, formats: Iterable[str], title: str, *,
