@@ -252,9 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     if peers:
         table, summary = peers_table(peers)
         parts += ["### Peers: the same Lightning workload", "", table, ""]
-    zero = load("zero_wait")
-    if zero:
-        parts += ["### Zero wait (issue 17): the training process's cost of a run", "", zero_wait_table(zero), ""]
+    for name, title in (("zero_wait", "a created store"), ("zero_wait_fresh", "a new store per run")):
+        zero = load(name)
+        if zero:
+            parts += [f"### Zero wait (issue 17): the training process's cost of a run, {title}", "",
+                      zero_wait_table(zero), ""]
     if micro:
         parts += ["### Hot path", "", micro_table(micro), ""]
     if scaling:
