@@ -81,7 +81,7 @@ class _Builder(SessionRecords):
                     "run_id": info.run_id,
                     "run_name": info.run_name,
                     "experiment_name": info.experiment_name,
-                    "experiment_id": info.experiment_id,
+                    "experiment_id": info.experiment_id or None,  # unknown: offline, or MLflow not done yet
                     "status": info.status,
                     "tracking_uri": info.tracking_uri,
                     "description": info.description,
