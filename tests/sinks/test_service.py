@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning import Prov4MLWarning
@@ -114,8 +115,6 @@ def test_the_training_process_does_not_wait_and_mlflow_gets_everything_after_it_
     wait_until(lambda: str(client.get_logged_model(uri.split("/", 1)[1]).status) == "READY", timeout=60,
                interval=0.2)
     loaded = load_model(default_tracking_uri(mlflow_dir), uri)
-    import torch
-
     torch.manual_seed(0)
     expected = torch.nn.Linear(3, 2)
     assert torch.equal(loaded.fc.weight, expected.weight)  # the weights the training process had
@@ -241,3 +240,55 @@ def test_a_training_killed_before_mlflow_caught_up_is_recovered_completely(tmp_p
     assert run.data.params == {"lr": "0.1"}
     history = client.get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == list(range(200))  # every point, once
+
+
+_BROKEN_STORE = textwrap.dedent("""
+    import sys, torch
+    import prov4ml_lightning as prov4ml
+
+    prov4ml.start_run("www.example.org", "broken", sys.argv[1], sys.argv[2])
+    prov4ml.log_param("lr", 0.1)
+    for step in range(30):
+        prov4ml.log_metric("loss", 1.0 / (step + 1), step=step)
+    torch.manual_seed(0)
+    prov4ml.log_model(torch.nn.Linear(3, 2), "net")
+    print("run", prov4ml.end_run().run_id, flush=True)  # exits at once: no wait_for_mlflow
+""")
+
+
+@pytest.mark.slow
+def test_a_broken_store_is_reported_at_exit_and_sync_writes_everything_once_it_is_fixed(tmp_path: Path,
+                                                                                         capsys) -> None:
+    from prov4ml_lightning.cli import main
+    from prov4ml_lightning.sinks.mlflow.rules import open_client
+
+    script = tmp_path / "short.py"
+    script.write_text(_BROKEN_STORE)
+    prov_dir, mlflow_dir = tmp_path / "prov", tmp_path / "mlflow"
+    mlflow_dir.mkdir()
+    (mlflow_dir / "mlflow.db").write_bytes(b"junk, not a database" * 1000)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env.pop(WAIT_ENV, None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, str(script), str(prov_dir), str(mlflow_dir)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id = done.stdout.split()[-1]
+    # the exit let the service try: the failure is said before the script returns, on one line
+    assert f"start_run: the MLflow store sqlite:///{mlflow_dir}/mlflow.db could not take run {run_id}" in done.stderr
+    assert "[SQL:" not in done.stderr
+    (mlflow_dir / "mlflow.db").unlink()  # the user repairs the store
+
+    assert main(["sync", str(prov_dir)]) == 0, capsys.readouterr()
+    client = open_client(default_tracking_uri(mlflow_dir))
+    (run,) = client.search_runs([client.get_experiment_by_name("broken").experiment_id])
+    assert run.data.tags["prov4ml.local_run_id"] == run_id and run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1"}
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(30))
+    # the model the service could not log is logged by sync, under the id PROV already names
+    (model,) = by_type(read_prov(prov_dir / f"provgraph_{run_id}.json"), "Model")
+    uri = str(attr(model, "model_uri"))
+    loaded = load_model(default_tracking_uri(mlflow_dir), uri)
+    torch.manual_seed(0)
+    assert torch.equal(loaded.weight, torch.nn.Linear(3, 2).weight)
+    assert not (prov_dir / ".prov4ml_staging").exists()

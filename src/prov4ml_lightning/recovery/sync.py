@@ -23,11 +23,13 @@ replayed (the object is gone): they are reported.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLInputError, TrackingUnavailableError
 from prov4ml_lightning.files import sha256_path
@@ -43,6 +45,7 @@ from prov4ml_lightning.recovery.recover import (
 )
 from prov4ml_lightning.redact import REDACTED, redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
+from prov4ml_lightning.sinks.mlflow.service import STAGING
 from prov4ml_lightning.tracking.journal import Journal
 
 __all__ = ["LOCAL_RUN_TAG", "SyncedRun", "sync", "sync_run"]
@@ -124,12 +127,16 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
         return report
     from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
-    sink = TrackingGuard(MlflowSink(uri, run.start.get("mlflow_save_dir") or run.directory))
+    # An explicit store (--tracking-uri) owns no folder of the run: only the recorded one's embedded
+    # store lives in the recorded mlflow_save_dir.
+    save_dir = run.directory if tracking_uri else (run.start.get("mlflow_save_dir") or run.directory)
+    store = MlflowSink(uri, save_dir)
+    sink = TrackingGuard(store)
     if not sink.available():
         report.skipped = f"tracking server {sink.public_uri} is unreachable"
         return report
     try:
-        _sync(run, sink, status, report)
+        _sync(run, sink, status, report, store)
     except TrackingUnavailableError as err:
         report.problems.append(str(err))
     if not report.problems:
@@ -143,11 +150,10 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
 
 
 def _mlflow_run(run: JournaledRun, sink: TrackingGuard, report: SyncedRun) -> str | None:
-    if not run.start.get("offline"):
-        if sink.get_run(run.run_id) is None:
-            report.problems.append(f"MLflow at {sink.public_uri} has no run {run.run_id}")
-            return None
+    if not run.start.get("offline") and sink.get_run(run.run_id) is not None:
         return run.run_id
+    # An offline run, a run whose MLflow service could not create it (a broken store), or a run
+    # synced into another store: MLflow gets it under a new id, tagged with the local one.
     if run.synced and run.synced.get("mlflow_run_id") and sink.get_run(run.synced["mlflow_run_id"]) is not None:
         return str(run.synced["mlflow_run_id"])
     experiment_id = sink.experiment_id(run.info.experiment_name)
@@ -161,7 +167,7 @@ def _mlflow_run(run: JournaledRun, sink: TrackingGuard, report: SyncedRun) -> st
     return mlflow_id
 
 
-def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun) -> None:
+def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun, store: Any) -> None:
     mlflow_id = _mlflow_run(run, sink, report)
     if mlflow_id is None:
         return
@@ -190,7 +196,20 @@ def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun
 
     report.artifacts = _sync_artifacts(run, sink, mlflow_id, report)
     for model in run.models:
-        if not model.model_uri:
+        staged = run.directory / STAGING / f"{model.model_id}.pth"
+        if model.model_id and staged.is_file():
+            # the MLflow service saved it but could not log it: log it now, under the id PROV names
+            try:
+                store.log_model_file(mlflow_id, str(staged), model.name, model.model_id)
+            except Exception as err:
+                report.problems.append(f"model {model.name!r} v{model.version}: {type(err).__name__}: "
+                                       f"{str(err).splitlines()[0] if str(err) else ''}")
+            else:
+                staged.unlink()
+                with contextlib.suppress(OSError):
+                    staged.parent.rmdir()  # the staging folder, once empty
+                report.artifacts += 1
+        elif not model.model_uri:
             report.problems.append(f"model {model.name!r} v{model.version} was never stored in MLflow and cannot "
                                    "be replayed (log it again); PROV records it")
     end_ms = int(float((run.end or run.recovered or {}).get("end_time", run.last_time)) * 1000)

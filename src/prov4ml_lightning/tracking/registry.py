@@ -82,6 +82,16 @@ def closing(run: Any, status: str) -> Iterator[None]:
             release(run)
 
 
+#: called at interpreter exit once every run has ended (the MLflow service's last wait)
+_EXIT_HOOKS: list[Callable[[], None]] = []
+
+
+def at_exit(fn: Callable[[], None]) -> None:
+    """Call ``fn()`` at interpreter exit after the runs still open were ended (once per ``fn``)."""
+    if fn not in _EXIT_HOOKS:
+        _EXIT_HOOKS.append(fn)
+
+
 @atexit.register
 def _end_forgotten_runs() -> None:
     """End runs still open at interpreter exit; FAILED when the program died of an exception."""
@@ -94,3 +104,8 @@ def _end_forgotten_runs() -> None:
         except Exception:
             log.exception("prov4ml: could not end run %s at exit", run.run_id)
             break
+    for fn in _EXIT_HOOKS:
+        try:
+            fn()
+        except BaseException:  # a Ctrl-C during the wait, a failing hook: the exit goes on
+            log.exception("prov4ml: exit hook %r failed", fn)

@@ -23,12 +23,12 @@ from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, Tracking
 from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.redact import redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
-from prov4ml_lightning.sinks.mlflow.service import ServiceSink, get_service
+from prov4ml_lightning.sinks.mlflow.service import ServiceSink, get_service, wait_at_exit
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.identity import IDENTITY_ENV
-from prov4ml_lightning.tracking.journal import read_journal
+from prov4ml_lightning.tracking.journal import journal_path, read_journal
 from prov4ml_lightning.tracking.recorder import RunRecorder
 from prov4ml_lightning.tracking.writer import read_sidecar
 
@@ -72,6 +72,8 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
         # A database store: MLflow's import, the store's creation and migration and the run's
         # creation go to this process's MLflow service (sinks/mlflow/service.py); a server is asked here.
         service = get_service() if is_database_uri(uri) else None
+        if service is not None:
+            registry.at_exit(wait_at_exit)  # the script's exit lets the service finish (bounded)
         sink: Any
         if service is not None:
             sink = ServiceSink(service, uri, config.mlflow_save_dir, prov_dir)
@@ -107,7 +109,11 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
                     Prov4MLWarning, stacklevel=5,
                 )
         else:
-            earlier = sink.reopen_run(run_id)
+            earlier = _first_start(prov_dir, run_id) if isinstance(sink, ServiceSink) else None
+            if earlier is not None:  # known locally: MLflow marks it running in the background
+                sink.reopen_run_later(run_id)
+            else:
+                earlier = sink.reopen_run(run_id)
             experiment_id, run_name = earlier["experiment_id"], earlier["run_name"]
             if earlier.get("start_time_ms"):
                 start = earlier["start_time_ms"] / 1000  # the run began with its first session
@@ -137,6 +143,20 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
     run = registry.make_current(make, call, config.nested)
     log.info("prov4ml run %s started (tracking %s)", run.run_id, run.info.tracking_uri)
     return run
+
+
+def _first_start(prov_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """What ``reopen_run`` would read from MLflow, from the run's journal in ``prov_dir`` (its
+    first start event): ``experiment_id``, ``run_name``, ``start_time_ms``; ``None`` without one."""
+    path = journal_path(prov_dir, run_id)
+    if not path.exists():
+        return None
+    for event in read_journal(path):
+        info = event.get("info") if event.get("event") == "start" else None
+        if isinstance(info, dict) and info.get("run_name"):
+            return {"experiment_id": str(info.get("experiment_id") or ""), "run_name": str(info["run_name"]),
+                    "start_time_ms": int(float(info.get("start_time") or 0) * 1000) or None}
+    return None
 
 
 #: (MLFLOW_TRACKING_URI, mlflow_save_dir) pairs already announced by this process

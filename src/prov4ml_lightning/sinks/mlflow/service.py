@@ -28,7 +28,6 @@ hands it its MLflow calls over a pipe. The service does them in order on another
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -48,12 +47,13 @@ from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning, TrackingUnavailableError
 
-__all__ = ["MlflowService", "ServiceSink", "get_service", "save_model_file", "wait_for_mlflow"]
+__all__ = ["MlflowService", "ServiceSink", "get_service", "save_model_file", "wait_at_exit", "wait_for_mlflow"]
 
 log = logging.getLogger(__name__)
 
 _SCRIPT = Path(__file__).resolve().with_name("service_process.py")
 _PIPE_BYTES = 1 << 20
+_EXIT_WAIT_S = 120.0  # how long the exit of the training process waits for the service
 STAGING = ".prov4ml_staging"  # folder in the provenance folder for files handed to the service
 
 
@@ -188,12 +188,25 @@ def wait_for_mlflow(timeout: float | None = None) -> bool:
     return True if service is None else service.wait(timeout)
 
 
-@atexit.register
-def _note_at_exit() -> None:
+def wait_at_exit() -> None:
+    """At interpreter exit (after the runs ended): give the service up to ``_EXIT_WAIT_S`` to finish
+    what this process handed it, so MLflow is complete when the script returns and a failure
+    (a broken store) is still warned. Past that, it goes on alone and says so."""
     service = _SERVICE
-    if service is not None and service.dead is None and service._pending:
-        log.info("prov4ml: the MLflow service process %d finishes %d request(s) after this process exits",
-                 service.pid, len(service._pending))
+    if service is None or service.dead is not None or not service._pending:
+        return
+    log.info("prov4ml: waiting for the MLflow service process %d to finish %d request(s)", service.pid,
+             len(service._pending))
+    if not service.wait(_EXIT_WAIT_S):
+        warnings.warn(f"prov4ml: the MLflow service process {service.pid} is still writing after {_EXIT_WAIT_S:.0f} "
+                      "s; it finishes in the background (`prov4ml sync` completes MLflow if it is cut short)",
+                      Prov4MLWarning, stacklevel=1)
+
+
+def _headline(text: str) -> str:
+    """The first line of an error (SQLAlchemy appends the SQL and a link on the next ones)."""
+    first = text.strip().splitlines()[0] if text.strip() else text
+    return first[:500]
 
 
 def save_model_file(model: Any, path: Path) -> None:
@@ -248,6 +261,7 @@ class ServiceSink:
 
     def _failed(self, what: str, text: str) -> None:
         log.info("prov4ml: MLflow service could not %s: %s", what, text)
+        text = _headline(text)
         if what in self._warned or self.failure is not None:  # announced once (a run never created: at start)
             return
         self._warned.add(what)
@@ -290,7 +304,8 @@ class ServiceSink:
         ``on_created(experiment_id)`` is called once it has. A failure warns as soon as it is
         known and makes the run offline (every later call fails at once; ``prov4ml sync``)."""
         def failed(text: str) -> None:
-            self.failure = f"the MLflow store {self.public_uri} could not take run {run_id}: {text}"
+            log.info("prov4ml: MLflow service could not create run %s: %s", run_id, text)
+            self.failure = f"the MLflow store {self.public_uri} could not take run {run_id}: {_headline(text)}"
             self.offline = True
             warnings.warn(f"start_run: {self.failure}; the run goes on offline: metrics and provenance are kept in "
                           f"{self.provenance_dir}, and `prov4ml sync {self.provenance_dir}` writes them to MLflow "
@@ -313,6 +328,11 @@ class ServiceSink:
 
     def reopen_run(self, run_id: str) -> dict[str, Any]:
         return dict(self._answer(self._call("reopen_run", run_id, what=None)))
+
+    def reopen_run_later(self, run_id: str) -> None:
+        """Have the service mark ``run_id`` running again (a reopened run whose journal already says
+        what :meth:`reopen_run` would read); a failure warns."""
+        self._call("reopen_run", run_id, what="reopen the run")
 
     def end_run(self, run_id: str, status: str, end_time_ms: int) -> None:
         self._call("end_run", run_id, status, end_time_ms, what="end the run")

@@ -97,6 +97,10 @@ class _Inbox:
             return self._items.popleft()
 
 
+class _Broken(Exception):
+    """A store that could not be opened a moment ago; the text is that failure's."""
+
+
 class _Said(logging.Handler):
     """Collects what MLflow warns while it serves a request: ``(logger name, level, message)``."""
 
@@ -152,7 +156,7 @@ def main() -> None:
         if store not in sinks:
             when, why = broken.get(store, (0.0, ""))
             if time.monotonic() - when < _RETRY_BROKEN_S:  # opening it again would fail the same, slowly
-                raise RuntimeError(why)
+                raise _Broken(why)
             try:
                 sinks[store] = sink_module.MlflowSink(*store)
             except Exception as err:
@@ -185,14 +189,19 @@ def main() -> None:
                 result = sink.log_model_file(run_id, path, name, model_id, **kwargs)
                 with contextlib.suppress(OSError):
                     os.remove(path)
+                    os.rmdir(os.path.dirname(path))  # the staging folder, once empty
             elif kind == "log_staged":
                 run_id, path, artifact_path, stage = rest
                 try:
                     result = sink.log_artifact(run_id, path, artifact_path)
                 finally:
                     shutil.rmtree(stage, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.dirname(stage))  # the staging folder, once empty
             else:
                 raise ValueError(f"unknown request {kind!r}")
+        except _Broken as err:
+            answer(("error", str(err)))
         except Exception as err:
             answer(("error", f"{type(err).__name__}: {str(err)[:2000]}"))
         else:
