@@ -25,6 +25,7 @@ chain shows it, and the document keeps it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -190,6 +191,20 @@ def plan(spec: GraphSpec, *, level: int = 1, collapse: int = 10) -> Plan:
 
     edges: dict[tuple[str, str], Counter[str]] = {}
     quiet: Counter[str] = Counter()
+    # Level 1: what a left-out activity used (the validation data a validation loop read) is drawn
+    # from the drawn activity that started it (its epoch, the fit for the sanity check), labelled
+    # with the loop's kind: otherwise that data would stand alone. The document keeps the real edge.
+    started_by = {s: d for s, d, r in spec.edges if r == "wasStartedBy"}
+    for src, dst, relation in list(spec.edges) if level == 1 else ():
+        if relation != "used" or src not in removed or dst in removed or records[src][0] != "activity":
+            continue
+        starter, hops = started_by.get(src), 0
+        while starter is not None and starter in removed and hops < 5:
+            starter, hops = started_by.get(starter), hops + 1
+        target = moved.get(dst, dst)
+        if starter is not None and starter in nodes and target in nodes:
+            kind = re.sub(r"(?<!^)(?=[A-Z])", " ", records[src][1]).lower()
+            edges.setdefault((moved.get(starter, starter), target), Counter())[f"used by its {kind}"] += 1
     for src, dst, relation in spec.edges:
         if (src, dst, relation) in implied_edges:
             continue
