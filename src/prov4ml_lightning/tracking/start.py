@@ -171,9 +171,11 @@ def _announce_environment_store(config: RunConfig, uri: str, call: str) -> None:
     ``MLFLOW_TRACKING_URI``, else ``sqlite:///<mlflow_save_dir>/mlflow.db``. An explicit
     ``tracking_uri`` is the caller's choice and is not announced.
     """
+    from prov4ml_lightning.sinks.mlflow.rules import default_tracking_uri
+
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if config.tracking_uri or not env or uri != env:
-        return
+    if config.tracking_uri or not env or uri != env or env == default_tracking_uri(config.mlflow_save_dir):
+        return  # (the last: the variable names the embedded store itself, as an MLFlowLogger beside us may)
     save_dir = str(Path(config.mlflow_save_dir).resolve())
     if (env, save_dir) in _ANNOUNCED:
         return
