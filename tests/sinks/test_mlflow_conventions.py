@@ -95,11 +95,15 @@ def test_an_environment_store_that_is_the_embedded_one_is_not_announced(run_args
     """An MLFlowLogger pointed at ``<mlflow_save_dir>/mlflow.db`` sets MLFLOW_TRACKING_URI to the very store
     the callback would use: nothing to say."""
     monkeypatch.setattr(start, "_ANNOUNCED", set())
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", default_tracking_uri(run_args["mlflow_save_dir"]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Prov4MLWarning)
-        with prov4ml.start_run_ctx(**run_args):
-            pass
+    store = Path(run_args["mlflow_save_dir"]).resolve()
+    monkeypatch.chdir(store.parent)
+    # absolute, and relative to the current folder (sqlite:///<relative path>): the same file
+    for uri in (default_tracking_uri(store), f"sqlite:///{store.name}/mlflow.db"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Prov4MLWarning)
+            with prov4ml.start_run_ctx(**run_args):
+                pass
 
 
 def test_without_the_environment_the_run_goes_to_mlflow_save_dir(run_args, client) -> None:

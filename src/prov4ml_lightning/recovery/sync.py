@@ -127,9 +127,11 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
         return report
     from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
-    # An explicit store (--tracking-uri) owns no folder of the run: only the recorded one's embedded
-    # store lives in the recorded mlflow_save_dir.
-    save_dir = run.directory if tracking_uri else (run.start.get("mlflow_save_dir") or run.directory)
+    # An explicit SQLite store (--tracking-uri) keeps new experiments' artifacts beside its database,
+    # as the embedded store does in mlflow_save_dir; any other store as recorded.
+    save_dir = run.start.get("mlflow_save_dir") or run.directory
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        save_dir = Path(tracking_uri[len("sqlite:///"):]).resolve().parent
     store = MlflowSink(uri, save_dir)
     sink = TrackingGuard(store)
     if not sink.available():

@@ -174,7 +174,7 @@ def _announce_environment_store(config: RunConfig, uri: str, call: str) -> None:
     from prov4ml_lightning.sinks.mlflow.rules import default_tracking_uri
 
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if config.tracking_uri or not env or uri != env or env == default_tracking_uri(config.mlflow_save_dir):
+    if config.tracking_uri or not env or uri != env or _same_sqlite(env, default_tracking_uri(config.mlflow_save_dir)):
         return  # (the last: the variable names the embedded store itself, as an MLFlowLogger beside us may)
     save_dir = str(Path(config.mlflow_save_dir).resolve())
     if (env, save_dir) in _ANNOUNCED:
@@ -186,6 +186,15 @@ def _announce_environment_store(config: RunConfig, uri: str, call: str) -> None:
         "explicitly, or unset MLFLOW_TRACKING_URI to use mlflow_save_dir",
         Prov4MLWarning, stacklevel=4,
     )
+
+
+def _same_sqlite(a: str, b: str) -> bool:
+    """Whether two tracking URIs name the same SQLite file (``sqlite:///o3/mlflow.db`` is relative to
+    the current folder, ``sqlite:////abs/o3/mlflow.db`` absolute)."""
+    prefix = "sqlite:///"
+    if not (a.startswith(prefix) and b.startswith(prefix)):
+        return a == b
+    return Path(a[len(prefix):]).resolve() == Path(b[len(prefix):]).resolve()
 
 
 def resume(run: RunRecorder) -> None:
