@@ -30,13 +30,19 @@ def _med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def peers_table(data: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]:
-    runs = [r for r in data["runs"] if "error" not in r]
+def _runs_by_config(data: dict[str, Any], name: str) -> dict[str, list[dict[str, Any]]]:
+    """The successful runs of a peers.py result, by config; ``bare`` must be among them."""
     by: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by.setdefault(r["cfg"], []).append(r)
+    for r in data["runs"]:
+        if "error" not in r:
+            by.setdefault(r["cfg"], []).append(r)
     if "bare" not in by:
-        raise SystemExit("peers.json has no successful bare runs")
+        raise SystemExit(f"{name} has no successful bare runs")
+    return by
+
+
+def peers_table(data: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]:
+    by = _runs_by_config(data, "peers.json")
     bare_step = _med([r["step_s"] for r in by["bare"]])
     bare_end = _med([r["end_s"] for r in by["bare"]])
     bare_single = _med([r.get("step_median_s", float("nan")) for r in by["bare"]])
@@ -90,12 +96,7 @@ def zero_wait_table(data: dict[str, Any]) -> str:
     issue's table) minus bare's. Process wall = the child's interpreter start to exit minus bare's:
     it also holds the exit's wait for the MLflow service (and interpreter noise).
     """
-    runs = [r for r in data["runs"] if "error" not in r]
-    by: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by.setdefault(r["cfg"], []).append(r)
-    if "bare" not in by:
-        raise SystemExit("zero_wait.json has no successful bare runs")
+    by = _runs_by_config(data, "zero_wait.json")
     bare = by["bare"]
     b_start, b_fit, b_wall, b_rss = (_med([r[k] for r in bare]) for k in ("start_s", "fit_s", "wall_s", "peak_rss_mb"))
     b_epochs = [_med([r["epoch_step_s"][i] for r in bare if len(r["epoch_step_s"]) > i])
