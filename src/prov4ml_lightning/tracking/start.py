@@ -72,10 +72,9 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
         # A database store: MLflow's import, the store's creation and migration and the run's
         # creation go to this process's MLflow service (sinks/mlflow/service.py); a server is asked here.
         service = get_service() if is_database_uri(uri) else None
-        if service is not None:
-            registry.at_exit(wait_at_exit)  # the script's exit lets the service finish (bounded)
         sink: Any
         if service is not None:
+            registry.at_exit(wait_at_exit)  # the script's exit lets the service finish (bounded)
             sink = ServiceSink(service, uri, config.mlflow_save_dir, prov_dir)
         else:
             from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
@@ -191,10 +190,12 @@ def _announce_environment_store(config: RunConfig, uri: str, call: str) -> None:
 def _same_sqlite(a: str, b: str) -> bool:
     """Whether two tracking URIs name the same SQLite file (``sqlite:///o3/mlflow.db`` is relative to
     the current folder, ``sqlite:////abs/o3/mlflow.db`` absolute)."""
-    prefix = "sqlite:///"
-    if not (a.startswith(prefix) and b.startswith(prefix)):
+    from prov4ml_lightning.sinks.mlflow.rules import sqlite_file
+
+    file_a, file_b = sqlite_file(a), sqlite_file(b)
+    if file_a is None or file_b is None:
         return a == b
-    return Path(a[len(prefix):]).resolve() == Path(b[len(prefix):]).resolve()
+    return file_a.resolve() == file_b.resolve()
 
 
 def resume(run: RunRecorder) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "open_client",
     "resolve_tracking_uri",
     "source_tags",
+    "sqlite_file",
     "truncate_param_value",
 ]
 
@@ -107,11 +108,18 @@ PROVENANCE_TAG = "prov4ml.provenance_file"
 # The operating system's generator: no state shared with the user's seeded `random`, and none a
 # forked process inherits (two forked workers must not draw the same run name).
 _NAME_RNG = random.SystemRandom()
+_SQLITE = "sqlite:///"
 
 def default_tracking_uri(mlflow_save_dir: str | os.PathLike[str]) -> str:
     """The embedded store: SQLite in ``mlflow_save_dir``, artifacts beside it."""
     path = Path(mlflow_save_dir).resolve() / "mlflow.db"
-    return f"sqlite:///{path}"
+    return f"{_SQLITE}{path}"
+
+
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (relative to the current folder unless
+    the path after ``sqlite:///`` is absolute); ``None`` for any other store."""
+    return Path(tracking_uri[len(_SQLITE):]) if tracking_uri.startswith(_SQLITE) else None
 
 def resolve_tracking_uri(tracking_uri: str | None, mlflow_save_dir: str | os.PathLike[str]) -> str:
     """The store a run writes to: ``tracking_uri`` when given, else ``MLFLOW_TRACKING_URI``, else
@@ -171,6 +179,7 @@ def generate_run_name() -> str:
         if len(name) <= _RUN_NAME_MAX:
             return name
     return name[:_RUN_NAME_MAX]
+
 
 @functools.cache
 def _name_words() -> tuple[list[str], list[str]]:
@@ -237,8 +246,8 @@ def _store_lock_path(tracking_uri: str) -> Path:
     Beside the SQLite file for an embedded store (every process sharing the folder sees it); in
     the temporary folder, named by a hash of the URI, for a database server.
     """
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
+    db = sqlite_file(tracking_uri)
+    if db is not None:
         return db.with_name(db.name + ".prov4ml-lock")
     import tempfile
 

@@ -44,6 +44,7 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     open_client,
     resolve_tracking_uri,
     source_tags,
+    sqlite_file,
     truncate_param_value,
 )
 
@@ -412,11 +413,9 @@ def fetch_provenance(tracking_uri: str, run_id: str, dst: str | os.PathLike[str]
     """
     from prov4ml_lightning.errors import Prov4MLInputError
 
-    if tracking_uri.startswith("sqlite:///"):
-        # MlflowClient would silently create an empty store at a mistyped path.
-        db = Path(tracking_uri[len("sqlite:///"):])
-        if not db.is_file():
-            raise Prov4MLInputError(f"tracking store {tracking_uri}: no such SQLite file {db}")
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():  # MlflowClient would silently create an empty store there
+        raise Prov4MLInputError(f"tracking store {tracking_uri}: no such SQLite file {db}")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
