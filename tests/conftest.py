@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -18,6 +19,30 @@ from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F4
 # for the MLflow service (the subprocesses inherit it). The default, not waiting, has its own tests
 # (tests/sinks/test_service.py), which unset it.
 os.environ[WAIT_ENV] = "1"
+
+
+def _tree_status() -> str | None:
+    """``git status --porcelain`` of the checkout the tests run in (``None`` outside a git work tree)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tree_stays_clean():
+    """Fail the session when a test, an example or a server it started wrote into the repository:
+    everything a test makes belongs under its temporary folder."""
+    before = _tree_status()
+    yield
+    after = _tree_status()
+    if before is not None and after is not None and after != before:
+        new = sorted(set(after.splitlines()) - set(before.splitlines()))
+        pytest.fail("the test session changed the repository's working tree (git status --porcelain): "
+                    + "; ".join(new or after.splitlines()))
 
 
 @pytest.fixture(scope="session")

@@ -155,7 +155,6 @@ def test_carbon_metrics_without_codecarbon_warn_once(run_args, monkeypatch):
 
 @pytest.mark.slow
 def test_carbon_metrics_from_codecarbon_offline(run_args, client):
-    pytest.importorskip("codecarbon")
     prov4ml.start_run(**run_args)
     run_id = prov4ml.get_run_id()
     first = prov4ml.log_carbon_metrics(Context.TRAINING, step=0)

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from rocrate import rocrate  # the rocrate extra: in the test extra, so never skipped
 from torch import nn
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning.cli import main
-
-rocrate = pytest.importorskip("rocrate.rocrate", reason="the rocrate extra is not installed")
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
-"""The original prov4ml's Lightning loggers and get_mlflow_logger, without a fit (the original
-examples in tests/original_prov4ml run them in a Trainer)."""
+"""The original prov4ml's Lightning loggers and get_mlflow_logger, without a fit (the original-style
+examples in tests/original_style run them in a Trainer)."""
 
 from __future__ import annotations
 

@@ -5,16 +5,15 @@ MlflowClient, prov.read and mlflow.pytorch.load_model."""
 from __future__ import annotations
 
 import mlflow.pytorch
+import optuna  # the sweeps extra: in the test extra, so never skipped
 import pytest
 import torch
 
 from prov4ml_lightning import Prov4MLInputError
+from prov4ml_lightning.lightning.optuna import Prov4MLSweep
 from prov4ml_lightning.provenance.checks import check_file
 from tests.helpers import attr, by_type, read_prov, records_of
 from tests.lightning_models import TinyDataModule, TinyModel, fast_trainer
-
-optuna = pytest.importorskip("optuna")
-from prov4ml_lightning.lightning.optuna import Prov4MLSweep  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")
 

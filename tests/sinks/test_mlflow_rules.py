@@ -145,3 +145,14 @@ def test_mlflow_safe_key_cuts_long_keys_to_the_limit_and_keeps_them_apart():
     assert len(safe_a) == MAX_KEY_LENGTH and safe_a == "a" * 241 + _suffix(long_a)
     assert safe_a != safe_b
     assert mlflow_safe_key("a:b") != mlflow_safe_key("a;b")  # both map to a_b; the hash keeps them apart
+
+
+def test_a_relative_sqlite_uri_is_made_absolute_where_the_run_starts(tmp_path, monkeypatch):
+    """The MLflow service process keeps the folder it was started in: a relative ``sqlite:///`` path must
+    name the file beside the caller's current folder, not the service's."""
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri("sqlite:///sub/mlflow.db", "unused") == f"sqlite:///{tmp_path.resolve()}/sub/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert resolve_tracking_uri(None, "unused") == f"sqlite:///{tmp_path.resolve()}/env.db"
+    for uri in (f"sqlite:///{tmp_path}/abs.db", "http://127.0.0.1:5000", "postgresql://u@h/db"):
+        assert resolve_tracking_uri(uri, "unused") == uri

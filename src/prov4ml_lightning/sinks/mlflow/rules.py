@@ -123,8 +123,19 @@ def sqlite_file(tracking_uri: str) -> Path | None:
 
 def resolve_tracking_uri(tracking_uri: str | None, mlflow_save_dir: str | os.PathLike[str]) -> str:
     """The store a run writes to: ``tracking_uri`` when given, else ``MLFLOW_TRACKING_URI``, else
-    the embedded SQLite store in ``mlflow_save_dir`` (:func:`default_tracking_uri`)."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(mlflow_save_dir)
+    the embedded SQLite store in ``mlflow_save_dir`` (:func:`default_tracking_uri`).
+
+    A relative ``sqlite:///`` path is made absolute against the current folder now: the MLflow
+    service process has the folder it was started in, which need not be the caller's.
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return default_tracking_uri(mlflow_save_dir)
+    db = sqlite_file(uri)
+    if db is None or db.is_absolute():
+        return uri
+    query = uri[uri.index("?"):] if "?" in uri else ""
+    return f"{_SQLITE}{Path(str(db).split('?', 1)[0]).resolve()}{query}"
 
 def mlflow_safe_key(key: str) -> str:
     """Map ``key`` to a name MLflow accepts; identity for ordinary keys and for its own output.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -57,6 +58,7 @@ __all__ = [
     "default_tracking_uri",
     "fetch_provenance",
     "generate_run_name",
+    "mlflow_internals_changed",
     "mlflow_safe_key",
     "resolve_tracking_uri",
     "source_tags",
@@ -70,6 +72,16 @@ def _mlflow_error() -> type[Exception]:
     from mlflow.exceptions import MlflowException
 
     return MlflowException
+
+
+def mlflow_internals_changed() -> str:
+    """What to say when MLflow's SQL store no longer draws its ids as :meth:`MlflowSink._chosen_id`
+    expects (the one MLflow internal the service relies on; tests/sinks/test_mlflow_internals.py)."""
+    from importlib.metadata import version
+
+    return (f"MLflow {version('mlflow')}'s SqlAlchemyStore no longer draws run and model ids with its module's "
+            "uuid.uuid4(), which prov4ml-lightning needs to create the run under the id it already recorded; "
+            "install an MLflow release in the range prov4ml-lightning supports (pyproject.toml)")
 
 
 class _PickleNoticeFilter(logging.Filter):
@@ -178,7 +190,8 @@ class MlflowSink:
         with self._chosen_id(run_id, "create_run"):
             run = self.client.create_run(experiment_id, start_time=start_time_ms, tags=all_tags, run_name=run_name)
         if run_id is not None and run.info.run_id != run_id:
-            raise RuntimeError(f"create_run(run_id={run_id!r}): MLflow gave the run id {run.info.run_id}")
+            raise RuntimeError(f"create_run(run_id={run_id!r}): MLflow gave the run id {run.info.run_id}: "
+                               f"{mlflow_internals_changed()}")
         return run.info.run_id, run.info.run_name
 
     @contextlib.contextmanager
@@ -202,8 +215,10 @@ class MlflowSink:
         store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
         if not isinstance(store, sqlalchemy_store.SqlAlchemyStore):
             raise ValueError(f"{call}: a chosen id needs a database store, not {type(store).__name__}")
+        real_uuid = getattr(sqlalchemy_store, "uuid", None)
+        if real_uuid is not uuid:
+            raise RuntimeError(f"{call}: {mlflow_internals_changed()}")
         chosen = uuid.UUID(hex=hex_id[-32:])
-        real_uuid = sqlalchemy_store.uuid
 
         class _Chosen:
             def __getattr__(self, name: str) -> Any:
@@ -333,7 +348,9 @@ class MlflowSink:
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         chosen_by_us = "serialization_format" not in kwargs
-        kwargs.setdefault("serialization_format", default_serialization_format(kwargs.get("input_example")))
+        # MLflow releases without the parameter (3.9 and older) always save with pickle.
+        if chosen_by_us and "serialization_format" in inspect.signature(mlflow.pytorch.log_model).parameters:
+            kwargs["serialization_format"] = default_serialization_format(kwargs.get("input_example"))
         if pip_requirements is None:
             pip_requirements = default_pip_requirements()
         # Create the LoggedModel ourselves: left to MLflow it lands in the fluent default
@@ -345,7 +362,8 @@ class MlflowSink:
                 params={k: str(v) for k, v in (params or {}).items()} or None,
             )
         if model_id is not None and logged.model_id != model_id:
-            raise RuntimeError(f"log_model(model_id={model_id!r}): MLflow gave the model id {logged.model_id}")
+            raise RuntimeError(f"log_model(model_id={model_id!r}): MLflow gave the model id {logged.model_id}: "
+                               f"{mlflow_internals_changed()}")
         quiet = _PickleNoticeFilter() if chosen_by_us else None
         mlflow_log = logging.getLogger("mlflow.pytorch")
         if quiet is not None:
