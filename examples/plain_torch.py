@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import prov4ml_lightning as prov4ml
 
@@ -24,6 +25,8 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(512, 10)
     y = (x[:, :3].sum(dim=1, keepdim=True) > 0).float()
+    train = DataLoader(TensorDataset(x[:448], y[:448]), batch_size=32, shuffle=True)
+    val = TensorDataset(x[448:], y[448:])
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -36,17 +39,21 @@ def main() -> None:
         description="A small MLP on synthetic data, recorded with the functional API",
     )
     prov4ml.log_params({"lr": 0.1, "epochs": args.epochs, "model": {"hidden": 32, "layers": 2}})
+    # the data behind the model: class, size, loader settings and a content fingerprint (hashed in the background)
+    prov4ml.log_dataset("train", train, prov4ml.Context.TRAINING)
+    prov4ml.log_dataset("val", val, prov4ml.Context.VALIDATION)
     step = 0
     for epoch in range(args.epochs):
-        for i in range(0, len(x), 32):
+        for xb, yb in train:
             optimizer.zero_grad()
-            loss = loss_fn(model(x[i : i + 32]), y[i : i + 32])
+            loss = loss_fn(model(xb), yb)
             loss.backward()
             optimizer.step()
             prov4ml.log_metric("loss", loss.detach(), prov4ml.Context.TRAINING, step=step)
             step += 1
         with torch.no_grad():
-            acc = ((model(x) > 0).float() == y).float().mean()
+            xv, yv = val.tensors
+            acc = ((model(xv) > 0).float() == yv).float().mean()
         prov4ml.log_metric("accuracy", acc, prov4ml.Context.VALIDATION, step=epoch)
         prov4ml.log_current_execution_time("epoch_end", prov4ml.Context.TRAINING, step=epoch)
     prov4ml.log_model(model, "mlp")

@@ -15,10 +15,10 @@ from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking.config import WAIT_ENV
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401  (a real `mlflow server`)
 
-# The tests read MLflow right after end_run (or after a training subprocess exits): make end_run wait
-# for the MLflow service (the subprocesses inherit it). The default, not waiting, has its own tests
-# (tests/sinks/test_service.py), which unset it.
-os.environ[WAIT_ENV] = "1"
+# The tests read MLflow right after end_run, as users do: end_run waits for the MLflow service by default.
+# A variable left from the caller's shell must not change that; the opt-out (PROV4ML_WAIT_FOR_MLFLOW=0) has
+# its own tests (tests/sinks/test_service.py), which set it.
+os.environ.pop(WAIT_ENV, None)
 
 
 def _tree_status() -> str | None:

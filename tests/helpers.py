@@ -73,3 +73,8 @@ def load_model(uri: str, model_uri: str):
         return mlflow.pytorch.load_model(model_uri)
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def user_params(params: dict) -> dict:
+    """An MLflow run's params without the original prov4ml's execution times, which every run has."""
+    return {k: v for k, v in params.items() if not k.startswith(("execution_start_time", "execution_end_time"))}

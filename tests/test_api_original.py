@@ -36,9 +36,11 @@ def test_metric_keys_are_the_keys_given_and_the_context_is_a_tag(run_args, clien
     assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.5]  # training only
     assert sorted(m.value for m in client.get_metric_history(run_id, "validation/loss")) == [0.6, 0.7]
     tags = run.data.tags
-    assert tags["prov4ml.context.acc"] == "validation" and tags["metric.context.acc"] == "VALIDATION"
-    assert tags["prov4ml.context.f1"] == "testing" and tags["prov4ml.context.loss"] == "training"
-    assert tags["prov4ml.context.validation/loss"] == "validation"
+    assert tags["metric.context.acc"] == "VALIDATION"
+    assert tags["metric.context.f1"] == "EVALUATION" and tags["metric.context.loss"] == "TRAINING"
+    assert tags["metric.context.validation/loss"] == "VALIDATION"
+    # one tag per metric: the context itself lives in PROV
+    assert sorted(k for k in tags if "context" in k) == [f"metric.context.{k}" for k in sorted(run.data.metrics)]
     found = client.search_runs([run.info.experiment_id], filter_string="metrics.acc > 0.5")
     assert [r.info.run_id for r in found] == [run_id]
     series = {(attr(s, "name"), attr(s, "context")): attr(s, "mlflow_key")
@@ -63,7 +65,12 @@ def test_footprint_optimizer_and_execution_times_are_params(run_args, client):
     assert params["head/model_name"] == "head" and params["head/total_params"] == "6"
     assert params["optimizer_name"] == "Adam" and float(params["lr"]) == 0.002
     assert params["optimizer/betas"] == "[0.8, 0.9]"
-    assert float(params["execution_start_time"]) <= float(params["execution_end_time"])
+    # start_run and end_run log them (as the original's did); the explicit calls come after: /2
+    start, end = float(params["execution_start_time"]), float(params["execution_end_time"])
+    assert start <= float(params["execution_start_time/2"]) <= end <= float(params["execution_end_time/2"])
+    # MLflow params only: PROV has the run's start and end, and the run used no such input
+    names = {attr(p, "name") for p in by_type(read_prov(run.outputs.prov_json), "Parameter")}
+    assert names and not {n for n in names if str(n).startswith("execution_")}
 
 
 def test_start_run_ctx_ends_failed_and_reraises(run_args, client):
@@ -182,3 +189,58 @@ def test_end_run_takes_the_original_create_graph_and_a_status_first(run_args):
     run = prov4ml.active_run()
     prov4ml.end_run("KILLED")
     assert run.info.status == "KILLED"
+
+
+def test_end_run_takes_the_original_create_svg_and_ends_the_run(run_args, client):
+    """Later prov4ml versions and their ProvMLLogger call ``end_run(create_graph=True, create_svg=True)``."""
+    import shutil
+
+    prov4ml.start_run(**run_args)
+    run_id = prov4ml.get_run_id()
+    out = prov4ml.end_run(create_graph=True, create_svg=True)
+    assert prov4ml.active_run() is None and client.get_run(run_id).info.status == "FINISHED"
+    assert out.prov_dot.exists()
+    if shutil.which("dot"):
+        assert out.prov_svg is not None and out.prov_svg.read_text().lstrip().startswith("<?xml")
+    prov4ml.start_run(**run_args)
+    run = prov4ml.active_run()
+    prov4ml.end_run(True, "FAILED")  # the older positional form (create_graph, status)
+    assert run.info.status == "FAILED"
+    with prov4ml.start_run_ctx(**run_args, create_graph=True, create_svg=True):
+        run_id = prov4ml.get_run_id()
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_end_run_with_no_run_open_says_so(run_args):
+    with pytest.warns(Prov4MLWarning, match=r"end_run: no run is open"):
+        assert prov4ml.end_run() is None
+    prov4ml.start_run(**run_args)
+    prov4ml.end_run()
+    with pytest.warns(Prov4MLWarning, match=r"end_run: no run is open"):
+        assert prov4ml.end_run() is None  # a second call is safe: a warning, no error
+
+
+@pytest.mark.slow
+def test_log_model_registers_the_model_and_logs_the_original_footprint_params(run_args, client):
+    import uuid
+
+    name = f"clf-{uuid.uuid4().hex[:8]}"
+    net = _net()
+    prov4ml.start_run(**run_args)
+    run_id = prov4ml.get_run_id()
+    prov4ml.log_model(net, name)
+    prov4ml.log_model(torch.nn.Linear(2, 2), f"{name}-head", register=False)
+    out = prov4ml.end_run()
+    (version,) = client.search_model_versions(f"name='{name}'")
+    assert version.run_id == run_id and str(version.version) == "1"
+    assert not client.search_registered_models(f"name='{name}-head'")  # the opt-out
+    params = client.get_run(run_id).data.params
+    n = sum(p.numel() for p in net.parameters())
+    assert params["model_name"] == name and params["total_params"] == str(n)
+    assert float(params["memory_of_model"]) == pytest.approx(n * 4 / 1e6)
+    assert float(params["total_memory_load_of_model"]) == pytest.approx(n * 12 / 1e6)
+    assert params[f"{name}-head/total_params"] == "6"  # a second model: its own keys
+    # MLflow params only: in PROV the footprint is the model entity's, not an input the run used
+    doc = read_prov(out.prov_json)
+    assert not [p for p in by_type(doc, "Parameter") if attr(p, "name") in ("total_params", "model_name")]
+    assert sorted(int(attr(m, "total_params")) for m in by_type(doc, "Model")) == [6, n]

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from prov4ml_lightning.capture import sample_system_metrics_into
+from prov4ml_lightning.capture.datasets import log_dataset as log_dataset_into
 from prov4ml_lightning.capture.measures import measures_of
 from prov4ml_lightning.capture.model_info import memory_footprint
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.distributed.parts import start_on_ranks
-from prov4ml_lightning.errors import Prov4MLInputError
-from prov4ml_lightning.runs import open_run
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
+from prov4ml_lightning.runs import log_execution_time, open_run
 from prov4ml_lightning.tracking.config import RunConfig
 from prov4ml_lightning.tracking.recorder import RunOutputs, RunRecorder
 from prov4ml_lightning.tracking.registry import current_run, require_run
@@ -46,6 +47,7 @@ __all__ = [
     "log_artifact",
     "log_carbon_metrics",
     "log_current_execution_time",
+    "log_dataset",
     "log_execution_end_time",
     "log_execution_start_time",
     "log_flops_per_batch",
@@ -117,10 +119,10 @@ def start_run(
             ``rank<k>/<key>``). See docs/distributed-and-servers.md.
         flush_interval: seconds between the background writer's drains of the metric buffer
             into the sidecar file and MLflow (a process killed hard loses at most this much).
-        wait_for_mlflow: whether :func:`end_run` also waits until MLflow holds the whole run
-            (see there); ``None`` (default): only when the environment variable
-            ``PROV4ML_WAIT_FOR_MLFLOW`` is ``1``/``true``/``yes``. :func:`wait_for_mlflow` waits at
-            any time.
+        wait_for_mlflow: whether :func:`end_run` waits until MLflow holds the whole run (see
+            there); ``None`` (default): yes, unless the environment variable
+            ``PROV4ML_WAIT_FOR_MLFLOW`` is ``0``/``false``/``no``/``off``. ``False`` returns once
+            the local files are written; :func:`wait_for_mlflow` waits at any time.
         person_name, person_email, person_orcid: the person responsible for the run, recorded as
             a ``prov:Person`` (``foaf:name``, ``foaf:mbox``; the ORCID iD, given as
             ``0000-0002-1825-0097`` or its ``https://orcid.org/`` IRI, is the agent's identifier).
@@ -156,13 +158,15 @@ def start_run_ctx(
     description: str | None = None,
     log_system_metrics: bool = False,
     create_graph: bool = True,
+    create_svg: bool = True,
     **options: Any,
 ) -> Iterator[RunRecorder]:
     """``start_run(...)`` as a context manager (the original prov4ml's ``start_run_ctx``).
 
     The run ends when the block ends: ``FINISHED``, or ``FAILED`` (``KILLED`` for Ctrl-C) when
-    the block raises, and the exception goes on. ``create_graph`` is passed to :func:`end_run`;
-    ``options`` are :func:`start_run`'s keyword-only options (``tracking_uri``, ``run_name``, ...).
+    the block raises, and the exception goes on. ``create_graph`` and ``create_svg`` are passed to
+    :func:`end_run`; ``options`` are :func:`start_run`'s keyword-only options (``tracking_uri``,
+    ``run_name``, ...).
 
     Example::
 
@@ -176,35 +180,43 @@ def start_run_ctx(
     except BaseException as exc:
         run.__exit__(type(exc), exc, exc.__traceback__)
         raise
-    end_run(create_graph=create_graph)
+    end_run(create_graph=create_graph, create_svg=create_svg)
 
 
-def end_run(create_graph: bool | str = True, status: str = "FINISHED") -> RunOutputs | None:
+def end_run(create_graph: bool | str = True, create_svg: bool | str = True,
+            status: str = "FINISHED") -> RunOutputs | None:
     """End the current run: flush, write the PROV files, end the MLflow run and return the paths.
 
-    What it waits for is what must be durable: every point in the metric sidecar
-    (``metrics_<run_id>.csv``), the journal's end event, and the PROV files and graph written
-    (atomically) to ``provenance_save_dir``; a model passed to ``log_model`` was saved to a file
-    before that call returned. From these, ``prov4ml recover`` and ``prov4ml sync`` rebuild
-    everything. MLflow's copy (the last points, the uploads, the model, the run's status) is
-    handed to the MLflow service process (a database store) and written in the background, also
-    after this process exits; it does not wait for that unless the run was started with
-    ``wait_for_mlflow=True`` (or ``PROV4ML_WAIT_FOR_MLFLOW=1``), or the caller calls
-    :func:`wait_for_mlflow`. With a tracking server (``http://...``) the MLflow calls are made
-    here, as before.
+    It returns with the run ended in its store, as ``mlflow.end_run`` does: every point in the
+    metric sidecar (``metrics_<run_id>.csv``), the journal's end event and the PROV files and graph
+    written (atomically) to ``provenance_save_dir``, and MLflow holding the finished run (status,
+    every point, params, tags, artifacts, the model). The MLflow service process (a database store)
+    does MLflow's work during training, so what is left at the end is small. The wait is bounded
+    (``PROV4ML_WAIT_FOR_MLFLOW_TIMEOUT`` seconds, default 300): past it one warning names what is
+    pending and ``prov4ml sync``, which completes MLflow from the local files; no exception. A run
+    started with ``wait_for_mlflow=False`` (or ``PROV4ML_WAIT_FOR_MLFLOW=0``: a sweep's or a
+    notebook's choice) returns once the local files are written, and MLflow catches up in the
+    background (:func:`wait_for_mlflow` waits for it; the interpreter's exit too, bounded). With a
+    tracking server (``http://...``) the MLflow calls are made here, as before.
 
     The files are ``provgraph_<run_id>.json`` and its graph ``provgraph_<run_id>.dot`` (and
     ``.svg`` with Graphviz) in ``provenance_save_dir``, as the original prov4ml named them.
-    ``create_graph`` is accepted for the original prov4ml's signature: the graph is always written
-    (it costs milliseconds and ``prov4ml render`` reads it). ``status`` is ``FINISHED``, ``FAILED``
-    or ``KILLED``; ``end_run("FAILED")`` (a status in the first place) works too.
+    ``create_graph`` and ``create_svg`` are accepted for the original prov4ml's signature: the
+    graph is always written (it costs milliseconds and ``prov4ml render`` reads it), and its SVG
+    wherever Graphviz is installed. ``status`` is ``FINISHED``, ``FAILED`` or ``KILLED``;
+    ``end_run("FAILED")`` (a status in the first place) works too.
 
-    Safe to call twice: with no run open it returns ``None``.
+    Safe to call twice: with no run open it warns that there is none and returns ``None``.
     """
-    if isinstance(create_graph, str):  # end_run("KILLED"): the status passed first
-        status = create_graph
+    for given in (create_graph, create_svg):
+        if isinstance(given, str):  # end_run("KILLED"), end_run(True, "KILLED"): the status passed earlier
+            status = given
     run = current_run()
-    return None if run is None else run.end(status)
+    if run is None:
+        warn("end_run: no run is open (it was ended already, or never started); nothing to end",
+             Prov4MLWarning)
+        return None
+    return run.end(status)
 
 
 def log_metric(key: str, value: Any, context: Context = Context.TRAINING, step: int | None = None,
@@ -213,7 +225,7 @@ def log_metric(key: str, value: Any, context: Context = Context.TRAINING, step: 
 
     ``value`` may be a Python or NumPy number or a one-element tensor (converted off the
     training thread). MLflow stores it under ``key`` as given; the context is kept in PROV and in
-    the run tag ``prov4ml.context.<key>`` (see README, "Metric keys"). ``step`` defaults to one
+    the run tag ``metric.context.<key>`` (see README, "Metric keys"). ``step`` defaults to one
     past the series' last step; ``timestamp`` is in milliseconds since the epoch (default: now).
     ``synchronous`` is accepted for the original prov4ml's signature: points are always written
     by the background writer within ``flush_interval`` seconds (``active_run().flush()`` forces it).
@@ -260,29 +272,59 @@ def log_artifact(path: str | os.PathLike[str], context: Context | None = None, *
     require_run("log_artifact").log_artifact(path, context, artifact_path=artifact_path)
 
 
+def log_dataset(name: str, dataset: Any, context: Context = Context.TRAINING) -> None:
+    """Record a dataset the run reads: a PROV ``Dataset`` entity named ``name``, used by the run's
+    session, and an MLflow dataset input of the run (context tag ``training``/``validation``/``testing``).
+
+    ``dataset`` is a torch ``Dataset`` (map-style or iterable), a ``DataLoader`` (its dataset, and
+    its ``batch_size``, ``shuffle``, ``sampler``, ``drop_last``, ``num_workers``), an array or
+    tensor, a list of samples, or a Hugging Face dataset. It is recorded with its class, length
+    and content fingerprint, the same the Lightning callback records (``fingerprint``,
+    ``fingerprint_status``, ``fingerprint_method``; README, "Data"): computed in a background
+    thread or when the run ends, never delaying the training; ``end_run`` waits for it (at most
+    ``PROV4ML_FINGERPRINT_WAIT`` seconds, default 60). Logging the same dataset under the same name
+    again does nothing; another dataset under a name already used raises ``Prov4MLInputError``.
+    """
+    run = require_run("log_dataset")
+    log_dataset_into(run if isinstance(run, RunRecorder) else None, name, dataset, context)  # None: a silent rank
+
+
 def log_model(model: torch.nn.Module, model_name: str = "default", log_model_info: bool = True,
-              log_as_artifact: bool = True, **mlflow_kwargs: Any) -> None:
+              log_as_artifact: bool = True, *, register: bool = True, **mlflow_kwargs: Any) -> None:
     """Log ``model`` with MLflow's pytorch flavour and record it in PROV as generated by the run.
 
-    With ``log_model_info`` the parameter counts and memory footprint by dtype are recorded in
-    PROV and as params of the MLflow model (not as run params, as the original prov4ml did: call
-    :func:`log_model_memory_footprint` for those); with ``log_as_artifact`` its state dict is
-    saved too (:func:`save_model_version`). Calling it again
+    As the original prov4ml's, the model is registered in MLflow's model registry under
+    ``model_name`` (a new version each call; ``register=False`` leaves the registry alone, and an
+    explicit ``registered_model_name=`` wins), and ``log_model_info`` logs the run params
+    ``model_name``, ``total_params``, ``memory_of_model`` and ``total_memory_load_of_model``
+    (megabytes; a second model's under ``<model_name>/<param>``). These are MLflow params only:
+    PROV records the counts and footprint by dtype on the model entity, which the run generated,
+    not as inputs it used; the MLflow model carries them as its params too. With ``log_as_artifact`` its state dict is
+    saved too (:func:`save_model_version`, with no context). Both entities carry the weights'
+    ``state_dict_sha256`` and are linked as alternates of the same weights. Calling it again
     with the same name records a new version. Extra keyword arguments (``input_example``,
     ``signature``, ``serialization_format``, ...) go to ``mlflow.pytorch.log_model``.
     """
     run = require_run("log_model")
     if log_as_artifact and isinstance(model, torch.nn.Module):
-        save_model_version(model, model_name)
+        save_model_version(model, model_name, context=None)
+    if register:
+        mlflow_kwargs.setdefault("registered_model_name", model_name)
     run.log_model(model, model_name, log_model_info, **mlflow_kwargs)
+    if log_model_info:
+        values = memory_footprint(model, model_name, "log_model")
+        taken = run.log_mlflow_params(values, call="log_model")
+        if taken:
+            run.log_mlflow_params({f"{model_name}/{k}": val for k, val in taken.items()}, call="log_model")
 
 
-def save_model_version(model: torch.nn.Module, model_name: str, context: Context = Context.EVALUATION,
+def save_model_version(model: torch.nn.Module, model_name: str, context: Context | None = None,
                        step: int | None = None) -> None:
     """Save ``model``'s state dict as a new version: a file ``<model_name>.pth`` (``.v2.pth``,
     ... for later versions of the same name) in ``<provenance_save_dir>/model_versions_<run id>``,
-    uploaded to the MLflow artifacts ``model_versions/``, and a PROV entity with its sha256,
-    derived from the version saved before it from the same module object (if any)."""
+    uploaded to the MLflow artifacts ``model_versions/``, and a PROV entity with the file's sha256
+    and the weights' ``state_dict_sha256``, derived from the version saved before it from the same
+    module object (if any). ``context`` is recorded only when given."""
     from prov4ml_lightning.capture.versions import save_version
 
     save_version(require_run("save_model_version"), model, model_name, context, step)
@@ -317,15 +359,17 @@ def log_optimizer(optimizer: torch.optim.Optimizer) -> None:
 
 
 def log_execution_start_time() -> None:
-    """Log the param ``execution_start_time``: now, in seconds since the epoch."""
-    require_run("log_execution_start_time").log_params({"execution_start_time": time.time()},
-                                                        call="log_execution_start_time")
+    """Log the MLflow param ``execution_start_time``: now, in seconds since the epoch. ``start_run``
+    logs it already, as the original prov4ml's did; a later call is recorded as
+    ``execution_start_time/<n>`` (params are immutable)."""
+    log_execution_time(require_run("log_execution_start_time"), "execution_start_time")
 
 
 def log_execution_end_time() -> None:
-    """Log the param ``execution_end_time``: now, in seconds since the epoch."""
-    require_run("log_execution_end_time").log_params({"execution_end_time": time.time()},
-                                                      call="log_execution_end_time")
+    """Log the MLflow param ``execution_end_time``: now, in seconds since the epoch. ``end_run`` logs it
+    already, as the original prov4ml's did; an earlier call is recorded as ``execution_end_time``
+    and the end's as ``execution_end_time/<n>``."""
+    log_execution_time(require_run("log_execution_end_time"), "execution_end_time")
 
 
 def log_current_execution_time(label: str, context: Context = Context.TRAINING,

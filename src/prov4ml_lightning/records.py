@@ -114,7 +114,7 @@ class ModelRecord:
     info: dict[str, Any] = field(default_factory=dict)
     #: the sub-activity (a fit) that produced the weights; ``None``: the session that logged it
     activity: str | None = None
-    #: ``(kind, name)`` of entities holding the same weights (checkpoints with an equal state-dict hash)
+    #: ``(kind, name)`` of entities the model was made from (equal weights are linked apart, by hash)
     derived_from: list[tuple[str, str]] = field(default_factory=list)
 
 

@@ -26,7 +26,10 @@ import torch
 from torch import nn
 
 import prov4ml_lightning as prov4ml
+from prov4ml_lightning.capture.model_info import state_dict_sha256
 from prov4ml_lightning.cli import COMMANDS, main
+from prov4ml_lightning.cli._view import RunView, datasets_by_name
+from prov4ml_lightning.cli.diff import fingerprint_kind
 
 _SVG = "{http://www.w3.org/2000/svg}"
 
@@ -44,18 +47,23 @@ def _train(root: Path, mlflow_dir: Path, *, lr: float = 0.1, data_seed: int = 0,
     run = prov4ml.start_run("www.example.org", experiment or f"cli-{uuid.uuid4().hex[:8]}", root / "prov", mlflow_dir)
     try:
         prov4ml.log_params({"lr": lr, "seed": 0, "epochs": epochs, "optimizer": {"name": "sgd"}})
-        # What the callback records for a dataloader; the fingerprint is the data's own hash.
+        # What the callback records for a fit, its initial weights and a dataloader; the fingerprint
+        # is a hash of the whole data.
+        run.start_activity("fit_1", "Fit", "fit 1")
+        run.add_entity("model_state", "ModelState", "fit_1.initial", {"state_dict_sha256": state_dict_sha256(
+            net.state_dict())}, label="initial weights (fit_1)", relation="used", activity="fit_1")
         fingerprint = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
         run.add_entity("dataset", "Dataset", f"train0.{fingerprint[:16]}",
                        {"role": "train", "dataloader_index": 0, "dataset_class": "torch.utils.data.TensorDataset",
-                        "length": len(x), "batch_size": 16, "fingerprint": fingerprint},
+                        "length": len(x), "batch_size": 16, "fingerprint": fingerprint,
+                        "fingerprint_status": "complete", "fingerprint_method": "sha256 of every tensor's bytes"},
                        label=f"train data 0: TensorDataset ({len(x)})")
         ckpt_dir = root / "ckpt"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         previous = None
         for epoch in range(epochs):
             ident = f"epoch_{epoch}"
-            run.start_activity(ident, "TrainingEpoch", f"epoch {epoch}", informed_by=previous)
+            run.start_activity(ident, "TrainingEpoch", f"epoch {epoch}", informed_by=previous, part_of="fit_1")
             for i in range(0, len(x), 16):
                 opt.zero_grad()
                 loss = nn.functional.mse_loss(net(x[i:i + 16]), y[i:i + 16])
@@ -72,6 +80,7 @@ def _train(root: Path, mlflow_dir: Path, *, lr: float = 0.1, data_seed: int = 0,
                 run.log_artifact(path, kind="checkpoint", activity=ident, upload=False,
                                  attributes={"monitor": "val_loss", "score": val, "best": epoch == checkpoints // 2})
             previous = ident
+        run.end_activity("fit_1")
         if log_model:
             prov4ml.log_model(net, "linear")
     finally:
@@ -245,6 +254,31 @@ def test_show_summarises_the_run(runs, capsys):
     assert "Checkpoints (2)" in out and "best" in out
     assert "linear v1" in out  # model
     assert str(base.metrics_file) in out  # files
+
+
+def test_show_lists_every_model_version_and_gives_best_only_where_a_direction_is_known(run_args, capsys):
+    prov4ml.start_run(**run_args)
+    model = nn.Linear(3, 2)
+    for step in range(3):
+        prov4ml.log_metric("loss", 1.0 / (step + 1), prov4ml.Context.TRAINING, step=step)
+        prov4ml.log_metric("acc", 0.5 + step / 10, prov4ml.Context.VALIDATION, step=step)
+        prov4ml.log_metric("lr", 0.1 * (step + 1), prov4ml.Context.TRAINING, step=step)
+        prov4ml.log_system_metrics(prov4ml.Context.TRAINING, step=step)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        prov4ml.save_model_version(model, f"net_v{step}", prov4ml.Context.TRAINING, step=step)
+    out_paths = prov4ml.end_run()
+    code, out, _ = _cli(capsys, "show", out_paths.prov_json)
+    assert code == 0
+    assert "Model versions (3)" in out
+    rows = [ln for ln in out.splitlines() if "net_v" in ln and "step " in ln]
+    assert [re.search(r"net_v\d", ln).group(0) for ln in rows] == ["net_v0", "net_v1", "net_v2"]
+    by_name = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith("  training") or
+               ln.startswith("  validation")}
+    assert "1 (max)" not in by_name["loss"] and "0.333333 (min)" in by_name["loss"]
+    assert "0.7 (max)" in by_name["acc"]
+    for key in ("lr", "cpu_usage", "memory_usage"):  # no direction is better: no "best"
+        assert "(max)" not in by_name[key] and "(min)" not in by_name[key], by_name[key]
 
 
 # -- validate --------------------------------------------------------------------------------------
@@ -500,11 +534,16 @@ def test_lightning_diff_finds_changed_data(lightning_runs, capsys):
     code, out, _ = _cli(capsys, "diff", lightning_runs["base"], lightning_runs["fewer"])
     assert code == 1
     data = _diff_rows(out, "data")
-    assert set(data) == {"train[0] fingerprint", "train[0] length"}  # the validation set is the same
+    # The validation set is the same data: "same" only when its fingerprint hashes all of it.
+    val = datasets_by_name(RunView.load(next(lightning_runs["base"].glob("provgraph_*.json"))))["val[0]"]
+    kind = fingerprint_kind(val)
+    assert set(data) == {"train[0] fingerprint", "train[0] length", *(["val[0] fingerprint"] if kind else [])}
+    if kind:
+        assert data["val[0] fingerprint"][2] == f"{kind}: cannot tell"
     assert data["train[0] length"] == ("64", "48")
     a, b = data["train[0] fingerprint"]
     assert a != b
-    assert _diff_rows(out, "hyperparameters") == {"datamodule/n_train": ("64", "48")}
+    assert _diff_rows(out, "hyperparameters") == {"n_train": ("64", "48")}
     assert "code: same" in out and "hardware: same" in out
 
 

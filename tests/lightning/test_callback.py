@@ -83,7 +83,7 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["lr"] == "0.05" and params["hidden"] == "6" and params["optimizer"] == "sgd"
-    assert params["datamodule/batch_size"] == "8"
+    assert params["batch_size"] == "8"  # the datamodule's, where MLFlowLogger writes it
     assert params["trainer/max_epochs"] == "2" and params["trainer/accumulate_grad_batches"] == "1"
     assert params["optimizer/0/class"] == "SGD" and params["optimizer/0/momentum"] == "0.9"
     # Lightning's keys and steps (tests/lightning/test_parity.py compares every setup with a CSVLogger):
@@ -98,8 +98,9 @@ def test_fit_validate_test_recorded_in_mlflow_and_prov(run_args, client, tmp_pat
     assert _steps(client, run_id, "val_loss") == [7, 15, 16]
     assert _steps(client, run_id, "test_acc") == [16]
     assert not any(key.startswith(("training/", "validation/")) for key in run.data.metrics)
-    assert run.data.tags["prov4ml.context.val_loss"] == "validation"
-    assert run.data.tags["prov4ml.context.train_loss_step"] == "training"
+    assert run.data.tags["metric.context.val_loss"] == "VALIDATION"
+    assert run.data.tags["metric.context.train_loss_step"] == "TRAINING"
+    assert not [k for k in run.data.tags if k.startswith("prov4ml.context.")]  # one context tag per metric
     # Values are Lightning's reduced ones.
     assert _history(client, run_id, "val_loss")[-1][1] == pytest.approx(validated[0]["val_loss"])
     assert _history(client, run_id, "test_acc")[0][1] == pytest.approx(tested[0]["test_acc"])

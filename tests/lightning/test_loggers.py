@@ -21,7 +21,7 @@ def test_two_loggers_given_the_same_dict_record_each_point_once(run_args, client
     prov4ml.end_run()
     run = client.get_run(run_id)
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0, 1, 2, 3]
-    assert run.data.tags["prov4ml.context.val_acc"] == "validation"
+    assert run.data.tags["metric.context.val_acc"] == "VALIDATION"
     assert "epoch" not in run.data.metrics and run.data.params["lr"] == "0.1"
 
 

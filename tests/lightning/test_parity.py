@@ -113,6 +113,29 @@ def test_callback_series_equal_lightning_loggers(setup, run_args, client, tmp_pa
         assert got[mkey] == expected[key], f"{setup}: {key}"
     # each key's context is a tag of the run
     tags = client.get_run(callback.run_id).data.tags
-    assert {k for k in tags if k.startswith("prov4ml.context.")} >= {
-        mlflow_safe_key(f"prov4ml.context.{k}") for k in got}
+    assert {k for k in tags if k.startswith("metric.context.")} >= {
+        mlflow_safe_key(f"metric.context.{k}") for k in got}
     assert check_file(callback.outputs.prov_json, round_trip=False) == []
+
+
+def test_every_param_mlflowlogger_writes_is_a_param_of_the_callbacks_run(run_args, tmp_path):
+    """Module and datamodule ``save_hyperparameters()`` under MLFlowLogger in the same Trainer: each param name
+    it writes is in the callback's run, with the same value (``params.<name>`` filters work for both)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    pl.seed_everything(7, verbose=False)
+    callback = Prov4MLCallback(**run_args, log_model=False)
+    reference = MLFlowLogger(experiment_name="reference", tracking_uri=f"sqlite:///{tmp_path}/ref.db")
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", devices=1, max_epochs=1,
+                         logger=reference, callbacks=[callback], enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(ParityModel(lr=0.02, hidden={"width": 4}), datamodule=ParityDataModule(loaders=1, noisy=True))
+    # MLFlowLogger sets MLFLOW_TRACKING_URI, which the callback follows (with a warning): one store for both
+    store = MlflowClient(f"sqlite:///{tmp_path}/ref.db")
+    theirs = store.get_run(reference.run_id).data.params
+    ours = store.get_run(callback.run_id).data.params
+    assert {"lr", "variant", "hidden/width", "loaders", "iterable", "noisy"} <= set(theirs)
+    assert {k: ours.get(k) for k in theirs} == theirs

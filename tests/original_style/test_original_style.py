@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
 
 CARBON = ("energy_consumed", "emissions", "cpu_power")
-SYSTEM = ("system/cpu_percent", "system/memory_percent")
+SYSTEM = ("cpu_usage", "memory_usage", "disk_usage", "gpu_usage", "gpu_memory_usage")  # the original's names
 EPOCH_STEPS = [0, 1]  # both scripts train two epochs and log once an epoch at step = epoch
 
 

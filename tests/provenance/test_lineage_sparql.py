@@ -175,7 +175,7 @@ def test_a_datasets_code_and_hyperparameters_behind_the_final_model(mnist):
     roles = {r["role"] for r in _rows(mnist, "a_datasets")}
     assert roles == {"train", "val"}  # the test set came after the model: not behind it
     params = {r["name"]: r["value"] for r in _rows(mnist, "a_hyperparameters")}
-    assert params["lr"] == "0.002" and params["datamodule/batch_size"] == "64"
+    assert params["lr"] == "0.002" and params["batch_size"] == "64"
     assert params["optimizer/0/betas"] == "[0.9, 0.999]"  # JSON, not a Python repr
     (code,) = _rows(mnist, "a_code")
     assert code["script"] and len(code["script"]) == 64

@@ -1,7 +1,8 @@
-"""The MLflow service process: the training process hands MLflow its work and does not wait.
+"""The MLflow service process: the training process hands MLflow its work and does not wait for it
+during training; ``end_run`` waits for what is left (the default), or not (``PROV4ML_WAIT_FOR_MLFLOW=0``).
 
-Real processes, real SQLite stores, read back with MlflowClient after the fact. These tests run
-with the default (``end_run`` does not wait for MLflow): ``PROV4ML_WAIT_FOR_MLFLOW`` is unset.
+Real processes, real SQLite stores, read back with MlflowClient. Most tests here are of the opt-out
+(``PROV4ML_WAIT_FOR_MLFLOW=0``: MLflow is read after the fact); the default has its own below.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prov4ml_lightning import Prov4MLWarning
 from prov4ml_lightning.sinks.mlflow.service import get_service
 from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri
 from prov4ml_lightning.tracking.config import WAIT_ENV
-from tests.helpers import attr, by_type, load_model, read_prov, wait_until
+from tests.helpers import attr, by_type, load_model, read_prov, user_params, wait_until
 
 _SCRIPT = textwrap.dedent("""
     import json, os, sys, time
@@ -67,7 +68,7 @@ def _run_script(tmp_path: Path, with_model: bool) -> tuple[dict, Path, Path]:
     user_file.write_text("the user's notes\n")
     mlflow_dir = tmp_path / "mlflow"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    env.pop(WAIT_ENV, None)
+    env[WAIT_ENV] = "0"
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "prov"), str(mlflow_dir), str(user_file),
                            "1" if with_model else "0"], capture_output=True, text=True, env=env, timeout=300)
@@ -101,7 +102,7 @@ def test_the_training_process_does_not_wait_and_mlflow_gets_everything_after_it_
     client, run = _finished_run(mlflow_dir, out["run_id"])
     history = client.get_metric_history(out["run_id"], "loss")
     assert sorted(m.step for m in history) == list(range(300))
-    assert run.data.params == {"lr": "0.01"}
+    assert user_params(run.data.params) == {"lr": "0.01"}
     notes = Path(client.download_artifacts(out["run_id"], "notes.txt", str(tmp_path / "down")))
     assert notes.read_text() == "the user's notes\n"  # the copy handed over, although the user deleted the file
     assert not (prov_dir / ".prov4ml_staging").exists() or not any((prov_dir / ".prov4ml_staging").iterdir())
@@ -124,7 +125,7 @@ def test_start_run_returns_before_mlflow_and_get_run_id_waits_for_the_run(run_ar
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.delenv(WAIT_ENV, raising=False)
+    monkeypatch.setenv(WAIT_ENV, "0")
     run = prov4ml.start_run(**run_args)
     assert run.info.experiment_id == "" or run.info.experiment_id  # known only once the service answered
     run_id = prov4ml.get_run_id()  # waits until the run exists
@@ -139,7 +140,7 @@ def test_start_run_returns_before_mlflow_and_get_run_id_waits_for_the_run(run_ar
 
 
 def test_runs_of_one_process_share_one_service(run_args: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(WAIT_ENV, raising=False)
+    monkeypatch.setenv(WAIT_ENV, "0")
     first = prov4ml.start_run(**run_args)
     pid = first.sink.service.pid
     prov4ml.end_run()
@@ -152,7 +153,7 @@ def test_runs_of_one_process_share_one_service(run_args: dict, monkeypatch: pyte
 @pytest.mark.slow
 def test_an_unusable_store_warns_as_soon_as_known_and_loses_nothing(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(WAIT_ENV, raising=False)
+    monkeypatch.setenv(WAIT_ENV, "0")
     mlflow_dir = tmp_path / "broken"
     mlflow_dir.mkdir()
     (mlflow_dir / "mlflow.db").write_bytes(b"this is not an SQLite database" * 100)
@@ -177,7 +178,7 @@ def test_an_unusable_store_warns_as_soon_as_known_and_loses_nothing(tmp_path: Pa
 @pytest.mark.slow
 def test_a_killed_service_fails_calls_fast_and_the_next_run_gets_a_new_one(run_args: dict,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(WAIT_ENV, raising=False)
+    monkeypatch.setenv(WAIT_ENV, "0")
     run = prov4ml.start_run(**run_args)
     service = run.sink.service
     assert prov4ml.wait_for_mlflow(120)
@@ -220,7 +221,7 @@ def test_a_training_killed_before_mlflow_caught_up_is_recovered_completely(tmp_p
     script.write_text(_KILLED)
     prov_dir, mlflow_dir = tmp_path / "prov", tmp_path / "mlflow"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    env.pop(WAIT_ENV, None)
+    env[WAIT_ENV] = "0"
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen([sys.executable, str(script), str(prov_dir), str(mlflow_dir)], stdout=subprocess.PIPE,
                             text=True, env=env)
@@ -237,7 +238,7 @@ def test_a_training_killed_before_mlflow_caught_up_is_recovered_completely(tmp_p
     client = open_client(default_tracking_uri(mlflow_dir))
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["prov4ml.crashed"] == "true"
-    assert run.data.params == {"lr": "0.1"}
+    assert user_params(run.data.params) == {"lr": "0.1"}
     history = client.get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == list(range(200))  # every point, once
 
@@ -268,7 +269,7 @@ def test_a_broken_store_is_reported_at_exit_and_sync_writes_everything_once_it_i
     mlflow_dir.mkdir()
     (mlflow_dir / "mlflow.db").write_bytes(b"junk, not a database" * 1000)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    env.pop(WAIT_ENV, None)
+    env[WAIT_ENV] = "0"
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run([sys.executable, str(script), str(prov_dir), str(mlflow_dir)], capture_output=True,
                           text=True, env=env, timeout=300)
@@ -283,7 +284,7 @@ def test_a_broken_store_is_reported_at_exit_and_sync_writes_everything_once_it_i
     client = open_client(default_tracking_uri(mlflow_dir))
     (run,) = client.search_runs([client.get_experiment_by_name("broken").experiment_id])
     assert run.data.tags["prov4ml.local_run_id"] == run_id and run.info.status == "FINISHED"
-    assert run.data.params == {"lr": "0.1"}
+    assert user_params(run.data.params) == {"lr": "0.1"}
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(30))
     # the model the service could not log is logged by sync, under the id PROV already names
     (model,) = by_type(read_prov(prov_dir / f"provgraph_{run_id}.json"), "Model")
@@ -292,3 +293,75 @@ def test_a_broken_store_is_reported_at_exit_and_sync_writes_everything_once_it_i
     torch.manual_seed(0)
     assert torch.equal(loaded.weight, torch.nn.Linear(3, 2).weight)
     assert not (prov_dir / ".prov4ml_staging").exists()
+
+
+_DEFAULT_SCRIPT = textwrap.dedent("""
+    import json, sys, time, warnings
+    import torch
+    import prov4ml_lightning as prov4ml
+    from mlflow.tracking import MlflowClient  # the user's own reading of MLflow, right after end_run
+
+    prov_dir, mlflow_dir = sys.argv[1], sys.argv[2]
+    prov4ml.start_run("www.example.org", "contract", prov_dir, mlflow_dir)
+    for step in range(500):
+        prov4ml.log_metric("loss", 1.0 / (step + 1), step=step)
+    prov4ml.log_params({"lr": 0.01, "batch_size": 32})
+    torch.manual_seed(0)
+    prov4ml.log_model(torch.nn.Linear(3, 2), "net")
+    run_id = prov4ml.get_run_id()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        prov4ml.end_run()
+    end_s = time.perf_counter() - t0
+    client = MlflowClient(f"sqlite:///{mlflow_dir}/mlflow.db")
+    run = client.get_run(run_id)
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    print(json.dumps({
+        "status": run.info.status, "end_s": end_s,
+        "steps": sorted(m.step for m in client.get_metric_history(run_id, "loss")),
+        "params": run.data.params, "tags": sorted(run.data.tags),
+        "models": [(m.name, str(m.status), m.source_run_id) for m in models],
+        "prov": sorted(a.path for a in client.list_artifacts(run_id, "prov")),
+        "warnings": [str(w.message) for w in said], "run_id": run_id,
+    }))
+""")
+
+
+def _contract_script(tmp_path: Path, env_update: dict[str, str]) -> dict:
+    script = tmp_path / "contract.py"
+    script.write_text(_DEFAULT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env.pop(WAIT_ENV, None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(env_update)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "prov"), str(tmp_path / "mlflow")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_by_default_end_run_returns_with_the_finished_run_in_mlflow(tmp_path: Path) -> None:
+    """As ``mlflow.end_run`` and ``wandb.finish``: the script reads MLflow in the same process, right after."""
+    out = _contract_script(tmp_path, {})
+    assert out["status"] == "FINISHED"
+    assert out["steps"] == list(range(500))
+    assert user_params(out["params"]) == {"lr": "0.01", "batch_size": "32"}
+    assert [(name, status.rsplit(".", 1)[-1], rid) for name, status, rid in out["models"]] == [
+        ("net", "READY", out["run_id"])]
+    assert f"prov/provgraph_{out['run_id']}.json" in out["prov"] and "prov4ml.provenance_file" in out["tags"]
+    assert not [w for w in out["warnings"] if "MLflow" in w], out["warnings"]
+
+
+@pytest.mark.slow
+def test_a_wait_that_runs_out_warns_once_with_what_is_pending_and_mlflow_completes_after(tmp_path: Path) -> None:
+    from prov4ml_lightning.tracking.config import WAIT_TIMEOUT_ENV
+
+    out = _contract_script(tmp_path, {WAIT_TIMEOUT_ENV: "0"})
+    said = [w for w in out["warnings"] if "MLflow has not taken all of run" in w]
+    assert len(said) == 1, out["warnings"]
+    assert "pending: " in said[0] and "end_run" in said[0] and f"prov4ml sync {tmp_path / 'prov'}" in said[0]
+    # not an error: the service finished at the process's exit, and MLflow has the whole run
+    client, _ = _finished_run(tmp_path / "mlflow", out["run_id"])
+    assert sorted(m.step for m in client.get_metric_history(out["run_id"], "loss")) == list(range(500))

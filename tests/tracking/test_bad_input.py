@@ -134,7 +134,7 @@ def test_bad_context_and_status(run_args):
             prov4ml.log_metric("x", 1.0, context="train")
         with pytest.raises(Prov4MLInputError, match="status must be one of"):
             prov4ml.end_run("DONE")
-    assert Context.EVALUATION is Context.TESTING
+    assert Context.EVALUATION is not Context.TESTING and Context("evaluation") is Context.EVALUATION
 
 
 def test_artifact_path_escape_and_missing_file(run_args, tmp_path):

@@ -104,8 +104,8 @@ def test_check_key_needs_a_non_empty_string(key):
 def test_check_context_accepts_contexts_and_their_values():
     assert v.check_context(Context.VALIDATION, "log_metric") is Context.VALIDATION
     assert v.check_context("testing", "log_metric") is Context.TESTING
-    with pytest.raises(Prov4MLInputError,
-                       match=r"^log_metric: context must be a Context \(TRAINING, VALIDATION, TESTING\), got 'train'$"):
+    with pytest.raises(Prov4MLInputError, match=r"^log_metric: context must be a Context \(TRAINING, VALIDATION, "
+                                                r"TESTING, EVALUATION\), got 'train'$"):
         v.check_context("train", "log_metric")
 
 

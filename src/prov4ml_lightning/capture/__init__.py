@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from prov4ml_lightning.capture.model_info import model_statistics
 from prov4ml_lightning.capture.seeds import SeedInfo, detect_seed
 from prov4ml_lightning.capture.system_metrics import SystemMetricsSampler, sample_system_metrics
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.errors import Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLWarning, warn
 from prov4ml_lightning.tracking.registry import PROCESS_KEY
 
 if TYPE_CHECKING:
@@ -84,8 +83,8 @@ def _part(what: str, fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
     except Exception as err:  # capture is best effort: the run must go on
-        warnings.warn(f"start_run: could not capture the {what} ({err!r}); it is left out of the provenance",
-                      Prov4MLWarning, stacklevel=4)
+        warn(f"start_run: could not capture the {what} ({err!r}); it is left out of the provenance",
+             Prov4MLWarning)
         return None
 
 
@@ -143,6 +142,6 @@ def start_system_metrics(run: RunRecorder, interval: float) -> None:
 
 
 def _named(run: RunRecorder, sample: dict[str, float]) -> dict[str, float]:
-    # In a distributed run every rank's system metrics name the rank (rank0/system/...).
+    # In a distributed run every rank's system metrics name the rank (rank0/cpu_usage, rank0/system/...).
     prefix = run.system_prefix
     return {f"{prefix}{k}": val for k, val in sample.items()} if prefix else sample

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import warnings
 from typing import Any
 
-from prov4ml_lightning.errors import Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLWarning, warn
 
 __all__ = ["CARBON_FIELDS", "DEFAULT_COUNTRY", "CarbonTracker"]
 
@@ -51,9 +50,9 @@ class CarbonTracker:
                 except ImportError:
                     if not _missing_warned:
                         _missing_warned = True
-                        warnings.warn("log_carbon_metrics: CodeCarbon is not installed, so no energy or emissions "
-                                      "are recorded; install the extra: pip install 'prov4ml-lightning[energy]'",
-                                      Prov4MLWarning, stacklevel=3)
+                        warn("log_carbon_metrics: CodeCarbon is not installed, so no energy or emissions "
+                             "are recorded; install the extra: pip install 'prov4ml-lightning[energy]'",
+                             Prov4MLWarning)
                     self._failed = True
                     return {}
                 try:
@@ -64,8 +63,8 @@ class CarbonTracker:
                     self._tracker.start()
                 except Exception as err:
                     self._failed = True
-                    warnings.warn(f"log_carbon_metrics: CodeCarbon could not start ({err!r}); no energy is recorded",
-                                  Prov4MLWarning, stacklevel=3)
+                    warn(f"log_carbon_metrics: CodeCarbon could not start ({err!r}); no energy is recorded",
+                         Prov4MLWarning)
                     return {}
             try:
                 self._tracker.flush()

@@ -1,10 +1,13 @@
 """Size statistics of a ``torch.nn.Module``: parameter counts and memory footprint by dtype, and
-the sha256 of its weights (:func:`state_dict_sha256`), which ties a logged model to the
-checkpoint holding the same weights."""
+the sha256 of its weights (:func:`state_dict_sha256`, :func:`file_state_dict_sha256` for a saved file),
+which ties every entity holding the same weights (logged model, model version, checkpoint) together."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
+import zipfile
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +16,7 @@ import torch
 
 from prov4ml_lightning.errors import Prov4MLInputError
 
-__all__ = ["memory_footprint", "model_statistics", "state_dict_sha256"]
+__all__ = ["file_state_dict_sha256", "memory_footprint", "model_statistics", "state_dict_sha256"]
 
 
 def state_dict_sha256(state_dict: Mapping[str, Any]) -> str:
@@ -34,6 +37,20 @@ def state_dict_sha256(state_dict: Mapping[str, Any]) -> str:
             h.update(repr(value).encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def file_state_dict_sha256(path: str | os.PathLike[str]) -> str | None:
+    """:func:`state_dict_sha256` of the weights a saved file holds: a state dict
+    (``torch.save(model.state_dict())``) or a Lightning checkpoint's ``"state_dict"``. ``None`` when
+    the file holds neither, or holds objects that loading without running pickled code refuses."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError):
+        return None
+    state = saved.get("state_dict", saved) if isinstance(saved, Mapping) else None
+    if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        return None
+    return state_dict_sha256(state)
 
 
 def model_statistics(model: torch.nn.Module) -> dict[str, Any]:

@@ -56,26 +56,34 @@ def _gpu_metrics() -> dict[str, float]:
 
 
 def sample_system_metrics(disk_path: str | os.PathLike[str] = ".") -> dict[str, float]:
-    """One sample of CPU %, process and system memory, disk and (when present) GPU metrics.
+    """One sample of CPU %, process and system memory, disk and GPU metrics.
 
+    The original prov4ml's five metrics keep its names: ``cpu_usage``, ``memory_usage`` and
+    ``disk_usage`` (percent), ``gpu_usage`` and ``gpu_memory_usage`` (percent, the mean over this
+    machine's GPUs; 0 without one, as the original logged). What this project adds is under
+    ``system/``: the process's CPU % and RSS, memory used, disk I/O, each GPU's own readings.
     CPU % is measured since the previous call in this process (the first call primes it).
     """
     proc = psutil.Process()
     vm = psutil.virtual_memory()
     out = {
-        "system/cpu_percent": psutil.cpu_percent(interval=None),
+        "cpu_usage": psutil.cpu_percent(interval=None),
+        "memory_usage": vm.percent,
         "system/process_cpu_percent": proc.cpu_percent(interval=None),
         "system/process_rss_mb": proc.memory_info().rss / _MB,
         "system/memory_used_mb": (vm.total - vm.available) / _MB,
-        "system/memory_percent": vm.percent,
     }
     with contextlib.suppress(OSError):
-        out["system/disk_percent"] = psutil.disk_usage(os.fspath(disk_path)).percent
+        out["disk_usage"] = psutil.disk_usage(os.fspath(disk_path)).percent
     io = psutil.disk_io_counters()
     if io is not None:
         out["system/disk_read_mb"] = io.read_bytes / _MB
         out["system/disk_write_mb"] = io.write_bytes / _MB
-    out.update(_gpu_metrics())
+    gpus = _gpu_metrics()
+    for name, reading in (("gpu_usage", "utilization_percent"), ("gpu_memory_usage", "memory_percent")):
+        values = [v for k, v in gpus.items() if k.endswith(f"/{reading}")]
+        out[name] = sum(values) / len(values) if values else 0.0
+    out.update(gpus)
     return out
 
 

@@ -1,8 +1,10 @@
 """Model versions saved during a run (the original prov4ml's ``save_model_version``).
 
 Each call writes the module's state dict to its own file, logs it as an MLflow artifact under
-``model_versions/`` and records it in PROV as an entity with its sha256, derived from the version
-saved before it from the same module object (its weights were trained from those).
+``model_versions/`` and records it in PROV as an entity with the file's sha256 and the weights'
+``state_dict_sha256`` (the PROV builder links it to every other entity holding the same weights),
+derived from the version saved before it from the same module object (its weights were trained
+from those).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prov4ml_lightning.capture.measures import measures_of
+from prov4ml_lightning.capture.model_info import state_dict_sha256
 from prov4ml_lightning.errors import Prov4MLInputError
 
 if TYPE_CHECKING:
@@ -41,14 +44,16 @@ def save_version(run: RunRecorder, model: Any, model_name: str, context: Any = N
     version = 1 + sum(1 for a in run.artifacts if a.kind == MODEL_VERSION_KIND
                       and a.attributes.get("model_name") == model_name)
     path = folder / (f"{model_name}.pth" if version == 1 else f"{model_name}.v{version}.pth")
-    torch.save(model.state_dict(), path)
+    state = model.state_dict()
+    torch.save(state, path)
     measures = measures_of(run)
     previous = measures.versions.get(model)
     record = run.log_artifact(
         path, context, artifact_path="model_versions", kind=MODEL_VERSION_KIND, name=path.stem,
         derived_from=previous, call=call,
         attributes={"model_name": model_name, "version": version, "step": step,
-                    "model_class": f"{type(model).__module__}.{type(model).__qualname__}"},
+                    "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+                    "state_dict_sha256": state_dict_sha256(state)},
     )
     measures.versions[model] = record.name
     return record

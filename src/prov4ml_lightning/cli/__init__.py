@@ -10,9 +10,9 @@ Each subcommand is one module of this package that defines::
 and is registered by adding its module name to :data:`COMMANDS`, nothing else. Modules keep
 their heavy imports (prov, mlflow, graphviz) inside ``run`` so ``--help`` stays fast.
 
-Exit status: 0 success; 1 a check failed or differences were found (validate, diff) or the
-requested picture could not be drawn (render without Graphviz); 2 usage error or an input that
-cannot be read (missing file, malformed JSON, unknown run). Errors are one line on stderr.
+Exit status: 0 success; 1 a check failed (validate), inputs differ or cannot be told apart (diff)
+or the requested picture could not be drawn (render without Graphviz); 2 usage error or an input
+that cannot be read (missing file, malformed JSON, unknown run). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ COMMANDS: tuple[str, ...] = (
 _EPILOG = """\
 RUN_OR_FILE is a PROV-JSON file (provgraph_<run_id>.json), a run's provenance folder, or an
 MLflow run id together with --tracking-uri (or $MLFLOW_TRACKING_URI).
-Exit status: 0 ok, 1 check failed / differences found, 2 usage or input error."""
+Exit status: 0 ok, 1 check failed / inputs differ or cannot be told apart, 2 usage or input error."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 EXIT_OK = 0
-#: A check failed or differences were found.
+#: A check failed, or inputs differ or cannot be told apart (``diff``).
 EXIT_DIFFERENT = 1
 #: Usage error, or an input that cannot be read (missing, malformed).
 EXIT_USAGE = 2

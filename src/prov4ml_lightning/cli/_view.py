@@ -20,15 +20,31 @@ from prov4ml_lightning.cli._common import CliError
 from prov4ml_lightning.errors import Prov4MLError
 from prov4ml_lightning.provenance import Element, Relation, flatten, load_document
 
-__all__ = ["RunView", "datasets_by_name", "final_metrics", "fmt", "human_bytes", "join", "lower_is_better", "table"]
+__all__ = ["RunView", "datasets_by_name", "final_metrics", "final_weights", "fmt", "human_bytes", "initial_weights",
+           "join", "metric_direction", "table"]
 
 # Metric names where smaller is better; anything else is taken as larger-is-better.
-_LOWER_IS_BETTER = re.compile(r"loss|err|mse|mae|rmse|nll|perplex|time|latency|wer|cer|dist|bpd", re.I)
+# Names whose best value has a known direction; anything else (learning rates, system and carbon readings,
+# execution times, epochs, FLOPs) has no "best". Matched on the last path segment, as words.
+_NO_DIRECTION = re.compile(r"^(rank\d+/)?((system|execution_time|lr)\b|lr[-_]|(epoch|step|\w*flops|cpu_usage|"
+                           r"memory_usage|disk_usage|gpu_usage|gpu_memory_usage|emissions|emissions_rate|"
+                           r"\w*_power|\w*_energy|energy_consumed)$)", re.I)
+_MIN_BEST = re.compile(r"loss|err(or)?|mse|mae|rmse|nll|perplex|wer|cer|bpd|distance|xent|cross_?entropy|"
+                       r"(^|_)ce(_|$)", re.I)
+_MAX_BEST = re.compile(r"acc(uracy)?|f1|precision|recall|auc|auroc|iou|dice|bleu|rouge|r2|top\d|map\b|score", re.I)
 
 
-def lower_is_better(metric: str) -> bool:
-    """Whether the "best" value of ``metric`` is its minimum (losses, errors, times)."""
-    return _LOWER_IS_BETTER.search(metric) is not None
+def metric_direction(metric: str) -> str | None:
+    """``"min"`` or ``"max"``, where the "best" value of ``metric`` is known to be its minimum (losses,
+    errors) or its maximum (accuracy, F1, AUC...); ``None`` for a metric with no better direction."""
+    if _NO_DIRECTION.search(metric):
+        return None
+    last = metric.rsplit("/", 1)[-1]
+    if _MIN_BEST.search(last):
+        return "min"
+    if _MAX_BEST.search(last):
+        return "max"
+    return None
 
 
 def fmt(value: Any, limit: int = 60) -> str:
@@ -129,6 +145,15 @@ class RunView:
         return self.one("Environment")
 
     @property
+    def command_line(self) -> Any:
+        return self.environment.get("command_line")
+
+    @property
+    def environment_variables(self) -> dict[str, Any]:
+        """The selected environment variables the run recorded (``env_<NAME>``), by name."""
+        return {k.removeprefix("env_"): v for k, v in self.environment.items() if k.startswith("env_")}
+
+    @property
     def duration(self) -> float | None:
         if self.run and self.run.start and self.run.end:
             return (self.run.end - self.run.start).total_seconds()
@@ -187,6 +212,30 @@ def datasets_by_name(view: RunView) -> dict[str, dict[str, Any]]:
             key += "'"
         out[key] = dict(e.attrs)
     return out
+
+
+def initial_weights(view: RunView) -> dict[str, Any]:
+    """``state_dict_sha256`` (``None`` when not recorded) of the weights each fit started from
+    (the ``ModelState`` it used: fresh, or restored from a checkpoint), keyed by the fit's label."""
+    states = {e.ident: e for e in view.typed("ModelState")}
+    fits = {e.ident: e for e in view.typed("Fit")}
+    out: dict[str, Any] = {}
+    for rel in view.relations:
+        if rel.name == "used" and rel.subject in fits and rel.obj in states:
+            out[fits[rel.subject].label] = states[rel.obj].attrs.get("state_dict_sha256")
+    return out
+
+
+def final_weights(view: RunView) -> dict[str, Any]:
+    """``state_dict_sha256`` of each logged model's latest version, keyed by the model's name."""
+    latest: dict[str, Element] = {}
+    for model in view.typed("Model"):
+        name = str(model.attrs.get("name", model.label))
+        version = model.attrs.get("version")
+        held = latest.get(name)
+        if held is None or (isinstance(version, int) and version > (held.attrs.get("version") or 0)):
+            latest[name] = model
+    return {name: m.attrs.get("state_dict_sha256") for name, m in latest.items()}
 
 
 def final_metrics(view: RunView) -> dict[tuple[str, str], Element]:

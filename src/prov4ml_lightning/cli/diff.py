@@ -1,18 +1,29 @@
-"""Compare two runs' provenance: what went in differently, and what came out.
+"""Compare two runs' provenance: what went in differently, what cannot be told apart, and what came out.
 
-Inputs compared: code (git commit, branch, dirty flag, hash of the uncommitted diff, script
-and its hash), environment (Python/torch/Lightning/MLflow versions and every package whose
-version changed, from the packages file next to each document), data (each dataset's
-fingerprint, length, class, batch size), hyperparameters, seed, and hardware (host, platform,
-CPU, RAM, GPU). Outputs: every metric's final value side by side with the change.
+Inputs compared, section by section: code (git commit, branch, dirty flag, hash of the
+uncommitted diff, script and its hash), the command line (``sys.argv`` as recorded, secrets
+redacted), environment (Python/torch/Lightning/MLflow versions and every package whose version
+changed, from the packages file next to each document), the recorded environment variables,
+data (per dataloader: fingerprint, length, class, and the loader's batch_size, shuffle,
+sampler, drop_last, num_workers), hyperparameters (not the execution_start_time/end_time
+params, which say when, not how), seed, weights (the state-dict hash each fit started from) and
+hardware (host, platform, CPU, RAM, GPU). Outcomes, shown but not counted:
+every metric's final value, and the final weights (each logged model's latest version).
 
-Exit status 1 when any input differs, 0 when none does. Metrics are outcomes, shown but not
-counted: two runs with identical inputs rarely end on bit-identical timings.
+Nothing is called the same without being known to be: two dataset fingerprints that agree show
+the same data only when both hash the whole content (fingerprint_status complete, or the
+dataset's own hook); a sampled fingerprint (status sample, or an older document's complete
+with the 8-item method), a reference, or no fingerprint is reported "cannot tell", as is a
+section neither run recorded.
+
+Exit status, as diff(1): 0 every input is known to be the same; 1 some input differs or
+cannot be told apart (the summary line says which); 2 an input cannot be read.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,28 +36,46 @@ from prov4ml_lightning.cli._common import (
     echo,
     resolve_prov_file,
 )
-from prov4ml_lightning.cli._view import RunView, datasets_by_name, final_metrics, fmt, table
+from prov4ml_lightning.cli._view import (
+    RunView,
+    datasets_by_name,
+    final_metrics,
+    final_weights,
+    fmt,
+    initial_weights,
+    table,
+)
 
-__all__ = ["HELP", "NAME", "Difference", "add_arguments", "compare", "run"]
+__all__ = ["HELP", "NAME", "SECTIONS", "Difference", "add_arguments", "compare", "fingerprint_kind", "run"]
 
 NAME = "diff"
-HELP = "what differs between two runs: code, environment, data, hyperparameters, seed, hardware, metrics"
+HELP = ("what differs between two runs, and what cannot be told apart: code, command line, environment and its "
+        "variables, data and dataloaders, hyperparameters, seed, initial weights, hardware; final metrics and weights")
 
 _CODE_KEYS = ("git_commit", "git_branch", "git_dirty", "git_diff_sha256", "git_remote", "script_path",
               "script_sha256")
-_DATA_KEYS = ("fingerprint", "length", "dataset_class", "batch_size", "num_workers")
-#: Sections in the order they are printed; all count as differences.
-SECTIONS = ("code", "environment", "data", "hyperparameters", "seed", "hardware")
+_DATA_KEYS = ("length", "dataset_class", "batch_size", "shuffle", "sampler", "drop_last", "num_workers")
+#: Sections in the order they are printed; all are inputs.
+SECTIONS = ("code", "command line", "environment", "environment variables", "data", "hyperparameters", "seed",
+            "weights", "hardware")
+#: The method text of the fingerprint older documents called "complete": a sample, not the whole content.
+_SAMPLED_METHOD = re.compile(r"\bof \d+ evenly spaced items\b")
+#: Parameters that record when the run happened (the original prov4ml's), not how: never inputs.
+_TIMES = re.compile(r"^execution_(start|end)_time(/\d+)?$")
+_NOT_CONTENT = {"reference": "reference only", "unknown": "not fingerprinted", "pending": "not fingerprinted",
+                "not_sampled": "not fingerprinted"}
 
 
 @dataclass(frozen=True)
 class Difference:
-    """One value that differs between run A and run B (``None``: not recorded in that run)."""
+    """One input of run A and run B (``None``: not recorded in that run) that differs or, when
+    ``cannot_tell`` says why (``"sampled"``), that cannot be told apart."""
 
     section: str
     key: str
     a: Any
     b: Any
+    cannot_tell: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +109,39 @@ def _environment(a: RunView, b: RunView) -> list[Difference]:
     return out
 
 
+def fingerprint_kind(attrs: Mapping[str, Any]) -> str | None:
+    """What a dataset's fingerprint says about its content: ``None`` a hash of all of it (status
+    ``complete`` with a whole-content method, or ``hook``, the dataset's own identity);
+    ``"sampled"`` a hash of some items; otherwise why it is no content hash at all."""
+    if not attrs.get("fingerprint"):
+        return "not fingerprinted"
+    status = attrs.get("fingerprint_status")
+    if status == "hook" or (status == "complete" and not _SAMPLED_METHOD.search(str(attrs.get("fingerprint_method")))):
+        return None
+    if status in ("sample", "complete"):
+        return "sampled"
+    return _NOT_CONTENT.get(str(status), "fingerprint of unknown kind")
+
+
+def _fingerprints(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> Difference | None:
+    """The fingerprints of one dataset in both runs: different, cannot tell, or (``None``) the same."""
+    fa, fb = a.get("fingerprint"), b.get("fingerprint")
+    kinds = (fingerprint_kind(a), fingerprint_kind(b))
+    content = all(k in (None, "sampled") for k in kinds)  # hashes of the content, whole or sampled
+    how = [(d.get("fingerprint_method"), d.get("fingerprint_sample_size")) for d in (a, b)]
+    if not content:
+        why = next(k for k in kinds if k not in (None, "sampled"))
+    elif how[0] != how[1]:
+        why = "fingerprinted differently"
+    elif not _same(fa, fb):
+        return Difference("data", key, fa, fb)  # the same hash of the same items disagrees
+    elif "sampled" in kinds:
+        why = "sampled"
+    else:
+        return None
+    return Difference("data", key, fa, fb, cannot_tell=why)
+
+
 def _data(a: RunView, b: RunView) -> list[Difference]:
     da, db = datasets_by_name(a), datasets_by_name(b)
     out: list[Difference] = []
@@ -87,26 +149,48 @@ def _data(a: RunView, b: RunView) -> list[Difference]:
         if name not in da or name not in db:
             out.append(Difference("data", name, "present" if name in da else None, "present" if name in db else None))
             continue
+        found = _fingerprints(f"{name} fingerprint", da[name], db[name])
+        out += [found] if found else []
         out += _pairs("data", da[name], db[name], _DATA_KEYS, prefix=f"{name} ")
     return out
 
 
+def _weights(a: RunView, b: RunView) -> list[Difference]:
+    wa, wb = initial_weights(a), initial_weights(b)
+    out: list[Difference] = []
+    for fit in sorted(set(wa) | set(wb)):
+        key = f"{fit} initial state_dict_sha256"
+        if fit not in wa or fit not in wb:  # one run has a fit the other has not
+            out.append(Difference("weights", key, wa.get(fit), wb.get(fit)))
+        elif wa[fit] is None or wb[fit] is None:
+            out.append(Difference("weights", key, wa[fit], wb[fit], cannot_tell="not recorded"))
+        elif not _same(wa[fit], wb[fit]):
+            out.append(Difference("weights", key, wa[fit], wb[fit]))
+    return out
+
+
 def compare(a: RunView, b: RunView) -> list[Difference]:
-    """Every input that differs between runs ``a`` and ``b``, section by section."""
+    """Every input that differs between runs ``a`` and ``b``, or cannot be told apart, section by section."""
     return [
         *_pairs("code", a.code, b.code, _CODE_KEYS),
+        *_pairs("command line", {"command_line": a.command_line}, {"command_line": b.command_line}),
         *_environment(a, b),
+        *_pairs("environment variables", a.environment_variables, b.environment_variables),
         *_data(a, b),
-        *_pairs("hyperparameters", a.params, b.params),
+        *_pairs("hyperparameters", *({k: v for k, v in view.params.items() if not _TIMES.match(k)} for view in (a, b))),
         *_pairs("seed", {"seed": a.seed}, {"seed": b.seed}),
+        *_weights(a, b),
         *_pairs("hardware", a.hardware, b.hardware),
     ]
 
 
 def _recorded(view: RunView, section: str) -> bool:
     return bool({
-        "code": view.code, "environment": view.environment, "data": view.typed("Dataset"),
-        "hyperparameters": view.params, "seed": view.seed is not None, "hardware": view.hardware,
+        "code": view.code, "command line": view.command_line is not None, "environment": view.environment,
+        # the variables of the selection that were not set are absent: an environment says they were unset
+        "environment variables": view.environment, "data": view.typed("Dataset"),
+        "hyperparameters": view.params, "seed": view.seed is not None, "weights": initial_weights(view),
+        "hardware": view.hardware,
     }[section])
 
 
@@ -121,33 +205,81 @@ def _metric_rows(a: RunView, b: RunView) -> list[tuple[Any, ...]]:
     return rows
 
 
+def _weight_rows(a: RunView, b: RunView) -> list[tuple[Any, ...]]:
+    wa, wb = final_weights(a), final_weights(b)
+    rows: list[tuple[Any, ...]] = []
+    for name in sorted(set(wa) | set(wb)):
+        va, vb = wa.get(name), wb.get(name)
+        verdict = "-" if va is None or vb is None else "same" if va == vb else "different"
+        rows.append((fmt(name, 40), fmt(va, 20), fmt(vb, 20), verdict))
+    return rows
+
+
+def _shown(value: Any, other: Any, width: int = 50) -> str:
+    """``value`` in a table cell; a long text that begins as ``other`` does (a command line with
+    one more argument) is shown from a little before where the two part."""
+    if isinstance(value, str) and isinstance(other, str) and len(value) > width:
+        common = next((i for i, (x, y) in enumerate(zip(value, other)) if x != y), min(len(value), len(other)))
+        if common > width // 2:
+            return fmt("\u2026" + value[common - 15:], width)
+    return fmt(value, width)
+
+
+def _print_section(section: str, rows: list[Difference], recorded: bool) -> str | None:
+    """Print one section; return why it cannot be told apart (``None``: same, or only differences)."""
+    echo("")
+    if not rows:
+        if recorded:
+            echo(f"{section}: same")
+            return None
+        echo(f"{section}: not recorded in either run: cannot tell")
+        return "not recorded in either run"
+    differ = sum(d.cannot_tell is None for d in rows)
+    unknown = [d for d in rows if d.cannot_tell is not None]
+    counts = [f"{differ} difference{'s' if differ > 1 else ''}" if differ else "",
+              f"{len(unknown)} cannot tell" if unknown else ""]
+    echo(f"{section}: {', '.join(c for c in counts if c)}")
+    cells = [(d.key, _shown(d.a, d.b), _shown(d.b, d.a), *([f"{d.cannot_tell}: cannot tell"] if d.cannot_tell else []))
+             for d in rows]
+    for line in table([("", "A", "B"), *cells]):
+        echo(line)
+    return "; ".join(f"{d.key}: {d.cannot_tell}" for d in unknown) or None
+
+
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
     a = RunView.load(resolve_prov_file(args.run_a, args.tracking_uri, scratch))
     b = RunView.load(resolve_prov_file(args.run_b, args.tracking_uri, scratch))
-    differences = compare(a, b)
+    found = compare(a, b)
     echo(f"A: {a.title()}  {a.path}")
     echo(f"B: {b.title()}  {b.path}")
+    unknown: dict[str, str] = {}
     for section in SECTIONS:
-        rows = [d for d in differences if d.section == section]
-        echo("")
-        if rows:
-            echo(f"{section}: {len(rows)} difference{'s' if len(rows) > 1 else ''}")
-            for line in table([("", "A", "B"), *((d.key, fmt(d.a, 50), fmt(d.b, 50)) for d in rows)]):
-                echo(line)
-        elif not (_recorded(a, section) or _recorded(b, section)):
-            echo(f"{section}: not recorded in either run")
-        else:
-            echo(f"{section}: same")
+        why = _print_section(section, [d for d in found if d.section == section],
+                             _recorded(a, section) or _recorded(b, section))
+        if why:
+            unknown[section] = why
     metric_rows = _metric_rows(a, b)
     if metric_rows:
         echo("")
         echo("metrics (final values; outcomes, not counted as differences)")
         for line in table([("context", "metric", "A", "B", "B-A"), *metric_rows]):
             echo(line)
+    weight_rows = _weight_rows(a, b)
+    if weight_rows:
+        echo("")
+        echo("final weights (state_dict_sha256 of each model's latest version; outcomes, not counted)")
+        for line in table([("model", "A", "B", ""), *weight_rows]):
+            echo(line)
     echo("")
+    differences = [d for d in found if d.cannot_tell is None]
+    cannot = "cannot tell: " + ", ".join(f"{s} ({why})" for s, why in unknown.items())
     if differences:
         counts = ", ".join(f"{s} {n}" for s in SECTIONS if (n := sum(d.section == s for d in differences)))
-        echo(f"{len(differences)} input difference{'s' if len(differences) > 1 else ''} ({counts})")
+        echo(f"{len(differences)} input difference{'s' if len(differences) > 1 else ''} ({counts})"
+             + (f"; {cannot}" if unknown else ""))
+        return EXIT_DIFFERENT
+    if unknown:
+        echo(f"no recorded input differs, but {cannot}")
         return EXIT_DIFFERENT
     echo("no input differences")
     return EXIT_OK

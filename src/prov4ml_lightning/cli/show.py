@@ -2,8 +2,9 @@
 the code, the data, the hyperparameters, the final and best value of each metric per context,
 the checkpoints, the model and the files.
 
-"best" is the minimum for metrics whose name says smaller is better (loss, error, mse, mae,
-time, ...) and the maximum otherwise.
+"best" is the minimum for metrics whose name says smaller is better (loss, error, mse, mae, ...),
+the maximum for those whose name says larger is better (accuracy, F1, AUC, ...), and not given
+for any other (learning rates, system and carbon readings, times: no direction is better).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 from prov4ml_lightning.cli._common import EXIT_OK, Scratch, add_run_argument, echo, resolve_prov_file
-from prov4ml_lightning.cli._view import RunView, datasets_by_name, fmt, human_bytes, join, lower_is_better, table
+from prov4ml_lightning.cli._view import RunView, datasets_by_name, fmt, human_bytes, join, metric_direction, table
 
 __all__ = ["HELP", "NAME", "add_arguments", "run", "summary"]
 
@@ -93,6 +94,7 @@ def summary(view: RunView) -> list[str]:
     lines.extend(_early_stopping(view))
     lines.extend(_metrics(view))
     lines.extend(_checkpoints(view))
+    lines.extend(_model_versions(view))
 
     models = view.typed("Model")
     if models:
@@ -124,11 +126,11 @@ def _metrics(view: RunView) -> list[str]:
         for m in sorted(by_context[context], key=lambda e: str(e.attrs.get("name", e.label))):
             a = m.attrs
             name = str(a.get("name", m.label))
-            lower = lower_is_better(name)
-            best = a.get("min_value") if lower else a.get("max_value")
+            direction = metric_direction(name)
+            best = a.get(f"{direction}_value") if direction else None
             steps = f"{a.get('first_step')}-{a.get('last_step')}" if a.get("first_step") is not None else "-"
             rows.append((context, fmt(name, 40), fmt(a.get("last_value")),
-                         f"{fmt(best)} ({'min' if lower else 'max'})" if best is not None else "-",
+                         f"{fmt(best)} ({direction})" if best is not None else "-",
                          fmt(a.get("count")), steps))
     return ["", "Metrics (final and best per context)", *table(rows)]
 
@@ -184,6 +186,23 @@ def _checkpoints(view: RunView) -> list[str]:
     more = len(checkpoints) - len(shown)
     return ["", f"Checkpoints ({len(checkpoints)}{f', best and last {len(shown)} shown' if more else ''})",
             *table(rows)]
+
+
+def _model_versions(view: RunView) -> list[str]:
+    """Every version ``save_model_version`` (or a ``ModelVersioningLogger``) saved, in step order."""
+    versions = view.typed("Model_version")
+    if not versions:
+        return []
+
+    def order(v: Any) -> tuple[float, str]:
+        step = v.attrs.get("step")
+        return (float(step) if _finite(step) else math.inf, v.label)
+
+    rows = [(v.label, fmt(v.attrs.get("model_name"), 30),
+             f"step {v.attrs['step']}" if v.attrs.get("step") is not None else "",
+             f"weights {str(v.attrs['state_dict_sha256'])[:12]}" if v.attrs.get("state_dict_sha256") else "",
+             _tail(v.attrs.get("path"), 70)) for v in sorted(versions, key=order)]
+    return ["", f"Model versions ({len(versions)})", *table(rows)]
 
 
 def _files(view: RunView) -> list[str]:

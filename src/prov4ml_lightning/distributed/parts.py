@@ -28,14 +28,13 @@ import dataclasses
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.distributed.ranks import RankInfo, rank_from_env, share_run, torch_broadcast
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
 from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.sinks.base import NullSink
 from prov4ml_lightning.tracking import registry
@@ -81,8 +80,8 @@ class RankGroup:
         try:
             self.merge(run, status)
         except Exception as err:
-            warnings.warn(f"end_run: could not merge the parts of the other ranks ({err!r}); rank 0's "
-                          "records are written", Prov4MLWarning, stacklevel=4)
+            warn(f"end_run: could not merge the parts of the other ranks ({err!r}); rank 0's "
+                 "records are written", Prov4MLWarning)
 
     def merge(self, run: RunRecorder, status: str) -> None:
         """Fold every rank's part into ``run`` (once), before the run closes."""

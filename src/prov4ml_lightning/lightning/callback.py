@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +21,7 @@ from typing_extensions import override
 from prov4ml_lightning.distributed.handoff import handoff_path, read_handoff, write_handoff
 from prov4ml_lightning.distributed.parts import SilentRun, open_part, shared_of
 from prov4ml_lightning.distributed.ranks import rank_from_trainer, share_run
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
 from prov4ml_lightning.lightning.checkpoints import CheckpointHooks
 from prov4ml_lightning.lightning.evaluation import EvaluationHooks
 from prov4ml_lightning.lightning.hparams import early_stopping_state, fit_params, prov_attr, warn_renamed
@@ -46,7 +45,7 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
     trainer settings, optimizers and LR schedulers), every value the module logs with
     ``self.log`` with the keys, steps and values Lightning hands its loggers (:mod:`.tap`; the
     README's "Step semantics"), the context of each key in PROV and in the MLflow tag
-    ``prov4ml.context.<key>``, learning rates as ``LearningRateMonitor`` logs them, one PROV
+    ``metric.context.<key>``, learning rates as ``LearningRateMonitor`` logs them, one PROV
     activity per fit, training epoch, validation loop and sanity check, the datasets each one
     read, every checkpoint ModelCheckpoint saved, the early-stopping decision, and the final
     model. The sanity check is recorded as an activity but its metrics are not (Lightning's
@@ -73,7 +72,8 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
         log_every_n_steps: ``None`` records every training step value Lightning logs; ``N`` only
             those at steps ``s`` with ``(s + 1) % N == 0``; 0 epoch values only.
         log_learning_rates: record learning rates as ``LearningRateMonitor()`` names and times them.
-        log_datasets: record dataset entities with a content fingerprint of 8 items.
+        log_datasets: record dataset entities with a content fingerprint of all their data
+            (``capture/fingerprint.py``; computed off the training thread).
         log_checkpoints: record each checkpoint file ModelCheckpoint saves (path, sha256, score).
         upload_checkpoints: also copy each checkpoint into the MLflow artifacts. Off by default:
             a checkpoint holds the weights and optimizer state (three times the model for Adam),
@@ -283,8 +283,8 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
                 "(one callback records fit, validate, test and predict of the Trainer in one run)")
         self._dev_run = bool(getattr(trainer, "fast_dev_run", False))
         if self._dev_run:
-            warnings.warn("Prov4MLCallback: fast_dev_run is on; nothing is recorded (Lightning turns its loggers "
-                          "off for a dev run too)", Prov4MLWarning, stacklevel=2)
+            warn("Prov4MLCallback: fast_dev_run is on; nothing is recorded (Lightning turns its loggers "
+                 "off for a dev run too)", Prov4MLWarning)
             return
         self._listen(trainer)
 

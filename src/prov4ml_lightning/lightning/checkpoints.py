@@ -5,11 +5,14 @@ hashed once they are on disk. A part of the callback: its state lives in ``Prov4
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
+
+from prov4ml_lightning.capture.model_info import state_dict_sha256
 
 __all__ = ["CheckpointHooks"]
 
@@ -20,15 +23,20 @@ class CheckpointHooks(Callback):
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        self._loaded = {"global_step": int(checkpoint.get("global_step", 0)), "epoch": checkpoint.get("epoch")}
+        weights = checkpoint.get("state_dict") if trainer.is_global_zero else None  # rank zero records
+        self._loaded = {"global_step": int(checkpoint.get("global_step", 0)), "epoch": checkpoint.get("epoch"),
+                        "weights": state_dict_sha256(weights) if isinstance(weights, Mapping) else None}
 
     def _used_checkpoint(self, trainer: pl.Trainer, activity: str, restored_model: bool) -> dict[str, Any]:
         """Record the checkpoint Lightning loaded for this stage (if any); its attributes for the activity."""
         loaded, self._loaded = self._loaded, None
         if loaded is None or not trainer.ckpt_path:
             return {}
+        # A resumed fit's weights as the module holds them after loading (strict_loading=False may load part).
+        restored = (state_dict_sha256(trainer.lightning_module.state_dict())
+                    if restored_model and trainer.is_global_zero else None)
         self.link.use_checkpoint(str(trainer.ckpt_path), loaded["global_step"], loaded["epoch"], activity,
-                                 restored_model=restored_model)
+                                 restored_model=restored_model, weights=loaded.get("weights"), restored=restored)
         return {"resumed_from" if restored_model else "checkpoint": str(trainer.ckpt_path),
                 "start_step": loaded["global_step"]}
 

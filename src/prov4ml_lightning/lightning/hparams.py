@@ -5,7 +5,10 @@ Key layout (documented in the README's callback section):
 
 - ``<name>``: the LightningModule's ``save_hyperparameters()`` values, as Lightning's own
   loggers log them; nested dicts become ``outer/inner``.
-- ``datamodule/<name>``: the LightningDataModule's ``hparams`` (prefixed: the two may share names).
+- ``<name>`` too for the LightningDataModule's ``hparams``: Lightning merges module and datamodule
+  hparams for its loggers, so MLFlowLogger writes both at the top level; a datamodule value that
+  differs from the module's under the same name (Lightning's loggers refuse that fit) is kept as
+  ``datamodule/<name>``.
 - ``trainer/<setting>``: max_epochs, precision, accumulate_grad_batches, gradient clipping,
   strategy, accelerator, devices, limits, ``seed`` when ``lightning.seed_everything`` set one.
 - ``optimizer/<i>/<setting>``: class and defaults of optimizer ``i`` (``lr``, ``betas``, ...),
@@ -19,11 +22,10 @@ Also here: the early-stopping decision (:func:`early_stopping_state`), an attrib
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from prov4ml_lightning.errors import Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLWarning, warn
 from prov4ml_lightning.tracking import validation as v
 
 __all__ = [
@@ -56,9 +58,13 @@ def fit_params(trainer: Any, module: Any, notes: list[str]) -> dict[str, Any]:
     from prov4ml_lightning.tracking.validation import flatten_params
 
     flat = flatten_params(clean_hparams(module_hparams(module), notes), "Prov4MLCallback")
-    sources = (clean_hparams(datamodule_hparams(trainer.datamodule), notes), trainer_params(trainer),
-               optimizer_params(trainer))
-    for source in sources:
+    datamodule = flatten_params(clean_hparams(datamodule_hparams(trainer.datamodule), notes), "Prov4MLCallback")
+    for key, value in datamodule.items():
+        if key in flat and flat[key] != value:
+            flat[f"datamodule/{key}"] = value
+        else:
+            flat.setdefault(key, value)
+    for source in (trainer_params(trainer), optimizer_params(trainer)):
         for key, value in flatten_params(source, "Prov4MLCallback").items():
             flat.setdefault(key, value)
     return flat
@@ -71,11 +77,11 @@ def module_hparams(module: Any) -> dict[str, Any]:
 
 
 def datamodule_hparams(datamodule: Any) -> dict[str, Any]:
-    """``datamodule.hparams`` under ``datamodule/``."""
+    """``datamodule.hparams`` as a plain dict (empty without a datamodule or its ``save_hyperparameters``)."""
     if datamodule is None:
         return {}
     hparams = getattr(datamodule, "hparams", None)
-    return {"datamodule": dict(hparams)} if isinstance(hparams, Mapping) and hparams else {}
+    return dict(hparams) if isinstance(hparams, Mapping) else {}
 
 
 def trainer_params(trainer: Any) -> dict[str, Any]:
@@ -220,8 +226,8 @@ def warn_renamed(params: Mapping[str, Any], notes: list[str]) -> None:
 
     notes = notes + [f"{key!r} -> {mkey!r} in MLflow" for key in params if (mkey := mlflow_safe_key(key)) != key]
     if notes:
-        warnings.warn("Prov4MLCallback: hyperparameter names no run accepts as they are were renamed: "
-                      + ", ".join(notes), Prov4MLWarning, stacklevel=3)
+        warn("Prov4MLCallback: hyperparameter names no run accepts as they are were renamed: "
+             + ", ".join(notes), Prov4MLWarning)
 
 
 def prov_attr(value: Any) -> Any:

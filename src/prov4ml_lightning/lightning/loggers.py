@@ -24,6 +24,7 @@ from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
+from prov4ml_lightning.capture.model_info import file_state_dict_sha256
 from prov4ml_lightning.capture.versions import MODEL_VERSION_KIND
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.tracking.registry import current_run, require_run
@@ -123,8 +124,8 @@ class ProvMLLogger(Logger):
 
 class ModelVersioningLogger(ProvMLLogger):
     """:class:`ProvMLLogger` that also records every checkpoint Lightning saves as a model version
-    (an entity with its sha256, derived from the previous version, uploaded to the MLflow
-    artifacts ``model_versions/``).
+    (an entity with the file's sha256 and the ``state_dict_sha256`` of the weights it holds,
+    derived from the previous version, uploaded to the MLflow artifacts ``model_versions/``).
 
     Args:
         save_dir: the folder Lightning puts this logger's files (and, as first logger, the
@@ -162,7 +163,8 @@ class ModelVersioningLogger(ProvMLLogger):
                                       name=os.path.splitext(os.path.basename(path))[0],
                                       derived_from=self._previous, call="ModelVersioningLogger",
                                       attributes={"model_name": self.name,
-                                                  "saved_by": type(checkpoint_callback).__name__})
+                                                  "saved_by": type(checkpoint_callback).__name__,
+                                                  "state_dict_sha256": file_state_dict_sha256(path)})
             self._previous = record.name
 
 

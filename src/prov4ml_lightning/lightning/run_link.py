@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import os
 import time
-import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,12 +29,12 @@ from typing import Any
 
 import torch
 
-from prov4ml_lightning.capture.datasets import DatasetInfo, describe_dataloader, flatten_dataloaders
+from prov4ml_lightning.capture.datasets import declare_loader, flatten_dataloaders
 from prov4ml_lightning.capture.model_info import state_dict_sha256
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.distributed.parts import attach_ranks
 from prov4ml_lightning.distributed.ranks import RankInfo
-from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning, warn
 from prov4ml_lightning.files import sha256_path
 from prov4ml_lightning.lightning.null_link import NullLink
 from prov4ml_lightning.records import MetricSeries
@@ -109,8 +108,7 @@ class RunLink:
         self._segments: dict[str, dict[tuple[str, Context], _Segment]] = {}
         self._keys: dict[tuple[Any, Context], str] = {}  # (key logged, context) -> key recorded
         self._last_ts = 0  # ms timestamp of the last log call
-        self._datasets: weakref.WeakKeyDictionary[Any, DatasetInfo] = weakref.WeakKeyDictionary()
-        self._declared: set[str] = set()
+        self._datasets: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # loader -> entity
         self._ckpt_seen: set[tuple[str, int, int]] = set()
         self._ckpt_chain: list[tuple[int, str]] = []  # (global step, name), in save order
         self._ckpt_records: dict[str, Any] = {}  # absolute path -> latest ArtifactRecord
@@ -148,13 +146,13 @@ class RunLink:
 
     def _key(self, name: Any, context: Context) -> str:
         """The series of a key Lightning logs: MLflow gets the key itself (as ``MLFlowLogger``; MLflow's
-        name rules applied by the sink, one warning), tagged ``prov4ml.context.<key>``; an empty key
+        name rules applied by the sink, one warning), tagged ``metric.context.<key>``; an empty key
         (no run accepts one) is recorded as ``_empty``, with one warning."""
         key = name if isinstance(name, str) else str(name)
         if not key.strip():
             key = "_empty"
-            warnings.warn(f"Prov4MLCallback: a value logged under the empty name {name!r} is recorded as {key!r}",
-                          Prov4MLWarning, stacklevel=4)
+            warn(f"Prov4MLCallback: a value logged under the empty name {name!r} is recorded as {key!r}",
+                 Prov4MLWarning)
         self.run.name_series(key, context, key, call="Prov4MLCallback")
         self._keys[(name, context)] = key
         return key
@@ -201,34 +199,26 @@ class RunLink:
                 name = new
             refs.append(("param", name))
         if conflicts:
-            warnings.warn(f"Prov4MLCallback: {fit} runs with other values for {sorted(conflicts)} than the run's "
-                          "first; MLflow keeps the first values, the PROV document records this fit's as new "
-                          "parameter entities derived from them", Prov4MLWarning, stacklevel=3)
+            warn(f"Prov4MLCallback: {fit} runs with other values for {sorted(conflicts)} than the run's "
+                 "first; MLflow keeps the first values, the PROV document records this fit's as new "
+                 "parameter entities derived from them", Prov4MLWarning)
         return refs
 
     # -- datasets -----------------------------------------------------------------------------
     def datasets(self, loaders: Any, role: str) -> list[Ref]:
-        """Dataset entities of ``loaders`` (added once per dataloader); their references."""
+        """Dataset entities of ``loaders`` (declared once per dataloader, used by the loops that list
+        them; their fingerprints are computed off the training thread: ``capture/dataset_records.py``)."""
         refs = []
-        inputs = []  # new datasets, for MLflow's dataset inputs
         for i, loader in enumerate(flatten_dataloaders(loaders)):
             try:
-                info = self._datasets.get(loader)
+                name = self._datasets.get(loader)
             except TypeError:  # not weak-referenceable
-                info = None
-            if info is None:
-                info = describe_dataloader(loader, role, i)
+                name = None
+            if name is None:
+                name = declare_loader(self.run, loader, role, i)
                 with contextlib.suppress(TypeError):
-                    self._datasets[loader] = info
-            if info.name not in self._declared:
-                self._declared.add(info.name)
-                # declared only: the loops that read it use it, when they start (not the run)
-                self.run.add_entity("dataset", "Dataset", info.name, info.attributes, label=info.label,
-                                    relation="none")
-                inputs.append({"name": info.name, **info.attributes})
-            refs.append(("dataset", info.name))
-        if inputs:  # once per dataset and run, like the entity: the run page's "Datasets"
-            self.run.call_sink("log dataset inputs", self.run.sink.log_dataset_inputs, self.run_id, inputs)
+                    self._datasets[loader] = name
+            refs.append(("dataset", name))
         return refs
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -245,12 +235,14 @@ class RunLink:
         return {path: name for path, name in names.items() if os.path.lexists(path)}
 
     def use_checkpoint(self, ckpt_path: str, step: int, epoch: int | None, activity: str, *,
-                       restored_model: bool) -> None:
-        """``activity`` started from the checkpoint ``ckpt_path`` (saved at ``step``): the checkpoint
-        entity, used by it (the same id an earlier session gave the file, so the two meet in the
-        merged document) and, for a resumed fit, the restored model state derived from it."""
+                       restored_model: bool, weights: str | None = None, restored: str | None = None) -> None:
+        """``activity`` started from the checkpoint ``ckpt_path`` (saved at ``step``, holding the
+        weights of hash ``weights``): the checkpoint entity, used by it (the same id an earlier
+        session gave the file, so the two meet in the merged document) and, for a resumed fit, the
+        restored model state (the module's weights after loading, hash ``restored``) derived from it."""
         name = checkpoint_name(ckpt_path, step)
-        attrs: dict[str, Any] = {"path": str(Path(ckpt_path).resolve()), "global_step": step, "epoch": epoch}
+        attrs: dict[str, Any] = {"path": str(Path(ckpt_path).resolve()), "global_step": step, "epoch": epoch,
+                                 "state_dict_sha256": weights}
         try:
             attrs["sha256"], attrs["size_bytes"] = sha256_path(Path(ckpt_path))
         except OSError as err:
@@ -261,7 +253,8 @@ class RunLink:
         if restored_model:
             self._initial = None  # the chain goes on from the restored checkpoint
             self.run.add_entity("model_state", "ModelState", f"{activity}.initial",
-                                {"restored_from": attrs["path"], "global_step": step, "epoch": epoch},
+                                {"restored_from": attrs["path"], "global_step": step, "epoch": epoch,
+                                 "state_dict_sha256": restored},
                                 label=f"model restored at step {step}", relation="used", activity=activity,
                                 derived_from=[("checkpoint", name)])
             self._ckpt_chain.append((step, name))
@@ -341,15 +334,13 @@ class RunLink:
 
     # -- model, end -----------------------------------------------------------------------------
     def log_model(self, module: torch.nn.Module, name: str, fit: str | None) -> None:
-        """Log the trained module, generated by ``fit``, derived from each checkpoint recorded in
-        this session that holds the same weights (equal state-dict hashes), and saying whether
-        the best checkpoint is one of them."""
-        digest = state_dict_sha256(module.state_dict())
-        same = [r for r in self._ckpt_records.values()
-                if r.attributes.get("state_dict_sha256") == digest and r.invalidated_at is None]
-        best = [r.name for r in same if r.name in self._best]
-        record = self.run.log_model(module, name, activity=fit,
-                                    derived_from=[("checkpoint", r.name) for r in same])
+        """Log the trained module, generated by ``fit``, saying whether the best checkpoint recorded
+        in this session holds the same weights (equal state-dict hashes; the PROV builder links
+        such entities as alternates, see docs/provenance-model.md)."""
+        record = self.run.log_model(module, name, activity=fit)
+        digest = record.info.get("state_dict_sha256") or state_dict_sha256(module.state_dict())
+        best = [r.name for r in self._ckpt_records.values() if r.name in self._best and r.invalidated_at is None
+                and r.attributes.get("state_dict_sha256") == digest]
         record.info.update({"state_dict_sha256": digest, "same_weights_as_best_checkpoint": bool(best),
                             **({"best_checkpoint": best[0]} if best else {})})
 

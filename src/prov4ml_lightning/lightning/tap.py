@@ -20,11 +20,10 @@ callback records the values with ``logger=False`` too.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from prov4ml_lightning.errors import Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLWarning, warn
 
 __all__ = ["Listener", "listen", "resolve_step", "unlisten"]
 
@@ -114,4 +113,4 @@ def _dispatch(trainer: Any, listeners: list[Listener], metrics: Mapping[str, Any
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, Prov4MLWarning, stacklevel=3)
+        warn(message, Prov4MLWarning)

@@ -62,7 +62,16 @@ class _Builder(SessionRecords):
                          if snap.previous_document else None)
         # Identifiers a relation may point at besides this session's records: the earlier session's.
         self.earlier = {r.identifier for r in self.previous.get_records() if r.is_element()} if self.previous else set()
-        self.extras = {(e["kind"], e.get("name", e["kind"])) for e in snap.extra_entities}
+        # An extra entity may have been renamed after it was recorded (a dataset named by a fingerprint that
+        # came later: ``update_entity(prov_name=...)``); references to the old name follow it.
+        self.renamed = {(e["kind"], e["name"]): e["prov_name"] for e in snap.extra_entities if e.get("prov_name")}
+        self.extras = {(e["kind"], self.ref(e["kind"], e.get("name", e["kind"]))) for e in snap.extra_entities}
+        self.renamed_ids = {self.rid(kind, name) for (kind, _), name in self.renamed.items()}
+        self.built_extras: set[Any] = set()
+
+    def ref(self, kind: str, name: str) -> str:
+        """The PROV name of the entity recorded as ``(kind, name)``."""
+        return self.renamed.get((kind, name), name)
 
     def rid(self, *parts: str) -> Any:
         return self.user[".".join([self.run_local, *(local_id(p) for p in parts)])]
@@ -174,6 +183,7 @@ class _Builder(SessionRecords):
             previous[model.name] = ent
         for extra in self.snap.extra_entities:
             self._extra(session, activities, extra)
+        self._same_weights()
         if self.previous is not None:
             merge_previous(self.doc, self.previous)
         return self.doc
@@ -186,6 +196,27 @@ class _Builder(SessionRecords):
                 or (kind == "param" and name in self.snap.params) or self.rid(kind, name) in self.earlier)
 
 
+
+    def _same_weights(self) -> None:
+        """``alternateOf`` between entities holding the same weights (equal ``state_dict_sha256``:
+        a logged model, its saved version, a checkpoint, a fit's initial weights): two aspects of
+        one thing, not one made from the other. Each holder points at the group's first (an earlier
+        session's first); PROV's alternateOf is symmetric and transitive, so that links them all.
+        Pairs the earlier document already holds are left to it."""
+        key = self.p4l["state_dict_sha256"]
+        earlier = [r for r in self.previous.get_records() if r.is_element()] if self.previous else []
+        digests: dict[Any, str] = {}  # identifier -> hash; earlier sessions' holders first
+        for record in [*earlier, *(r for r in self.doc.get_records() if r.is_element())]:
+            value = next(iter(record.get_attribute(key)), None)
+            if value is not None:
+                digests.setdefault(record.identifier, str(value))
+        groups: dict[str, list[Any]] = {}
+        for ident, digest in digests.items():
+            groups.setdefault(digest, []).append(ident)
+        for first, *others in groups.values():
+            for other in others:
+                if not (first in self.earlier and other in self.earlier):
+                    self.doc.alternateOf(other, first)
 
     def _activity(self, session: Any, act: ActivityRecord) -> Any:
         types = [(PROV_TYPE, self.p4l[act.kind])]
@@ -204,7 +235,8 @@ class _Builder(SessionRecords):
         self.doc.wasStartedBy(node, None, parent, prov_time(act.start_time))
         if act.informed_by in self.spans or (act.informed_by and self.rid(act.informed_by) in self.earlier):
             self.doc.wasInformedBy(node, self.rid(act.informed_by))
-        for kind, name in act.used:  # datasets, parameters, checkpoints it read when it started
+        # datasets, parameters, checkpoints it read when it started (once each: two records may name one entity)
+        for kind, name in dict.fromkeys((kind, self.ref(kind, name)) for kind, name in act.used):
             if self.declared(kind, name):
                 self.doc.used(node, self.rid(kind, name), prov_time(act.start_time))
         return node
@@ -283,10 +315,11 @@ class _Builder(SessionRecords):
             types.append((PROV_TYPE, self.mls["Dataset"]))
         if attributes.get("path") and extra["type"] in ("Checkpoint",):
             types.append((PROV_LOCATION, Literal(Path(attributes["path"]).as_uri(), XSD_ANYURI)))
-        ent = self.doc.entity(
-            self.rid(extra["kind"], extra.get("name", extra["kind"])),
-            [*types, (PROV_LABEL, extra.get("label", extra["kind"])), *self.attrs(attributes)],
-        )
+        ident = self.rid(extra["kind"], self.ref(extra["kind"], extra.get("name", extra["kind"])))
+        if ident in self.built_extras and ident in self.renamed_ids:
+            return  # the same data declared twice (two dataloaders over one dataset): one entity
+        self.built_extras.add(ident)
+        ent = self.doc.entity(ident, [*types, (PROV_LABEL, extra.get("label", extra["kind"])), *self.attrs(attributes)])
         # ``activity``: the sub-activity (epoch, loop, fit) that used or generated it; default the session.
         activity = extra.get("activity") if extra.get("activity") in activities else None
         node = activities[activity] if activity else session

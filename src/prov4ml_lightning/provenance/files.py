@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from prov.model import ProvDocument
 
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
 from prov4ml_lightning.files import atomic_write, atomic_write_text
 
 __all__ = ["load_document", "prov_json_schema_path", "read_document", "round_trip", "serialize_document",
@@ -85,7 +84,7 @@ def write_run_files(doc: ProvDocument, base: Path, formats: Iterable[str], title
             paths["svg"] = svg
             paths["html"] = atomic_write_text(base.with_suffix(".html"), to_html(spec, title))
     except Exception as err:  # a broken Graphviz install must not lose the run
-        warnings.warn(f"{call}: Graphviz could not render {paths['dot']} ({err!r})", Prov4MLWarning, stacklevel=3)
+        warn(f"{call}: Graphviz could not render {paths['dot']} ({err!r})", Prov4MLWarning)
     return paths
 
 

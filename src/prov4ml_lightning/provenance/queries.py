@@ -43,7 +43,7 @@ QUERIES = {
     "b_best_checkpoint": """SELECT ?checkpoint ?epoch ?step ?sha ?model WHERE {
   ?checkpoint a p4l:Checkpoint ; p4l:best true ; p4l:epoch ?epoch ; p4l:global_step ?step .
   OPTIONAL { ?checkpoint p4l:state_dict_sha256 ?sha }
-  OPTIONAL { ?model a mls:Model ; prov:wasDerivedFrom ?checkpoint }
+  OPTIONAL { ?model a mls:Model ; (prov:alternateOf|^prov:alternateOf)+ ?checkpoint }
 }""",
     "b_chain": """SELECT ?checkpoint ?earlier ?step WHERE {
   ?checkpoint a p4l:Checkpoint ; p4l:best true .

@@ -20,12 +20,11 @@ MLflow model are referenced (``url``) with their recorded hashes.
 from __future__ import annotations
 
 import os
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
 from prov4ml_lightning.provenance.rocrate_input import attr_types, attr_value, read_run
 from prov4ml_lightning.provenance.rocrate_sections import RO_CRATE_VERSION, CrateBuilder
 
@@ -133,8 +132,8 @@ def write_rocrate(prov_file: str | os.PathLike[str], out: str | os.PathLike[str]
     if license:
         root["license"] = _license_entity(b, license)
     else:
-        warnings.warn("`export --format rocrate`: no license given (--license SPDX-ID); the crate has none and "
-                      "repositories such as Zenodo and WorkflowHub will ask for one", Prov4MLWarning, stacklevel=2)
+        warn("`export --format rocrate`: no license given (--license SPDX-ID); the crate has none and "
+             "repositories such as Zenodo and WorkflowHub will ask for one", Prov4MLWarning)
     profile = b.context(PROCESS_RUN_CRATE, {"@type": "CreativeWork", "name": "Process Run Crate", "version": "0.5"})
     root["conformsTo"] = profile
 

@@ -6,11 +6,10 @@ hyperparameters), checkpoints, models and final metric values, each as crate ent
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
 from prov4ml_lightning.files import sha256_path
 from prov4ml_lightning.provenance.rocrate_input import RunDocument, attr_types, attr_value, location_path
 
@@ -107,8 +106,8 @@ class CrateBuilder:
                 continue
             path = self.folder / rel
             if not path.is_file():
-                warnings.warn(f"`export --format rocrate`: {rel} (recorded in the PROV document) is not beside "
-                              f"{self.prov_file.name}; the crate leaves it out", Prov4MLWarning, stacklevel=3)
+                warn(f"`export --format rocrate`: {rel} (recorded in the PROV document) is not beside "
+                     f"{self.prov_file.name}; the crate leaves it out", Prov4MLWarning)
                 continue
             label = str(attr_value(attrs.get("prov:label")) or path.name)
             kind = next(iter(sorted(t.split(":", 1)[-1] for t in types)), "File")

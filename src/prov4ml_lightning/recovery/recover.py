@@ -148,6 +148,8 @@ def load_run(journal: str | os.PathLike[str]) -> JournaledRun:
             act.used = [tuple(u) for u in e.get("used", act.used)]
         elif kind == "entity":
             run.entities.append(e["entity"])
+        elif kind == "entity_update":
+            _update_entity(run.entities, e)
         elif kind == "context":
             run.context = e["context"]
         elif kind == "end":
@@ -157,6 +159,16 @@ def load_run(journal: str | os.PathLike[str]) -> JournaledRun:
         elif kind == "synced":
             run.synced = e
     return run
+
+
+def _update_entity(entities: list[dict[str, Any]], event: dict[str, Any]) -> None:
+    """Apply an ``entity_update`` event to the latest entity it names (as ``update_entity`` did)."""
+    for entity in reversed(entities):
+        if entity.get("kind") == event.get("kind") and entity.get("name") == event.get("name"):
+            entity["attributes"] = {**entity.get("attributes", {}), **event.get("attributes", {})}
+            if event.get("prov_name"):
+                entity["prov_name"] = event["prov_name"]
+            return
 
 
 def _run_info(data: dict[str, Any]) -> RunInfo:

@@ -52,6 +52,9 @@ class TrackingSink(Protocol):
         """Wait until the store holds every write handed to the sink so far; whether it does within
         ``timeout`` seconds (at once for a sink that writes before returning)."""
 
+    def pending(self) -> str:
+        """What was handed over and is not in the store yet, for a person (``""``: nothing)."""
+
     def run_created(self, timeout: float | None = None) -> bool:
         """Wait until the run exists in the store; whether it does (a sink that creates the run
         before ``start_run`` returns answers at once)."""
@@ -128,6 +131,9 @@ class NullSink:
 
     def flush(self, timeout: float | None = None) -> bool:
         return True
+
+    def pending(self) -> str:
+        return ""
 
     def run_created(self, timeout: float | None = None) -> bool:
         return False

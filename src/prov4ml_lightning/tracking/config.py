@@ -16,12 +16,16 @@ from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.identity import IDENTITY_ENV, resolve_identity
 
-__all__ = ["PROVENANCE_FORMATS", "WAIT_ENV", "RunConfig"]
+__all__ = ["MLFLOW_WAIT_S", "PROVENANCE_FORMATS", "WAIT_ENV", "WAIT_TIMEOUT_ENV", "RunConfig"]
 
 #: PROV serialisations a run can write besides JSON (always written)
 PROVENANCE_FORMATS = ("json", "provn", "ttl", "xml")
-#: the environment variable that makes ``end_run`` wait for MLflow when ``wait_for_mlflow`` is None
+#: the environment variable that, set to ``0``/``false``/``no``/``off``, makes ``end_run`` return without
+#: waiting for MLflow when ``wait_for_mlflow`` is None (a sweep's or a notebook's choice)
 WAIT_ENV = "PROV4ML_WAIT_FOR_MLFLOW"
+#: the environment variable with the seconds ``end_run`` waits for MLflow at most (default :data:`MLFLOW_WAIT_S`)
+WAIT_TIMEOUT_ENV = "PROV4ML_WAIT_FOR_MLFLOW_TIMEOUT"
+MLFLOW_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,19 @@ class RunConfig:
 
     @property
     def waits_for_mlflow(self) -> bool:
-        """``wait_for_mlflow``, or when it is ``None`` the environment's ``PROV4ML_WAIT_FOR_MLFLOW``."""
+        """``wait_for_mlflow``; when it is ``None``, yes unless ``PROV4ML_WAIT_FOR_MLFLOW`` says no."""
         if self.wait_for_mlflow is not None:
             return self.wait_for_mlflow
-        return os.environ.get(WAIT_ENV, "").strip().lower() in ("1", "true", "yes")
+        return os.environ.get(WAIT_ENV, "").strip().lower() not in ("0", "false", "no", "off")
+
+    @staticmethod
+    def mlflow_wait_s() -> float:
+        """How long ``end_run`` waits for MLflow at most: ``PROV4ML_WAIT_FOR_MLFLOW_TIMEOUT`` seconds, else
+        :data:`MLFLOW_WAIT_S` (an unreadable value: the default)."""
+        try:
+            return max(0.0, float(os.environ.get(WAIT_TIMEOUT_ENV, MLFLOW_WAIT_S)))
+        except ValueError:
+            return MLFLOW_WAIT_S
 
     @property
     def namespace(self) -> str:

@@ -18,6 +18,8 @@ Events, in the order a run writes them:
 ``activity_start``  ``record`` (an :class:`ActivityRecord`)
 ``activity_end``    ``ident``, ``end_time``, ``attributes``
 ``entity``          ``entity`` (an extra entity: kind, type, name, label, attributes, relation)
+``entity_update``   ``kind``, ``name``, ``attributes`` (restated: a dataset's fingerprint, a
+                    checkpoint's ``best``) and ``prov_name`` when the entity is renamed
 ``end``             ``status``, ``end_time`` (the run ended normally; nothing to recover)
 ``recovered``       ``status``, ``end_time`` (written by :func:`prov4ml_lightning.recovery.recover.recover`)
 ``synced``          ``mlflow_run_id``, ``tracking_uri`` (written by :mod:`prov4ml_lightning.recovery.sync`)
@@ -42,12 +44,11 @@ import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning.errors import Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLWarning, warn
 
 __all__ = ["JOURNAL_PREFIX", "Journal", "ends_without_newline", "journal_path", "read_journal"]
 
@@ -108,8 +109,8 @@ class Journal:
             except OSError as err:  # disk full: the in-memory run is intact, only crash safety suffers
                 if not self._warned:
                     self._warned = True
-                    warnings.warn(f"prov4ml: could not append to the run journal {self.path} ({err}); the run goes "
-                                  "on, but a crash now could not be recovered from disk", Prov4MLWarning, stacklevel=3)
+                    warn(f"prov4ml: could not append to the run journal {self.path} ({err}); the run goes "
+                         "on, but a crash now could not be recovered from disk", Prov4MLWarning)
 
     def close(self) -> None:
         """Flush, ``fsync`` and close; idempotent."""
@@ -165,8 +166,8 @@ def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if number == len(lines) and not line.endswith("\n"):
                 log.info("prov4ml: skipping the partial last line of %s (the process died while writing it)", p)
             else:
-                warnings.warn(f"prov4ml: {p}:{number} is cut short or not JSON (a process died while writing it?); "
-                              "skipped", Prov4MLWarning, stacklevel=2)
+                warn(f"prov4ml: {p}:{number} is cut short or not JSON (a process died while writing it?); "
+                     "skipped", Prov4MLWarning)
             continue
         if isinstance(event, dict) and "event" in event:
             events.append(event)

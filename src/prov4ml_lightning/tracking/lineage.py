@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import torch
 
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
 from prov4ml_lightning.files import sha256_path
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, ModelRecord
 from prov4ml_lightning.tracking import validation as v
@@ -90,7 +89,8 @@ class Lineage:
         """Log ``model``; its version counts the models of that name in every session of the run.
 
         ``activity`` names the sub-activity (a fit) that produced its weights; ``derived_from``
-        lists ``(kind, name)`` of entities holding the same weights (a checkpoint).
+        lists ``(kind, name)`` of entities it was made from (entities holding the same weights
+        are linked by the PROV builder, through ``state_dict_sha256``).
         """
         call = f"log_model(model, {model_name!r})"
         self.require_open(call)
@@ -98,7 +98,11 @@ class Lineage:
             raise Prov4MLInputError(f"{call}: model must be a torch.nn.Module, got {type(model).__name__}")
         v.check_name(model_name, call, "model_name")
         version = 1 + self.earlier_models[model_name] + sum(1 for m in self.models if m.name == model_name)
-        info = dict(self.describe_model(model)) if log_model_info else {}
+        described = self.describe_model(model)
+        # The weights' hash is the model's identity (it ties it to files holding the same weights):
+        # recorded even without the size statistics.
+        info = dict(described) if log_model_info else {k: described[k] for k in ("state_dict_sha256",)
+                                                         if k in described}
         from prov4ml_lightning.sinks.mlflow.rules import default_serialization_format
 
         info["serialization_format"] = (mlflow_kwargs.get("serialization_format")
@@ -111,8 +115,8 @@ class Lineage:
                 params={k: str(val) for k, val in info.items()} or None, **mlflow_kwargs,
             )
         except Exception as err:
-            warnings.warn(f"{call}: MLflow could not store the model ({err!r}); PROV records it without a URI",
-                          Prov4MLWarning, stacklevel=3)
+            warn(f"{call}: MLflow could not store the model ({err!r}); PROV records it without a URI",
+                 Prov4MLWarning)
         return self.add_model(ModelRecord(model_name, version, uri, model_id, created, info, activity=activity,
                                           derived_from=[tuple(d) for d in derived_from]))
 
@@ -168,10 +172,19 @@ class Lineage:
         if record.invalidated_at is None:
             record.invalidated_by, record.invalidated_at = activity, when if when is not None else time.time()
 
-    def update_entity(self, kind: str, name: str, attributes: Mapping[str, Any]) -> None:
+    def update_entity(self, kind: str, name: str, attributes: Mapping[str, Any], *,
+                      prov_name: str | None = None) -> None:
         """Restate attributes of the latest entity ``(kind, name)`` this session added (the best
-        checkpoint is known only at the end); they reach the PROV document written at the end."""
+        checkpoint is known only at the end, a dataset's fingerprint when its background hash
+        ends); journalled, so ``prov4ml recover`` has them too. ``prov_name`` gives the entity
+        another PROV name (a dataset named by its fingerprint): the builder applies it to the
+        entity and to every reference to ``(kind, name)``. Safe from another thread."""
         for entity in reversed(self.extra_entities):
             if entity["kind"] == kind and entity["name"] == name:
-                entity["attributes"].update(attributes)
+                # a new dict, not an update in place: a reader iterating the old one is not disturbed
+                entity["attributes"] = {**entity["attributes"], **attributes}
+                if prov_name is not None:
+                    entity["prov_name"] = prov_name
+                self.journal.write("entity_update", kind=kind, name=name, attributes=dict(attributes),
+                                   **({"prov_name": prov_name} if prov_name is not None else {}))
                 return

@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,12 +25,12 @@ from typing import Any
 import torch
 
 from prov4ml_lightning.context import Context, context_tags
-from prov4ml_lightning.errors import NoActiveRunError, Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.errors import NoActiveRunError, Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError, warn
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 from prov4ml_lightning.sinks.mlflow.rules import mlflow_safe_key, truncate_param_value  # MLflow's rules
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
-from prov4ml_lightning.tracking.config import RunConfig
+from prov4ml_lightning.tracking.config import WAIT_TIMEOUT_ENV, RunConfig
 from prov4ml_lightning.tracking.finish import RunOutputs, publish, write_provenance
 from prov4ml_lightning.tracking.journal import Journal, journal_path
 from prov4ml_lightning.tracking.lineage import Lineage
@@ -42,7 +41,6 @@ __all__ = ["RunOutputs", "RunRecorder"]
 
 log = logging.getLogger(__name__)
 
-_MLFLOW_WAIT_S = 600.0  # how long end_run(wait_for_mlflow) waits for MLflow before going on
 _BUFFER_WAKE = 50_000  # buffered points that wake the writer early
 _NONE = object()
 
@@ -85,6 +83,7 @@ class RunRecorder(Lineage):
         self.series: dict[tuple[str, Context], MetricSeries] = {}
         self.params: dict[str, Any] = {}
         self.earlier_params: dict[str, Any] = {}  # params earlier sessions of a reopened run logged
+        self.mlflow_only_params: set[str] = set()  # MLflow params that are no input of the run (this or earlier)
         self.long_params: dict[str, str] = {}  # params MLflow holds truncated, whole
         self.artifacts: list[ArtifactRecord] = []
         self.models: list[ModelRecord] = []
@@ -219,14 +218,14 @@ class RunRecorder(Lineage):
         # already logged in another context goes to `<context>/<key>` from then on (README: "Metric keys").
         mkey = mlflow_safe_key(key)
         if mkey != key:
-            warnings.warn(f"{call}: metric key {key!r} is stored in MLflow as {mkey!r} "
-                          "(MLflow's name rules); PROV keeps the original", Prov4MLWarning, stacklevel=4)
+            warn(f"{call}: metric key {key!r} is stored in MLflow as {mkey!r} "
+                 "(MLflow's name rules); PROV keeps the original", Prov4MLWarning)
         if mkey in self._taken_keys:
             other = self._taken_keys[mkey]
             mkey = mlflow_safe_key(f"{ctx.value}/{key}")
-            warnings.warn(f"{call}: metric {key!r} was already logged in context {other}; its {ctx.value} points "
-                          f"go to the MLflow key {mkey!r} (PROV keeps both series under {key!r})",
-                          Prov4MLWarning, stacklevel=4)
+            warn(f"{call}: metric {key!r} was already logged in context {other}; its {ctx.value} points "
+                 f"go to the MLflow key {mkey!r} (PROV keeps both series under {key!r})",
+                 Prov4MLWarning)
         self._taken_keys[mkey] = ctx.value
         names = self._mlflow_keys[(key, ctx)] = (mkey, ctx.value)
         self._next_step[(key, ctx)] = 0
@@ -275,7 +274,7 @@ class RunRecorder(Lineage):
         handed to it so far."""
         self.writer.flush(final=False)
         if self.config.waits_for_mlflow if wait_for_mlflow is None else wait_for_mlflow:
-            self.sink.flush(_MLFLOW_WAIT_S)
+            self.sink.flush(self.config.mlflow_wait_s())
 
     def name_series(self, key: str, context: Any, mlflow_key: str, *, call: str = "log_metric") -> str:
         """Store the series ``(key, context)`` in MLflow under ``mlflow_key`` (MLflow's name rules
@@ -286,9 +285,9 @@ class RunRecorder(Lineage):
         v.check_key(key, call)
         mkey = mlflow_safe_key(mlflow_key)
         if mkey != mlflow_key:
-            warnings.warn(f"{call}: metric key {mlflow_key!r} is stored in MLflow as {mkey!r} (MLflow's name "
-                          "rules: letters, digits, _ - . / and space, at most 250 characters); PROV keeps "
-                          f"{key!r}", Prov4MLWarning, stacklevel=3)
+            warn(f"{call}: metric key {mlflow_key!r} is stored in MLflow as {mkey!r} (MLflow's name "
+                 "rules: letters, digits, _ - . / and space, at most 250 characters); PROV keeps "
+                 f"{key!r}", Prov4MLWarning)
         with self._lock:
             if (key, ctx) not in self._mlflow_keys:
                 self._mlflow_keys[(key, ctx)] = (mkey, ctx.value)
@@ -297,6 +296,21 @@ class RunRecorder(Lineage):
         return mkey
 
     # -- params, tags ----------------------------------------------------------------------------
+    def log_mlflow_params(self, params: Mapping[str, Any], *, call: str) -> dict[str, Any]:
+        """MLflow params that are no input of the run, such as the original prov4ml's execution
+        times (PROV has them as the activity's start and end): in MLflow and in the journal, which
+        ``prov4ml sync`` replays, but no PROV entity the run ``used``. Returns those the run already
+        held (left as they are: params are immutable)."""
+        self.require_open(call)
+        new = [(mlflow_safe_key(k), v.param_text(val)) for k, val in params.items()
+               if k not in self.mlflow_only_params and k not in self.params]
+        self.mlflow_only_params.update(k for k in params)
+        if new:
+            self.journal.write("params", params={}, mlflow=new)
+            self.call_sink("log params", self.sink.log_params, self.run_id, new)
+        taken = {mkey for mkey, _ in new}
+        return {k: val for k, val in params.items() if mlflow_safe_key(k) not in taken}
+
     def log_params(self, params: Mapping[str, Any], *, call: str = "log_params",
                    keep_conflicts: bool = False) -> dict[str, Any]:
         """Record params; params are immutable in a run.
@@ -326,8 +340,8 @@ class RunRecorder(Lineage):
             mkey, mtext = mlflow_safe_key(key), truncate_param_value(text)  # MLflow's rules, the sink's to say
             if mtext != text:
                 self.long_params[key] = text
-                warnings.warn(f"{call}: param {key!r} is {len(text)} characters; MLflow keeps a truncated copy, "
-                              "PROV and params/long_params.json keep it whole", Prov4MLWarning, stacklevel=3)
+                warn(f"{call}: param {key!r} is {len(text)} characters; MLflow keeps a truncated copy, "
+                     "PROV and params/long_params.json keep it whole", Prov4MLWarning)
             # PROV keeps numbers, bools and lists typed (a list becomes JSON text there, not a Python repr)
             self.params[key] = (value if isinstance(value, (int, float, str, bool)) or value is None
                                 else list(value) if isinstance(value, (list, tuple)) else text)
@@ -382,10 +396,13 @@ class RunRecorder(Lineage):
             self.journal.close()
             return None
         finally:
-            if self.config.waits_for_mlflow and not self.sink.flush(_MLFLOW_WAIT_S):
-                warnings.warn(f"end_run: MLflow has not taken all of run {self.run_id} after {_MLFLOW_WAIT_S:.0f} "
-                              f"s; the service goes on in the background, and `prov4ml sync {self.provenance_dir}` "
-                              "completes MLflow if it is cut short", Prov4MLWarning, stacklevel=4)
+            wait_s = self.config.mlflow_wait_s()
+            if self.config.waits_for_mlflow and not self.sink.flush(wait_s):
+                warn(f"end_run: MLflow has not taken all of run {self.run_id} after {wait_s:g} s "
+                     f"(pending: {self.sink.pending() or 'the last answers'}); the MLflow service goes on "
+                     f"in the background until this process exits, and `prov4ml sync {self.provenance_dir}` "
+                     f"completes MLflow if it is cut short (wait longer: {WAIT_TIMEOUT_ENV}=<seconds>)",
+                     Prov4MLWarning)
 
     def write_provenance(self) -> dict[str, Path]:
         """Write the PROV document (and graph) of the run as it stands; return the paths."""
@@ -406,7 +423,7 @@ class RunRecorder(Lineage):
             log.info("prov4ml: could not %s in MLflow (%s)", what, err)
             return False
         except Exception as err:
-            warnings.warn(f"prov4ml: could not {what} in MLflow ({err!r}); the run goes on",
-                          Prov4MLWarning, stacklevel=3)
+            warn(f"prov4ml: could not {what} in MLflow ({err!r}); the run goes on",
+                 Prov4MLWarning)
             return False
 

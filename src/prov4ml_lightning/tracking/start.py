@@ -13,13 +13,12 @@ import os
 import tempfile
 import time
 import uuid
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, TrackingUnavailableError, warn
 from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.redact import redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
@@ -101,7 +100,7 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
                 sink.go_offline()
                 run_id, experiment_id = uuid.uuid4().hex, ""
                 run_name = run_name or f"offline-{run_id[:8]}"
-                warnings.warn(
+                warn(
                     f"{call}: the MLflow tracking server {sink.public_uri} is unreachable ({err}); the run goes "
                     f"on offline as local run {run_id}: metrics and provenance are written to {prov_dir}, and "
                     f"`prov4ml sync {prov_dir}` creates the MLflow run once the server is back",
@@ -179,7 +178,7 @@ def _announce_environment_store(config: RunConfig, uri: str, call: str) -> None:
     if (env, save_dir) in _ANNOUNCED:
         return
     _ANNOUNCED.add((env, save_dir))
-    warnings.warn(
+    warn(
         f"{call}: MLFLOW_TRACKING_URI={redact_url(env)} is set, so the run goes to that MLflow store and not to "
         f"the embedded store in mlflow_save_dir={save_dir!r}; pass tracking_uri=... to choose the store "
         "explicitly, or unset MLFLOW_TRACKING_URI to use mlflow_save_dir",
@@ -217,6 +216,7 @@ def resume(run: RunRecorder) -> None:
     for e in events:  # the params earlier sessions logged: a same value is not logged twice
         if e.get("event") == "params" and isinstance(e.get("params"), dict):
             known.update(e["params"])
+            run.mlflow_only_params.update(str(k) for k, _ in e.get("mlflow", []) if k not in e["params"])
     run.earlier_params = known
     run.earlier_models = Counter(str(e["record"]["name"]) for e in events
                                  if e.get("event") == "model" and isinstance(e.get("record"), dict))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from prov4ml_lightning.context import Context
-from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning
+from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
 from prov4ml_lightning.records import RUN_STATUSES
 
 __all__ = [
@@ -101,7 +100,7 @@ def check_finite(value: float, what: str) -> bool:
     """Return whether ``value`` is finite, warning (not dropping) when it is NaN or infinite."""
     if math.isfinite(value):
         return True
-    warnings.warn(
+    warn(
         f"{what} is {value!r}; the metrics CSV and PROV record it as is (PROV counts it in the series' "
         "non_finite_count); MLflow keeps NaN, but its database stores (SQLite, PostgreSQL, MySQL) turn "
         "inf into +-1.7976931348623157e308, the largest float.",

@@ -16,14 +16,13 @@ import logging
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError, warn
 from prov4ml_lightning.tracking.journal import ends_without_newline
 from prov4ml_lightning.tracking.validation import to_floats
 
@@ -139,8 +138,8 @@ class MetricWriter(threading.Thread):
         except OSError as err:
             if not self._sidecar_warned:
                 self._sidecar_warned = True
-                warnings.warn(f"prov4ml: could not append metric points to {self.sidecar} ({err}); they still go "
-                              "to MLflow and the PROV summary", Prov4MLWarning, stacklevel=3)
+                warn(f"prov4ml: could not append metric points to {self.sidecar} ({err}); they still go "
+                     "to MLflow and the PROV summary", Prov4MLWarning)
 
     # -- MLflow delivery -----------------------------------------------------------------
     def _push(self, force: bool) -> None:
@@ -155,7 +154,7 @@ class MetricWriter(threading.Thread):
             self._retry_at = time.monotonic() + min(60.0, 2.0**self._failures)
             if not self._warned and not isinstance(err, TrackingUnavailableError):  # the guard warned
                 self._warned = True
-                warnings.warn(
+                warn(
                     f"prov4ml: MLflow rejected or could not take metrics ({err!r}); training goes on, "
                     "points are kept and retried, and spilled to disk if MLflow does not come back.",
                     Prov4MLWarning,
@@ -176,9 +175,9 @@ class MetricWriter(threading.Thread):
                     writer.writerow(["mlflow_key", "value", "timestamp_ms", "step"])
                 writer.writerows(self._pending)
         except OSError as err:
-            warnings.warn(f"prov4ml: could not save {len(self._pending)} metric points MLflow did not take to "
-                          f"{self.spill} ({err}); the sidecar {self.sidecar.name} still has them for `prov4ml sync`",
-                          Prov4MLWarning, stacklevel=2)
+            warn(f"prov4ml: could not save {len(self._pending)} metric points MLflow did not take to "
+                 f"{self.spill} ({err}); the sidecar {self.sidecar.name} still has them for `prov4ml sync`",
+                 Prov4MLWarning)
             return
         log.warning("prov4ml: %d metric points MLflow did not accept were saved to %s",
                     len(self._pending), self.spill)

@@ -31,12 +31,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError, warn
 from prov4ml_lightning.redact import redact_text, redact_url
 from prov4ml_lightning.sinks.base import TrackingSink
 
@@ -128,6 +127,9 @@ class TrackingGuard:
     def flush(self, timeout: float | None = None) -> bool:
         return self._sink.flush(timeout)
 
+    def pending(self) -> str:
+        return self._sink.pending()
+
     def run_created(self, timeout: float | None = None) -> bool:
         return not self.offline and self._sink.run_created(timeout)
 
@@ -200,10 +202,10 @@ class TrackingGuard:
         with self._lock:
             self._failures += 1
             self._down_until = time.monotonic() + min(_MAX_BACKOFF_S, 2.0 ** (self._failures - 1))
-            warn = not self._warned
+            first = not self._warned
             self._warned = True
-        if warn:
-            warnings.warn(
+        if first:
+            warn(
                 f"prov4ml: the MLflow tracking server {self.public_uri} is unreachable ({name}); training goes on. "
                 "Metrics are kept and retried with backoff; what MLflow has not taken by end_run is saved to "
                 "mlflow_unsent_<run_id>.csv in the provenance folder for `prov4ml sync`. The PROV files are "

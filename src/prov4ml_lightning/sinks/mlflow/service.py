@@ -37,15 +37,14 @@ import subprocess
 import sys
 import threading
 import uuid
-import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning, TrackingUnavailableError
+from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning, TrackingUnavailableError, warn
 
 __all__ = ["MlflowService", "ServiceSink", "get_service", "save_model_file", "wait_at_exit", "wait_for_mlflow"]
 
@@ -78,7 +77,8 @@ class MlflowService:
 
                 fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         self._lock = threading.Lock()  # one request at a time into the pipe, in the order of _pending
-        self._pending: deque[tuple[Future[Any], Callable[[str], None] | None]] = deque()
+        # (answer, error handler, what it is: the request's kind or the sink method it calls)
+        self._pending: deque[tuple[Future[Any], Callable[[str], None] | None, str]] = deque()
         self.dead: str | None = None  # why the service stopped, once it has
         threading.Thread(target=self._read, name="prov4ml-service-answers", daemon=True).start()
         log.info("prov4ml: MLflow service process %d started", self.pid)
@@ -93,7 +93,8 @@ class MlflowService:
                 try:
                     self._proc.stdin.write(payload)  # type: ignore[union-attr]
                     self._proc.stdin.flush()  # type: ignore[union-attr]
-                    self._pending.append((future, on_error))
+                    what = str(message[2]) if message[0] == "call" else str(message[0])
+                    self._pending.append((future, on_error, what))
                     return future
                 except (OSError, ValueError) as err:
                     self._stop_locked(f"the MLflow service process stopped ({err!r})")
@@ -113,7 +114,7 @@ class MlflowService:
             for name, level, text in said:  # MLflow's warnings, where the user sees them
                 logging.getLogger(name).log(level, "%s", text)
             with self._lock:
-                future, on_error = self._pending.popleft() if self._pending else (None, None)
+                future, on_error, _ = self._pending.popleft() if self._pending else (None, None, "")
             if future is None:
                 continue
             if status == "ok":
@@ -129,9 +130,15 @@ class MlflowService:
     def _stop_locked(self, reason: str) -> None:
         self.dead = self.dead or reason
         while self._pending:
-            future, _ = self._pending.popleft()
+            future, _, _ = self._pending.popleft()
             if not future.done():
                 future.set_exception(TrackingUnavailableError(self.dead))
+
+    def pending(self) -> str:
+        """The requests handed over and not answered yet, counted by kind (``""``: none)."""
+        with self._lock:
+            counts = Counter(what for _, _, what in self._pending)
+        return ", ".join(f"{n} {what}" for what, n in counts.most_common())
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait (GIL released) until every request handed over so far is answered; whether they were."""
@@ -198,9 +205,9 @@ def wait_at_exit() -> None:
     log.info("prov4ml: waiting for the MLflow service process %d to finish %d request(s)", service.pid,
              len(service._pending))
     if not service.wait(_EXIT_WAIT_S):
-        warnings.warn(f"prov4ml: the MLflow service process {service.pid} is still writing after {_EXIT_WAIT_S:.0f} "
-                      "s; it finishes in the background (`prov4ml sync` completes MLflow if it is cut short)",
-                      Prov4MLWarning, stacklevel=1)
+        warn(f"prov4ml: the MLflow service process {service.pid} is still writing after {_EXIT_WAIT_S:.0f} "
+             "s; it finishes in the background (`prov4ml sync` completes MLflow if it is cut short)",
+             Prov4MLWarning)
 
 
 def _headline(text: str) -> str:
@@ -265,9 +272,9 @@ class ServiceSink:
         if what in self._warned or self.failure is not None:  # announced once (a run never created: at start)
             return
         self._warned.add(what)
-        warnings.warn(f"prov4ml: MLflow could not {what} ({text}); the run goes on, and the record stays in the "
-                      f"journal, metric sidecar and PROV files in {self.provenance_dir}, from which "
-                      f"`prov4ml sync {self.provenance_dir}` completes MLflow", Prov4MLWarning, stacklevel=2)
+        warn(f"prov4ml: MLflow could not {what} ({text}); the run goes on, and the record stays in the "
+             f"journal, metric sidecar and PROV files in {self.provenance_dir}, from which "
+             f"`prov4ml sync {self.provenance_dir}` completes MLflow", Prov4MLWarning)
 
     def _answer(self, future: Future[Any]) -> Any:
         return future.result()  # waits with the GIL released
@@ -286,6 +293,9 @@ class ServiceSink:
 
     def flush(self, timeout: float | None = None) -> bool:
         return self.service.wait(timeout)
+
+    def pending(self) -> str:
+        return self.service.pending()
 
     def run_created(self, timeout: float | None = None) -> bool:
         if self._created is None:
@@ -307,9 +317,9 @@ class ServiceSink:
             log.info("prov4ml: MLflow service could not create run %s: %s", run_id, text)
             self.failure = f"the MLflow store {self.public_uri} could not take run {run_id}: {_headline(text)}"
             self.offline = True
-            warnings.warn(f"start_run: {self.failure}; the run goes on offline: metrics and provenance are kept in "
-                          f"{self.provenance_dir}, and `prov4ml sync {self.provenance_dir}` writes them to MLflow "
-                          "once the store works", Prov4MLWarning, stacklevel=2)
+            warn(f"start_run: {self.failure}; the run goes on offline: metrics and provenance are kept in "
+                 f"{self.provenance_dir}, and `prov4ml sync {self.provenance_dir}` writes them to MLflow "
+                 "once the store works", Prov4MLWarning)
 
         self._created = self.service.request(
             ("start_run", self._store, run_id, experiment_name, run_name, dict(tags), description, parent_run_id,

@@ -136,6 +136,9 @@ class MlflowSink:
     def flush(self, timeout: float | None = None) -> bool:
         return True  # every call has written before it returned
 
+    def pending(self) -> str:
+        return ""
+
     def run_created(self, timeout: float | None = None) -> bool:
         return not self.offline
 
@@ -292,8 +295,9 @@ class MlflowSink:
         Each mapping holds ``name`` (the PROV entity's name), ``role`` (``train``, ``val``,
         ``test``, ``predict``: the input's ``mlflow.data.context`` tag ``training``,
         ``validation``...) and the dataset entity's attributes: the MLflow digest is the
-        ``fingerprint`` (its first 36 hex digits, MLflow's limit; the whole of it is in the
-        profile), the source the dataset's class.
+        ``fingerprint`` (its first 36 hex digits, MLflow's limit; the whole of it, its status and
+        method are in the profile), the source the dataset's class. Without a fingerprint (not
+        known when the run ended, or none possible) the digest is a hash of the name.
         """
         import json
 
@@ -303,8 +307,8 @@ class MlflowSink:
         for ds in datasets:
             fingerprint = ds.get("fingerprint")
             digest = (str(fingerprint) if fingerprint else hashlib.sha256(str(ds["name"]).encode()).hexdigest())
-            profile = {k: ds[k] for k in ("length", "fingerprint", "fingerprint_status", "batch_size")
-                       if ds.get(k) is not None}
+            profile = {k: ds[k] for k in ("length", "fingerprint", "fingerprint_status", "fingerprint_method",
+                                          "fingerprint_sample_size", "batch_size") if ds.get(k) is not None}
             source = json.dumps({"dataset_class": ds.get("dataset_class"), "prov_entity": ds["name"]})
             role = str(ds.get("role") or "")
             inputs.append(DatasetInput(
