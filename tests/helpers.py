@@ -75,6 +75,13 @@ def load_model(uri: str, model_uri: str):
         mlflow.set_tracking_uri(None)
 
 
+#: params the library logs itself, as the original prov4ml did: execution times (every run) and log_model's footprint
+_AUTOMATIC = ("execution_start_time", "execution_end_time", "model_name", "total_params", "memory_of_model",
+              "total_memory_load_of_model")
+
+
 def user_params(params: dict) -> dict:
-    """An MLflow run's params without the original prov4ml's execution times, which every run has."""
-    return {k: v for k, v in params.items() if not k.startswith(("execution_start_time", "execution_end_time"))}
+    """An MLflow run's params without those the library logs itself (:data:`_AUTOMATIC`, also as ``<model>/<name>``
+    for a second model and ``<name>/<n>`` for a reopened run)."""
+    return {k: v for k, v in params.items()
+            if not any(part in _AUTOMATIC for part in k.split("/"))}

@@ -7,6 +7,7 @@ import hashlib
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -269,3 +270,15 @@ def test_capture_context_files(tmp_path: Path, repo: Path, monkeypatch: pytest.M
     ctx = capture_context(tmp_path, "r8")
     assert {(p.name, folder) for p, folder in ctx.files} == {("code_diff_r8.patch", "code"),
                                                              ("packages_r8.txt", "environment")}
+
+
+def test_the_process_cpu_reading_measures_the_work_between_samples():
+    """psutil's cpu_percent measures since the previous call on the same object: a new object per sample
+    read 0.0 every time."""
+    from prov4ml_lightning.capture.system_metrics import sample_system_metrics
+
+    sample_system_metrics()  # primes the measurement
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # 0.3 s of this process's CPU
+        sum(i * i for i in range(10_000))
+    assert sample_system_metrics()["system/process_cpu_percent"] > 10

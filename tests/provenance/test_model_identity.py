@@ -163,3 +163,22 @@ def test_model_versioning_logger_versions_carry_the_checkpoint_weights(run_args,
         assert attr(version, "state_dict_sha256") == file_state_dict_sha256(attr(version, "path"))
         assert attr(version, "sha256") == _sha256(attr(version, "path"))
     assert len({attr(v, "state_dict_sha256") for v in versions}) == 2
+
+
+def test_a_version_derives_from_the_previous_one_only_when_the_weights_changed(run_args):
+    prov4ml.start_run(**run_args)
+    net = nn.Linear(3, 2)
+    prov4ml.save_model_version(net, "a")
+    prov4ml.save_model_version(net, "b")  # the same weights again: another file of the same state
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    prov4ml.save_model_version(net, "c")  # trained on: derived from the last version
+    out = prov4ml.end_run()
+    doc = read_prov(out.prov_json)
+    ids = {attr(e, "label"): str(e.identifier) for e in by_type(doc, "Model_version")}
+    derived = {(str(r.formal_attributes[0][1]), str(r.formal_attributes[1][1]))
+               for r in records_of(doc, "wasDerivedFrom")}
+    alternates = {frozenset((str(r.formal_attributes[0][1]), str(r.formal_attributes[1][1])))
+                  for r in records_of(doc, "alternateOf")}
+    assert (ids["b"], ids["a"]) not in derived and frozenset((ids["a"], ids["b"])) in alternates
+    assert (ids["c"], ids["b"]) in derived

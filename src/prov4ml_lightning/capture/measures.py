@@ -30,13 +30,13 @@ class RunMeasures:
     Attributes:
         carbon: CodeCarbon's offline tracker, started at the first ``log_carbon_metrics``.
         flops: the running FLOPs totals per label.
-        versions: the PROV name of the last version saved by ``save_model_version``, per model
+        versions: the PROV name and state-dict hash of the last version saved by ``save_model_version``, per model
             object (a new version of the same module is derived from it).
     """
 
     carbon: CarbonTracker
     flops: FlopsTotals = field(default_factory=FlopsTotals)
-    versions: weakref.WeakKeyDictionary[Any, str] = field(default_factory=weakref.WeakKeyDictionary)
+    versions: weakref.WeakKeyDictionary[Any, tuple[str, str]] = field(default_factory=weakref.WeakKeyDictionary)
 
     def close(self) -> None:
         self.carbon.stop()

@@ -20,6 +20,7 @@ __all__ = ["SystemMetricsSampler", "sample_system_metrics"]
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024
 _nvml_state: dict[str, Any] = {}
+_process_state: dict[str, Any] = {}
 
 
 def _gpu_handles() -> list[Any]:
@@ -55,6 +56,15 @@ def _gpu_metrics() -> dict[str, float]:
     return out
 
 
+def _this_process() -> psutil.Process:
+    """One ``psutil.Process`` per process: its ``cpu_percent`` measures since its previous call, so a new
+    object each sample would read 0.0 every time (a forked child gets its own)."""
+    pid = os.getpid()
+    if _process_state.get("pid") != pid:
+        _process_state.update(pid=pid, process=psutil.Process(pid))
+    return _process_state["process"]
+
+
 def sample_system_metrics(disk_path: str | os.PathLike[str] = ".") -> dict[str, float]:
     """One sample of CPU %, process and system memory, disk and GPU metrics.
 
@@ -64,7 +74,7 @@ def sample_system_metrics(disk_path: str | os.PathLike[str] = ".") -> dict[str, 
     ``system/``: the process's CPU % and RSS, memory used, disk I/O, each GPU's own readings.
     CPU % is measured since the previous call in this process (the first call primes it).
     """
-    proc = psutil.Process()
+    proc = _this_process()
     vm = psutil.virtual_memory()
     out = {
         "cpu_usage": psutil.cpu_percent(interval=None),

@@ -46,14 +46,17 @@ def save_version(run: RunRecorder, model: Any, model_name: str, context: Any = N
     path = folder / (f"{model_name}.pth" if version == 1 else f"{model_name}.v{version}.pth")
     state = model.state_dict()
     torch.save(state, path)
+    weights = state_dict_sha256(state)
     measures = measures_of(run)
-    previous = measures.versions.get(model)
+    # Derived from the module's previous version only when training changed the weights since: the same
+    # weights saved twice are two files of one state (alternateOf, by the PROV builder), not a derivation.
+    previous, previous_weights = measures.versions.get(model, (None, None))
     record = run.log_artifact(
         path, context, artifact_path="model_versions", kind=MODEL_VERSION_KIND, name=path.stem,
-        derived_from=previous, call=call,
+        derived_from=previous if previous_weights != weights else None, call=call,
         attributes={"model_name": model_name, "version": version, "step": step,
                     "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-                    "state_dict_sha256": state_dict_sha256(state)},
+                    "state_dict_sha256": weights},
     )
-    measures.versions[model] = record.name
+    measures.versions[model] = (record.name, weights)
     return record
