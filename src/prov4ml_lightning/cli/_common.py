@@ -139,7 +139,7 @@ def resolve_prov_file(target: str, tracking_uri: str | None, scratch: Scratch) -
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     looks_like_run = _RUN_ID.match(target) is not None
     if uri and (looks_like_run or tracking_uri):
-        from prov4ml_lightning.sinks.mlflow.sink import fetch_provenance
+        from prov4ml_lightning.sinks.mlflow.fetch import fetch_provenance
 
         dst = scratch.path() / target
         dst.mkdir(parents=True, exist_ok=True)

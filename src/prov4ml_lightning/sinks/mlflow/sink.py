@@ -35,7 +35,6 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     MLFLOW_TAG_DESCRIPTION,
     MLFLOW_TAG_PARENT,
     MLFLOW_TAG_RUN_NAME,
-    PROVENANCE_TAG,
     default_pip_requirements,
     default_serialization_format,
     default_tracking_uri,
@@ -45,7 +44,6 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     open_client,
     resolve_tracking_uri,
     source_tags,
-    sqlite_file,
     truncate_param_value,
 )
 
@@ -56,7 +54,6 @@ __all__ = [
     "default_pip_requirements",
     "default_serialization_format",
     "default_tracking_uri",
-    "fetch_provenance",
     "generate_run_name",
     "mlflow_internals_changed",
     "mlflow_safe_key",
@@ -422,47 +419,3 @@ class MlflowSink:
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         return [a.path for a in self.client.list_artifacts(run_id, path)]
-
-
-def fetch_provenance(tracking_uri: str, run_id: str, dst: str | os.PathLike[str]) -> Path:
-    """Download the PROV files of ``run_id`` (artifact folder ``prov/``) into ``dst``.
-
-    Returns:
-        The local path of the run's PROV JSON (named by the run tag ``prov4ml.provenance_file``).
-
-    Raises:
-        Prov4MLInputError: the store, the run or its provenance does not exist.
-    """
-    from prov4ml_lightning.errors import Prov4MLInputError
-
-    db = sqlite_file(tracking_uri)
-    if db is not None and not db.is_file():  # MlflowClient would silently create an empty store there
-        raise Prov4MLInputError(f"tracking store {tracking_uri}: no such SQLite file {db}")
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    # The command line prints its own summary; MLflow's download progress bar is noise there.
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        artifact = client.get_run(run_id).data.tags.get(PROVENANCE_TAG)
-        if not artifact:
-            raise Prov4MLInputError(
-                f"MLflow run {run_id} in {tracking_uri} has no provenance (tag {PROVENANCE_TAG} is missing; "
-                "was it recorded with prov4ml-lightning and ended?)"
-            )
-        # The whole folder: the metrics CSV and packages list live next to the PROV JSON.
-        folder = artifact.rsplit("/", 1)[0] if "/" in artifact else artifact
-        local = Path(client.download_artifacts(run_id, folder, str(dst)))
-    except _mlflow_error() as err:
-        first = (str(err).strip() or type(err).__name__).splitlines()[0]
-        raise Prov4MLInputError(f"MLflow run {run_id} in {tracking_uri}: {first}") from err
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
-    path = local / artifact.rsplit("/", 1)[-1] if local.is_dir() else local
-    if not path.is_file():
-        raise Prov4MLInputError(f"MLflow run {run_id} in {tracking_uri}: artifact {artifact} could not be downloaded")
-    return path
