@@ -15,7 +15,7 @@ PACKAGE = "prov4ml_lightning"
 
 # A layer may import its own and lower layers only (leaves: imported by all, import no one above).
 LAYERS = {
-    "front": {"api", "lightning", "cli", "__main__", "<init>", "runs"},
+    "front": {"api", "api_measures", "lightning", "cli", "__main__", "<init>", "runs"},
     "plugin": {"capture", "distributed", "recovery", "signals"},
     "core": {"tracking"},
     "output": {"sinks", "provenance"},
