@@ -85,3 +85,18 @@ def user_params(params: dict) -> dict:
     for a second model and ``<name>/<n>`` for a reopened run)."""
     return {k: v for k, v in params.items()
             if not any(part in _AUTOMATIC for part in k.split("/"))}
+
+
+def diff_rows(out: str, section: str) -> dict[str, tuple[str, ...]]:
+    """``{key: (A, B[, why])}`` of one section of ``prov4ml diff`` output (columns are 2+ spaces apart)."""
+    import re
+
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"{section}: "))
+    rows = {}
+    for ln in lines[start + 2:]:
+        if not ln.startswith("  "):
+            break
+        key, *values = re.split(r"\s{2,}", ln.strip())
+        rows[key] = tuple(values)
+    return rows

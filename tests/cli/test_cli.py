@@ -30,6 +30,7 @@ from prov4ml_lightning.capture.model_info import state_dict_sha256
 from prov4ml_lightning.cli import COMMANDS, main
 from prov4ml_lightning.cli._view import RunView, datasets_by_name
 from prov4ml_lightning.cli.diff import fingerprint_kind
+from tests.helpers import diff_rows
 
 _SVG = "{http://www.w3.org/2000/svg}"
 
@@ -312,17 +313,7 @@ def test_validate_malformed_json_fails_the_check(tmp_path, capsys):
 
 
 # -- diff ------------------------------------------------------------------------------------------
-def _diff_rows(out: str, section: str) -> dict[str, tuple[str, ...]]:
-    """``{key: (A, B)}`` of one section of ``prov4ml diff`` output (columns are 2+ spaces apart)."""
-    lines = out.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"{section}: "))
-    rows = {}
-    for ln in lines[start + 2:]:
-        if not ln.startswith("  "):
-            break
-        key, *values = re.split(r"\s{2,}", ln.strip())
-        rows[key] = tuple(values)
-    return rows
+_diff_rows = diff_rows
 
 
 def test_diff_finds_a_changed_hyperparameter(runs, capsys):

@@ -28,6 +28,7 @@ import prov4ml_lightning as prov4ml
 from prov4ml_lightning.capture.model_info import state_dict_sha256
 from prov4ml_lightning.cli import main
 from prov4ml_lightning.cli.diff import fingerprint_kind
+from tests.helpers import diff_rows
 
 FULL = "sha256 of every tensor's bytes"
 SAMPLED = "sha256 of 8 evenly spaced items (seed 0)"
@@ -115,17 +116,7 @@ def _diff(capsys: pytest.CaptureFixture[str], a: Path, b: Path) -> tuple[int, st
     return code, capsys.readouterr().out
 
 
-def _rows(out: str, section: str) -> dict[str, tuple[str, ...]]:
-    """``{key: (A, B[, why])}`` of one section of the output (columns are 2+ spaces apart)."""
-    lines = out.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"{section}: "))
-    rows = {}
-    for ln in lines[start + 2:]:
-        if not ln.startswith("  "):
-            break
-        key, *values = re.split(r"\s{2,}", ln.strip())
-        rows[key] = tuple(values)
-    return rows
+_rows = diff_rows
 
 
 def _verdicts(out: str) -> dict[str, str]:
