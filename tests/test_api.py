@@ -273,3 +273,21 @@ def test_warnings_point_at_the_users_line_not_into_the_library(run_args):
         prov4ml.log_params({"p": "x" * 7000})  # MLflow keeps a truncated copy: one warning
     assert [(Path(w.filename).resolve(), w.lineno) for w in said] == [(Path(__file__).resolve(), line),
                                                                        (Path(__file__).resolve(), line + 1)]
+
+
+def test_values_and_steps_mlflow_cannot_store_are_refused_at_the_call_and_poison_nothing(run_args, client):
+    """A step outside 64 bits or an int too large for a float used to be accepted and then wipe out
+    the whole batch MLflow was sent; now the call says so and every other point arrives."""
+    with prov4ml.start_run_ctx(**run_args) as run:
+        for step in range(5):
+            prov4ml.log_metric("loss", 1.0 / (step + 1), step=step)
+        for bad_step in (2**63, -(2**63) - 1, 2**70):
+            with pytest.raises(prov4ml.Prov4MLInputError, match=r"step .* outside the 64-bit range"):
+                prov4ml.log_metric("loss", 0.5, step=bad_step)
+        with pytest.raises(prov4ml.Prov4MLInputError, match=r"log_metric\('big', 1000.*too large for a 64-bit float"):
+            prov4ml.log_metric("big", 10**400, step=0)
+        prov4ml.log_metric("edge", 1.0, step=2**63 - 1)  # the largest step MLflow stores
+        for step in range(5, 10):
+            prov4ml.log_metric("loss", 1.0 / (step + 1), step=step)
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "loss")) == list(range(10))
+    assert [m.step for m in client.get_metric_history(run.run_id, "edge")] == [2**63 - 1]

@@ -190,7 +190,7 @@ class RunRecorder(Lineage):
                 names = self._new_series(key, ctx, call)
             if step is None:
                 step = self._next_step[series_key]
-            elif type(step) is not int:
+            elif type(step) is not int or not v.STEP_MIN <= step <= v.STEP_MAX:
                 step = v.check_step(step, f"{call}({key!r})")
             if timestamp is None:
                 timestamp = int(time.time() * 1000)

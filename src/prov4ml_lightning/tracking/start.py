@@ -104,7 +104,7 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
                     f"{call}: the MLflow tracking server {sink.public_uri} is unreachable ({err}); the run goes "
                     f"on offline as local run {run_id}: metrics and provenance are written to {prov_dir}, and "
                     f"`prov4ml sync {prov_dir}` creates the MLflow run once the server is back",
-                    Prov4MLWarning, stacklevel=5,
+                    Prov4MLWarning,
                 )
         else:
             earlier = _first_start(prov_dir, run_id) if isinstance(sink, ServiceSink) else None
@@ -182,7 +182,7 @@ def _announce_environment_store(config: RunConfig, uri: str, call: str) -> None:
         f"{call}: MLFLOW_TRACKING_URI={redact_url(env)} is set, so the run goes to that MLflow store and not to "
         f"the embedded store in mlflow_save_dir={save_dir!r}; pass tracking_uri=... to choose the store "
         "explicitly, or unset MLFLOW_TRACKING_URI to use mlflow_save_dir",
-        Prov4MLWarning, stacklevel=4,
+        Prov4MLWarning,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,8 @@ from prov4ml_lightning.records import RUN_STATUSES
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "STEP_MAX",
+    "STEP_MIN",
     "check_artifact_path",
     "check_context",
     "check_name",
@@ -46,8 +49,12 @@ def to_number(value: Any, call: str, key: str = "") -> float | int | torch.Tenso
     conversion to a Python float, which forces a device sync, happens on the writer thread.
     """
     kind = type(value)
-    if kind is float or kind is int:
+    if kind is float:
         return value
+    if kind is int:
+        if -_FLOAT_MAX_INT <= value <= _FLOAT_MAX_INT:
+            return value
+        raise _number_error(call, key, value, _TOO_LARGE)
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise _number_error(call, key, value, f"value must be a scalar, got a tensor of shape {tuple(value.shape)}")
@@ -65,7 +72,10 @@ def to_number(value: Any, call: str, key: str = "") -> float | int | torch.Tenso
             call, key, value,
             f"value must be a real number (int, float, NumPy scalar or 0-d tensor), got {type(value).__name__}",
         )
-    return float(value)  # int/float subclasses
+    try:
+        return float(value)  # int/float subclasses
+    except OverflowError:
+        raise _number_error(call, key, value, _TOO_LARGE) from None
 
 
 
@@ -84,6 +94,13 @@ def to_floats(values: list[Any]) -> list[float]:
         for i, number in zip(indices, torch.stack([values[i] for i in indices]).cpu().tolist()):
             out[i] = float(number)
     return out
+
+#: the largest int a float holds (MLflow stores metric values as 64-bit floats); past it float() overflows
+_FLOAT_MAX_INT = int(sys.float_info.max)
+_TOO_LARGE = "value is too large for a 64-bit float, which is how MLflow (and the metrics CSV) store a metric"
+#: MLflow stores steps as 64-bit integers
+STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1
+
 
 def _number_error(call: str, key: str, value: Any, message: str) -> Prov4MLInputError:
     return Prov4MLInputError(f"{call}({key!r}, {_short_repr(value)}): {message}")
@@ -105,7 +122,6 @@ def check_finite(value: float, what: str) -> bool:
         "non_finite_count); MLflow keeps NaN, but its database stores (SQLite, PostgreSQL, MySQL) turn "
         "inf into +-1.7976931348623157e308, the largest float.",
         Prov4MLWarning,
-        stacklevel=3,
     )
     return False
 
@@ -217,9 +233,12 @@ def check_step(step: Any, call: str) -> int:
     if isinstance(step, bool) or type(step).__name__ == "bool_":  # NumPy's bool has __index__ too
         raise Prov4MLInputError(f"{call}: step must be an int, got {type(step).__name__}")
     if not isinstance(step, int):
-        if hasattr(step, "__index__"):
-            return int(step.__index__())
-        raise Prov4MLInputError(f"{call}: step must be an int, got {type(step).__name__}")
+        if not hasattr(step, "__index__"):
+            raise Prov4MLInputError(f"{call}: step must be an int, got {type(step).__name__}")
+        step = step.__index__()
+    if not STEP_MIN <= step <= STEP_MAX:
+        raise Prov4MLInputError(f"{call}: step {step} is outside the 64-bit range MLflow stores steps in "
+                                "(-2**63 to 2**63 - 1)")
     return int(step)
 
 

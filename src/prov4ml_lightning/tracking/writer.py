@@ -158,7 +158,6 @@ class MetricWriter(threading.Thread):
                     f"prov4ml: MLflow rejected or could not take metrics ({err!r}); training goes on, "
                     "points are kept and retried, and spilled to disk if MLflow does not come back.",
                     Prov4MLWarning,
-                    stacklevel=2,
                 )
             if len(self._pending) > _MAX_PENDING:
                 self._spill_pending()

@@ -210,7 +210,7 @@ class TrackingGuard:
                 "Metrics are kept and retried with backoff; what MLflow has not taken by end_run is saved to "
                 "mlflow_unsent_<run_id>.csv in the provenance folder for `prov4ml sync`. The PROV files are "
                 "written locally as usual.",
-                Prov4MLWarning, stacklevel=4,
+                Prov4MLWarning,
             )
         else:
             log.info("prov4ml: tracking server %s unreachable (%s)", self.public_uri, name)
