@@ -57,11 +57,20 @@ def test_run_page_shows_user_source_commit_and_datasets(mlflow_server, tmp_path)
     run = MlflowClient(mlflow_server.uri).get_run(run_id)
     commit = _git(project, "rev-parse", "HEAD")
     assert run.data.tags["mlflow.source.git.commit"] == commit
+    datasets = {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"]
+                for d in run.inputs.dataset_inputs}
+    assert sorted(name.split(".")[0] for name in datasets) == ["train0", "val0"], datasets  # before the page loads
 
     browser = Chromium(width=1500, height=1000)
     try:
         browser.open(f"{mlflow_server.uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}")
-        text = browser.wait("document.body.innerText.includes('train0.') && document.body.innerText", timeout=90)
+        try:
+            # the run page shows one dataset (whichever the store lists first: they are sent as their
+            # fingerprints finish) and "+1" for the other
+            shown = " || ".join(f"document.body.innerText.includes({name!r})" for name in datasets)
+            text = browser.wait(f"({shown}) && document.body.innerText", timeout=90)
+        except TimeoutError as error:  # say what the page showed instead
+            raise AssertionError(f"{error}; the page shows: {browser.evaluate('document.body.innerText')!r}") from None
         if os.environ.get("PROV4ML_SCREENSHOT"):
             shutil.copy(browser.screenshot(tmp_path / "run.png"), os.environ["PROV4ML_SCREENSHOT"])
     finally:
@@ -69,5 +78,6 @@ def test_run_page_shows_user_source_commit_and_datasets(mlflow_server, tmp_path)
     assert run.data.tags["mlflow.user"] in text  # "Created by"
     assert "train.py" in text  # "Source"
     assert commit[:7] in text  # the git commit, as the run page abbreviates it
-    assert "train0." in text and "Training" in text, text  # the datasets (the first, its context, "+1")
+    first = next(name for name in datasets if name in text)
+    assert datasets[first].capitalize() in text and "+1" in text, text  # the datasets (the first, its context, "+1")
     assert "s3cret" not in text
