@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning, TrackingUnavailableError, warn
+from prov4ml_lightning.sinks.mlflow.pickling import local_modules_by_value
 
 __all__ = ["MlflowService", "ServiceSink", "get_service", "save_model_file", "wait_at_exit", "wait_for_mlflow"]
 
@@ -217,13 +218,15 @@ def _headline(text: str) -> str:
 
 
 def save_model_file(model: Any, path: Path) -> None:
-    """Save ``model`` whole, as MLflow's pytorch flavour does (``torch.save`` with cloudpickle:
-    a class defined in ``__main__`` travels by value), for the service to load and log."""
+    """Save ``model`` whole, as MLflow's pytorch flavour does (``torch.save`` with cloudpickle), for
+    the service to load and log; the classes of ``__main__`` and of the user's own modules travel
+    by value (:func:`~prov4ml_lightning.sinks.mlflow.pickling.local_modules_by_value`)."""
     import cloudpickle
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model, path, pickle_module=cloudpickle)
+    with local_modules_by_value():
+        torch.save(model, path, pickle_module=cloudpickle)
 
 
 class ServiceSink:

@@ -66,6 +66,7 @@ def _load_sink_module() -> Any:
     # sink.py imports its rules by their package name; registered under that name first, they are
     # found without importing the package (and torch) in this process
     _load("prov4ml_lightning.sinks.mlflow.rules", _HERE / "rules.py")
+    _load("prov4ml_lightning.sinks.mlflow.pickling", _HERE / "pickling.py")
     return _load("prov4ml_lightning_service_sink", _HERE / "sink.py")
 
 

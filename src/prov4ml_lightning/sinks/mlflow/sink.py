@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from prov4ml_lightning.sinks.mlflow.pickling import local_modules_by_value  # loaded by path, as rules.py
 from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the service process: see service_process.py
     BATCH_METRICS,
     BATCH_PARAMS,
@@ -370,7 +371,7 @@ class MlflowSink:
         if quiet is not None:
             mlflow_log.addFilter(quiet)
         try:
-            with _use_tracking_uri(self.tracking_uri):
+            with _use_tracking_uri(self.tracking_uri), local_modules_by_value():
                 info = mlflow.pytorch.log_model(
                     model,
                     name=name,
