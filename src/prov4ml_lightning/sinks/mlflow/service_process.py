@@ -45,7 +45,7 @@ __all__: list[str] = []
 
 _HERE = Path(__file__).resolve().parent
 _RETRY_BROKEN_S = 30.0  # a store that could not be opened is not tried again for this long
-_NICENESS = 10  # the service's CPU priority below the training's
+_NICENESS = 19  # where SCHED_IDLE is missing: the lowest nice priority
 #: what a request may call on a sink (nothing else of the object is reachable from the pipe).
 _CALLS = frozenset({
     "experiment_id", "create_run", "reopen_run", "end_run", "log_metrics", "log_params", "set_tags",
@@ -118,9 +118,14 @@ class _Said(logging.Handler):
 
 
 def main() -> None:
-    # Background work: on a busy machine the training processes get the CPU first.
-    with contextlib.suppress(OSError, AttributeError):
-        os.nice(_NICENESS)
+    # Background work: the training gets every CPU it wants; the service runs on what it leaves
+    # (Linux SCHED_IDLE, as the fingerprint thread of capture/dataset_records.py; else nice 19).
+    # What is still to do when the run ends is finished then, when end_run waits for it.
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError, AttributeError):
+            os.nice(_NICENESS)
     # Run as a script, this folder is sys.path[0]: its module names must not shadow real ones.
     sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != _HERE]
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
