@@ -150,6 +150,17 @@ def test_runs_of_one_process_share_one_service(run_args: dict, monkeypatch: pyte
     assert prov4ml.wait_for_mlflow(60)
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_service_runs_only_on_cpu_the_training_leaves(run_args: dict) -> None:
+    run = prov4ml.start_run(**run_args)
+    service = run.sink.service
+    prov4ml.log_metric("loss", 0.5, step=0)
+    prov4ml.end_run()
+    # every thread of the service, the MLflow work included, runs under SCHED_IDLE
+    threads = [int(t) for t in os.listdir(f"/proc/{service.pid}/task")]
+    assert threads and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in threads)
+
+
 @pytest.mark.slow
 def test_an_unusable_store_warns_as_soon_as_known_and_loses_nothing(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
