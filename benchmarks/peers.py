@@ -58,9 +58,10 @@ def child(cfg: str, epochs: int, workdir: Path) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     import torch
 
-    # One intra-op thread: the MLP gains nothing from two, and spinning OpenMP workers on a
-    # shared 2-core machine turn every other process into noise.
-    torch.set_num_threads(1)
+    # torch at its default thread count, as users run it (issue 27): a background process then
+    # competes with training for the cores. --threads N pins it for comparison with older results.
+    if os.environ.get("PROV4ML_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["PROV4ML_BENCH_THREADS"]))
     import lightning.pytorch as pl
     from _workload import Probe, loaders, make_trainer
 
@@ -140,7 +141,7 @@ def child(cfg: str, epochs: int, workdir: Path) -> dict[str, Any]:
         "end_s": t_done - probe.last_batch_end, "fit_s": t_done - t_setup,
         "cpu_s": time.process_time() - cpu0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_child_rss_mb": kids.stop(), **info,
+        "peak_child_rss_mb": kids.stop(), "torch_threads": torch.get_num_threads(), **info,
     }
 
 
@@ -274,24 +275,54 @@ def make_template(root: Path) -> Path:
     return db
 
 
+def _become_subreaper() -> bool:
+    """Make this process adopt its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``), so a
+    process a run leaves behind (an MLflow service finishing its work) is waited for here and
+    its CPU time counted."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_child(cfg: str, epochs: int, workdir: Path, yprov_python: str | None, template: Path) -> dict[str, Any]:
+    """One run in its own process; timed until that process exits (what a user waits for) and
+    until the last process it started exits (the whole tree's CPU is summed from ``wait4``)."""
     if workdir.exists():
         shutil.rmtree(workdir)
     (workdir / "mlflow").mkdir(parents=True)
-    if not os.environ.get("PROV4ML_BENCH_FRESH_STORE"):
+    if os.environ.get("PROV4ML_BENCH_TEMPLATE_STORE"):
         shutil.copy(template, workdir / "mlflow" / "mlflow.db")
     python = yprov_python if cfg == "yprov4ml" else sys.executable
-    out = workdir / "result.json"
-    t0 = time.perf_counter()
+    out, err = workdir / "result.json", workdir / "stderr.txt"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.run([python, __file__, "--child", cfg, "--epochs", str(epochs), "--workdir", str(workdir),
-                           "--out", str(out)], capture_output=True, text=True, cwd=workdir, env=env)
-    wall = time.perf_counter() - t0
+    env.update(PYTHONWARNINGS="ignore")
+    with open(err, "w") as stderr:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([python, __file__, "--child", cfg, "--epochs", str(epochs), "--workdir",
+                                 str(workdir), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr,
+                                cwd=workdir, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        cpu = _cpu(usage)
+        while True:  # the descendants it left behind, adopted by this subreaper
+            try:
+                _, _, usage = os.wait4(-1, 0)
+            except ChildProcessError:
+                break
+            cpu += _cpu(usage)
+        tree_wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        return {"cfg": cfg, "error": proc.stderr[-3000:]}
+        return {"cfg": cfg, "error": err.read_text()[-3000:]}
     result = json.loads(out.read_text())
-    result["wall_s"] = wall
+    result.update(wall_s=wall, tree_wall_s=tree_wall, tree_cpu_s=cpu)
     result["persisted"] = persisted(result, workdir)
     return result
 
@@ -305,13 +336,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="/tmp/prov4ml-bench/peers")
     parser.add_argument("--out", default=str(HERE / "results" / "peers.json"))
     parser.add_argument("--steps", type=int, default=250, help="training steps per epoch (issue 17: 256)")
-    parser.add_argument("--fresh-store", action="store_true",
-                        help="every run creates its SQLite store (a first run), instead of copying a created one")
+    parser.add_argument("--template-store", action="store_true",
+                        help="copy a created SQLite store into each run's folder (older results); by default "
+                             "every run starts in a new folder and its tool creates the store, as a user's first run")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads in the runs (default 0: torch's default, as users run it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ["PROV4ML_BENCH_STEPS"] = str(args.steps)  # the children read it (benchmarks/_workload.py)
-    if args.fresh_store:
-        os.environ["PROV4ML_BENCH_FRESH_STORE"] = "1"
+    if args.template_store:
+        os.environ["PROV4ML_BENCH_TEMPLATE_STORE"] = "1"
+    if args.threads:
+        os.environ["PROV4ML_BENCH_THREADS"] = str(args.threads)
     if args.child:
         result = child(args.child, args.epochs, Path(args.workdir))
         Path(args.out).write_text(json.dumps(result))
@@ -321,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown configs {sorted(unknown)}; choose among {', '.join(CONFIGS)}")
     yprov = args.yprov_python if Path(args.yprov_python).exists() else None
+    if not _become_subreaper():
+        print("not Linux: the CPU of processes a run leaves behind is not counted", file=sys.stderr)
     template = make_template(Path(args.workdir))
     runs: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
@@ -343,11 +381,13 @@ def main(argv: list[str] | None = None) -> None:
                     skipped[cfg] = "failed: " + res["error"].strip().splitlines()[-1]
             else:
                 print(f"round {r} {cfg:20s} step {res['step_s'] * 1e3:7.3f} ms  start {res['start_s']:6.2f} s  "
-                      f"end {res['end_s']:6.2f} s  rss {res['peak_rss_mb']:6.0f} MB  kept {res['persisted']}",
-                      file=sys.stderr)
+                      f"end {res['end_s']:6.2f} s  wall {res['wall_s']:6.2f} s  tree cpu {res['tree_cpu_s']:6.2f} s  "
+                      f"rss {res['peak_rss_mb']:6.0f} MB  kids {res['peak_child_rss_mb']:5.0f} MB  "
+                      f"kept {res['persisted']}", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"epochs": args.epochs, "steps": args.steps, "fresh_store": args.fresh_store,
+    out.write_text(json.dumps({"epochs": args.epochs, "steps": args.steps, "template_store": args.template_store,
+                               "threads": args.threads or "default", "cpu_count": os.cpu_count(),
                                "rounds": args.rounds, "runs": runs, "skipped": skipped,
                                "load_before": os.getloadavg()}, indent=1))
     print(f"wrote {out}", file=sys.stderr)

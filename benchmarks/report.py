@@ -103,7 +103,7 @@ def zero_wait_table(data: dict[str, Any]) -> str:
                 for i in range(max(len(r["epoch_step_s"]) for r in bare))]
     lines = [
         f"Workload: {data['epochs']} epochs x {data.get('steps', 250)} steps, 2 metrics per step, "
-        f"{'a new SQLite store per run' if data.get('fresh_store') else 'a created SQLite store copied per run'}; "
+        f"{_store_note(data)}; "
         f"{data['rounds']} alternating rounds, medians. Step times per epoch exclude the first epoch's first step.",
         "",
         "| config | start to first batch (s) | over bare | setup + fit + finalize (s) | whole cost over bare (s) "
@@ -130,6 +130,52 @@ def zero_wait_table(data: dict[str, Any]) -> str:
             f"| {f'{_med(done):.2f}' if done else ''} "
             f"| {'yes' if any(r.get('mlflow_imported') for r in rs) else 'no'} |"
         )
+    return "\n".join(lines)
+
+
+def _store_note(data: dict[str, Any]) -> str:
+    if "template_store" in data:
+        return "a created SQLite store copied per run" if data["template_store"] else "a new SQLite store per run"
+    return "a new SQLite store per run" if data.get("fresh_store") else "a created SQLite store copied per run"
+
+
+#: issue 27's targets, against bare Lightning (loop, whole-tree CPU) or CSVLogger (process wall)
+TARGETS = {"loop": 0.05, "wall_over_csv_s": 1.0, "cpu_over_bare_s": 1.5, "service_rss_mb": 250.0}
+
+
+def whole_process_table(data: dict[str, Any]) -> str:
+    """Issue 27's table: what a run costs the whole process tree, torch at its default threads.
+
+    Loop = the epoch-mean step time (``step_s``) against bare's; process wall = the training
+    process's spawn to exit (it includes ``end_run``'s wait for MLflow); tree CPU = user + system
+    seconds of the training process and every process it started (the MLflow service, MLflow's
+    requirement inference), summed by ``wait4``; child RSS = the peak summed RSS of those children
+    while the fit ran; points = what each store holds once the whole tree has exited.
+    """
+    by = _runs_by_config(data, "whole_process.json")
+    b_step, b_wall, b_cpu = (_med([r[k] for r in by["bare"]]) for k in ("step_s", "wall_s", "tree_cpu_s"))
+    csv_wall = _med([r["wall_s"] for r in by["csv"]]) if "csv" in by else float("nan")
+    expected = expected_points(data["epochs"])
+    threads = {r.get("torch_threads") for rs in by.values() for r in rs}
+    lines = [
+        f"Workload: {data['epochs']} epochs x {data.get('steps', 250)} steps, every step logged; torch threads "
+        f"{', '.join(map(str, sorted(t for t in threads if t)))} ({data.get('threads', 'default')}) on "
+        f"{data.get('cpu_count', '?')} cores; {_store_note(data)}; {data['rounds']} alternating rounds, medians.",
+        "",
+        "| config | loop ms/step over bare | process wall over bare (s) | over CSVLogger (s) "
+        "| whole-tree CPU over bare (s) | children's peak RSS (MB) | points after exit (train/mae/val) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for cfg in CONFIGS:
+        rs = by.get(cfg)
+        if not rs:
+            continue
+        step, wall, cpu = (_med([r[k] for r in rs]) for k in ("step_s", "wall_s", "tree_cpu_s"))
+        points = "/".join(str(min(r["persisted"][k] for r in rs)) for k in expected) if cfg != "bare" else ""
+        lines.append(
+            f"| {LABELS[cfg]} | {(step - b_step) * 1e3:+.2f} ({100 * (step / b_step - 1):+.1f}%) "
+            f"| {wall - b_wall:+.2f} | {wall - csv_wall:+.2f} | {cpu - b_cpu:+.2f} "
+            f"| {_med([r.get('peak_child_rss_mb', 0) for r in rs]):.0f} | {points} |")
     return "\n".join(lines)
 
 
@@ -261,6 +307,10 @@ def main(argv: list[str] | None = None) -> None:
         if zero:
             parts += [f"### Zero wait (issue 17): the training process's cost of a run, {title}", "",
                       zero_wait_table(zero), ""]
+    whole = load("whole_process")
+    if whole:
+        parts += ["### The whole process (issue 27): torch's default threads, every default", "",
+                  whole_process_table(whole), ""]
     if micro:
         parts += ["### Hot path", "", micro_table(micro), ""]
     if scaling:
