@@ -196,3 +196,21 @@ def test_an_mlflowlogger_in_the_same_trainer_is_announced_not_silent(run_args, t
     assert logger.run_id != callback.run_id
     for run_id in (logger.run_id, callback.run_id):
         assert [m.step for m in store.get_metric_history(run_id, "val_loss")] == [7]
+
+
+def test_a_new_experiment_keeps_its_artifacts_beside_its_sqlite_database(run_args, tmp_path) -> None:
+    """A SQLite store other than the embedded one (an MLFlowLogger's, named by MLFLOW_TRACKING_URI or given
+    as tracking_uri) keeps the run's artifacts beside its own database, not in mlflow_save_dir."""
+    other = tmp_path / "logger_store"
+    other.mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("kept beside the database")
+    uri = f"sqlite:///{other}/logger.db"
+    with prov4ml.start_run_ctx(**run_args, tracking_uri=uri) as run:
+        prov4ml.log_artifact(notes)
+    client = MlflowClient(uri)
+    location = client.get_experiment(client.get_run(run.run_id).info.experiment_id).artifact_location
+    assert location == (other / "artifacts").resolve().as_uri()
+    assert [p.name for p in (other / "artifacts").rglob("notes.txt")] == ["notes.txt"]
+    assert not (Path(run_args["mlflow_save_dir"]) / "artifacts").exists() or not list(
+        (Path(run_args["mlflow_save_dir"]) / "artifacts").rglob(f"*{run.run_id}*"))

@@ -125,16 +125,10 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
         report.skipped = (f"the MLflow service process {run.start.get('mlflow_service_pid')} of the run is still "
                           f"writing after {_SERVICE_WAIT_S:.0f} s; sync again once it has exited")
         return report
-    from prov4ml_lightning.sinks.mlflow.rules import sqlite_file
     from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
-    # An explicit SQLite store (--tracking-uri) keeps new experiments' artifacts beside its database,
-    # as the embedded store does in mlflow_save_dir; any other store as recorded.
-    save_dir = run.start.get("mlflow_save_dir") or run.directory
-    db = sqlite_file(tracking_uri) if tracking_uri else None
-    if db is not None:
-        save_dir = db.resolve().parent
-    store = MlflowSink(uri, save_dir)
+    # (A SQLite store keeps new experiments' artifacts beside its database: MlflowSink.experiment_id.)
+    store = MlflowSink(uri, run.start.get("mlflow_save_dir") or run.directory)
     sink = TrackingGuard(store)
     if not sink.available():
         report.skipped = f"tracking server {sink.public_uri} is unreachable"

@@ -45,6 +45,7 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     open_client,
     resolve_tracking_uri,
     source_tags,
+    sqlite_file,
     truncate_param_value,
 )
 
@@ -147,8 +148,13 @@ class MlflowSink:
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment.experiment_id)
             return experiment.experiment_id
+        # A new experiment's artifacts go beside its SQLite database (the embedded store's is in
+        # mlflow_save_dir; another one, such as an MLFlowLogger's named by MLFLOW_TRACKING_URI, keeps its own).
         location = None
-        if is_local_store(self.tracking_uri):
+        db = sqlite_file(self.tracking_uri)
+        if db is not None:
+            location = (db.resolve().parent / "artifacts").as_uri()
+        elif is_local_store(self.tracking_uri):
             location = (self.mlflow_save_dir / "artifacts").as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
