@@ -22,8 +22,8 @@ import pytest
 
 from prov4ml_lightning.provenance.checks import check_file
 from prov4ml_lightning.sinks.mlflow.rules import default_tracking_uri
-from prov4ml_lightning.sinks.mlflow.store import open_client
-from tests.helpers import attr, by_type, read_prov, user_params
+from prov4ml_lightning.sinks.mlflow.store import forget_engine, open_client
+from tests.helpers import attr, by_type, half_migrated_store, read_prov, user_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -238,3 +238,53 @@ def test_killed_during_end_run_is_announced_and_sync_completes_the_run(tmp_path)
     out = _sync(prov_dir)
     assert f"MLflow run {run_id} updated" in out and "status FINISHED" in out
     _check_complete(tmp_path, run_id, n)
+
+
+_KILLED_WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN")
+conn.execute("CREATE TABLE half_done (x TEXT)")
+conn.execute("INSERT INTO half_done VALUES (?)", ("x" * 100_000,))
+print("writing", flush=True)
+time.sleep(600)
+"""
+
+
+def _break_store(db: Path, tmp_path: Path) -> None:
+    """Replace ``db`` by the store a process killed while migrating it in place leaves: a schema
+    migrated half-way and a leftover ``-journal`` of the transaction it was in."""
+    forget_engine(default_tracking_uri(db.parent))  # this process's MLflow would keep reading the file it opened
+    for old in db.parent.glob(db.name + "*"):
+        if old.name != db.name + ".prov4ml-lock":
+            old.unlink()
+    half_migrated_store(db)
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    assert Path(f"{db}-journal").is_file()
+
+
+def test_sync_replaces_a_half_migrated_store_and_later_runs_into_the_folder_are_online(tmp_path):
+    n = 120
+    prov_dir, db = tmp_path / "prov", tmp_path / "mlflow" / "mlflow.db"
+    run_id, _, _ = _train(tmp_path, "plain", n)
+    _break_store(db, tmp_path)
+
+    out = _sync(prov_dir)
+    (aside,) = db.parent.glob("mlflow.db.broken-*[0-9]")
+    assert f"the MLflow store {db} was left half-created" in out and f"moved aside to {aside}" in out, out
+    assert Path(f"{aside}-journal").is_file()  # moved with its database, as it was
+    assert f"MLflow run {run_id} created" in out and "status FINISHED" in out
+    _check_complete(tmp_path, run_id, n)
+
+    # a training started into such a folder repairs it too (its MLflow service says so) and is online
+    _break_store(db, tmp_path)
+    later, _, err = _train(tmp_path, "plain", 50)
+    assert "was left half-created" in err and "moved aside to" in err, err
+    client = open_client(default_tracking_uri(db.parent))
+    assert client.get_run(later).info.status == "FINISHED"
+    assert len(client.get_metric_history(later, "loss")) == 50

@@ -138,7 +138,7 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
         return report
     from prov4ml_lightning.sinks.mlflow.rules import sqlite_file
     from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
-    from prov4ml_lightning.sinks.mlflow.store import database_file, prepare_sqlite_store
+    from prov4ml_lightning.sinks.mlflow.store import database_file, forget_engine, prepare_sqlite_store
 
     # An explicit SQLite store (--tracking-uri) keeps new experiments' artifacts beside its database,
     # as the embedded store does in mlflow_save_dir; any other store as recorded.
@@ -150,6 +150,7 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
         # a store a killed process left half-created is moved aside and replaced (said in the report)
         if (file := database_file(uri)) is not None and (replaced := prepare_sqlite_store(file)):
             report.notes.append(replaced)
+            forget_engine(uri)
         store = MlflowSink(uri, save_dir)
     except Exception as err:  # a store MLflow cannot open: said in one line, never a traceback
         text = str(err).strip().splitlines()[0][:500] if str(err).strip() else type(err).__name__

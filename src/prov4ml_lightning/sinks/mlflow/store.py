@@ -41,7 +41,10 @@ from typing import Any
 from prov4ml_lightning.files import cache_dir  # loaded by path in the service process: see service_process.py
 from prov4ml_lightning.sinks.mlflow.rules import is_database_uri, sqlite_file
 
-__all__ = ["TEMPLATES", "BrokenStoreError", "database_file", "open_client", "prepare_sqlite_store", "template_path"]
+__all__ = [
+    "TEMPLATES", "BrokenStoreError", "database_file", "forget_engine", "open_client", "prepare_sqlite_store",
+    "template_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,7 @@ def open_client(tracking_uri: str) -> Any:
                     replaced = prepare_sqlite_store(db, locked=True)
                     if replaced:
                         log.warning("prov4ml: %s", replaced)
+                        forget_engine(tracking_uri)
                 client = MlflowClient(tracking_uri)
                 client.search_experiments(max_results=1)  # the store is created and migrated here
                 return client
@@ -117,6 +121,19 @@ def open_client(tracking_uri: str) -> Any:
             log.info("prov4ml: opening the MLflow store %s failed (%r); retrying", scheme, err)
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def forget_engine(tracking_uri: str) -> None:
+    """Drop the database engine MLflow keeps for ``tracking_uri`` in this process (its pooled
+    connections hold the file they opened: a store replaced since would not be seen)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:
+        return
+    engines = getattr(SqlAlchemyStore, "_engine_map", None)
+    engine = engines.pop(tracking_uri, None) if isinstance(engines, dict) else None
+    if engine is not None:
+        engine.dispose()
 
 
 # -- MLflow's own schema functions -------------------------------------------------------------------
