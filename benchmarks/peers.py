@@ -229,7 +229,7 @@ def persisted(result: dict[str, Any], workdir: Path) -> dict[str, int]:
         if cfg.startswith("prov4ml"):
             # its MLflow service finishes after the training process exited: wait for it (store lock:
             # it may still be creating the store) and say how long it took
-            from prov4ml_lightning.sinks.mlflow.rules import open_client
+            from prov4ml_lightning.sinks.mlflow.store import open_client
 
             t0 = time.perf_counter()
             client = open_client(result["uri"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import prov4ml_lightning as prov4ml
+from prov4ml_lightning.files import CACHE_ENV
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking.config import WAIT_ENV
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401  (a real `mlflow server`)
@@ -43,6 +44,19 @@ def tree_stays_clean():
         new = sorted(set(after.splitlines()) - set(before.splitlines()))
         pytest.fail("the test session changed the repository's working tree (git status --porcelain): "
                     + "; ".join(new or after.splitlines()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """prov4ml's cache folder (file hashes, the migrated empty MLflow store new stores are copied
+    from) in the session's temporary folder, for this process and the subprocesses it starts."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("prov4ml-cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
 
 
 @pytest.fixture(scope="session")

@@ -100,3 +100,34 @@ def diff_rows(out: str, section: str) -> dict[str, tuple[str, ...]]:
         key, *values = re.split(r"\s{2,}", ln.strip())
         rows[key] = tuple(values)
     return rows
+
+
+def half_migrated_store(db: Path, *, experiments: int = 0) -> str:
+    """Make ``db`` the MLflow store a process killed between two of MLflow's migrations leaves:
+    MLflow's initial tables, then its migrations (alembic) up to the middle of the chain only.
+    ``experiments`` rows are added (a store holding records). Returns the revision it stopped at."""
+    import sqlite3
+
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config, create_sqlalchemy_engine
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{db}"
+    config = _get_alembic_config(url)
+    revisions = [r.revision for r in ScriptDirectory.from_config(config).walk_revisions()]  # head first
+    middle = revisions[len(revisions) // 2]
+    engine = create_sqlalchemy_engine(url)
+    try:
+        InitialBase.metadata.create_all(engine)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, middle)
+    finally:
+        engine.dispose()
+    with sqlite3.connect(db) as conn:
+        for i in range(1, experiments + 1):
+            conn.execute("INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+                         "VALUES (?, ?, ?, 'active')", (i, f"kept-{i}", str(db.parent / str(i))))
+    return middle

@@ -1,4 +1,7 @@
-"""File helpers: content hashes and sizes of files and folders, and the one atomic text write."""
+"""File helpers: content hashes and sizes of files and folders, the one atomic text write, and
+where prov4ml keeps its caches (:func:`cache_dir`).
+
+It imports nothing but the standard library: the MLflow service process loads it by path."""
 
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["atomic_write", "atomic_write_text", "sha256_path"]
+__all__ = ["CACHE_ENV", "atomic_write", "atomic_write_text", "cache_dir", "sha256_path"]
+
+#: environment variable naming the cache folder (tests point it into their temporary folder)
+CACHE_ENV = "PROV4ML_CACHE_DIR"
 
 _CHUNK = 1 << 20
 
@@ -68,3 +74,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[TextIO], object]
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """:func:`atomic_write` of ``text``."""
     return atomic_write(path, lambda fh: fh.write(text))
+
+
+def cache_dir() -> Path:
+    """Where prov4ml keeps its caches (the file-hash cache, the empty MLflow store per MLflow
+    version): ``$PROV4ML_CACHE_DIR``, else ``$XDG_CACHE_HOME/prov4ml``, else ``~/.cache/prov4ml``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "prov4ml" if xdg else Path.home() / ".cache" / "prov4ml"

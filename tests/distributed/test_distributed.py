@@ -29,8 +29,8 @@ from prov4ml_lightning.provenance.checks import check_file
 from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.runs import open_run
 from prov4ml_lightning.sinks.mlflow.fetch import fetch_provenance
-from prov4ml_lightning.sinks.mlflow.rules import open_client
 from prov4ml_lightning.sinks.mlflow.sink import default_tracking_uri
+from prov4ml_lightning.sinks.mlflow.store import open_client
 from tests.helpers import attr, by_type, read_prov, records_of, user_params, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

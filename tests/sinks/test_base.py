@@ -12,11 +12,11 @@ from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
 from prov4ml_lightning.sinks.mlflow.service import MlflowService, ServiceSink
 from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
-#: what the recorder (`pending`: the end_run warning), the metric writer, rank parts, the callback, `get_run_id` and
-#: `prov4ml sync` call on a sink.
+#: what the recorder (`pending`, `incomplete`: the end_run warnings), the metric writer, rank parts, the callback,
+#: `get_run_id` and `prov4ml sync` call on a sink.
 MEMBERS = {
     "tracking_uri", "public_uri", "mlflow_save_dir", "offline",
-    "available", "go_offline", "recheck", "flush", "pending", "run_created",
+    "available", "go_offline", "recheck", "flush", "pending", "incomplete", "run_created",
     "experiment_id", "create_run", "reopen_run", "end_run",
     "log_metrics", "log_params", "set_tags", "log_dataset_inputs", "log_artifact", "log_model",
     "get_run", "get_metric_history", "search_runs", "list_artifacts",

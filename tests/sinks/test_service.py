@@ -77,7 +77,7 @@ def _run_script(tmp_path: Path, with_model: bool) -> tuple[dict, Path, Path]:
 
 
 def _finished_run(mlflow_dir: Path, run_id: str):
-    from prov4ml_lightning.sinks.mlflow.rules import open_client
+    from prov4ml_lightning.sinks.mlflow.store import open_client
 
     # the store lock: the service may still be creating the store (two migrations at once would clash)
     client = open_client(default_tracking_uri(mlflow_dir))
@@ -244,7 +244,7 @@ def test_a_training_killed_before_mlflow_caught_up_is_recovered_completely(tmp_p
     proc.wait()
     assert main(["recover", str(prov_dir)]) == 0
     assert f"{run_id}: recovered as CRASHED, 200 metric points" in capsys.readouterr().out
-    from prov4ml_lightning.sinks.mlflow.rules import open_client
+    from prov4ml_lightning.sinks.mlflow.store import open_client
 
     client = open_client(default_tracking_uri(mlflow_dir))
     run = client.get_run(run_id)
@@ -272,7 +272,7 @@ _BROKEN_STORE = textwrap.dedent("""
 def test_a_broken_store_is_reported_at_exit_and_sync_writes_everything_once_it_is_fixed(tmp_path: Path,
                                                                                          capsys) -> None:
     from prov4ml_lightning.cli import main
-    from prov4ml_lightning.sinks.mlflow.rules import open_client
+    from prov4ml_lightning.sinks.mlflow.store import open_client
 
     script = tmp_path / "short.py"
     script.write_text(_BROKEN_STORE)

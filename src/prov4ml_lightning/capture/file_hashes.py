@@ -1,7 +1,7 @@
 """File contents hashed once: a SHA-256 per file, cached by (path, size, mtime_ns, inode) as DVC does.
 
-The cache is an SQLite file, ``file-hashes.sqlite3``, in :func:`cache_dir`: ``$PROV4ML_CACHE_DIR``,
-else ``$XDG_CACHE_HOME/prov4ml``, else ``~/.cache/prov4ml``. A file whose size, modification
+The cache is an SQLite file, ``file-hashes.sqlite3``, in prov4ml's cache folder
+(:func:`prov4ml_lightning.files.cache_dir`). A file whose size, modification
 time (nanoseconds) and inode are those recorded is not read again, so fingerprinting the same
 10,000 files a second time costs their ``stat`` calls. A file rewritten with the same size
 within one tick of the file system's clock keeps its old entry (DVC has the same limit); touching
@@ -19,21 +19,13 @@ import os
 import sqlite3
 from pathlib import Path
 
+from prov4ml_lightning.files import CACHE_ENV, cache_dir
+
 __all__ = ["CACHE_ENV", "FileHashes", "cache_dir", "read_file_digest"]
 
 log = logging.getLogger(__name__)
 
-#: environment variable naming the cache folder (tests point it into their temporary folder)
-CACHE_ENV = "PROV4ML_CACHE_DIR"
 _READ = 1 << 20
-
-
-def cache_dir() -> Path:
-    """Where prov4ml keeps its caches."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "prov4ml" if xdg else Path.home() / ".cache" / "prov4ml"
 
 
 def read_file_digest(path: str) -> bytes:

@@ -43,6 +43,8 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
         if args.local:
             continue
         (report,) = sync(args.directory, tracking_uri=args.tracking_uri, run_id=rec.run_id)
+        for note in report.notes:
+            echo(f"{rec.run_id}: {note}")
         if report.skipped or report.problems:
             failed += 1
             echo(f"{rec.run_id}: MLflow not updated: {report.skipped or '; '.join(report.problems)}")

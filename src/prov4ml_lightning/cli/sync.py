@@ -35,6 +35,8 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
 
     failed = 0
     for report in sync(args.directory, tracking_uri=args.tracking_uri, run_id=args.run_id):
+        for note in report.notes:
+            echo(f"{report.run_id}: {note}")
         if report.skipped:
             # A run still running is not a failure; anything else that kept a run out of MLflow is.
             failed += report.skipped != "still running"

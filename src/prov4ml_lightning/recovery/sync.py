@@ -5,7 +5,9 @@ sidecar (every point) and the PROV files. For each run journal in the folder :fu
 
 1. finds the MLflow run: the run's own id; for a run started *offline* (the tracking server was
    unreachable at ``start_run``) the run tagged ``prov4ml.local_run_id=<local id>``, created in
-   the same experiment the first time (the PROV document keeps the local id);
+   the same experiment the first time (the PROV document keeps the local id). A run MLflow's
+   service never created (a store that could not be opened, a service killed first) is created
+   then, under its own id in a database store;
 2. logs the params MLflow lacks and sets the tags;
 3. sends every sidecar point MLflow lacks, compared by ``(key, step, timestamp)`` per metric,
    so points spilled to ``mlflow_unsent_<run_id>.csv``, points a ``SIGKILL`` left unsent and
@@ -15,6 +17,11 @@ sidecar (every point) and the PROV files. For each run journal in the folder :fu
    and the PROV files, the sidecar and ``long_params`` under ``prov/``/``params/``;
 5. ends the MLflow run with the recorded status (``FAILED`` plus the tag ``prov4ml.crashed=true``
    for a recovered run), and appends a ``synced`` event to the journal.
+
+Before that, an embedded SQLite store a killed process left half-created is moved aside and
+replaced by a new one (``SyncedRun.notes`` says where it went; ``sinks.mlflow.store``); a store
+MLflow cannot open that holds records is left alone and the run is skipped, with the reason on
+one line.
 
 A run still in progress is skipped, and so is a crashed one that was not recovered yet
 (``prov4ml recover DIR`` recovers and then syncs). Models whose logging failed cannot be
@@ -26,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +53,7 @@ from prov4ml_lightning.recovery.recover import (
 )
 from prov4ml_lightning.redact import REDACTED, redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
+from prov4ml_lightning.sinks.mlflow.rules import is_database_uri
 from prov4ml_lightning.sinks.mlflow.service import STAGING
 from prov4ml_lightning.tracking.journal import Journal
 
@@ -55,6 +64,7 @@ log = logging.getLogger(__name__)
 #: MLflow tag linking a run created by ``sync`` to the local id its PROV document uses.
 LOCAL_RUN_TAG = "prov4ml.local_run_id"
 _CHUNK = 1000
+_HEX_ID = re.compile(r"[0-9a-f]{32}")  # a run id the training process drew (uuid4().hex)
 _SERVICE_WAIT_S = 300.0  # how long sync waits for a dead run's MLflow service to finish its work
 
 
@@ -71,6 +81,7 @@ class SyncedRun:
     status: str | None = None
     skipped: str | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was repaired on the way (a half-created store replaced)
 
 
 def _tracking_uri(run: JournaledRun, override: str | None) -> str:
@@ -126,9 +137,19 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
                           f"writing after {_SERVICE_WAIT_S:.0f} s; sync again once it has exited")
         return report
     from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
+    from prov4ml_lightning.sinks.mlflow.store import database_file, forget_engine, prepare_sqlite_store
 
     # (A SQLite store keeps new experiments' artifacts beside its database: MlflowSink.experiment_id.)
-    store = MlflowSink(uri, run.start.get("mlflow_save_dir") or run.directory)
+    try:
+        # a store a killed process left half-created is moved aside and replaced (said in the report)
+        if (file := database_file(uri)) is not None and (replaced := prepare_sqlite_store(file)):
+            report.notes.append(replaced)
+            forget_engine(uri)
+        store = MlflowSink(uri, run.start.get("mlflow_save_dir") or run.directory)
+    except Exception as err:  # a store MLflow cannot open: said in one line, never a traceback
+        text = str(err).strip().splitlines()[0][:500] if str(err).strip() else type(err).__name__
+        report.skipped = f"the MLflow store {redact_url(uri)} could not be opened: {text}"
+        return report
     sink = TrackingGuard(store)
     if not sink.available():
         report.skipped = f"tracking server {sink.public_uri} is unreachable"
@@ -147,11 +168,11 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
     return report
 
 
-def _mlflow_run(run: JournaledRun, sink: TrackingGuard, report: SyncedRun) -> str | None:
+def _mlflow_run(run: JournaledRun, sink: TrackingGuard, report: SyncedRun, store: Any) -> str | None:
     if not run.start.get("offline") and sink.get_run(run.run_id) is not None:
         return run.run_id
-    # An offline run, a run whose MLflow service could not create it (a broken store), or a run
-    # synced into another store: MLflow gets it under a new id, tagged with the local one.
+    # An offline run, a run whose MLflow service could not create it (a broken store, a service
+    # killed before it had), or a run synced into another store: created now, tagged with the local id.
     if run.synced and run.synced.get("mlflow_run_id") and sink.get_run(run.synced["mlflow_run_id"]) is not None:
         return str(run.synced["mlflow_run_id"])
     experiment_id = sink.experiment_id(run.info.experiment_name)
@@ -159,14 +180,19 @@ def _mlflow_run(run: JournaledRun, sink: TrackingGuard, report: SyncedRun) -> st
     if found:
         return found[0]
     tags = {**run.info.tags, LOCAL_RUN_TAG: run.run_id}
-    mlflow_id, _ = sink.create_run(experiment_id, run.info.run_name, tags, run.info.description, None,
-                                   int(run.info.start_time * 1000))
+    start_ms = int(run.info.start_time * 1000)
+    if not run.start.get("offline") and is_database_uri(store.tracking_uri) and _HEX_ID.fullmatch(run.run_id):
+        # the id the PROV document and the run's files already name (a database store takes a chosen id)
+        mlflow_id, _ = store.create_run_with_id(run.run_id, experiment_id, run.info.run_name, tags,
+                                                run.info.description, None, start_ms)
+    else:  # a remote server draws its own ids
+        mlflow_id, _ = sink.create_run(experiment_id, run.info.run_name, tags, run.info.description, None, start_ms)
     report.created = True
     return mlflow_id
 
 
 def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun, store: Any) -> None:
-    mlflow_id = _mlflow_run(run, sink, report)
+    mlflow_id = _mlflow_run(run, sink, report, store)
     if mlflow_id is None:
         return
     report.mlflow_run_id = mlflow_id

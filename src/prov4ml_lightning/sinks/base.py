@@ -55,6 +55,10 @@ class TrackingSink(Protocol):
     def pending(self) -> str:
         """What was handed over and is not in the store yet, for a person (``""``: nothing)."""
 
+    def incomplete(self) -> str:
+        """Why the store's copy of the run is known to stay incomplete (work handed over that will
+        never arrive: the MLflow service died), for a person; ``""`` when it is not."""
+
     def run_created(self, timeout: float | None = None) -> bool:
         """Wait until the run exists in the store; whether it does (a sink that creates the run
         before ``start_run`` returns answers at once)."""
@@ -133,6 +137,9 @@ class NullSink:
         return True
 
     def pending(self) -> str:
+        return ""
+
+    def incomplete(self) -> str:
         return ""
 
     def run_created(self, timeout: float | None = None) -> bool:

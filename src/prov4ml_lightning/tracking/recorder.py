@@ -403,6 +403,13 @@ class RunRecorder(Lineage):
                      f"in the background until this process exits, and `prov4ml sync {self.provenance_dir}` "
                      f"completes MLflow if it is cut short (wait longer: {WAIT_TIMEOUT_ENV}=<seconds>)",
                      Prov4MLWarning)
+            elif lost := self.sink.incomplete():
+                self.writer.flush(final=True)  # the points the service died with go to the spill file too
+                unsent = self.writer.spill
+                warn(f"end_run: MLflow's copy of run {self.run_id} is incomplete ({lost}); the run itself is "
+                     f"complete in {self.provenance_dir} (journal, metric sidecar, PROV files"
+                     + (f", {unsent.name}" if unsent.exists() else "")
+                     + f"): `prov4ml sync {self.provenance_dir}` completes MLflow", Prov4MLWarning)
 
     def write_provenance(self) -> dict[str, Path]:
         """Write the PROV document (and graph) of the run as it stands; return the paths."""

@@ -11,12 +11,15 @@ are retried with backoff and, if the store never comes back, spilled to a file f
 
 from __future__ import annotations
 
+import collections
 import csv
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,9 @@ class MetricWriter(threading.Thread):
         take: returns and clears the recorder's buffered points (called under its lock).
         summarise: receives converted points to update series summaries.
         sidecar: path of the CSV holding every point.
-        send: ships ``(mlflow_key, value, ts, step)`` points to MLflow; may raise.
+        send: ships ``(mlflow_key, value, ts, step)`` points to MLflow; may raise, or return a
+            ``Future`` of a delivery that happens later (one failing with
+            :class:`TrackingUnavailableError` gives the points back).
         spill: path where points MLflow never accepted are written at close.
         flush_interval: seconds between background drains.
     """
@@ -70,6 +75,9 @@ class MetricWriter(threading.Thread):
         self._stop_event = threading.Event()
         self._io_lock = threading.Lock()
         self._pending: list[tuple[str, float, int, int]] = []
+        # batches handed over whose delivery failed later (the MLflow service died): taken back by
+        # the next flush; appended on the answer thread, which must not wait for the I/O lock
+        self._returned: collections.deque[list[tuple[str, float, int, int]]] = collections.deque()
         self._failures = 0
         self._retry_at = 0.0
         self._warned = False
@@ -143,11 +151,15 @@ class MetricWriter(threading.Thread):
 
     # -- MLflow delivery -----------------------------------------------------------------
     def _push(self, force: bool) -> None:
+        while self._returned:  # oldest first, before what is pending now
+            returned = self._returned.pop()
+            self._pending[:0] = returned
+            self.points_sent -= len(returned)
         if not self._pending or (not force and time.monotonic() < self._retry_at):
             return
         batch, self._pending = self._pending, []
         try:
-            self._send(batch)
+            handed = self._send(batch)
         except Exception as err:
             self._pending = batch + self._pending
             self._failures += 1
@@ -164,6 +176,14 @@ class MetricWriter(threading.Thread):
             return
         self.points_sent += len(batch)
         self._failures = 0
+        if isinstance(handed, Future):  # handed over, not written yet (the MLflow service)
+            handed.add_done_callback(functools.partial(self._delivered, batch))
+
+    def _delivered(self, batch: list[tuple[str, float, int, int]], handed: Future[Any]) -> None:
+        """A batch's delivery is known: one that never reached the store (the MLflow service died
+        with it) is taken back, retried and, at ``end_run``, spilled with the rest."""
+        if isinstance(handed.exception(), TrackingUnavailableError):
+            self._returned.append(batch)
 
     def _spill_pending(self) -> None:
         new = not self.spill.exists()

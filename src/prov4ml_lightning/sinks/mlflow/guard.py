@@ -130,6 +130,9 @@ class TrackingGuard:
     def pending(self) -> str:
         return self._sink.pending()
 
+    def incomplete(self) -> str:
+        return self._sink.incomplete()  # an outage is announced by the guard and the writer's spill
+
     def run_created(self, timeout: float | None = None) -> bool:
         return not self.offline and self._sink.run_created(timeout)
 

@@ -2,8 +2,8 @@
 which store a run goes to (:func:`resolve_tracking_uri`), which keys MLflow accepts
 (:func:`mlflow_safe_key`), how long a param value may be, the model's requirements and
 serialisation, MLflow's own tags for who ran what (:func:`source_tags`), a run name drawn without
-touching the global ``random`` (:func:`generate_run_name`), and one process at a time creating or
-migrating a new store (:func:`open_client`).
+touching the global ``random`` (:func:`generate_run_name`). Opening a store (one process at a
+time, a new one created whole) is :mod:`.store`'s.
 
 It imports nothing of the package and MLflow only inside functions: the upload child loads it by
 path, and the training process uses the rules without importing MLflow.
@@ -47,7 +47,6 @@ __all__ = [
     "generate_run_name",
     "is_local_store",
     "mlflow_safe_key",
-    "open_client",
     "resolve_tracking_uri",
     "source_tags",
     "sqlite_file",
@@ -245,54 +244,3 @@ def source_tags(user: str | None, code: Mapping[str, Any]) -> dict[str, str]:
 
 def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
-
-
-_STORE_ATTEMPTS = 6
-_STORE_LOCK_TIMEOUT_S = 600.0
-
-
-def _store_lock_path(tracking_uri: str) -> Path:
-    """The lock file that serialises creating and migrating the store at ``tracking_uri``.
-
-    Beside the SQLite file for an embedded store (every process sharing the folder sees it); in
-    the temporary folder, named by a hash of the URI, for a database server.
-    """
-    db = sqlite_file(tracking_uri)
-    if db is not None:
-        return db.with_name(db.name + ".prov4ml-lock")
-    import tempfile
-
-    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"prov4ml-store-{digest}.lock"
-
-
-def open_client(tracking_uri: str) -> Any:
-    """``MlflowClient(tracking_uri)``, safe when many processes open a new store at once.
-
-    Opening a database store creates its tables and runs MLflow's schema migrations (alembic);
-    two processes doing that at once on a fresh store race (SQLite: ``duplicate column name:
-    step``). A file lock makes one process migrate while the others wait, and a failed opening is
-    retried, so a SLURM job array or a shell loop started at once all get their runs.
-    """
-    from mlflow.tracking import MlflowClient
-
-    if not is_database_uri(tracking_uri):
-        return MlflowClient(tracking_uri)
-    scheme = tracking_uri.split(":", 1)[0]
-    import time
-
-    from filelock import FileLock
-
-    lock = FileLock(str(_store_lock_path(tracking_uri)), timeout=_STORE_LOCK_TIMEOUT_S)
-    for attempt in range(_STORE_ATTEMPTS):
-        try:
-            with lock:
-                client = MlflowClient(tracking_uri)
-                client.search_experiments(max_results=1)  # the store is created and migrated here
-                return client
-        except Exception as err:  # a migration another program ran at the same time, a busy database
-            if attempt == _STORE_ATTEMPTS - 1:
-                raise
-            log.info("prov4ml: opening the MLflow store %s failed (%r); retrying", scheme, err)
-            time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")

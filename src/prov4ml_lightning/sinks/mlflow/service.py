@@ -33,10 +33,12 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import uuid
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
@@ -81,6 +83,7 @@ class MlflowService:
         # (answer, error handler, what it is: the request's kind or the sink method it calls)
         self._pending: deque[tuple[Future[Any], Callable[[str], None] | None, str]] = deque()
         self.dead: str | None = None  # why the service stopped, once it has
+        self._sinks: weakref.WeakSet[ServiceSink] = weakref.WeakSet()  # the runs told when it dies
         threading.Thread(target=self._read, name="prov4ml-service-answers", daemon=True).start()
         log.info("prov4ml: MLflow service process %d started", self.pid)
 
@@ -97,10 +100,16 @@ class MlflowService:
                     what = str(message[2]) if message[0] == "call" else str(message[0])
                     self._pending.append((future, on_error, what))
                     return future
-                except (OSError, ValueError) as err:
-                    self._stop_locked(f"the MLflow service process stopped ({err!r})")
+                except (OSError, ValueError):  # the pipe is closed: the service is gone
+                    pass
+        self._died()
         future.set_exception(TrackingUnavailableError(self.dead or "the MLflow service process stopped"))
         return future
+
+    def watch(self, sink: ServiceSink) -> None:
+        """Tell ``sink`` (:meth:`ServiceSink.service_died`) if this service dies."""
+        with self._lock:
+            self._sinks.add(sink)
 
     def _read(self) -> None:
         stdout = self._proc.stdout
@@ -108,9 +117,8 @@ class MlflowService:
         while True:
             try:
                 status, detail, said = pickle.load(stdout)
-            except Exception:  # EOF: the service ended or was killed
-                with self._lock:
-                    self._stop_locked(f"the MLflow service process {self.pid} stopped")
+            except Exception:  # EOF: the service was killed or crashed (it never exits while we run)
+                self._died()
                 return
             for name, level, text in said:  # MLflow's warnings, where the user sees them
                 logging.getLogger(name).log(level, "%s", text)
@@ -128,12 +136,39 @@ class MlflowService:
                     log.exception("prov4ml: handling an MLflow service error")
             future.set_exception(Prov4MLError(f"MLflow (service process): {detail}"))
 
-    def _stop_locked(self, reason: str) -> None:
-        self.dead = self.dead or reason
-        while self._pending:
-            future, _, _ = self._pending.popleft()
+    def _died(self) -> None:
+        """The service is gone (its pipe closed): once, say so for the runs it was writing, which
+        go on without MLflow, then fail what it had not answered (the callers keep that work)."""
+        with self._lock:
+            if self.dead is not None:
+                return
+            self.dead = self._death()
+            pending = list(self._pending)
+            self._pending.clear()
+            sinks = list(self._sinks)
+        affected = [sink for sink in sinks if sink.service_died(self.dead)]
+        if affected:
+            runs = "; ".join(f"run {sink.run_id} (`prov4ml sync {sink.provenance_dir}`)" for sink in affected)
+            warn(f"prov4ml: {self.dead}; MLflow's copy of {runs} is incomplete. Training goes on: the journal, the "
+                 "metric sidecar, the PROV files and mlflow_unsent_<run id>.csv in the provenance folder keep "
+                 "everything MLflow has not taken, and once the run has ended that command completes MLflow",
+                 Prov4MLWarning)
+        else:
+            log.info("prov4ml: %s", self.dead)
+        for future, _, _ in pending:
             if not future.done():
                 future.set_exception(TrackingUnavailableError(self.dead))
+
+    def _death(self) -> str:
+        """How the service process ended, for a person."""
+        try:
+            code = self._proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            return f"the MLflow service process {self.pid} stopped answering (its pipe closed)"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"the MLflow service process {self.pid} was killed ({signal.Signals(-code).name})"
+        return f"the MLflow service process {self.pid} stopped (exit status {code})"
 
     def pending(self) -> str:
         """The requests handed over and not answered yet, counted by kind (``""``: none)."""
@@ -217,6 +252,13 @@ def _headline(text: str) -> str:
     return first[:500]
 
 
+def _unstage(stage: Path) -> None:
+    """Remove a staged copy and the staging folder once it is empty."""
+    shutil.rmtree(stage, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        stage.parent.rmdir()
+
+
 def save_model_file(model: Any, path: Path) -> None:
     """Save ``model`` whole, as MLflow's pytorch flavour does (``torch.save`` with cloudpickle), for
     the service to load and log; the classes of ``__main__`` and of the user's own modules travel
@@ -251,6 +293,9 @@ class ServiceSink:
         self._store = (tracking_uri, str(self.mlflow_save_dir))
         self._created: Future[Any] | None = None
         self._warned: set[str] = set()
+        self.run_id: str | None = None  # the run this sink writes (known at start_run / reopen)
+        self._ended = False  # MLflow ended the run: the service's death no longer concerns it
+        self._lost: str | None = None  # the service died before MLflow had all of the run
 
     @property
     def public_uri(self) -> str:
@@ -281,6 +326,24 @@ class ServiceSink:
 
     def _answer(self, future: Future[Any]) -> Any:
         return future.result()  # waits with the GIL released
+
+    def _bind(self, run_id: str) -> None:
+        """This sink writes run ``run_id``: told if the service dies."""
+        self.run_id = run_id
+        self.service.watch(self)
+
+    def service_died(self, reason: str) -> bool:
+        """The service stopped (called once, by :class:`MlflowService`): every call fails at once
+        from now on (the callers keep the data for ``prov4ml sync``). Whether this sink's run was
+        affected: started, not ended in MLflow, and not already offline (which was warned)."""
+        if self.run_id is None or self._ended or self.failure is not None:
+            return False
+        self._lost = reason
+        self.failure = f"{reason}; `prov4ml sync {self.provenance_dir}` completes MLflow once the run has ended"
+        return True
+
+    def incomplete(self) -> str:
+        return self._lost or ""
 
     # -- state ----------------------------------------------------------------------------------
     def available(self) -> bool:
@@ -324,6 +387,7 @@ class ServiceSink:
                  f"{self.provenance_dir}, and `prov4ml sync {self.provenance_dir}` writes them to MLflow "
                  "once the store works", Prov4MLWarning)
 
+        self._bind(run_id)
         self._created = self.service.request(
             ("start_run", self._store, run_id, experiment_name, run_name, dict(tags), description, parent_run_id,
              start_time_ms), failed)
@@ -340,19 +404,24 @@ class ServiceSink:
         return str(run_id), str(name)
 
     def reopen_run(self, run_id: str) -> dict[str, Any]:
+        self._bind(run_id)
         return dict(self._answer(self._call("reopen_run", run_id, what=None)))
 
     def reopen_run_later(self, run_id: str) -> None:
         """Have the service mark ``run_id`` running again (a reopened run whose journal already says
         what :meth:`reopen_run` would read); a failure warns."""
+        self._bind(run_id)
         self._call("reopen_run", run_id, what="reopen the run")
 
     def end_run(self, run_id: str, status: str, end_time_ms: int) -> None:
-        self._call("end_run", run_id, status, end_time_ms, what="end the run")
+        future = self._call("end_run", run_id, status, end_time_ms, what="end the run")
+        future.add_done_callback(lambda f: setattr(self, "_ended", f.exception() is None))
 
     # -- data -----------------------------------------------------------------------------------
-    def log_metrics(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> None:
-        self._call("log_metrics", run_id, list(points), what="log metrics")
+    def log_metrics(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> Future[Any]:
+        """Hand the points over; the returned future fails with :class:`TrackingUnavailableError`
+        when the service died before MLflow had them (the metric writer then keeps them)."""
+        return self._call("log_metrics", run_id, list(points), what="log metrics")
 
     def log_params(self, run_id: str, params: Iterable[tuple[str, str]]) -> None:
         self._call("log_params", run_id, list(params), what="log params")
@@ -387,7 +456,11 @@ class ServiceSink:
         except OSError:
             shutil.rmtree(stage, ignore_errors=True)
             raise
-        self._send("log_staged", run_id, str(copy), artifact_path, str(stage), what=what)
+        future = self._send("log_staged", run_id, str(copy), artifact_path, str(stage), what=what)
+        # a service that died before the upload leaves its copy: removed here (`prov4ml sync` uploads
+        # the user's file itself while it still has the sha256 the run recorded)
+        future.add_done_callback(lambda f: _unstage(stage) if isinstance(f.exception(), TrackingUnavailableError)
+                                 else None)
 
     def log_model(self, run_id: str, model: Any, name: str, *, pip_requirements: list[str] | None = None,
                   params: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[str, str | None]:

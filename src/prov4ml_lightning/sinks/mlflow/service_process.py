@@ -6,8 +6,9 @@ migrating a store, creating runs, every insert, upload and model, and the runs' 
 here, on another core, in the order they were asked for.
 
 Run as a script, not imported: importing the package would import torch for nothing, so it loads
-``rules.py`` and ``sink.py`` (which import only MLflow) by path; torch is imported only when a
-model arrives. Protocol on stdin/stdout, pickled; every request is answered, in order:
+``files.py``, ``rules.py``, ``store.py`` and ``sink.py`` (which import only MLflow) by path;
+torch is imported only when a model arrives. Protocol on stdin/stdout, pickled; every request
+is answered, in order:
 
 - ``("call", store, method, args, kwargs)``: ``MlflowSink(*store).method(*args, **kwargs)``,
   the sink of each ``store = (tracking_uri, mlflow_save_dir)`` opened at its first use;
@@ -63,10 +64,12 @@ def _load(name: str, path: Path) -> Any:
 
 
 def _load_sink_module() -> Any:
-    # sink.py imports its rules by their package name; registered under that name first, they are
-    # found without importing the package (and torch) in this process
+    # sink.py imports its rules, the store opener and the file helpers by their package names;
+    # registered under those names first, they are found without importing the package (and torch)
+    _load("prov4ml_lightning.files", _HERE.parents[1] / "files.py")
     _load("prov4ml_lightning.sinks.mlflow.rules", _HERE / "rules.py")
     _load("prov4ml_lightning.sinks.mlflow.pickling", _HERE / "pickling.py")
+    _load("prov4ml_lightning.sinks.mlflow.store", _HERE / "store.py")
     return _load("prov4ml_lightning_service_sink", _HERE / "sink.py")
 
 
@@ -149,8 +152,10 @@ def main() -> None:
         sink_module = _load_sink_module()
         import mlflow  # noqa: F401  (it configures its loggers when imported: the handler goes on after)
 
-        # MLflow's warnings go back with the answer, for the training process to log where the user sees them
+        # MLflow's warnings (and the store opener's: a half-created store replaced) go back with the
+        # answer, for the training process to log where the user sees them
         logging.getLogger("mlflow").addHandler(said)
+        logging.getLogger("prov4ml_lightning").addHandler(said)
     except BaseException as err:
         sink_module, failure = None, f"MLflow could not be imported: {type(err).__name__}: {err}"
     sinks: dict[tuple[str, str], Any] = {}

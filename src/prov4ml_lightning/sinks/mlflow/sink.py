@@ -4,11 +4,12 @@ Everything goes through ``MlflowClient(tracking_uri)`` with explicit run ids; ml
 fluent state is touched only inside :meth:`MlflowSink.log_model`, where MLflow 3 offers no
 client API, and restored straight after.
 
-MLflow's own rules (store choice, key names, value limits, model defaults, run names, the lock
-around creating a new store) are in :mod:`.rules`, which this module applies.
+MLflow's own rules (store choice, key names, value limits, model defaults, run names) are in
+:mod:`.rules`, which this module applies; opening a store (the lock around creating a new one,
+the migrated empty store it is copied from, a half-created one replaced) is :mod:`.store`'s.
 
-It imports nothing of the package at module level but its rules: the service process loads both
-files by path, with MLflow only.
+It imports nothing of the package at module level but those two and :mod:`prov4ml_lightning.files`:
+the service process loads these files by path, with MLflow only.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     generate_run_name,
     is_local_store,
     mlflow_safe_key,
-    open_client,
     resolve_tracking_uri,
     source_tags,
     sqlite_file,
     truncate_param_value,
 )
+from prov4ml_lightning.sinks.mlflow.store import open_client  # loaded by path in the service process too
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -137,6 +138,9 @@ class MlflowSink:
 
     def pending(self) -> str:
         return ""
+
+    def incomplete(self) -> str:
+        return ""  # every call has written (or raised) before it returned
 
     def run_created(self, timeout: float | None = None) -> bool:
         return not self.offline
