@@ -90,32 +90,30 @@ def test_disk_full_while_writing_prov_leaves_no_half_written_json(run_args, prov
 
 
 def test_disk_full_for_the_sidecar_and_journal_loses_nothing_else(run_args, client):
-    class FullFile:
-        closed = False
-
-        def write(self, *_args):
-            _enospc()
-
-        flush = fileno = write
-
-        def close(self):
-            self.closed = True
+    from prov4ml_lightning.files import RecordFile
 
     run = prov4ml.start_run(**run_args)
     for step in range(10):
         prov4ml.log_metric("loss", float(step), step=step)
     run.flush()
-    run.writer._csv = csv.writer(FullFile())
-    run.journal._file = FullFile()
+    sidecar, journal = run.writer._file, run.journal._file
+    # the kernel's full device: every write fails with ENOSPC
+    run.writer._file = RecordFile("/dev/full")
+    run.journal._file = RecordFile("/dev/full")
     with pytest.warns(Prov4MLWarning) as caught:
         for step in range(10, 20):
             prov4ml.log_metric("loss", float(step), step=step)
         prov4ml.log_param("after", 1)
         run.flush()
+        assert len(run.writer.unwritten) == 10  # kept for when the disk takes them
         out = prov4ml.end_run()
+    sidecar.close()
+    journal.close()
     messages = [str(w.message) for w in caught]
     assert sum("could not append metric points" in m for m in messages) == 1
     assert sum("could not append to the run journal" in m for m in messages) == 1
+    (lost,) = [m for m in messages if "never reached the metric sidecar" in m]
+    assert "10 metric points" in lost and "loss (training) steps 10-19" in lost
     assert len(client.get_metric_history(run.run_id, "loss")) == 20
     assert user_params(client.get_run(run.run_id).data.params) == {"after": "1"}
     assert _counts(out.prov_json) == {"loss": 20}
