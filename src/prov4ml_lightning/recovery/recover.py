@@ -296,6 +296,7 @@ def recover(directory: str | os.PathLike[str], *, run_id: str | None = None, for
         if status == CRASHED:
             run.info.tags[CRASHED_TAG] = "true"
         prov_json = write_run_files(run, status, end_time, points)
+        journal.with_name(f".{journal.name}.reserve").unlink(missing_ok=True)  # the killed run's spare space
         writer = Journal(journal)
         try:
             writer.write("recovered", status=status, end_time=end_time, recovered_at=time.time(),
