@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import os
 import threading
 from collections import Counter
@@ -156,3 +157,14 @@ def test_many_threads_lose_and_duplicate_no_point(run_args, client):
     counts = _counts(run.outputs.prov_json)
     assert counts["shared"] == counts["auto"] == total
     assert all(counts[f"own{i}"] == points_n for i in range(threads_n))
+
+
+def test_recover_writes_the_long_params_file_a_full_disk_kept_from_end_run(run_args, prov_dir):
+    with pytest.warns(Prov4MLWarning, match="MLflow keeps a truncated copy"):
+        run = prov4ml.start_run(**run_args)
+        prov4ml.log_param("notes", "y" * 7000)
+    prov4ml.end_run()
+    long_file = prov_dir / f"long_params_{run.run_id}.json"
+    long_file.unlink()  # as if the disk had refused it (end_run writes it atomically: never an empty file)
+    recover(prov_dir, force=True)
+    assert json.loads(long_file.read_text()) == {"notes": "y" * 7000}
