@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import os
 import threading
 from collections import Counter
@@ -90,32 +91,30 @@ def test_disk_full_while_writing_prov_leaves_no_half_written_json(run_args, prov
 
 
 def test_disk_full_for_the_sidecar_and_journal_loses_nothing_else(run_args, client):
-    class FullFile:
-        closed = False
-
-        def write(self, *_args):
-            _enospc()
-
-        flush = fileno = write
-
-        def close(self):
-            self.closed = True
+    from prov4ml_lightning.files import RecordFile
 
     run = prov4ml.start_run(**run_args)
     for step in range(10):
         prov4ml.log_metric("loss", float(step), step=step)
     run.flush()
-    run.writer._csv = csv.writer(FullFile())
-    run.journal._file = FullFile()
+    sidecar, journal = run.writer._file, run.journal._file
+    # the kernel's full device: every write fails with ENOSPC
+    run.writer._file = RecordFile("/dev/full")
+    run.journal._file = RecordFile("/dev/full")
     with pytest.warns(Prov4MLWarning) as caught:
         for step in range(10, 20):
             prov4ml.log_metric("loss", float(step), step=step)
         prov4ml.log_param("after", 1)
         run.flush()
+        assert len(run.writer.unwritten) == 10  # kept for when the disk takes them
         out = prov4ml.end_run()
+    sidecar.close()
+    journal.close()
     messages = [str(w.message) for w in caught]
     assert sum("could not append metric points" in m for m in messages) == 1
     assert sum("could not append to the run journal" in m for m in messages) == 1
+    (lost,) = [m for m in messages if "never reached the metric sidecar" in m]
+    assert "10 metric points" in lost and "loss (training) steps 10-19" in lost
     assert len(client.get_metric_history(run.run_id, "loss")) == 20
     assert user_params(client.get_run(run.run_id).data.params) == {"after": "1"}
     assert _counts(out.prov_json) == {"loss": 20}
@@ -158,3 +157,14 @@ def test_many_threads_lose_and_duplicate_no_point(run_args, client):
     counts = _counts(run.outputs.prov_json)
     assert counts["shared"] == counts["auto"] == total
     assert all(counts[f"own{i}"] == points_n for i in range(threads_n))
+
+
+def test_recover_writes_the_long_params_file_a_full_disk_kept_from_end_run(run_args, prov_dir):
+    with pytest.warns(Prov4MLWarning, match="MLflow keeps a truncated copy"):
+        run = prov4ml.start_run(**run_args)
+        prov4ml.log_param("notes", "y" * 7000)
+    prov4ml.end_run()
+    long_file = prov_dir / f"long_params_{run.run_id}.json"
+    long_file.unlink()  # as if the disk had refused it (end_run writes it atomically: never an empty file)
+    recover(prov_dir, force=True)
+    assert json.loads(long_file.read_text()) == {"notes": "y" * 7000}

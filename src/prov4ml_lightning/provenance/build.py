@@ -18,7 +18,7 @@ from prov.model import Literal, ProvDocument
 
 from prov4ml_lightning.provenance.merge import merge_previous
 from prov4ml_lightning.provenance.sessions import SessionRecords
-from prov4ml_lightning.provenance.values import local_id, prov_time, typed
+from prov4ml_lightning.provenance.values import local_id, prov_time, typed, visible
 from prov4ml_lightning.provenance.vocab import MLS_NS, P4L_NS, PROVML_NS, USER_PREFIX
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 
@@ -84,7 +84,7 @@ class _Builder(SessionRecords):
         run_attrs: list[tuple[Any, Any]] = [
             (PROV_TYPE, self.provml["LearningStageExecution"]),
             (PROV_TYPE, self.p4l["Run"]),
-            (PROV_LABEL, info.run_name),
+            (PROV_LABEL, typed(info.run_name)),
             *self.attrs(
                 {
                     "run_id": info.run_id,
@@ -97,7 +97,7 @@ class _Builder(SessionRecords):
                     "metrics_file": self.snap.metrics_file,
                 }
             ),
-            *[(self.p4l[f"tag_{local_id(k)}"], v) for k, v in info.tags.items()],
+            *[(self.p4l[f"tag_{local_id(k)}"], typed(v)) for k, v in info.tags.items()],
             *self.attrs((self.snap.context or {}).get("run", {})),
         ]
         run = self.doc.activity(self.user[self.run_local], prov_time(info.start_time), prov_time(info.end_time),
@@ -143,8 +143,8 @@ class _Builder(SessionRecords):
                 [
                     (PROV_TYPE, self.p4l["Parameter"]),
                     (PROV_TYPE, self.mls["HyperParameterSetting"]),
-                    (PROV_LABEL, key),
-                    (self.p4l["name"], key),
+                    (PROV_LABEL, visible(key, name=True)),
+                    (self.p4l["name"], visible(key, name=True)),
                     # no value, not the text "None"
                     *([] if value is None else [(PROV_VALUE, typed(value)), (self.mls["hasValue"], typed(value))]),
                 ],
@@ -164,7 +164,7 @@ class _Builder(SessionRecords):
                     (PROV_TYPE, self.p4l["Model"]),
                     (PROV_TYPE, self.mls["Model"]),
                     *([(PROV_LOCATION, Literal(model.model_uri, XSD_ANYURI))] if model.model_uri else []),
-                    (PROV_LABEL, f"{model.name} v{model.version}"),
+                    (PROV_LABEL, typed(f"{model.name} v{model.version}")),
                     *self.attrs(
                         {"name": model.name, "version": model.version, "model_uri": model.model_uri,
                          "model_id": model.model_id, **model.info}
@@ -230,7 +230,7 @@ class _Builder(SessionRecords):
                   else self.session_id)
         node = self.doc.activity(
             self.rid(act.ident), prov_time(act.start_time), prov_time(act.end_time),
-            [*types, (PROV_LABEL, act.label), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
+            [*types, (PROV_LABEL, typed(act.label)), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
         )
         self.doc.wasStartedBy(node, None, parent, prov_time(act.start_time))
         if act.informed_by in self.spans or (act.informed_by and self.rid(act.informed_by) in self.earlier):
@@ -247,13 +247,13 @@ class _Builder(SessionRecords):
             [
                 (PROV_TYPE, self.p4l["MetricSeries"]),
                 (PROV_TYPE, self.doc.valid_qualified_name("prov:Collection")),
-                (PROV_LABEL, f"{s.name} ({s.context.value})"),
+                (PROV_LABEL, f"{visible(s.name, name=True)} ({s.context.value})"),
                 *([(self.p4l["pointsIn"], self.rid("metrics_file" if self.session_no == 1
                                                    else f"metrics_file.session_{self.session_no}"))]
                   if self.snap.metrics_file else []),
                 *self.attrs(
                     {
-                        "name": s.name,
+                        "name": visible(s.name, name=True),
                         "context": s.context.value,
                         "mlflow_key": s.mlflow_key,
                         "count": s.count,
@@ -279,7 +279,7 @@ class _Builder(SessionRecords):
             self.rid(a.kind, a.name),
             [
                 (PROV_TYPE, self.p4l[a.kind.capitalize()]),
-                (PROV_LABEL, a.name),
+                (PROV_LABEL, typed(a.name)),
                 (PROV_LOCATION, Literal(Path(a.local_path).as_uri(), XSD_ANYURI)),
                 *self.attrs(
                     {
@@ -319,7 +319,8 @@ class _Builder(SessionRecords):
         if ident in self.built_extras and ident in self.renamed_ids:
             return  # the same data declared twice (two dataloaders over one dataset): one entity
         self.built_extras.add(ident)
-        ent = self.doc.entity(ident, [*types, (PROV_LABEL, extra.get("label", extra["kind"])), *self.attrs(attributes)])
+        label = typed(extra.get("label", extra["kind"]))
+        ent = self.doc.entity(ident, [*types, (PROV_LABEL, label), *self.attrs(attributes)])
         # ``activity``: the sub-activity (epoch, loop, fit) that used or generated it; default the session.
         activity = extra.get("activity") if extra.get("activity") in activities else None
         node = activities[activity] if activity else session

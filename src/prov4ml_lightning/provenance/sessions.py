@@ -13,7 +13,7 @@ from prov.constants import PROV_LABEL, PROV_LOCATION, PROV_ROLE, PROV_TYPE, XSD_
 from prov.identifier import Namespace
 from prov.model import Literal, ProvDocument
 
-from prov4ml_lightning.provenance.values import local_id, prov_time
+from prov4ml_lightning.provenance.values import local_id, prov_time, typed
 from prov4ml_lightning.provenance.vocab import FOAF_NS, ORCID_NS
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class SessionRecords:
         attrs = {"file_name": name, "sha256": facts.get("sha256"), "size_bytes": facts.get("size_bytes")}
         path = facts.get("path")
         ent = self.doc.entity(ident, [
-            (PROV_TYPE, self.p4l[type_]), (PROV_LABEL, name),
+            (PROV_TYPE, self.p4l[type_]), (PROV_LABEL, typed(name)),
             *([(PROV_LOCATION, Literal(Path(path).resolve().as_uri(), XSD_ANYURI))] if path else []),
             *self.attrs(attrs)])
         self.doc.wasGeneratedBy(ent, session, prov_time(when if when is not None else self.session_span[0]))
@@ -89,7 +89,7 @@ class SessionRecords:
             ident = self.user[f"person.{local_id(info.user)}"]
         foaf = self.doc.add_namespace("foaf", FOAF_NS) if (name or email or who.get("organization")) else None
         attrs: list[tuple[Any, Any]] = [(PROV_TYPE, self.doc.valid_qualified_name("prov:Person")),
-                                        (PROV_LABEL, name or email or orcid or info.user)]
+                                        (PROV_LABEL, typed(name or email or orcid or info.user))]
         if foaf is not None and name:
             attrs.append((foaf["name"], name))
         if foaf is not None and email:
@@ -102,7 +102,7 @@ class SessionRecords:
         organization = who.get("organization")
         if organization and foaf is not None:
             org = self.doc.agent(self.user[f"organization.{local_id(organization)}"], [
-                (PROV_TYPE, self.doc.valid_qualified_name("prov:Organization")), (PROV_LABEL, organization),
+                (PROV_TYPE, self.doc.valid_qualified_name("prov:Organization")), (PROV_LABEL, typed(organization)),
                 (foaf["name"], organization)])
             self.doc.actedOnBehalfOf(person, org, run)
         return person
@@ -123,7 +123,7 @@ class SessionRecords:
             label = Path(attrs["script_path"]).name if attrs.get("script_path") else "code"
             code = self.doc.entity(self.rid(f"code{suffix}"), [
                 (PROV_TYPE, self.p4l["Code"]), (PROV_TYPE, self.doc.valid_qualified_name("prov:Plan")),
-                (PROV_LABEL, label + label_suffix), *self.attrs({**attrs, "session": n})])
+                (PROV_LABEL, typed(label + label_suffix)), *self.attrs({**attrs, "session": n})])
             self.doc.used(session, code, start)
             if attrs.get("git_diff_file"):
                 diff = self.add_side_file(session, "code_diff", attrs["git_diff_file"], "CodeDiff",
@@ -133,7 +133,7 @@ class SessionRecords:
             attrs = context["environment"]
             env = self.doc.entity(self.rid(f"environment{suffix}"), [
                 (PROV_TYPE, self.p4l["Environment"]),
-                (PROV_LABEL, f"environment of {self.snap.info.run_name}{label_suffix}"),
+                (PROV_LABEL, typed(f"environment of {self.snap.info.run_name}{label_suffix}")),
                 *self.attrs({**attrs, "session": n})])
             self.doc.used(session, env, start)
             if attrs.get("packages_file"):
@@ -143,7 +143,7 @@ class SessionRecords:
             if attrs.get("hostname"):
                 host_key = f"{attrs['hostname']}.{attrs['host_id']}" if attrs.get("host_id") else attrs["hostname"]
                 host = self.doc.agent(self.user[f"host.{local_id(host_key)}"], [
-                    (PROV_TYPE, self.p4l["Host"]), (PROV_LABEL, attrs["hostname"]),
+                    (PROV_TYPE, self.p4l["Host"]), (PROV_LABEL, typed(attrs["hostname"])),
                     *self.attrs({"hostname": attrs["hostname"], "host_id": attrs.get("host_id")})])
                 self.doc.wasAssociatedWith(session, host, other_attributes=[(PROV_ROLE, self.p4l["executionHost"])])
                 self.doc.wasAttributedTo(env, host)

@@ -9,9 +9,23 @@ import json
 import re
 from typing import Any
 
-__all__ = ["local_id", "prov_time", "typed"]
+__all__ = ["local_id", "prov_time", "typed", "visible"]
 
 _LOCAL_OK = re.compile(r"[^A-Za-z0-9_.\-]")
+# control characters (C0, DEL, C1): no XML document may hold them, Graphviz and terminals misread them;
+# text keeps its line breaks and tabs, names (keys, labels) show them escaped too
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL_IN_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str, *, name: bool = False) -> str:
+    """``text`` with its control characters written as Python escapes (``\\x00``, ``\\x1b``; in a
+    ``name`` also ``\\n``, ``\\t``): what every output format (PROV-JSON, PROV-XML, Turtle, DOT,
+    SVG, HTML) can hold and show. Text without them is returned as is."""
+    pattern = _CONTROL_IN_NAME if name else _CONTROL_IN_TEXT
+    if pattern.search(text) is None:
+        return text
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def local_id(text: str) -> str:
@@ -33,14 +47,16 @@ def typed(value: Any) -> Any:
     """A PROV attribute value: ``prov`` types ints, floats (NaN/INF included), bools and datetimes
     as ``xsd:int``/``xsd:long``, ``xsd:double``, ``xsd:boolean`` and ``xsd:dateTime``; lists, tuples
     and dicts of such values are recorded as JSON text (never as a Python ``repr``); anything else
-    as its string form."""
-    if isinstance(value, (bool, int, float, str, dt.datetime)):
+    as its string form; control characters in text are escaped (:func:`visible`)."""
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, (bool, int, float, dt.datetime)):
         return value
     if value is None:
         return "None"
     if isinstance(value, (list, tuple, dict)):
         try:
-            return json.dumps(value)
-        except (TypeError, ValueError):
-            return str(value)
-    return str(value)
+            return json.dumps(value)  # escapes control characters itself
+        except (TypeError, ValueError, RecursionError):
+            return visible(str(value))
+    return visible(str(value))

@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -264,6 +265,18 @@ def write_run_files(run: JournaledRun, status: str, end_time: float,
     return paths["json"]
 
 
+def _write_long_params(run: JournaledRun) -> None:
+    """``long_params_<run_id>.json`` (the params MLflow holds truncated, whole) when the run could not
+    write it (a full disk at ``end_run``): the journal has them whole."""
+    from prov4ml_lightning.files import atomic_write_text
+    from prov4ml_lightning.sinks.mlflow.rules import truncate_param_value
+
+    path = run.directory / f"long_params_{run.run_id}.json"
+    long = {k: v for k, v in run.params.items() if isinstance(v, str) and truncate_param_value(v) != v}
+    if long and not path.exists():
+        atomic_write_text(path, json.dumps(long, indent=1))
+
+
 def recover(directory: str | os.PathLike[str], *, run_id: str | None = None, force: bool = False) -> list[RecoveredRun]:
     """Rebuild the PROV files of every run in ``directory`` that did not end cleanly.
 
@@ -296,6 +309,8 @@ def recover(directory: str | os.PathLike[str], *, run_id: str | None = None, for
         if status == CRASHED:
             run.info.tags[CRASHED_TAG] = "true"
         prov_json = write_run_files(run, status, end_time, points)
+        _write_long_params(run)
+        journal.with_name(f".{journal.name}.reserve").unlink(missing_ok=True)  # the killed run's spare space
         writer = Journal(journal)
         try:
             writer.write("recovered", status=status, end_time=end_time, recovered_at=time.time(),

@@ -56,6 +56,7 @@ from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
 from prov4ml_lightning.sinks.mlflow.rules import is_database_uri
 from prov4ml_lightning.sinks.mlflow.service import STAGING
 from prov4ml_lightning.tracking.journal import Journal
+from prov4ml_lightning.tracking.validation import STEP_MAX, STEP_MIN
 
 __all__ = ["LOCAL_RUN_TAG", "SyncedRun", "sync", "sync_run"]
 
@@ -147,8 +148,7 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
             forget_engine(uri)
         store = MlflowSink(uri, run.start.get("mlflow_save_dir") or run.directory)
     except Exception as err:  # a store MLflow cannot open: said in one line, never a traceback
-        text = str(err).strip().splitlines()[0][:500] if str(err).strip() else type(err).__name__
-        report.skipped = f"the MLflow store {redact_url(uri)} could not be opened: {text}"
+        report.skipped = f"the MLflow store {redact_url(uri)} cannot be opened: {_first_line(err)}"
         return report
     sink = TrackingGuard(store)
     if not sink.available():
@@ -158,6 +158,8 @@ def sync_run(run: JournaledRun, *, tracking_uri: str | None = None) -> SyncedRun
         _sync(run, sink, status, report, store)
     except TrackingUnavailableError as err:
         report.problems.append(str(err))
+    except Exception as err:  # MLflow refused a write: the rest of the run waits for the next sync
+        report.problems.append(f"MLflow failed: {_first_line(err)}")
     if not report.problems:
         writer = Journal(run.journal)
         try:
@@ -213,7 +215,7 @@ def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun
     if changed:
         sink.set_tags(mlflow_id, changed)
 
-    report.metric_points = _sync_metrics(run, sink, mlflow_id)
+    report.metric_points = _sync_metrics(run, sink, mlflow_id, report)
     spill = run.directory / f"mlflow_unsent_{run.run_id}.csv"
     if spill.exists():
         spill.unlink()  # every sidecar point is in MLflow now; the sidecar stays the full record
@@ -242,17 +244,48 @@ def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun
     report.status = status
 
 
-def _sync_metrics(run: JournaledRun, sink: TrackingGuard, mlflow_id: str) -> int:
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__
+
+
+def _sync_metrics(run: JournaledRun, sink: TrackingGuard, mlflow_id: str, report: SyncedRun) -> int:
+    """Send the sidecar points MLflow lacks; the points it refuses (a step outside its 64-bit range,
+    written by an older version) are skipped and named in ``report.problems``, the others all go."""
     by_key: dict[str, list[tuple[str, float, int, int]]] = defaultdict(list)
+    refused: list[tuple[str, int, str]] = []
     for _key, _ctx, mkey, step, value, ts in read_sidecar(run.sidecar):
+        if not STEP_MIN <= step <= STEP_MAX or not 0 <= ts <= STEP_MAX:
+            refused.append((mkey, step, "step or timestamp outside MLflow's 64-bit range"))
+            continue
         by_key[mkey].append((mkey, value, ts, step))
     sent = 0
     for mkey, points in by_key.items():
         have = sink.get_metric_history(mlflow_id, mkey)
         todo = [p for p in points if (p[3], p[2]) not in have]
         for start in range(0, len(todo), _CHUNK):
-            sink.log_metrics(mlflow_id, todo[start : start + _CHUNK])
-        sent += len(todo)
+            chunk = todo[start : start + _CHUNK]
+            try:
+                sink.log_metrics(mlflow_id, chunk)
+                sent += len(chunk)
+                continue
+            except TrackingUnavailableError:
+                raise
+            except Exception:  # one bad point fails its whole batch: find it, send the others
+                pass
+            for point in chunk:
+                try:
+                    sink.log_metrics(mlflow_id, [point])
+                    sent += 1
+                except TrackingUnavailableError:
+                    raise
+                except Exception as err:
+                    refused.append((mkey, point[3], _first_line(err)))
+    if refused:
+        named = "; ".join(f"{mkey!r} step {step} ({why})" for mkey, step, why in refused[:5])
+        more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+        report.problems.append(f"MLflow cannot store {len(refused)} metric points of the sidecar, skipped: "
+                               f"{named}{more}; the sidecar and PROV keep them")
     return sent
 
 

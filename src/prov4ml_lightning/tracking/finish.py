@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prov4ml_lightning.errors import Prov4MLError
+from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning, warn
+from prov4ml_lightning.files import atomic_write_text
 from prov4ml_lightning.version import __version__
 
 if TYPE_CHECKING:
@@ -34,6 +35,37 @@ class RunOutputs:
     prov_svg: Path | None
     metrics_file: Path
     extra: Mapping[str, Path]
+
+
+def disk_error(run: RunRecorder, err: OSError) -> str:
+    """What ``end_run`` says when the disk refused the PROV files: what is safe, what is lost, what to
+    free, and the command that completes the run."""
+    import shutil
+
+    writer = run.writer
+    on_disk = writer.points_written - writer.points_lost
+    parts = [f"end_run: could not write the PROV files of run {run.run_id} to {run.provenance_dir} ({err}); "
+             "no half-written file was left"]
+    if writer.points_lost:
+        parts.append(f"the metric sidecar {writer.sidecar.name} holds {on_disk} of the run's {writer.points_written} "
+                     f"points; {writer.points_lost} never reached it and are lost from the local record: "
+                     f"{writer.describe_lost()} (MLflow may hold them)")
+    else:
+        parts.append(f"the metric sidecar {writer.sidecar.name} holds all {on_disk} points and the journal the rest")
+    try:
+        free = f"{shutil.disk_usage(run.provenance_dir).free / 2**20:.1f} MB free now"
+    except OSError:
+        free = "its free space unknown"
+    try:  # the PROV-JSON's size, measured; the graph (DOT, SVG) and the HTML page are about three more
+        from prov4ml_lightning.provenance import build_document
+
+        need = f"about {4 * len(build_document(snapshot(run)).serialize(format='json')) / 2**20 + 0.1:.1f} MB"
+    except Exception:  # the message must not fail: the size is a hint
+        need = "a few MB"
+    parts.append(f"free {need} on the filesystem of {run.provenance_dir} ({free}), then run "
+                 f"`prov4ml recover {run.provenance_dir}`: it writes the PROV document from the journal and the "
+                 "sidecar and brings MLflow up to date")
+    return "; ".join(parts)
 
 
 def snapshot(run: RunRecorder) -> Any:
@@ -77,26 +109,34 @@ def write_provenance(run: RunRecorder) -> dict[str, Path]:
 
 
 def publish(run: RunRecorder, status: str, now: float) -> RunOutputs:
-    """Write the PROV files of the ended ``run``, upload them, end the MLflow run."""
+    """Write the PROV files of the ended ``run``, upload them, end the MLflow run.
+
+    Raises:
+        Prov4MLError: the disk refused the files (full, gone); the message says which points the
+            metric sidecar holds, which it lost, what to free and that ``prov4ml recover`` completes the run.
+    """
     extra: dict[str, Path] = {}
-    if run.long_params:
-        long_file = run.provenance_dir / f"long_params_{run.run_id}.json"
-        long_file.write_text(json.dumps(run.long_params, indent=1), encoding="utf-8")
-        run.call_sink("upload long params", run.sink.log_artifact, run.run_id, str(long_file), "params")
-        extra["long_params"] = long_file
+    long_file = run.provenance_dir / f"long_params_{run.run_id}.json"
     if run.writer.points_sent < run.writer.points_written:
         extra["mlflow_unsent"] = run.writer.spill
     try:
+        if run.long_params:  # atomic: a full disk leaves no empty file (recover writes it from the journal)
+            atomic_write_text(long_file, json.dumps(run.long_params, indent=1))
+            extra["long_params"] = long_file
         paths = write_provenance(run)
     except OSError as err:  # disk full, folder gone: the atomic writes left no half-written file
-        run.journal.write("end", status=status, end_time=now, prov_error=str(err))
+        lost = run.writer.points_lost
+        run.journal.write("end", status=status, end_time=now, prov_error=str(err),
+                          **({"metric_points_lost": lost} if lost else {}))
         run.journal.close()
         run.call_sink("end the MLflow run", run.sink.end_run, run.run_id, status, int(now * 1000))
-        raise Prov4MLError(
-            f"end_run: could not write the PROV files to {run.provenance_dir} ({err}); no half-written file "
-            f"was left, and the journal and metric sidecar keep the run: free space, then run "
-            f"`prov4ml recover {run.provenance_dir}`"
-        ) from err
+        raise Prov4MLError(disk_error(run, err)) from err
+    if run.writer.points_lost:
+        warn(f"end_run: {run.writer.points_lost} metric points never reached the metric sidecar "
+             f"{run.writer.sidecar} (the disk was full): {run.writer.describe_lost()}; the PROV summary counts "
+             "them, `prov4ml recover` and `prov4ml sync` cannot replay them", Prov4MLWarning)
+    if "long_params" in extra:
+        run.call_sink("upload long params", run.sink.log_artifact, run.run_id, str(long_file), "params")
     run.journal.write("end", status=status, end_time=now)
     run.journal.close()
     for path in [paths["json"], paths["dot"], paths.get("svg"), paths.get("html"), run.writer.sidecar,

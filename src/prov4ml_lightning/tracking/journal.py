@@ -25,11 +25,14 @@ Events, in the order a run writes them:
 ``synced``          ``mlflow_run_id``, ``tracking_uri`` (written by :mod:`prov4ml_lightning.recovery.sync`)
 =================== ==========================================================================
 
-Durability: every line is written with one ``write`` and flushed to the operating system at
-once, so it survives the death of the process (``SIGKILL``, a segfault, the OOM killer); it is
+Durability: every line is written with one ``write`` straight to the operating system, so it
+survives the death of the process (``SIGKILL``, a segfault, the OOM killer); it is
 ``fsync``-ed to the disk only when the journal is closed at ``end_run`` (a power cut may lose the
 lines of the last seconds of a running job, never lines of an ended run). Events are rare (a
 run writes tens to hundreds of lines), so the cost is one small write per ``log_param`` call.
+A full disk cuts the file back to its last whole line (:class:`~prov4ml_lightning.files.RecordFile`);
+the run's journal holds a 64 KiB spare file (``.journal_<run_id>.jsonl.reserve``) that it gives up
+then, so the run's last events (its ``end``) still fit, and ``prov4ml recover`` finds the status.
 
 The journal holds what the PROV document holds and nothing else: the tracking URI is the
 redacted one, and captured environment and command lines arrive already redacted.
@@ -37,6 +40,7 @@ redacted one, and captured environment and command lines arrive already redacted
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLWarning, warn
+from prov4ml_lightning.files import RecordFile
 
 __all__ = ["JOURNAL_PREFIX", "Journal", "ends_without_newline", "journal_path", "read_journal"]
 
@@ -81,52 +86,49 @@ class Journal:
 
     Args:
         path: the ``journal_<run_id>.jsonl`` file (appended to when it exists, e.g. on resume).
+        reserve: bytes held in a spare file while the journal is open and given up when the disk
+            fills, so the last events (the run's end) still fit (:class:`~prov4ml_lightning.files.RecordFile`).
 
     Raises:
         OSError: the file cannot be opened (``start_run`` turns this into a clear error).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reserve: int = 0) -> None:
         self.path = path
         self._lock = threading.Lock()
-        cut_short = ends_without_newline(path)
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-        if cut_short:  # a killed writer left half a line: start ours on a line of its own
-            self._file.write("\n")
-            self._file.flush()
+        self._file = RecordFile(path, reserve)
         self._warned = False
+        self.lost = 0  # events the disk did not take
+        if self._file.ends_mid_record():  # a killed writer left half a line: start ours on a line of its own
+            with contextlib.suppress(OSError):
+                self._file.append(b"\n")
 
-    def write(self, event: str, **data: Any) -> None:
-        """Append one event line and flush it to the operating system."""
+    def write(self, event: str, **data: Any) -> bool:
+        """Append one event line (one ``write``: the line is whole in the file or not there at all);
+        whether it was written."""
         line = json.dumps({"event": event, "time": time.time(), **data}, default=_jsonable,
                           ensure_ascii=False, allow_nan=True)
         with self._lock:
             if self._file.closed:
-                return
+                return False
             try:
-                self._file.write(line + "\n")
-                self._file.flush()
+                self._file.append((line + "\n").encode("utf-8", "surrogatepass"))
+                return True
             except OSError as err:  # disk full: the in-memory run is intact, only crash safety suffers
+                self.lost += 1
                 if not self._warned:
                     self._warned = True
                     warn(f"prov4ml: could not append to the run journal {self.path} ({err}); the run goes "
                          "on, but a crash now could not be recovered from disk", Prov4MLWarning)
+                return False
 
     def close(self) -> None:
-        """Flush, ``fsync`` and close; idempotent."""
+        """``fsync`` and close; idempotent."""
         with self._lock:
-            if self._file.closed:
-                return
             try:
-                self._file.flush()
-                os.fsync(self._file.fileno())
+                self._file.close()
             except OSError as err:
                 log.warning("prov4ml: could not sync the run journal %s (%s)", self.path, err)
-            finally:
-                try:
-                    self._file.close()  # closes the descriptor even when the flush inside it fails again
-                except OSError as err:
-                    log.warning("prov4ml: the run journal %s lost its last buffered line (%s)", self.path, err)
 
 
 def ends_without_newline(path: Path) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
-from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.files import folder_files, listing_sha256, sha256_path
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, ModelRecord
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.journal import Journal
@@ -30,6 +30,7 @@ class Lineage:
     run_id: str
     sink: Any
     journal: Journal
+    provenance_dir: Path
     artifacts: list[ArtifactRecord]
     models: list[ModelRecord]
     earlier_models: Counter[str]
@@ -56,7 +57,13 @@ class Lineage:
             raise Prov4MLInputError(f"{call}({str(path)!r}): no such file or folder")
         if artifact_path is not None:
             v.check_artifact_path(artifact_path, call)
-        digest, size = sha256_path(p)
+        # a folder: its files listed once (links followed, loops and the provenance folder refused,
+        # bounded) before anything is hashed, staged or uploaded
+        try:
+            digest, size = (listing_sha256(folder_files(p, call=f"{call}({str(path)!r})", refuse=self.provenance_dir))
+                            if p.is_dir() else sha256_path(p))
+        except OSError as err:
+            raise Prov4MLInputError(f"{call}({str(path)!r}): cannot read it ({err.strerror or err})") from None
         base = name or p.name  # the PROV name; the file keeps its own name in MLflow
         name = base
         taken = {a.name for a in self.artifacts if a.kind == kind}

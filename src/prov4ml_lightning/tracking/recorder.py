@@ -42,6 +42,7 @@ __all__ = ["RunOutputs", "RunRecorder"]
 log = logging.getLogger(__name__)
 
 _BUFFER_WAKE = 50_000  # buffered points that wake the writer early
+JOURNAL_RESERVE = 64 * 1024  # bytes the journal holds back for the run's last events on a full disk
 _NONE = object()
 
 
@@ -105,7 +106,7 @@ class RunRecorder(Lineage):
         self.outputs: RunOutputs | None = None
         self._t0 = time.monotonic()
         # Crash safety: every non-metric event goes to an append-only journal (see journal.py).
-        self.journal = Journal(journal_path(self.provenance_dir, info.run_id))
+        self.journal = Journal(journal_path(self.provenance_dir, info.run_id), reserve=JOURNAL_RESERVE)
         self.journal.write("start", info=info, pid=os.getpid(), host=socket.gethostname(),
                            process=registry.PROCESS_KEY,
                            software_version=__version__, formats=list(config.provenance_formats),
@@ -302,7 +303,7 @@ class RunRecorder(Lineage):
         ``prov4ml sync`` replays, but no PROV entity the run ``used``. Returns those the run already
         held (left as they are: params are immutable)."""
         self.require_open(call)
-        new = [(mlflow_safe_key(k), v.param_text(val)) for k, val in params.items()
+        new = [(mlflow_safe_key(k), v.param_text(val, call, k)) for k, val in params.items()
                if k not in self.mlflow_only_params and k not in self.params]
         self.mlflow_only_params.update(k for k in params)
         if new:
@@ -321,11 +322,13 @@ class RunRecorder(Lineage):
         """
         self.require_open(call)
         flat = v.flatten_params(params, call)
+        # every value written out first: one that cannot be is refused before anything is recorded
+        texts = {key: v.param_text(value, call, key) for key, value in flat.items()}
         new: list[tuple[str, str]] = []
         added: list[str] = []
         conflicts: dict[str, Any] = {}
         for key, value in flat.items():
-            text = v.param_text(value)
+            text = texts[key]
             held = self.params[key] if key in self.params else self.earlier_params.get(key, _NONE)
             if held is not _NONE:
                 if not _same_param(held, value):
@@ -344,7 +347,8 @@ class RunRecorder(Lineage):
                      "PROV and params/long_params.json keep it whole", Prov4MLWarning)
             # PROV keeps numbers, bools and lists typed (a list becomes JSON text there, not a Python repr)
             self.params[key] = (value if isinstance(value, (int, float, str, bool)) or value is None
-                                else list(value) if isinstance(value, (list, tuple)) else text)
+                                else list(value) if isinstance(value, (list, tuple)) and v.plain_json(value)
+                                else text)
             new.append((mkey, mtext))
             added.append(key)
         if new:
@@ -355,7 +359,8 @@ class RunRecorder(Lineage):
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.require_open("set_tags")
-        items = [(str(k), v.param_text(val)) for k, val in tags.items()]
+        items = [(v.param_text(k, "set_tags", "<a tag key>"), v.param_text(val, "set_tags", k))
+                 for k, val in tags.items()]
         self.info.tags.update(items)
         self.journal.write("tags", tags=dict(items))
         self.call_sink("set tags", self.sink.set_tags, self.run_id, items)

@@ -60,7 +60,7 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
 
     uri = resolve_tracking_uri(config.tracking_uri, config.mlflow_save_dir)
     _announce_environment_store(config, uri, call)
-    str_tags = {str(k): v.param_text(val) for k, val in (config.tags or {}).items()}
+    str_tags = {str(k): v.param_text(val, "start_run(tags=...)", str(k)) for k, val in (config.tags or {}).items()}
 
     def make(parent: Any) -> RunRecorder:
         start = time.time()

@@ -32,6 +32,8 @@ __all__ = [
     "check_timestamp",
     "flatten_params",
     "normalise_namespace",
+    "param_text",
+    "plain_json",
     "to_floats",
     "to_number",
 ]
@@ -189,25 +191,78 @@ def normalise_namespace(namespace: Any, call: str = "start_run") -> str:
     return iri
 
 
-def flatten_params(params: Mapping[str, Any], call: str, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings with ``/`` between levels."""
+def flatten_params(params: Mapping[str, Any], call: str, prefix: str = "",
+                   _open: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """Flatten nested mappings with ``/`` between levels; a mapping that contains itself is refused."""
     if not isinstance(params, Mapping):
         raise Prov4MLInputError(f"{call}: params must be a mapping, got {type(params).__name__}")
+    inside = _open | {id(params)}
     flat: dict[str, Any] = {}
     for key, value in params.items():
-        name = f"{prefix}{check_key(str(key) if not isinstance(key, str) else key, call)}"
+        text = key if isinstance(key, str) else _text(key, call, f"a key under {prefix!r}")
+        name = f"{prefix}{check_key(text, call)}"
         if isinstance(value, Mapping) and value:
-            flat.update(flatten_params(value, call, prefix=f"{name}/"))
+            if id(value) in inside:
+                raise Prov4MLInputError(f"{call}: param {name!r} contains itself (a dict holding itself); "
+                                        "pass a value that can be written out")
+            flat.update(flatten_params(value, call, prefix=f"{name}/", _open=inside))
         else:
             flat[name] = value
     return flat
 
 
-def param_text(value: Any) -> str:
-    """The string MLflow stores for a param value."""
+def param_text(value: Any, call: str = "log_param", key: str = "") -> str:
+    """The string MLflow stores for a param value; a value that cannot be written out (its ``str``
+    raises, it contains itself) is a :class:`Prov4MLInputError` naming ``call`` and ``key``."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    return str(value)
+    if isinstance(value, (list, tuple, dict, set, frozenset)) and _contains_itself(value):
+        raise Prov4MLInputError(f"{call}: param {key!r} contains itself (a {type(value).__name__} holding "
+                                "itself); pass a value that can be written out")
+    return _text(value, call, f"param {key!r}")
+
+
+def plain_json(value: Any) -> bool:
+    """Whether ``value`` is made of JSON's own types only (lists, dicts with string keys, strings,
+    numbers, bools, ``None``): what PROV and the journal keep typed instead of as text."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(plain_json(x) for x in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain_json(x) for k, x in value.items())
+    return False
+
+
+def _text(value: Any, call: str, what: str) -> str:
+    """``str(value)``; a ``__str__`` that raises (or recurses without end) is our error, not the user's."""
+    try:
+        return str(value)
+    except Exception as err:  # the user's own exception, a RecursionError: never passed through
+        raise Prov4MLInputError(f"{call}: {what}: str() of the {type(value).__name__} value failed "
+                                f"({type(err).__name__}); pass a value that can be written out as text") from None
+
+
+def _contains_itself(value: Any) -> bool:
+    """Whether a list, tuple, dict or set holds itself at any depth (shared parts are fine)."""
+    open_ids: set[int] = set()
+    # depth-first without recursion: (container, iterator over its items); a container is "open" while
+    # its items are walked, and meeting an open one again is a cycle
+    stack = [(value, iter(value.values() if isinstance(value, dict) else value))]
+    open_ids.add(id(value))
+    while stack:
+        container, items = stack[-1]
+        for item in items:
+            if isinstance(item, (list, tuple, dict, set, frozenset)):
+                if id(item) in open_ids:
+                    return True
+                open_ids.add(id(item))
+                stack.append((item, iter(item.values() if isinstance(item, dict) else item)))
+                break
+        else:
+            stack.pop()
+            open_ids.discard(id(container))
+    return False
 
 
 def check_status(status: Any, call: str = "end_run") -> str:

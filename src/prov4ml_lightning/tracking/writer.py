@@ -12,8 +12,10 @@ are retried with backoff and, if the store never comes back, spilled to a file f
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import functools
+import io
 import logging
 import os
 import threading
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 
 from prov4ml_lightning.errors import Prov4MLWarning, TrackingUnavailableError, warn
+from prov4ml_lightning.files import RecordFile
 from prov4ml_lightning.tracking.journal import ends_without_newline
 from prov4ml_lightning.tracking.validation import to_floats
 
@@ -39,6 +42,8 @@ Point = tuple[str, str, str, int, Any, int]
 #: the columns of the metric sidecar CSV, one row per point
 SIDECAR_HEADER = ["key", "context", "mlflow_key", "step", "value", "timestamp_ms"]
 _MAX_PENDING = 200_000  # unsent MLflow points kept in memory before spilling to disk
+_MAX_UNWRITTEN = 1_000_000  # points kept in memory while the disk is full, before the oldest are lost
+_SIDECAR_BLOCK = 1000  # rows per write (~50 KB): a full disk cuts the sidecar at the last whole block
 
 
 class MetricWriter(threading.Thread):
@@ -84,15 +89,16 @@ class MetricWriter(threading.Thread):
         self._sidecar_warned = False
         self.points_written = 0
         self.points_sent = 0
-        new = not sidecar.exists()
-        cut_short = ends_without_newline(sidecar)
-        self._file = open(sidecar, "a", newline="", encoding="utf-8")  # noqa: SIM115 - kept open
-        if cut_short:  # a killed run left half a row: start the next on a line of its own
-            self._file.write("\r\n")
-        self._csv = csv.writer(self._file)
-        if new:
-            self._csv.writerow(SIDECAR_HEADER)
-            self._file.flush()
+        #: points the sidecar could not take yet (a full disk), written first by the next drain
+        self.unwritten: list[Point] = []
+        #: points the sidecar never got: ``(key, context) -> [count, first step, last step]``
+        self.lost: dict[tuple[str, str], list[int]] = {}
+        self._file = RecordFile(sidecar)
+        # a killed run left half a row: the next starts on a line of its own; a new file starts with the header
+        self._prefix = (b"\r\n" if self._file.ends_mid_record() else
+                        _csv_bytes([SIDECAR_HEADER]) if self._file.size == 0 else b"")
+        with contextlib.suppress(OSError):  # a full disk: it goes with the first block written
+            self._write_prefix()
 
     def wake(self) -> None:
         self._wake.set()
@@ -121,6 +127,7 @@ class MetricWriter(threading.Thread):
                 self._summarise(points)
                 self._pending.extend((p[2], p[4], p[5], p[3]) for p in points)
                 self.points_written += len(points)
+            if points or self.unwritten:
                 self._write_sidecar(points)
             self._push(force=final)
             if final and self._pending:
@@ -132,22 +139,61 @@ class MetricWriter(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=30)
         self.flush(final=True)
+        with self._io_lock:
+            for point in self.unwritten:  # the last drain could not write them either: the disk is still full
+                self._count_lost(point)
+            self.unwritten = []
         try:
-            os.fsync(self._file.fileno())
             self._file.close()
         except OSError as err:
             log.warning("prov4ml: could not sync %s to disk (%s)", self.sidecar, err)
 
+    @property
+    def points_lost(self) -> int:
+        """Points the sidecar never got (counted at :meth:`close`, and beyond the memory bound before)."""
+        return sum(n for n, _, _ in self.lost.values())
+
+    def describe_lost(self) -> str:
+        """``"loss (training) steps 5712-99999"``, one entry per series with lost points."""
+        return ", ".join(f"{key} ({ctx}) {'step' if lo == hi else 'steps'} {lo if lo == hi else f'{lo}-{hi}'}"
+                         f"{'' if n == hi - lo + 1 else f' ({n} points)'}"
+                         for (key, ctx), (n, lo, hi) in self.lost.items())
+
     def _write_sidecar(self, points: list[Point]) -> None:
-        # A full disk must not cost the points their way to MLflow and PROV: warn once, go on.
-        try:
-            self._csv.writerows(points)
-            self._file.flush()
-        except OSError as err:
-            if not self._sidecar_warned:
-                self._sidecar_warned = True
-                warn(f"prov4ml: could not append metric points to {self.sidecar} ({err}); they still go "
-                     "to MLflow and the PROV summary", Prov4MLWarning)
+        # Whole blocks of rows, each written at once or not at all: a full disk leaves the file on a row
+        # boundary, and the rows it did not take are kept and written first by the next drain.
+        rows = self.unwritten + points if self.unwritten else points
+        self.unwritten = []
+        for start in range(0, len(rows), _SIDECAR_BLOCK):
+            try:
+                self._write_prefix()
+                self._file.append(_csv_bytes(rows[start : start + _SIDECAR_BLOCK]))
+            except OSError as err:
+                self.unwritten = rows[start:]
+                if not self._sidecar_warned:
+                    self._sidecar_warned = True
+                    warn(f"prov4ml: could not append metric points to {self.sidecar} ({err}); training goes on, "
+                         "they are kept in memory and written as soon as the disk takes them, and they still go "
+                         "to MLflow and the PROV summary", Prov4MLWarning)
+                break
+        if len(self.unwritten) > _MAX_UNWRITTEN:  # a disk full for long: the oldest points give way
+            for point in self.unwritten[: len(self.unwritten) - _MAX_UNWRITTEN]:
+                self._count_lost(point)
+            self.unwritten = self.unwritten[-_MAX_UNWRITTEN:]
+
+    def _write_prefix(self) -> None:
+        if self._prefix:
+            self._file.append(self._prefix)
+            self._prefix = b""
+
+    def _count_lost(self, point: Point) -> None:
+        key, ctx, _, step = point[0], point[1], point[2], point[3]
+        entry = self.lost.get((key, ctx))
+        if entry is None:
+            self.lost[(key, ctx)] = [1, step, step]
+        else:
+            entry[0] += 1
+            entry[1], entry[2] = min(entry[1], step), max(entry[2], step)
 
     # -- MLflow delivery -----------------------------------------------------------------
     def _push(self, force: bool) -> None:
@@ -186,13 +232,13 @@ class MetricWriter(threading.Thread):
             self._returned.append(batch)
 
     def _spill_pending(self) -> None:
-        new = not self.spill.exists()
         try:
-            with open(self.spill, "a", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                if new:
-                    writer.writerow(["mlflow_key", "value", "timestamp_ms", "step"])
-                writer.writerows(self._pending)
+            spill = RecordFile(self.spill)
+            try:
+                spill.append(_csv_bytes(([["mlflow_key", "value", "timestamp_ms", "step"]] if spill.size == 0 else [])
+                                        + self._pending))
+            finally:
+                spill.close()
         except OSError as err:
             warn(f"prov4ml: could not save {len(self._pending)} metric points MLflow did not take to "
                  f"{self.spill} ({err}); the sidecar {self.sidecar.name} still has them for `prov4ml sync`",
@@ -201,6 +247,13 @@ class MetricWriter(threading.Thread):
         log.warning("prov4ml: %d metric points MLflow did not accept were saved to %s",
                     len(self._pending), self.spill)
         self._pending = []
+
+
+def _csv_bytes(rows: list[Any]) -> bytes:
+    """``rows`` as the sidecar's CSV text (``\\r\\n`` after each row), encoded."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue().encode("utf-8", "surrogatepass")
 
 
 def _to_floats(points: list[Point]) -> list[Point]:
@@ -217,18 +270,29 @@ def _to_floats(points: list[Point]) -> list[Point]:
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> list[tuple[str, str, str, int, float, int]]:
-    """The metric points of a sidecar CSV (:data:`Point` with float values); rows a crash cut short are skipped."""
+    """The metric points of a sidecar CSV (:data:`Point` with float values); rows a crash cut short are
+    skipped (a last row without its line end: the process died while writing it)."""
     p = Path(path)
     if not p.exists():
         return []
+    cut = ends_without_newline(p)
     points = []
     with open(p, newline="", encoding="utf-8", errors="replace") as fh:
-        for row in csv.reader(fh):
-            if row == SIDECAR_HEADER or len(row) != len(SIDECAR_HEADER):
-                continue
-            key, ctx, mkey, step, value, ts = row
+        rows = csv.reader(fh)
+        row = next(rows, None)
+        while row is not None:
             try:
-                points.append((key, ctx, mkey, int(step), float(value), int(ts)))
-            except ValueError:
-                log.info("prov4ml: skipping a cut-short row of %s", p)
+                following = next(rows, None)
+            except csv.Error:  # a cut inside a quoted field
+                following = None
+            if following is None and cut:
+                log.info("prov4ml: skipping the cut-short last row of %s", p)
+                break
+            if row != SIDECAR_HEADER and len(row) == len(SIDECAR_HEADER):
+                key, ctx, mkey, step, value, ts = row
+                try:
+                    points.append((key, ctx, mkey, int(step), float(value), int(ts)))
+                except ValueError:
+                    log.info("prov4ml: skipping a cut-short row of %s", p)
+            row = following
     return points

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLError, Prov4MLWarning, TrackingUnavailableError, warn
+from prov4ml_lightning.files import copy_files, folder_files
 from prov4ml_lightning.sinks.mlflow.pickling import local_modules_by_value
 
 __all__ = ["MlflowService", "ServiceSink", "get_service", "save_model_file", "wait_at_exit", "wait_for_mlflow"]
@@ -445,16 +446,19 @@ class ServiceSink:
             self._call("log_artifact", run_id, str(path), artifact_path, what=what)
             return
         # The user's file: they may change or delete it once this returns, so the service gets a copy.
-        stage = self.provenance_dir / STAGING / uuid.uuid4().hex
+        staging = self.provenance_dir / STAGING
+        stage = staging / uuid.uuid4().hex
         copy = stage / path.name
-        stage.mkdir(parents=True)
         try:
-            if path.is_dir():
-                shutil.copytree(path, copy, symlinks=False)
+            stage.mkdir(parents=True)
+            if path.is_dir():  # the files the recorder hashed: links followed, loops refused, bounded
+                copy_files(folder_files(path, call=f"log_artifact({str(path)!r})", refuse=self.provenance_dir), copy)
             else:
                 shutil.copy2(path, copy)
-        except OSError:
+        except BaseException:  # a full disk, a refused folder, Ctrl-C: no copy is left behind
             shutil.rmtree(stage, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                staging.rmdir()  # once empty
             raise
         future = self._send("log_staged", run_id, str(copy), artifact_path, str(stage), what=what)
         # a service that died before the upload leaves its copy: removed here (`prov4ml sync` uploads
