@@ -89,6 +89,7 @@ class RunRecorder(Lineage):
         self.models: list[ModelRecord] = []
         self.activities: dict[str, ActivityRecord] = {}
         self.extra_entities: list[dict[str, Any]] = []
+        self.invalidations: list[dict[str, Any]] = []  # entities recorded elsewhere that ceased to exist
         self.previous_document: str | None = None  # PROV-JSON of an earlier session of this run
         self.earlier_models: Counter[str] = Counter()  # models per name logged by earlier sessions
         self.context: Any = None  # code, environment, seed: see set_context
