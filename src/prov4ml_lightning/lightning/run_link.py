@@ -404,7 +404,7 @@ class RunLink:
                 score = cb.best_k_models.get(cb.best_model_path, cb.best_model_score)
                 self.run.add_entity("decision", "BestCheckpoint", f"{fit}.best_checkpoint{suffix}",
                                     {"monitor": cb.monitor, "mode": getattr(cb, "mode", None),
-                                     "score": _float(score), "checkpoint": best},
+                                     "best_model_score": _float(score)},
                                     label=f"best by {cb.monitor} ({fit})", relation="generated", activity=ident,
                                     derived_from=used, specializes=("checkpoint", best))
             self.run.end_activity(ident)

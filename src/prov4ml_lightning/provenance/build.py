@@ -247,8 +247,11 @@ class _Builder(SessionRecords):
         parent = (self.rid(act.part_of) if act.part_of and (act.part_of in self.spans
                                                             or self.rid(act.part_of) in self.earlier)
                   else self.session_id)
+        # a nested run keeps the id its own document gives it (run_<id>), so the two documents meet
+        ident = (self.user[f"run_{act.attributes['run_id']}"] if act.kind == "ChildRun" and act.attributes.get("run_id")
+                 else self.rid(act.ident))
         node = self.doc.activity(
-            self.rid(act.ident), prov_time(act.start_time), prov_time(act.end_time),
+            ident, prov_time(act.start_time), prov_time(act.end_time),
             [*types, (PROV_LABEL, act.label), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
         )
         self.doc.wasStartedBy(node, None, parent, prov_time(act.start_time))

@@ -68,7 +68,7 @@ QUERIES = {
   ?loop prov:used ?checkpoint . ?checkpoint a p4l:Checkpoint .
   { ?loop a p4l:TestLoop } UNION { ?loop a p4l:ValidationLoop } UNION { ?loop a p4l:PredictLoop }
   OPTIONAL { ?choice a p4l:BestCheckpoint ; prov:specializationOf ?checkpoint ; p4l:monitor ?monitor .
-             OPTIONAL { ?choice p4l:score ?score } }
+             OPTIONAL { ?choice p4l:best_model_score ?score } }
 }""",
     # (b) why each fit ended early: the decision, its reason and patience, and the values it compared
     "b_early_stopping": """SELECT ?fit ?decision ?monitor ?reason ?patience ?value WHERE {

@@ -142,6 +142,21 @@ class Lineage:
         self.journal.write("activity_start", record=record)
         return record
 
+    def start_child(self, child: Any) -> None:
+        """A run nested in this one opened (``nested=True``, however it was started): a ``ChildRun``
+        activity of this run, named by the child's own run id (the id its own document gives it),
+        with its MLflow run id and PROV file; part of ``children_part_of`` when set (a sweep's
+        trial), else of this session."""
+        info = child.info
+        self.start_activity(
+            f"child_{info.run_id}", "ChildRun", f"run {info.run_name}", part_of=getattr(self, "children_part_of", None),
+            attributes={"run_id": info.run_id, "run_name": info.run_name, "experiment_name": info.experiment_name,
+                        "prov_file": str(Path(info.provenance_dir) / f"provgraph_{info.run_id}.json")})
+
+    def end_child(self, child: Any, status: str) -> None:
+        """The nested run ``child`` ended with ``status``."""
+        self.end_activity(f"child_{child.info.run_id}", {"status": status})
+
     def end_activity(self, ident: str, attributes: Mapping[str, Any] | None = None) -> None:
         record = self.activities.get(ident)
         if record is None or record.end_time is not None:
