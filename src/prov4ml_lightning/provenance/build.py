@@ -71,6 +71,7 @@ class _Builder(SessionRecords):
         self.extras = {(e["kind"], self.ref(e["kind"], e.get("name", e["kind"]))) for e in snap.extra_entities}
         self.renamed_ids = {self.rid(kind, name) for (kind, _), name in self.renamed.items()}
         self.built_extras: set[Any] = set()
+        self.artifact_ids = {self.rid(a.kind, a.name) for a in snap.artifacts}
 
     def ref(self, kind: str, name: str) -> str:
         """The PROV name of the entity recorded as ``(kind, name)``."""
@@ -343,7 +344,13 @@ class _Builder(SessionRecords):
         if ident in self.built_extras and ident in self.renamed_ids:
             return  # the same data declared twice (two dataloaders over one dataset): one entity
         self.built_extras.add(ident)
-        ent = self.doc.entity(ident, [*types, (PROV_LABEL, extra.get("label", extra["kind"])), *self.attrs(attributes)])
+        if ident in self.artifact_ids:
+            # a file this document holds as an artifact, recorded again as read (a checkpoint the resume
+            # loaded, when recover rebuilds every session from the journal): one entity, the artifact's
+            ent = ident
+        else:
+            ent = self.doc.entity(ident, [*types, (PROV_LABEL, extra.get("label", extra["kind"])),
+                                          *self.attrs(attributes)])
         # ``activity``: the sub-activity (epoch, loop, fit) that used or generated it; default the session.
         activity = extra.get("activity") if extra.get("activity") in activities else None
         node = activities[activity] if activity else session
