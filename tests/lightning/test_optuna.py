@@ -80,6 +80,10 @@ def test_study_with_pruning_is_a_parent_run_with_nested_trials_and_the_choice(ru
     # started by the study: its run, or the session of it that ran the trials (a session is part of its run)
     study_acts = {run_node} | {s for _, s in started if s.startswith(f"{run_node}.session_")}
     assert all(any((t.identifier.localpart, s) in started for s in study_acts) for t in trials.values())
+    # each trial's own run is named in the study's document (ChildRun), started by its trial
+    child_runs = {attr(a, "run_id"): a for a in by_type(doc, "ChildRun")}
+    assert sorted(child_runs) == sorted(c.info.run_id for c in children)
+    assert all((f"run_{attr(t, 'run_id')}", t.identifier.localpart) in started for t in trials.values())
     (choice,) = by_type(doc, "ModelSelection")
     assert attr(choice, "trial") == study.best_trial.number
     assert attr(choice, "value") == pytest.approx(study.best_value)

@@ -139,9 +139,11 @@ def classification(tmp_path_factory: pytest.TempPathFactory) -> rdflib.Graph:
 def test_classification_fit_with_separate_train_val_test_sets(classification):
     g = classification
     datasets = {r["role"]: r["fingerprint"] for r in _rows(g, "a_datasets")}
-    # the test set is not behind the model; 0-d int64 labels get a real fingerprint
-    assert set(datasets) == {"train", "val"} and all(fp and len(fp) == 64 for fp in datasets.values())
-    assert len(set(datasets.values())) == 2
+    # the weights come from the training data only (the validation set chose the checkpoint, the
+    # test set came after); 0-d int64 labels get a real fingerprint
+    assert set(datasets) == {"train"} and all(fp and len(fp) == 64 for fp in datasets.values())
+    (tested,) = _rows(g, "b_evaluated_checkpoint")  # test(ckpt_path="best"): the checkpoint chosen by val_loss
+    assert tested["choice"] is not None and tested["monitor"] == "val_loss"
     params = {r["name"]: r["value"] for r in _rows(g, "a_hyperparameters")}
     assert params["lr"] == "0.05"
     (code,) = _rows(g, "a_code")
@@ -173,7 +175,7 @@ def test_every_p4l_term_is_in_the_shipped_vocabulary(which, request):
 
 def test_a_datasets_code_and_hyperparameters_behind_the_final_model(mnist):
     roles = {r["role"] for r in _rows(mnist, "a_datasets")}
-    assert roles == {"train", "val"}  # the test set came after the model: not behind it
+    assert roles == {"train"}  # the validation set is behind the choice of checkpoints, the test set after
     params = {r["name"]: r["value"] for r in _rows(mnist, "a_hyperparameters")}
     assert params["lr"] == "0.002" and params["batch_size"] == "64"
     assert params["optimizer/0/betas"] == "[0.9, 0.999]"  # JSON, not a Python repr

@@ -103,8 +103,11 @@ def test_a_fit_links_model_checkpoints_and_weights_by_their_hash(run_args, tmp_p
     doc = read_prov(callback.outputs.prov_json)
 
     (model,) = by_type(doc, "Model")
-    (initial,) = by_type(doc, "ModelState")
+    states = {str(s.identifier).rsplit(".", 1)[-1]: s for s in by_type(doc, "ModelState")}
+    initial, at_end = states.pop("initial"), states.pop("final")
+    assert states == {}
     assert attr(model, "state_dict_sha256") == saved  # the model logged at the end holds the last weights
+    assert attr(at_end, "state_dict_sha256") == saved  # as the fit's last epoch left them
     assert len(attr(initial, "state_dict_sha256")) == 64 and attr(initial, "state_dict_sha256") != saved
     current = {}  # path -> the entity of the file's present content
     for ckpt in by_type(doc, "Checkpoint"):
@@ -119,7 +122,7 @@ def test_a_fit_links_model_checkpoints_and_weights_by_their_hash(run_args, tmp_p
     # linked: the model and the checkpoints with its weights (and, apart, the two files saved at
     # step 8); only equal weights, and as the same weights, not as a derivation
     hashes = {str(e.identifier): attr(e, "state_dict_sha256") for e in doc.get_records() if e.is_element()}
-    assert final | {str(model.identifier)} in _linked(doc)
+    assert final | {str(model.identifier), str(at_end.identifier)} in _linked(doc)
     assert all(hashes[a] == hashes[b] for a, b in _pairs(doc, "alternateOf"))
     assert str(initial.identifier) not in set().union(*_linked(doc))
     assert not any(a == str(model.identifier) for a, _ in _pairs(doc, "wasDerivedFrom"))

@@ -168,11 +168,12 @@ def test_identifiers_hold_the_run_id_and_are_unique_across_runs(outputs):
         for section in ("entity", "activity"):
             for ident, body in data[section].items():
                 types = json.dumps(body.get("prov:type"))
-                if "p4l:ParentRun" in types:
-                    continue  # the parent, declared by id in the child's document
+                if "p4l:ParentRun" in types or "p4l:ChildRun" in types:
+                    continue  # the parent in the child's document, the child in the parent's: by their own ids
                 assert f"run_{out.run_id}" in ident, ident
     assert not (set(parent["entity"]) & set(child["entity"]))
     assert f"user:run_{outputs[0].run_id}" in child["activity"]  # declared: no dangling reference
+    assert f"user:run_{outputs[1].run_id}" in parent["activity"]  # the parent names its child
 
 
 def test_namespaces_are_absolute_iris(documents):

@@ -24,7 +24,13 @@ from prov4ml_lightning.distributed.ranks import rank_from_trainer, share_run
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
 from prov4ml_lightning.lightning.checkpoints import CheckpointHooks
 from prov4ml_lightning.lightning.evaluation import EvaluationHooks
-from prov4ml_lightning.lightning.hparams import early_stopping_state, fit_params, prov_attr, warn_renamed
+from prov4ml_lightning.lightning.hparams import (
+    early_stopping_decisions,
+    early_stopping_state,
+    fit_params,
+    prov_attr,
+    warn_renamed,
+)
 from prov4ml_lightning.lightning.logged import LoggedValuesHooks
 from prov4ml_lightning.lightning.loops import EpochTracker, LoopTracker
 from prov4ml_lightning.lightning.null_link import NullLink
@@ -302,6 +308,7 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
         link = self._open(trainer)
         self._fits += 1
         self._fit = f"fit_{self._fits}"
+        self._epochs.completed = 0  # epochs this fit ran to their end (a resumed fit counts its own)
         notes: list[str] = []
         params = fit_params(trainer, pl_module, notes)
         warn_renamed(params, notes)
@@ -352,6 +359,9 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
         self._poll_checkpoints(trainer, force=True)  # before the epoch ends: it generated them
         attrs: dict[str, Any] = {"status": status, "last_step": trainer.global_step, **early_stopping_state(trainer)}
         self._epochs.end(self.link, attrs)
+        if self._fit is not None:  # EarlyStopping decided this was the last epoch: the decision, with its inputs
+            for n, decision in enumerate(early_stopping_decisions(trainer)):
+                self.link.stop_decision(self._fit, decision, n)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -364,11 +374,13 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
         if self.log_checkpoints:
             self._poll_checkpoints(trainer, force=True)
             link.mark_checkpoints(trainer)
+            link.select_checkpoints(trainer, self._fit)
         if self.log_model:
             # A resumed fit's model is a new version of the same name (the recorder counts every session's).
-            link.log_model(pl_module, self.model_name or type(pl_module).__name__, self._fit)
+            link.log_model(pl_module, self.model_name or type(pl_module).__name__, self._fit,
+                           last_epoch=self._epochs.last_ended(self._fit), step=trainer.global_step)
         link.end(self._fit, {"status": "FINISHED", "last_step": trainer.global_step,
-                             "epochs_completed": trainer.current_epoch, **early_stopping_state(trainer)})
+                             "epochs_completed": self._epochs.completed, **early_stopping_state(trainer)})
         self._last_fit, self._fit = self._fit, None
         self._close("FINISHED")
 
@@ -385,6 +397,7 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
         for step in (lambda: sanity and link.end(sanity, {"status": status, "error": error}),
                      lambda: self._close_epoch(trainer, status), lambda: self._end_loop(trainer, status),
                      lambda: in_fit and link.mark_checkpoints(trainer),
+                     lambda: in_fit and self.log_checkpoints and link.select_checkpoints(trainer, self._fit),
                      lambda: link.end(self._fit, {"status": status, "error": error,
                                                   "last_step": trainer.global_step})):
             try:

@@ -63,6 +63,9 @@ class EvaluationHooks(Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._start_loop(trainer, "validate")
+        elif self.log_datasets and self._fit is not None:
+            # the sanity check's dataloaders exist from here on (not yet at on_sanity_check_start)
+            self.link.use(f"{self._fit}.sanity_check", self.link.datasets(trainer.val_dataloaders, "val"))
 
     @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,

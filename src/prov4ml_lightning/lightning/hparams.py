@@ -31,6 +31,7 @@ from prov4ml_lightning.tracking import validation as v
 __all__ = [
     "clean_hparams",
     "datamodule_hparams",
+    "early_stopping_decisions",
     "early_stopping_state",
     "fit_params",
     "lr_stats",
@@ -216,6 +217,28 @@ def early_stopping_state(trainer: Any) -> dict[str, Any]:
         best = _scalar(getattr(callback, "best_score", None))
         if isinstance(best, float):
             out["early_stopping_best_score"] = best
+    return out
+
+
+def early_stopping_decisions(trainer: Any) -> list[dict[str, Any]]:
+    """The decision of each EarlyStopping callback that stopped this fit (``trainer.should_stop`` is
+    set and the callback says it stopped): its settings and why, one dict per callback."""
+    if not getattr(trainer, "should_stop", False):
+        return []
+    out = []
+    for callback in getattr(trainer, "early_stopping_callbacks", []) or []:
+        reason = getattr(callback, "stopping_reason", None)
+        if getattr(reason, "name", "NOT_STOPPED") == "NOT_STOPPED" and not callback.stopped_epoch:
+            continue
+        decision = {"monitor": callback.monitor, "mode": getattr(callback, "mode", None),
+                    "patience": getattr(callback, "patience", None),
+                    "min_delta": _scalar(abs(getattr(callback, "min_delta", 0.0) or 0.0)),
+                    "wait_count": getattr(callback, "wait_count", None), "stopped_epoch": callback.stopped_epoch,
+                    "stop_reason": getattr(reason, "name", "stopped"),
+                    "stop_message": getattr(callback, "stopping_reason_message", None) or None,
+                    "best_score": None if getattr(callback, "best_score", None) is None
+                    else _scalar(callback.best_score)}
+        out.append({k: val for k, val in decision.items() if isinstance(val, (bool, int, float, str))})
     return out
 
 

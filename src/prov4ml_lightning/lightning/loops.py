@@ -78,6 +78,7 @@ class EpochTracker:
         self._fit: str | None = None
         self._previous: str | None = None  # the last epoch ended in this fit
         self.loops = 0  # validation loops run inside this epoch
+        self.completed = 0  # epochs of the running fit that ended FINISHED (the callback resets it per fit)
 
     def start(self, trainer: Any, link: Any, fit: str | None, used: list[tuple[str, str]]) -> None:
         epoch = trainer.current_epoch
@@ -96,6 +97,12 @@ class EpochTracker:
         if rates:
             link.log(rates, Context.TRAINING, trainer.fit_loop.epoch_loop._batches_that_stepped, self.ident)
 
+    def last_ended(self, fit: str | None) -> str | None:
+        """The training epoch of ``fit`` that ended last (``None`` when none of its epochs ended)."""
+        return self._previous if fit is not None and (self._previous or "").startswith(f"{fit}.") else None
+
     def end(self, link: Any, attributes: dict[str, Any]) -> None:
         link.end(self.ident, attributes)
+        if attributes.get("status") == "FINISHED":
+            self.completed += 1
         self._previous, self.ident = self.ident, None

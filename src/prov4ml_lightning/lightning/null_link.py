@@ -29,6 +29,15 @@ class NullLink:
     def end(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def use(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def stop_decision(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def select_checkpoints(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
     def fit_params(self, fit: str, params: Mapping[str, Any]) -> list[Ref]:
         return []
 
@@ -56,7 +65,7 @@ class NullLink:
     def mark_checkpoints(self, trainer: Any) -> None:
         pass
 
-    def log_model(self, module: torch.nn.Module, name: str, fit: str | None) -> None:
+    def log_model(self, module: torch.nn.Module, name: str, fit: str | None, **kwargs: Any) -> None:
         pass
 
     def close(self, status: str) -> None:

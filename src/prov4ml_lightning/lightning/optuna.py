@@ -216,6 +216,7 @@ class Prov4MLSweep:
                                         "`with Prov4MLSweep(...)`")
             ident = f"trial_{trial.number}"
             run.start_activity(ident, "Trial", f"trial {trial.number}", attributes={"number": trial.number})
+            run.children_part_of = ident  # the trial's nested run is part of the trial (started by it)
             state, value, error = "FAIL", None, None
             try:
                 value = objective(trial)
@@ -232,6 +233,7 @@ class Prov4MLSweep:
                 error = f"{type(err).__name__}: {str(err)[:300]}"
                 raise
             finally:
+                run.children_part_of = None
                 self._end_trial(run, trial, ident, state, value, error)
 
         return tracked

@@ -118,6 +118,7 @@ class RunLink:
         self._initial: str | None = None  # the initial weights entity of the running fresh fit
         self._best: set[str] = set()  # names of the best checkpoints, set by mark_checkpoints
         self._param_names: dict[str, tuple[str, Any]] = {}  # key -> (PROV name, value) of its latest version
+        self._segment_log: list[tuple[str, str, str]] = []  # (activity, key, segment name), in recording order
 
     @property
     def run_id(self) -> str:
@@ -164,6 +165,10 @@ class RunLink:
         self.run.start_activity(ident, kind, label, informed_by=informed_by, attributes=attributes, used=list(used),
                                 part_of=part_of)
 
+    def use(self, ident: str, used: Iterable[Ref]) -> None:
+        """Running activity ``ident`` also used ``used`` (known once it ran)."""
+        self.run.use(ident, list(used))
+
     def end(self, ident: str | None, attributes: Mapping[str, Any] | None = None) -> None:
         """End ``ident``, first adding the metric segments its points make."""
         if ident is None:
@@ -173,6 +178,7 @@ class RunLink:
         self.run.end_activity(ident, attributes)
 
     def _add_segment(self, ident: str, key: str, context: Context, segment: _Segment) -> None:
+        self._segment_log.append((ident, key, f"{context.value}.{key}.{ident}"))
         self.run.add_entity(
             "metric_segment", "MetricSegment", f"{context.value}.{key}.{ident}",
             {"name": key, "context": context.value, "activity": ident, **segment.attributes()},
@@ -306,13 +312,25 @@ class RunLink:
             overwritten = self._ckpt_records.get(os.path.abspath(path))
             if overwritten is not None:  # the same path saved again (last.ckpt): the old content is gone
                 self.run.invalidate_artifact(overwritten, activity, record.created)
+            elif os.path.abspath(path) in (earlier := self._earlier_names()):
+                # a file an earlier session saved, or this one loaded (the resume's last.ckpt), saved
+                # over: the entity its recorded sha256 describes is no more
+                self.run.invalidate_entity("checkpoint", earlier[os.path.abspath(path)], activity, record.created)
             self._ckpt_records[os.path.abspath(path)] = record
+
+    def _earlier_names(self) -> dict[str, str]:
+        """``{absolute path: PROV name}`` of the checkpoint files this session did not save: those an
+        earlier session recorded and those it loaded (named by the step they hold, which wins)."""
+        return {**self._ckpt_earlier, **self._ckpt_used}
 
     def _invalidate_gone(self, activity: str | None) -> None:
         for path, record in self._ckpt_records.items():
             if not os.path.lexists(path):
                 record.attributes["deleted"] = True
                 self.run.invalidate_artifact(record, activity)
+        for path, name in self._earlier_names().items():  # deleted by this session (top-k of a resumed fit)
+            if path not in self._ckpt_records and not os.path.lexists(path):
+                self.run.invalidate_entity("checkpoint", name, activity)
 
     def mark_checkpoints(self, trainer: Any) -> None:
         """Mark the best checkpoint of each ModelCheckpoint, and files removed since they were saved.
@@ -332,13 +350,82 @@ class RunLink:
                 attrs = {"best": path in best, **({} if os.path.lexists(path) else {"deleted": True})}
                 self.run.add_entity("checkpoint", "Checkpoint", name, attrs, label=name, relation="none")
 
+    # -- decisions ------------------------------------------------------------------------------
+    def monitored(self, fit: str, key: str) -> list[Ref]:
+        """The metric segments of ``key`` the activities of ``fit`` generated (its validation loops',
+        or its epochs' for a training value): the values a callback monitoring ``key`` compared."""
+        return [("metric_segment", name) for ident, seg_key, name in self._segment_log
+                if seg_key == key and ident.startswith(f"{fit}.")]
+
+    def stop_decision(self, fit: str, decision: Mapping[str, Any], n: int = 0) -> None:
+        """EarlyStopping stopped ``fit``: a decision activity, part of the fit, that used the monitored
+        values (``decision["monitor"]``), and the decision it generated, the trigger that ended the fit
+        (PROV ``wasEndedBy``; recorded when the fit ends). Once per fit and callback."""
+        ident = f"{fit}.early_stopping{f'_{n + 1}' if n else ''}"
+        if ident in self.run.activities:
+            return
+        monitor = str(decision.get("monitor"))
+        used = self.monitored(fit, monitor)
+        self.run.start_activity(ident, "EarlyStopping", f"early stopping on {monitor}", part_of=fit, used=used,
+                                attributes=decision)
+        self.run.add_entity("decision", "StopDecision", f"{fit}.stop{f'_{n + 1}' if n else ''}", dict(decision),
+                            label=f"stop {fit}: {decision.get('stop_reason', 'stopped')}", relation="generated",
+                            activity=ident, derived_from=used, ends=fit)
+        self.run.end_activity(ident)
+
+    def select_checkpoints(self, trainer: Any, fit: str) -> None:
+        """The choice each ModelCheckpoint with a ``monitor`` holds at the end of ``fit``: a selection
+        activity, part of the fit, that used the monitored values, generating the kept top-k (a
+        collection of the checkpoint entities) and the best (a specialization of its checkpoint)."""
+        callbacks = [cb for cb in getattr(trainer, "checkpoint_callbacks", []) or []
+                     if getattr(cb, "monitor", None) and isinstance(getattr(cb, "best_k_models", None), dict)]
+        names = {**self._earlier_names(), **{path: r.name for path, r in self._ckpt_records.items()}}
+        for n, cb in enumerate(callbacks):
+            suffix = f"_{n + 1}" if n else ""
+            ident = f"{fit}.checkpoint_selection{suffix}"
+            paths = [os.path.abspath(p) for p in cb.best_k_models]
+            kept = [names[p] for p in paths if p in names and os.path.lexists(p)]
+            best_path = os.path.abspath(cb.best_model_path) if cb.best_model_path else None
+            best = names.get(best_path) if best_path and os.path.lexists(best_path) else None
+            if ident in self.run.activities or (not kept and best is None):
+                continue
+            used = self.monitored(fit, cb.monitor)
+            attrs = {"monitor": cb.monitor, "mode": getattr(cb, "mode", None), "save_top_k": cb.save_top_k,
+                     "best_model_score": _float(cb.best_model_score), "kept": len(kept)}
+            attrs = {k: a for k, a in attrs.items() if a is not None}
+            self.run.start_activity(ident, "CheckpointSelection", f"checkpoint selection on {cb.monitor}",
+                                    part_of=fit, used=used, attributes=attrs)
+            if kept:
+                self.run.add_entity("decision", "TopKCheckpoints", f"{fit}.top_k{suffix}",
+                                    {k: a for k, a in attrs.items() if k != "best_model_score"},
+                                    label=f"top {len(kept)} by {cb.monitor} ({fit})", relation="generated",
+                                    activity=ident, derived_from=used, members=[("checkpoint", k) for k in kept])
+            if best is not None:
+                score = cb.best_k_models.get(cb.best_model_path, cb.best_model_score)
+                self.run.add_entity("decision", "BestCheckpoint", f"{fit}.best_checkpoint{suffix}",
+                                    {"monitor": cb.monitor, "mode": getattr(cb, "mode", None),
+                                     "best_model_score": _float(score)},
+                                    label=f"best by {cb.monitor} ({fit})", relation="generated", activity=ident,
+                                    derived_from=used, specializes=("checkpoint", best))
+            self.run.end_activity(ident)
+
     # -- model, end -----------------------------------------------------------------------------
-    def log_model(self, module: torch.nn.Module, name: str, fit: str | None) -> None:
+    def log_model(self, module: torch.nn.Module, name: str, fit: str | None, *,
+                  last_epoch: str | None = None, step: int | None = None) -> None:
         """Log the trained module, generated by ``fit``, saying whether the best checkpoint recorded
         in this session holds the same weights (equal state-dict hashes; the PROV builder links
-        such entities as alternates, see docs/provenance-model.md)."""
+        such entities as alternates, see docs/provenance-model.md). ``last_epoch``: the training
+        epoch of the fit that ended last, which generated the weights the model holds (a
+        ``ModelState`` entity with their hash, so the model's lineage reaches the data that
+        trained it even without a checkpoint)."""
+        final = f"{fit}.final" if fit is not None and last_epoch is not None else None
+        if final is not None:
+            self.run.add_entity("model_state", "ModelState", final, {"global_step": step},
+                                label=f"weights at the end of {fit}", relation="generated", activity=last_epoch)
         record = self.run.log_model(module, name, activity=fit)
         digest = record.info.get("state_dict_sha256") or state_dict_sha256(module.state_dict())
+        if final is not None:
+            self.run.update_entity("model_state", final, {"state_dict_sha256": digest})
         best = [r.name for r in self._ckpt_records.values() if r.name in self._best and r.invalidated_at is None
                 and r.attributes.get("state_dict_sha256") == digest]
         record.info.update({"state_dict_sha256": digest, "same_weights_as_best_checkpoint": bool(best),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prov.constants import PROV_LABEL, PROV_LOCATION, PROV_ROLE, PROV_TYPE, PROV_VALUE, XSD_ANYURI
+from prov.constants import PROV_INVALIDATION, PROV_LABEL, PROV_LOCATION, PROV_ROLE, PROV_TYPE, PROV_VALUE, XSD_ANYURI
 from prov.model import Literal, ProvDocument
 
 from prov4ml_lightning.provenance.merge import merge_previous
@@ -46,6 +46,9 @@ class RunSnapshot:
     previous_document: str | None = None
     #: ``{"metrics" | "diff" | "packages": {"path", "sha256", "size_bytes"}}`` of the side files
     side_files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: ``{"kind", "name", "activity", "at"}``: entities this session did not record as artifacts (an
+    #: earlier session's checkpoint, one it loaded) whose file was deleted or overwritten during ``activity``
+    invalidations: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Builder(SessionRecords):
@@ -68,6 +71,7 @@ class _Builder(SessionRecords):
         self.extras = {(e["kind"], self.ref(e["kind"], e.get("name", e["kind"]))) for e in snap.extra_entities}
         self.renamed_ids = {self.rid(kind, name) for (kind, _), name in self.renamed.items()}
         self.built_extras: set[Any] = set()
+        self.artifact_ids = {self.rid(a.kind, a.name) for a in snap.artifacts}
 
     def ref(self, kind: str, name: str) -> str:
         """The PROV name of the entity recorded as ``(kind, name)``."""
@@ -183,6 +187,7 @@ class _Builder(SessionRecords):
             previous[model.name] = ent
         for extra in self.snap.extra_entities:
             self._extra(session, activities, extra)
+        self._invalidations(session, activities)
         self._same_weights()
         if self.previous is not None:
             merge_previous(self.doc, self.previous)
@@ -196,6 +201,21 @@ class _Builder(SessionRecords):
                 or (kind == "param" and name in self.snap.params) or self.rid(kind, name) in self.earlier)
 
 
+
+    def _invalidations(self, session: Any, activities: Mapping[str, Any]) -> None:
+        """``wasInvalidatedBy`` of entities recorded elsewhere (an earlier session's checkpoint, a
+        loaded one) whose file this session deleted or overwrote; at most one per entity, counting
+        the earlier session's."""
+        done = {r.formal_attributes[0][1] for doc in (self.doc, self.previous) if doc is not None
+                for r in doc.get_records() if r.get_type() == PROV_INVALIDATION}
+        for entry in self.snap.invalidations:
+            name = self.ref(entry["kind"], entry["name"])
+            ident = self.rid(entry["kind"], name)
+            if ident in done or not self.declared(entry["kind"], name):
+                continue
+            done.add(ident)
+            by = entry.get("activity") if entry.get("activity") in activities else None
+            self.doc.wasInvalidatedBy(ident, activities[by] if by else session, self.when(entry.get("at"), by))
 
     def _same_weights(self) -> None:
         """``alternateOf`` between entities holding the same weights (equal ``state_dict_sha256``:
@@ -228,9 +248,17 @@ class _Builder(SessionRecords):
         parent = (self.rid(act.part_of) if act.part_of and (act.part_of in self.spans
                                                             or self.rid(act.part_of) in self.earlier)
                   else self.session_id)
+        # a nested run keeps the id its own document gives it (run_<id>), so the two documents meet
+        ident = (self.user[f"run_{act.attributes['run_id']}"] if act.kind == "ChildRun" and act.attributes.get("run_id")
+                 else self.rid(act.ident))
         node = self.doc.activity(
+<<<<<<< HEAD
             self.rid(act.ident), prov_time(act.start_time), prov_time(act.end_time),
             [*types, (PROV_LABEL, typed(act.label)), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
+=======
+            ident, prov_time(act.start_time), prov_time(act.end_time),
+            [*types, (PROV_LABEL, act.label), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
+>>>>>>> i25b
         )
         self.doc.wasStartedBy(node, None, parent, prov_time(act.start_time))
         if act.informed_by in self.spans or (act.informed_by and self.rid(act.informed_by) in self.earlier):
@@ -313,14 +341,26 @@ class _Builder(SessionRecords):
                 types += [(PROV_VALUE, typed(value)), (self.mls["hasValue"], typed(value))]
         elif extra["type"] == "Dataset":
             types.append((PROV_TYPE, self.mls["Dataset"]))
+        if extra.get("members"):
+            types.append((PROV_TYPE, self.doc.valid_qualified_name("prov:Collection")))
         if attributes.get("path") and extra["type"] in ("Checkpoint",):
             types.append((PROV_LOCATION, Literal(Path(attributes["path"]).as_uri(), XSD_ANYURI)))
         ident = self.rid(extra["kind"], self.ref(extra["kind"], extra.get("name", extra["kind"])))
         if ident in self.built_extras and ident in self.renamed_ids:
             return  # the same data declared twice (two dataloaders over one dataset): one entity
         self.built_extras.add(ident)
+<<<<<<< HEAD
         label = typed(extra.get("label", extra["kind"]))
         ent = self.doc.entity(ident, [*types, (PROV_LABEL, label), *self.attrs(attributes)])
+=======
+        if ident in self.artifact_ids:
+            # a file this document holds as an artifact, recorded again as read (a checkpoint the resume
+            # loaded, when recover rebuilds every session from the journal): one entity, the artifact's
+            ent = ident
+        else:
+            ent = self.doc.entity(ident, [*types, (PROV_LABEL, extra.get("label", extra["kind"])),
+                                          *self.attrs(attributes)])
+>>>>>>> i25b
         # ``activity``: the sub-activity (epoch, loop, fit) that used or generated it; default the session.
         activity = extra.get("activity") if extra.get("activity") in activities else None
         node = activities[activity] if activity else session
@@ -335,6 +375,14 @@ class _Builder(SessionRecords):
         for kind, name in extra.get("derived_from") or ():
             if self.declared(kind, name):
                 self.doc.wasDerivedFrom(ent, self.rid(kind, name))
+        for kind, name in extra.get("members") or ():  # a collection (the checkpoints a top-k kept)
+            if self.declared(kind, self.ref(kind, name)):
+                self.doc.hadMember(ent, self.rid(kind, self.ref(kind, name)))
+        if extra.get("specializes") and self.declared(*extra["specializes"]):  # a checkpoint as the chosen best
+            self.doc.specializationOf(ent, self.rid(*extra["specializes"]))
+        ends = extra.get("ends")  # the decision that ended an activity (EarlyStopping's: the fit)
+        if ends in activities and relation == "generated":
+            self.doc.wasEndedBy(activities[ends], ent, node, prov_time(self.spans.get(ends, (None, None))[1]))
         member_of = extra.get("member_of")  # e.g. a metric segment is a member of its series
         if member_of and (self.rid(*member_of) in self.earlier or any(
                 ("metric", s.context.value, s.name) == tuple(member_of) for s in self.snap.series)):

@@ -160,6 +160,7 @@ _SHORTCUTS = (
     ("qualifiedCommunication", "activity", "wasInformedBy"),
     ("qualifiedStart", "hadActivity", "wasStartedBy"),
     ("qualifiedInvalidation", "activity", "wasInvalidatedBy"),
+    ("qualifiedEnd", "entity", "wasEndedBy"),  # the trigger entity (an EarlyStopping decision)
 )
 
 

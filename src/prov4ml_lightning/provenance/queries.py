@@ -25,12 +25,26 @@ QUERIES = {
   FILTER NOT EXISTS { ?newer a mls:Model ; p4l:version ?v2 . FILTER (?v2 > ?version) }
   ?fit prov:used ?param . ?param a mls:HyperParameterSetting ; p4l:name ?name ; mls:hasValue ?value .
 }""",
+    # the data behind the final model's weights: its lineage (generation, usage, derivation,
+    # communication, and other holders of the same weights), the training data only
     "a_datasets": """SELECT DISTINCT ?model ?dataset ?role ?fingerprint WHERE {
-  ?model a mls:Model ; p4l:version ?version ; prov:wasGeneratedBy ?fit .
+  ?model a mls:Model ; p4l:version ?version .
   FILTER NOT EXISTS { ?newer a mls:Model ; p4l:version ?v2 . FILTER (?v2 > ?version) }
-  ?part p4l:partOf+ ?fit ; prov:used ?dataset .
+  ?model (prov:wasGeneratedBy|prov:used|prov:wasDerivedFrom|prov:wasInformedBy|prov:alternateOf|^prov:alternateOf)+
+      ?dataset .
   ?dataset a mls:Dataset ; p4l:role ?role .
   OPTIONAL { ?dataset p4l:fingerprint ?fingerprint }
+}""",
+    # the data behind the final model's selection: the decisions that chose it (EarlyStopping's,
+    # which ended the fit that generated it; ModelCheckpoint's best or top-k, holding its weights),
+    # the monitored values they used, and the data the loops that computed those values read
+    "a_selection_datasets": """SELECT DISTINCT ?model ?decision ?dataset ?role WHERE {
+  ?model a mls:Model ; p4l:version ?version .
+  FILTER NOT EXISTS { ?newer a mls:Model ; p4l:version ?v2 . FILTER (?v2 > ?version) }
+  { ?model prov:wasGeneratedBy/prov:qualifiedEnd/prov:entity ?decision }
+  UNION { ?model (prov:alternateOf|^prov:alternateOf)*/(^prov:specializationOf|^prov:hadMember) ?decision }
+  ?decision prov:wasGeneratedBy/prov:used ?value . ?value prov:wasGeneratedBy/prov:used ?dataset .
+  ?dataset a mls:Dataset ; p4l:role ?role .
 }""",
     "a_code": """SELECT ?model ?code ?script ?commit ?dirty WHERE {
   ?model a mls:Model ; p4l:version ?version ; prov:wasGeneratedBy ?fit .
@@ -49,6 +63,20 @@ QUERIES = {
   ?checkpoint a p4l:Checkpoint ; p4l:best true .
   ?checkpoint prov:wasDerivedFrom+ ?earlier . ?earlier p4l:global_step ?step .
 } ORDER BY DESC(?step)""",
+    # (b) the checkpoint each evaluation loaded, and the choice that made it the best (if one did)
+    "b_evaluated_checkpoint": """SELECT ?loop ?checkpoint ?choice ?monitor ?score WHERE {
+  ?loop prov:used ?checkpoint . ?checkpoint a p4l:Checkpoint .
+  { ?loop a p4l:TestLoop } UNION { ?loop a p4l:ValidationLoop } UNION { ?loop a p4l:PredictLoop }
+  OPTIONAL { ?choice a p4l:BestCheckpoint ; prov:specializationOf ?checkpoint ; p4l:monitor ?monitor .
+             OPTIONAL { ?choice p4l:best_model_score ?score } }
+}""",
+    # (b) why each fit ended early: the decision, its reason and patience, and the values it compared
+    "b_early_stopping": """SELECT ?fit ?decision ?monitor ?reason ?patience ?value WHERE {
+  ?fit a p4l:Fit ; prov:qualifiedEnd ?end . ?end prov:entity ?decision ; prov:hadActivity ?decider .
+  ?decision a p4l:StopDecision ; p4l:monitor ?monitor ; p4l:stop_reason ?reason .
+  OPTIONAL { ?decision p4l:patience ?patience }
+  ?decider prov:used ?value .
+}""",
     # (b) where that chain begins: the weights the fit started from (its initial weights, or the
     # model state restored from a checkpoint), with their hash
     "b_initial": """SELECT ?weights ?sha ?step WHERE {
@@ -90,6 +118,11 @@ QUERIES = {
   OPTIONAL { ?env p4l:lightning_version ?lightning }
   OPTIONAL { ?env p4l:packagesFile ?packages . ?packages p4l:sha256 ?packages_sha }
   OPTIONAL { ?env prov:wasAttributedTo ?host . OPTIONAL { ?host p4l:host_id ?host_id } }
+}""",
+    # what depends on the test data: its test loops and the values they computed, nothing else
+    "test_downstream": """SELECT DISTINCT ?dataset ?downstream WHERE {
+  ?dataset a mls:Dataset ; p4l:role "test" .
+  ?downstream (prov:used|prov:wasGeneratedBy|prov:wasDerivedFrom|prov:wasInformedBy|prov:alternateOf)+ ?dataset .
 }""",
     # the negative: nothing read or made after a checkpoint was written is upstream of it
     "negative": """SELECT ?checkpoint ?upstream ?t WHERE {

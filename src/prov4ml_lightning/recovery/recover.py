@@ -63,6 +63,7 @@ class JournaledRun:
     models: list[ModelRecord] = field(default_factory=list)
     activities: dict[str, ActivityRecord] = field(default_factory=dict)
     entities: list[dict[str, Any]] = field(default_factory=list)
+    invalidations: list[dict[str, Any]] = field(default_factory=list)
     context: dict[str, Any] | None = None
     sessions: int = 1
     end: dict[str, Any] | None = None
@@ -151,6 +152,8 @@ def load_run(journal: str | os.PathLike[str]) -> JournaledRun:
             run.entities.append(e["entity"])
         elif kind == "entity_update":
             _update_entity(run.entities, e)
+        elif kind == "invalidated":
+            _invalidate(run, e)
         elif kind == "context":
             run.context = e["context"]
         elif kind == "end":
@@ -170,6 +173,18 @@ def _update_entity(entities: list[dict[str, Any]], event: dict[str, Any]) -> Non
             if event.get("prov_name"):
                 entity["prov_name"] = event["prov_name"]
             return
+
+
+def _invalidate(run: JournaledRun, event: dict[str, Any]) -> None:
+    """Apply an ``invalidated`` event: to the artifact it names (``invalidate_artifact``), else as an
+    invalidation of an entity recorded elsewhere (``invalidate_entity``)."""
+    for record in run.artifacts:
+        if record.kind == event.get("kind") and record.name == event.get("name"):
+            if record.invalidated_at is None:
+                record.invalidated_by, record.invalidated_at = event.get("activity"), event.get("at")
+            return
+    if not any(i["kind"] == event.get("kind") and i["name"] == event.get("name") for i in run.invalidations):
+        run.invalidations.append({k: event.get(k) for k in ("kind", "name", "activity", "at")})
 
 
 def _run_info(data: dict[str, Any]) -> RunInfo:
@@ -255,6 +270,7 @@ def write_run_files(run: JournaledRun, status: str, end_time: float,
         info=info, params=run.params, series=_series(points), artifacts=run.artifacts, models=run.models,
         activities=list(run.activities.values()), software_version=str(run.start.get("software_version", "")),
         metrics_file=run.sidecar.name, extra_entities=run.entities, context=run.context,
+        invalidations=run.invalidations,
     )
     base = run.directory / f"provgraph_{run.run_id}"
     if run.sessions > 1 and base.with_suffix(".json").exists():

@@ -77,6 +77,7 @@ def snapshot(run: RunRecorder) -> Any:
         series=list(run.series.values()), artifacts=list(run.artifacts), models=list(run.models),
         activities=list(run.activities.values()), software_version=__version__,
         metrics_file=run.writer.sidecar.name, extra_entities=list(run.extra_entities),
+        invalidations=list(run.invalidations),
         context=run.context.for_prov() if run.context is not None else None,
         previous_document=run.previous_document, side_files=side_files(run),
     )

@@ -37,6 +37,7 @@ class Lineage:
     describe_model: Callable[[Any], Mapping[str, Any]]
     activities: dict[str, ActivityRecord]
     extra_entities: list[dict[str, Any]]
+    invalidations: list[dict[str, Any]]
 
     def require_open(self, call: str) -> None:
         raise NotImplementedError
@@ -148,6 +149,21 @@ class Lineage:
         self.journal.write("activity_start", record=record)
         return record
 
+    def start_child(self, child: Any) -> None:
+        """A run nested in this one opened (``nested=True``, however it was started): a ``ChildRun``
+        activity of this run, named by the child's own run id (the id its own document gives it),
+        with its MLflow run id and PROV file; part of ``children_part_of`` when set (a sweep's
+        trial), else of this session."""
+        info = child.info
+        self.start_activity(
+            f"child_{info.run_id}", "ChildRun", f"run {info.run_name}", part_of=getattr(self, "children_part_of", None),
+            attributes={"run_id": info.run_id, "run_name": info.run_name, "experiment_name": info.experiment_name,
+                        "prov_file": str(Path(info.provenance_dir) / f"provgraph_{info.run_id}.json")})
+
+    def end_child(self, child: Any, status: str) -> None:
+        """The nested run ``child`` ended with ``status``."""
+        self.end_activity(f"child_{child.info.run_id}", {"status": status})
+
     def end_activity(self, ident: str, attributes: Mapping[str, Any] | None = None) -> None:
         record = self.activities.get(ident)
         if record is None or record.end_time is not None:
@@ -159,25 +175,54 @@ class Lineage:
 
     def add_entity(self, kind: str, type_: str, name: str, attributes: Mapping[str, Any], *,
                    label: str | None = None, relation: str = "used", activity: str | None = None,
-                   derived_from: Sequence[tuple[str, str]] = (), member_of: tuple[str, ...] | None = None) -> None:
+                   derived_from: Sequence[tuple[str, str]] = (), member_of: tuple[str, ...] | None = None,
+                   members: Sequence[tuple[str, str]] = (), specializes: tuple[str, str] | None = None,
+                   ends: str | None = None) -> None:
         """Record an extra entity (environment, code, dataset, ...) the run used or generated.
 
         ``activity`` names the sub-activity that used or generated it instead of the run;
         ``derived_from`` lists ``(kind, name)`` of entities it was derived from; ``member_of``
-        is the id parts of a collection it belongs to (``("metric", context, key)``).
+        is the id parts of a collection it belongs to (``("metric", context, key)``); ``members``
+        the ``(kind, name)`` of the entities it holds (a collection); ``specializes`` the entity
+        it is a more specific aspect of (PROV ``specializationOf``: a checkpoint as the chosen best);
+        ``ends`` the activity whose end it triggered (PROV ``wasEndedBy``, with ``activity`` the ender).
         """
         self.require_open(f"add_entity({kind!r}, {name!r})")
         self.extra_entities.append({"kind": kind, "type": type_, "name": name, "label": label or name,
                                     "attributes": dict(attributes), "relation": relation,
                                     "time": time.time(), "activity": activity,
                                     "derived_from": [list(d) for d in derived_from],
-                                    "member_of": list(member_of) if member_of else None})
+                                    "member_of": list(member_of) if member_of else None,
+                                    **({"members": [list(m) for m in members]} if members else {}),
+                                    **({"specializes": list(specializes)} if specializes else {}),
+                                    **({"ends": ends} if ends else {})})
         self.journal.write("entity", entity=self.extra_entities[-1])
 
     def invalidate_artifact(self, record: ArtifactRecord, activity: str | None, when: float | None = None) -> None:
-        """``record``'s file was deleted or overwritten during ``activity`` (PROV ``wasInvalidatedBy``)."""
+        """``record``'s file was deleted or overwritten during ``activity`` (PROV ``wasInvalidatedBy``);
+        journalled, so ``prov4ml recover`` has it too."""
         if record.invalidated_at is None:
             record.invalidated_by, record.invalidated_at = activity, when if when is not None else time.time()
+            self.journal.write("invalidated", kind=record.kind, name=record.name, activity=activity,
+                               at=record.invalidated_at)
+
+    def invalidate_entity(self, kind: str, name: str, activity: str | None, when: float | None = None) -> None:
+        """Entity ``(kind, name)`` that this session did not record as an artifact (a checkpoint an
+        earlier session of the run saved, or one this session loaded) ceased to exist during
+        ``activity``: its file was deleted or overwritten (PROV ``wasInvalidatedBy``). Once per
+        entity; journalled."""
+        if any(i["kind"] == kind and i["name"] == name for i in self.invalidations):
+            return
+        entry = {"kind": kind, "name": name, "activity": activity, "at": when if when is not None else time.time()}
+        self.invalidations.append(entry)
+        self.journal.write("invalidated", **entry)
+
+    def use(self, ident: str, used: Sequence[tuple[str, str]]) -> None:
+        """Running activity ``ident`` also used the entities ``used`` (``(kind, name)``), known only once
+        it ran (the data a sanity check read); journalled with its end."""
+        record = self.activities.get(ident)
+        if record is not None and record.end_time is None:
+            record.used.extend(u for u in used if u not in record.used)
 
     def update_entity(self, kind: str, name: str, attributes: Mapping[str, Any], *,
                       prov_name: str | None = None) -> None:

@@ -90,6 +90,7 @@ class RunRecorder(Lineage):
         self.models: list[ModelRecord] = []
         self.activities: dict[str, ActivityRecord] = {}
         self.extra_entities: list[dict[str, Any]] = []
+        self.invalidations: list[dict[str, Any]] = []  # entities recorded elsewhere that ceased to exist
         self.previous_document: str | None = None  # PROV-JSON of an earlier session of this run
         self.earlier_models: Counter[str] = Counter()  # models per name logged by earlier sessions
         self.context: Any = None  # code, environment, seed: see set_context
@@ -124,6 +125,10 @@ class RunRecorder(Lineage):
             flush_interval=config.flush_interval,
         )
         self.writer.start()
+        #: the sub-activity of this run that starts the child runs opened now (a sweep's trial); None: the session
+        self.children_part_of: str | None = None
+        if parent is not None and document and isinstance(parent, RunRecorder) and not parent.ended:
+            parent.start_child(self)  # the parent's document names each of its child runs
 
     # -- identity, hooks ------------------------------------------------------------------------
     def __enter__(self) -> RunRecorder:
@@ -379,6 +384,9 @@ class RunRecorder(Lineage):
                 return self.outputs
             self._ended = True
             self.outputs = self._finish(status, error)
+            parent = self.parent
+            if self.document and isinstance(parent, RunRecorder) and not parent.ended:
+                parent.end_child(self, status)
         if self.outputs is not None:
             log.info("prov4ml run %s ended %s; provenance in %s", self.run_id, status, self.outputs.prov_json)
         return self.outputs
