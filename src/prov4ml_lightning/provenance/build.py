@@ -252,13 +252,8 @@ class _Builder(SessionRecords):
         ident = (self.user[f"run_{act.attributes['run_id']}"] if act.kind == "ChildRun" and act.attributes.get("run_id")
                  else self.rid(act.ident))
         node = self.doc.activity(
-<<<<<<< HEAD
-            self.rid(act.ident), prov_time(act.start_time), prov_time(act.end_time),
-            [*types, (PROV_LABEL, typed(act.label)), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
-=======
             ident, prov_time(act.start_time), prov_time(act.end_time),
-            [*types, (PROV_LABEL, act.label), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
->>>>>>> i25b
+            [*types, (PROV_LABEL, typed(act.label)), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
         )
         self.doc.wasStartedBy(node, None, parent, prov_time(act.start_time))
         if act.informed_by in self.spans or (act.informed_by and self.rid(act.informed_by) in self.earlier):
@@ -349,18 +344,13 @@ class _Builder(SessionRecords):
         if ident in self.built_extras and ident in self.renamed_ids:
             return  # the same data declared twice (two dataloaders over one dataset): one entity
         self.built_extras.add(ident)
-<<<<<<< HEAD
-        label = typed(extra.get("label", extra["kind"]))
-        ent = self.doc.entity(ident, [*types, (PROV_LABEL, label), *self.attrs(attributes)])
-=======
         if ident in self.artifact_ids:
             # a file this document holds as an artifact, recorded again as read (a checkpoint the resume
             # loaded, when recover rebuilds every session from the journal): one entity, the artifact's
             ent = ident
         else:
-            ent = self.doc.entity(ident, [*types, (PROV_LABEL, extra.get("label", extra["kind"])),
-                                          *self.attrs(attributes)])
->>>>>>> i25b
+            label = typed(extra.get("label", extra["kind"]))
+            ent = self.doc.entity(ident, [*types, (PROV_LABEL, label), *self.attrs(attributes)])
         # ``activity``: the sub-activity (epoch, loop, fit) that used or generated it; default the session.
         activity = extra.get("activity") if extra.get("activity") in activities else None
         node = activities[activity] if activity else session
