@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "is_secret_name", "redact_argv", "redact_env", "redact_text", "redact_url"]
+__all__ = ["REDACTED", "is_secret_name", "redact_argv", "redact_env", "redact_source", "redact_text", "redact_url"]
 
 REDACTED = "***"
 _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH", "SIGNATURE")
@@ -60,6 +60,23 @@ def redact_url(url: str) -> str:
 def redact_text(text: str) -> str:
     """``text`` with every URL inside it redacted."""
     return _URL.sub(lambda m: redact_url(m.group(0)), text) if "://" in text else text
+
+
+#: ``NAME = "value"`` / ``NAME: 'value'`` / ``"NAME": "value"`` with a quoted literal value
+_ASSIGNED = re.compile(r"""(?P<head>["']?(?P<name>[A-Za-z_][A-Za-z0-9_\-]*)["']?\s*"""
+                       r"""(?::\s*[A-Za-z_][\w\[\], .|]*?\s*)?(?::|=|:=)\s*[rbuRBU]{0,2})"""
+                       r"""(?P<q>["'])(?P<value>[^"'\n]*)(?P=q)""")
+
+
+def redact_source(text: str) -> str:
+    """Source text with secrets redacted: credentials in URLs, and quoted literals assigned to a
+    secret-looking name (``API_KEY = "..."``, ``"token": "..."``) become ``***``."""
+    def hide(match: re.Match[str]) -> str:
+        if not is_secret_name(match["name"]) or not match["value"]:
+            return match.group(0)
+        return f"{match['head']}{match['q']}{REDACTED}{match['q']}"
+
+    return _ASSIGNED.sub(hide, redact_text(text))
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:

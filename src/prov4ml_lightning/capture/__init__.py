@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prov4ml_lightning.capture.code import capture_code
 from prov4ml_lightning.capture.environment import capture_environment
 from prov4ml_lightning.capture.model_info import model_statistics
+from prov4ml_lightning.capture.reproduction import REPRODUCES_TAG, reproduction_marker
 from prov4ml_lightning.capture.seeds import SeedInfo, detect_seed
 from prov4ml_lightning.capture.system_metrics import SystemMetricsSampler, sample_system_metrics
 from prov4ml_lightning.context import Context
@@ -57,6 +58,8 @@ class RunContext:
     seconds: float = 0.0
     session: int = 1
     started_at: float = field(default_factory=time.time)
+    #: the run this process reproduces (``capture.reproduction``), or empty
+    reproduces: dict[str, Any] = field(default_factory=dict)
 
     def run_attributes(self) -> dict[str, Any]:
         """Seed attributes of the run activity: the start-time seed, else one set during the run
@@ -69,6 +72,8 @@ class RunContext:
         attrs: dict[str, Any] = seed.attributes()
         if seed.seed is not None:
             attrs["seed_detected_at"] = when
+        if self.reproduces:
+            attrs["reproduces"] = self.reproduces["run_id"]
         return attrs
 
     def for_prov(self) -> dict[str, Any]:
@@ -76,7 +81,8 @@ class RunContext:
         ``started_at``)."""
         return {"code": self.code, "environment": self.environment, "run": self.run_attributes(),
                 "session": self.session, "started_at": self.started_at,
-                "process": {"pid": os.getpid(), "process_key": PROCESS_KEY}}
+                "process": {"pid": os.getpid(), "process_key": PROCESS_KEY},
+                **({"reproduces": self.reproduces} if self.reproduces else {})}
 
 
 def _part(what: str, fn: Any, *args: Any) -> Any:
@@ -99,11 +105,15 @@ def capture_context(out_dir: Path, run_id: str, session: int = 1) -> RunContext:
         ctx.code, diff = code
         if diff is not None:
             ctx.files.append((diff, "code"))
+        snapshot = ctx.code.pop("untracked_snapshot", None)
+        if snapshot is not None:
+            ctx.files.append((snapshot, "code"))
     env = _part("environment", capture_environment, out_dir, stem)
     if env is not None:
         ctx.environment, packages = env
         ctx.files.append((packages, "environment"))
     ctx.seed_at_start = _part("seed", detect_seed) or ctx.seed_at_start
+    ctx.reproduces = _part("reproduction mark", reproduction_marker) or {}
     ctx.seconds = time.perf_counter() - t0
     log.debug("captured the context of run %s in %.3f s", run_id, ctx.seconds)
     return ctx
@@ -122,6 +132,8 @@ def capture_into(run: RunRecorder) -> None:
     if ctx is None or ctx.session != run.session:
         ctx = _SESSIONS[run.run_id] = capture_context(run.provenance_dir, run.run_id, run.session)
     run.set_context(ctx)
+    if ctx.reproduces and run.info.tags.get(REPRODUCES_TAG) != ctx.reproduces["run_id"]:
+        run.set_tags({REPRODUCES_TAG: ctx.reproduces["run_id"]})
 
 
 def sample_system_metrics_into(run: RunRecorder, context: Context = Context.TRAINING,

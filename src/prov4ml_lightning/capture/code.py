@@ -9,25 +9,42 @@ The uncommitted diff is ``git diff HEAD --binary`` (staged and unstaged changes 
 files; untracked files are counted, not included). Its sha256 covers the whole diff; the file
 written next to the PROV document keeps at most :data:`MAX_DIFF_BYTES` of it, and
 ``git_diff_truncated`` says when it was cut.
+
+Source files the process imported that git does not track (the script itself, helper modules
+beside it or on ``PYTHONPATH``: files outside the interpreter's installation, this library and
+editable installs, which the package lock records) are snapshotted into
+``untracked_<run_id>.zip`` (secrets redacted with :func:`~prov4ml_lightning.redact.redact_source`;
+at most :data:`MAX_SNAPSHOT_FILE_BYTES` a file and :data:`MAX_SNAPSHOT_BYTES` in all), each with
+its path (relative to the repository root, or absolute outside it), sha256 and size in the
+``untracked_files`` attribute.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from prov4ml_lightning.files import sha256_path
 from prov4ml_lightning.redact import redact_url
 
-__all__ = ["GIT_TIMEOUT", "MAX_DIFF_BYTES", "capture_code", "entry_script"]
+__all__ = [
+    "GIT_TIMEOUT", "MAX_DIFF_BYTES", "MAX_SNAPSHOT_BYTES", "MAX_SNAPSHOT_FILE_BYTES", "capture_code", "entry_script",
+    "imported_source_files",
+]
 
 #: At most this many bytes of the uncommitted diff are kept as an artifact (1 MiB).
 MAX_DIFF_BYTES = 1 << 20
+#: At most this many bytes of untracked imported source are snapshotted in all (2 MiB) ...
+MAX_SNAPSHOT_BYTES = 2 << 20
+#: ... and at most this many of one file (a larger one is listed, not kept).
+MAX_SNAPSHOT_FILE_BYTES = 512 << 10
 #: Seconds one ``git`` call may take before it is abandoned.
 GIT_TIMEOUT = 5.0
 _GIT_ENV = {"GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
@@ -93,8 +110,135 @@ def _repo_root(start: Path) -> Path | None:
     return Path(top) if top else None
 
 
+def _snapshot(attrs: dict[str, Any], out_dir: Path, run_id: str, root: Path | None) -> None:
+    """Snapshot the untracked imported source files into ``attrs`` (see the module docstring)."""
+    root = root.resolve() if root is not None else None
+    files = _untracked(imported_source_files(), root)
+    if files is None:
+        attrs["untracked_error"] = "git ls-files failed or timed out; untracked imported files are not snapshotted"
+        return
+    if not files:
+        return
+    path = out_dir / f"untracked_{run_id}.zip"
+    entries = snapshot_untracked(files, root, path)
+    attrs.update(untracked_files=entries, untracked_file=path.name, untracked_snapshot=path)
+
+
+def imported_source_files() -> list[Path]:
+    """The ``.py`` files of the modules this process imported (``__main__`` included) that lie
+    outside the interpreter's installation, this library and the folders of editable installs."""
+    from importlib import metadata
+
+    from prov4ml_lightning.sinks.mlflow.pickling import installation_roots
+
+    skip = list(installation_roots())
+    own = Path(__file__).resolve().parents[1]
+    skip.append(own)
+    for dist in metadata.distributions():  # editable and local installs: the lock names them
+        try:
+            text = dist.read_text("direct_url.json")
+        except OSError:
+            continue
+        if text and '"dir_info"' in text:
+            try:
+                url = json.loads(text)["url"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(url, str) and url.startswith("file://"):
+                skip.append(Path(unquote(urlsplit(url).path)).resolve())
+    # A plain prefix test on the file name first: resolving the ~2000 files torch and Lightning
+    # import costs a few hundred ms, and nearly all of them lie under an installation root.
+    prefixes = tuple({str(root) + os.sep for root in skip} | {os.path.abspath(p) + os.sep for p in
+                                                               (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    found: dict[Path, None] = {}
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str) or not file.endswith(".py") or file.startswith(prefixes):
+            continue
+        try:
+            path = Path(file).resolve()
+        except OSError:
+            continue
+        if not any(path.is_relative_to(root) for root in skip) and path.is_file():
+            found[path] = None
+    return sorted(found)
+
+
+def _untracked(files: list[Path], root: Path | None) -> list[Path] | None:
+    """Those of ``files`` git does not track: in ``root``, or in the repository holding a file
+    outside it (found by its ``.git``, one ``git ls-files`` per repository); a file in no
+    repository is untracked. ``None`` when git cannot tell for ``root``."""
+    by_repo: dict[Path | None, list[Path]] = {}
+    tops: dict[Path, Path | None] = {}
+    for file in files:
+        repo = root if root is not None and file.is_relative_to(root) else _enclosing_repo(file.parent, tops)
+        by_repo.setdefault(repo, []).append(file)
+    untracked = list(by_repo.pop(None, []))
+    for repo, inside in by_repo.items():
+        assert repo is not None
+        out = _git(["ls-files", "-z", "--full-name", "--", *(str(f.relative_to(repo)) for f in inside)], repo)
+        if out is None:
+            if repo == root:
+                return None
+            continue  # another repository git cannot read: its files are left out
+        tracked = {(repo / name).resolve() for name in out.split("\0") if name}
+        untracked += [f for f in inside if f not in tracked]
+    return sorted(untracked)
+
+
+def _enclosing_repo(folder: Path, cache: dict[Path, Path | None]) -> Path | None:
+    """The nearest folder above ``folder`` holding ``.git`` (a file or folder), or ``None``."""
+    seen = []
+    found: Path | None = None
+    for place in (folder, *folder.parents):
+        if place in cache:
+            found = cache[place]
+            break
+        seen.append(place)
+        if (place / ".git").exists():
+            found = place
+            break
+    for place in seen:
+        cache[place] = found
+    return found
+
+
+def snapshot_untracked(files: list[Path], root: Path | None, path: Path) -> list[dict[str, Any]]:
+    """Write ``files`` (redacted, within the size bounds) into the zip ``path``; return one entry
+    per file: ``path`` (relative to ``root`` when inside it), ``sha256``, ``size_bytes``, and
+    either ``stored_sha256`` (+ ``redacted``) or ``skipped`` (why it was left out)."""
+    import zipfile
+
+    from prov4ml_lightning.redact import redact_source
+
+    entries: list[dict[str, Any]] = []
+    total = 0
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in files:
+            name = file.relative_to(root).as_posix() if root is not None and file.is_relative_to(root) else str(file)
+            try:
+                data = file.read_bytes()
+            except OSError as err:
+                entries.append({"path": name, "skipped": f"unreadable: {err.strerror}"})
+                continue
+            entry: dict[str, Any] = {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+            if len(data) > MAX_SNAPSHOT_FILE_BYTES or total + len(data) > MAX_SNAPSHOT_BYTES:
+                entry["skipped"] = "too large"
+            else:
+                text = data.decode("utf-8", "surrogateescape")
+                stored = redact_source(text).encode("utf-8", "surrogateescape")
+                entry["stored_sha256"] = hashlib.sha256(stored).hexdigest()
+                entry["redacted"] = stored != data
+                zf.writestr(name.lstrip("/"), stored)
+                total += len(stored)
+            entries.append(entry)
+    return entries
+
+
 def capture_code(out_dir: Path, run_id: str, script: Path | None = None) -> tuple[dict[str, Any], Path | None]:
     """Attributes of the ``code`` entity, and the diff file written (``None`` when clean or no git).
+    The snapshot of untracked imported source, when there is one, is ``attrs["untracked_snapshot"]``
+    (a path; the caller attaches and removes the key).
 
     Args:
         out_dir: where ``code_diff_<run_id>.patch`` is written.
@@ -116,6 +260,7 @@ def capture_code(out_dir: Path, run_id: str, script: Path | None = None) -> tupl
     places = [] if script is None or _installed(script) else [script.parent]
     places.append(Path.cwd())
     root = next((r for r in (_repo_root(p) for p in places) if r is not None), None)
+    _snapshot(attrs, out_dir, run_id, root)
     if root is None:
         return attrs, None
     attrs["git_root"] = str(root)

@@ -38,6 +38,8 @@ COMMANDS: tuple[str, ...] = (
     "export",
     "recover",
     "sync",
+    "reproduce",
+    "card",
 )
 
 _EPILOG = """\

@@ -169,18 +169,15 @@ class RunView:
     @cached_property
     def packages(self) -> dict[str, str] | None:
         """``{name: version}`` from the environment's packages file; ``None`` when there is none."""
+        from prov4ml_lightning.capture.environment import read_lock
+
         path = self.sibling(self.environment.get("packages_file"))
         if path is None or not path.is_file():
             return None
-        out: dict[str, str] = {}
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, sep, version = line.partition("==")
-            key = re.sub(r"[-_.]+", "-", name.strip()).lower()
-            out[key] = version.strip() if sep else line
-        return out
+        lock = read_lock(path.read_text(encoding="utf-8", errors="replace"))
+        # a distribution from a URL (VCS commit, local folder, archive) is known by its URL too
+        return {key: p["version"] if p["source"] == "index" else f"{p['version']} ({p['requirement']})"
+                for key, p in lock.items()}
 
     @property
     def hardware(self) -> dict[str, Any]:

@@ -87,6 +87,10 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
             files stay on disk anyway. PROV keeps the path and sha256 either way.
         log_model: log the trained module at the end of ``fit`` with ``prov4ml.log_model``.
         model_name: the name of that model (default: the module's class name).
+        model_card: write a model card (``prov4ml card``'s Markdown with the Hugging Face YAML
+            header) when the run ends, as ``model_card_<run_id>.md`` in the provenance folder,
+            and log it as an artifact (``model_card/``).
+        model_card_license: the license identifier the card's header names (e.g. ``apache-2.0``).
         person_name, person_email, person_orcid, organization: the responsible person and
             organisation, as for ``prov4ml.start_run`` (or ``PROV4ML_PERSON_NAME`` / ``_EMAIL`` /
             ``_ORCID`` and ``PROV4ML_ORGANIZATION``).
@@ -134,6 +138,8 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
         upload_checkpoints: bool = False,
         log_model: bool = True,
         model_name: str | None = None,
+        model_card: bool = False,
+        model_card_license: str | None = None,
         person_name: str | None = None,
         person_email: str | None = None,
         person_orcid: str | None = None,
@@ -167,6 +173,8 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
         self.upload_checkpoints = upload_checkpoints
         self.log_model = log_model
         self.model_name = model_name
+        self.model_card = bool(model_card)
+        self.model_card_license = model_card_license
         # ddp_spawn: the ranks run in other processes; rank zero hands the run back (distributed/handoff.py)
         self._home_pid = os.getpid()
         self._handoff_token = uuid.uuid4().hex
@@ -252,9 +260,28 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
             link, shared = share_run(rank, open_zero, trainer.strategy.broadcast, "Prov4MLCallback")
             self._link = link if link is not None else NullLink()
             self.run_id = shared.get("run_id") or self.run_id
+            if self.model_card and isinstance(self._link, RunLink):
+                self._link.run.before_end(self._write_model_card)
             if rank.distributed and rank.global_rank != 0:
                 self._part = open_part(rank, shared, self.config, join_current=True)
         return self._link
+
+    def _write_model_card(self, run: Any, status: str) -> None:
+        """The model card of ``run`` as it ends (before_end), written and logged as an artifact."""
+        try:
+            from prov4ml_lightning.cli._view import RunView
+            from prov4ml_lightning.cli.card import model_card
+            from prov4ml_lightning.provenance import build_document, flatten
+            from prov4ml_lightning.tracking.finish import snapshot
+
+            run.flush(wait_for_mlflow=False)  # the last points into the series summaries
+            elements, relations = flatten(build_document(snapshot(run)))
+            view = RunView(run.provenance_dir / f"provgraph_{run.run_id}.json", elements, relations)
+            path = run.provenance_dir / f"model_card_{run.run_id}.md"
+            path.write_text(model_card(view, self.model_card_license), encoding="utf-8")
+            run.log_artifact(path, artifact_path="model_card")
+        except Exception as err:  # the card is a convenience: the run's record must still end well
+            warn(f"Prov4MLCallback: the model card could not be written ({err!r})", Prov4MLWarning)
 
     def _close(self, status: str, error: str | None = None) -> None:
         part, self._part = self._part, None

@@ -10,7 +10,14 @@ Key layout (documented in the README's callback section):
   differs from the module's under the same name (Lightning's loggers refuse that fit) is kept as
   ``datamodule/<name>``.
 - ``trainer/<setting>``: max_epochs, precision, accumulate_grad_batches, gradient clipping,
-  strategy, accelerator, devices, limits, ``seed`` when ``lightning.seed_everything`` set one.
+  strategy, accelerator, devices, limits, ``seed`` when ``lightning.seed_everything`` set one;
+  ``deterministic`` (``True``, ``False`` or ``"warn"``) and ``benchmark`` as torch has them when the
+  fit starts (the Trainer's arguments set them there; Lightning does not keep them).
+- ``checkpoint/<setting>`` and ``early_stopping/<setting>``: the settings of the fit's
+  ModelCheckpoint (monitor, mode, save_top_k, every_n_epochs, every_n_train_steps,
+  train_time_interval, save_last, save_weights_only) and EarlyStopping (monitor, mode, patience,
+  min_delta, stopping_threshold, divergence_threshold, check_finite, strict) callbacks;
+  ``checkpoint/<i>/<setting>`` when there are several.
 - ``optimizer/<i>/<setting>``: class and defaults of optimizer ``i`` (``lr``, ``betas``, ...),
   and the ``lr`` of each param group when groups differ.
 - ``lr_scheduler/<i>/<setting>``: class, ``interval``, ``frequency``, ``monitor`` and the
@@ -29,6 +36,7 @@ from prov4ml_lightning.errors import Prov4MLWarning, warn
 from prov4ml_lightning.tracking import validation as v
 
 __all__ = [
+    "callback_params",
     "clean_hparams",
     "datamodule_hparams",
     "early_stopping_decisions",
@@ -65,7 +73,7 @@ def fit_params(trainer: Any, module: Any, notes: list[str]) -> dict[str, Any]:
             flat[f"datamodule/{key}"] = value
         else:
             flat.setdefault(key, value)
-    for source in (trainer_params(trainer), optimizer_params(trainer)):
+    for source in (trainer_params(trainer), callback_params(trainer), optimizer_params(trainer)):
         for key, value in flatten_params(source, "Prov4MLCallback").items():
             flat.setdefault(key, value)
     return flat
@@ -94,16 +102,62 @@ def trainer_params(trainer: Any) -> dict[str, Any]:
                  "limit_test_batches", "limit_predict_batches", "fast_dev_run", "num_sanity_val_steps",
                  "reload_dataloaders_every_n_epochs"):
         value = getattr(trainer, name, None)
-        if value is not None and not (name == "max_steps" and value == -1):
+        if value is not None:
             settings[name] = value if isinstance(value, _SCALARS) else str(value)
     settings["strategy"] = type(trainer.strategy).__name__
     settings["accelerator"] = type(trainer.accelerator).__name__
     settings["device_ids"] = str(list(getattr(trainer, "device_ids", []) or []))
     settings["world_size"] = getattr(trainer, "world_size", 1)
+    settings.update(_torch_determinism())
     seed = os.environ.get("PL_GLOBAL_SEED")  # set by lightning.seed_everything
     if seed is not None:
         settings["seed"] = int(seed) if seed.lstrip("-").isdigit() else seed
     return {"trainer": settings}
+
+
+def _torch_determinism() -> dict[str, Any]:
+    """``deterministic`` and ``benchmark`` as the Trainer leaves them in torch."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    deterministic: bool | str = torch.are_deterministic_algorithms_enabled()
+    if deterministic and torch.is_deterministic_algorithms_warn_only_enabled():
+        deterministic = "warn"
+    return {"deterministic": deterministic, "benchmark": bool(torch.backends.cudnn.benchmark)}
+
+
+_CHECKPOINT_SETTINGS = {"monitor": "monitor", "mode": "mode", "save_top_k": "save_top_k",
+                        "every_n_epochs": "_every_n_epochs", "every_n_train_steps": "_every_n_train_steps",
+                        "train_time_interval": "_train_time_interval", "save_last": "save_last",
+                        "save_weights_only": "save_weights_only"}
+_EARLY_STOPPING_SETTINGS = ("monitor", "mode", "patience", "min_delta", "stopping_threshold", "divergence_threshold",
+                            "check_finite", "strict")
+
+
+def callback_params(trainer: Any) -> dict[str, Any]:
+    """The settings of the fit's ModelCheckpoint and EarlyStopping callbacks, under ``checkpoint/``
+    and ``early_stopping/`` (``checkpoint/<i>/`` when there are several)."""
+    out: dict[str, Any] = {}
+    groups = (("checkpoint", getattr(trainer, "checkpoint_callbacks", None) or [], _CHECKPOINT_SETTINGS),
+              ("early_stopping", getattr(trainer, "early_stopping_callbacks", None) or [],
+               {name: name for name in _EARLY_STOPPING_SETTINGS}))
+    for prefix, callbacks, names in groups:
+        per: dict[str, Any] = {}
+        for i, callback in enumerate(callbacks):
+            settings: dict[str, Any] = {"class": type(callback).__name__}
+            for key, attr in names.items():
+                value = getattr(callback, attr, None)
+                if key == "min_delta" and isinstance(value, (int, float)):
+                    value = abs(value)  # EarlyStopping stores it signed by mode
+                if value is not None:
+                    settings[key] = _scalar(value)
+            per[str(i)] = settings
+        if len(per) == 1:
+            out[prefix] = per["0"]
+        elif per:
+            out[prefix] = per
+    return out
 
 
 def optimizer_params(trainer: Any) -> dict[str, Any]:

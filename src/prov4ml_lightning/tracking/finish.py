@@ -85,12 +85,14 @@ def snapshot(run: RunRecorder) -> Any:
 
 def side_files(run: RunRecorder) -> dict[str, dict[str, Any]]:
     """Path, sha256 and size of the files beside the document: the metric sidecar (as it is now)
-    and the session's package list and code diff."""
+    and the session's package list, code diff and untracked-source snapshot."""
     from prov4ml_lightning.files import sha256_path
 
     paths = {"metrics": run.writer.sidecar}
     for path, folder in (run.context.files if run.context is not None else ()):
-        paths["diff" if folder == "code" else "packages" if folder == "environment" else folder] = Path(path)
+        kind = ("untracked" if Path(path).name.startswith("untracked_")
+                else {"code": "diff", "environment": "packages"}.get(folder, folder))
+        paths[kind] = Path(path)
     out = {}
     for kind, path in paths.items():
         try:

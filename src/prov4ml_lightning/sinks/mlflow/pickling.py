@@ -23,10 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["local_modules", "local_modules_by_value"]
+__all__ = ["installation_roots", "local_modules", "local_modules_by_value"]
 
 
-def _installation() -> tuple[Path, ...]:
+def installation_roots() -> tuple[Path, ...]:
+    """The folders of the interpreter's installation: its prefixes, the standard library, site-packages."""
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     roots.update(p for p in sysconfig.get_paths().values() if p)
     return tuple(Path(r).resolve() for r in roots)
@@ -35,7 +36,7 @@ def _installation() -> tuple[Path, ...]:
 def local_modules() -> list[ModuleType]:
     """The imported modules that are the user's own (see the module docstring), ``__main__`` aside
     (cloudpickle pickles it by value already)."""
-    installed = _installation()
+    installed = installation_roots()
     distributed = set(importlib.metadata.packages_distributions())
     found = []
     for name, module in list(sys.modules.items()):
