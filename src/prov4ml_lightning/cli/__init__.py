@@ -38,6 +38,7 @@ COMMANDS: tuple[str, ...] = (
     "export",
     "recover",
     "sync",
+    "lineage",
 )
 
 _EPILOG = """\
