@@ -3,8 +3,8 @@ the ``prov4ml lineage`` command:
 
 - A trains on dataset X and logs its model; B fine-tunes A's logged model (``mlflow.pytorch.load_model``)
   on Y; C trains on Y from scratch; D, in another experiment, starts from one of A's checkpoint files
-  (``fit(ckpt_path=...)``) on Y; E starts from ``load_from_checkpoint`` of A's checkpoint; F is a plain loop whose module got A's
-  weights through ``torch.load`` + ``load_state_dict``.
+  (``fit(ckpt_path=...)``) on Y; E starts from ``load_from_checkpoint`` of A's checkpoint; F is a
+  plain loop whose module got A's weights through ``torch.load`` + ``load_state_dict``.
 - Each of B, D, E, F records its initial weights as derived from A's entities holding them (in A's
   namespace, with A's run id and PROV file), and C records no such link;
 - ``lineage --downstream <X's fingerprint>`` lists A, B, D, E, F with their models, not C;
