@@ -182,3 +182,31 @@ def test_text_answer_and_errors(runs, capsys):
     assert out.startswith(f"downstream of {ids['C']}") and ids["C"] in out and ids["A"] not in out
     assert main(["lineage", "--tracking-uri", runs["uri"], "--downstream", "no-such-thing"]) == 2
     assert "names nothing" in capsys.readouterr().err
+
+
+#: docs/lineage.md's query: the models downstream of a dataset, in the one document of every run
+DOWNSTREAM_OF_A_DATASET = """
+PREFIX prov: <http://www.w3.org/ns/prov#>
+PREFIX p4l: <https://w3id.org/prov4ml-lightning/ns#>
+SELECT DISTINCT ?model ?run WHERE {
+  ?dataset a p4l:Dataset ; p4l:fingerprint ?fingerprint .
+  FILTER(STRSTARTS(STR(?fingerprint), "%s"))
+  ?model a p4l:Model ;
+         (prov:wasGeneratedBy/(^p4l:partOf)*/prov:used|prov:wasDerivedFrom)+ ?dataset ;
+         prov:wasGeneratedBy/p4l:partOf*/p4l:run_id ?run .
+}"""
+
+
+@pytest.mark.parametrize("where", ["store", "folder"])
+def test_export_all_is_one_graph_a_sparql_query_follows_across_runs(runs, tmp_path, where):
+    import rdflib
+
+    ids = runs["ids"]
+    source = ["--tracking-uri", runs["uri"]] if where == "store" else [str(runs["tmp"] / "dl")]
+    out = tmp_path / "all.ttl"
+    assert main(["export", "--all", *source, "--format", "ttl", "-o", str(out)]) == 0
+    graph = rdflib.Graph().parse(out)
+    rows = graph.query(DOWNSTREAM_OF_A_DATASET % _fingerprint(runs["docs"]["A"])[:16])
+    assert {str(run) for _, run in rows} == {ids[k] for k in "ABDEF"}  # not C
+    docs_text = (Path(__file__).resolve().parents[2] / "docs" / "lineage.md").read_text(encoding="utf-8")
+    assert DOWNSTREAM_OF_A_DATASET.strip().replace('"%s"', '"069a96b0"') in docs_text
