@@ -80,19 +80,16 @@ def _all(args: argparse.Namespace, scratch: Scratch) -> int:
     run derives from is one identifier in both, so the cross-run edges join them."""
     import sys
 
-    from prov.model import ProvDocument
-
     from prov4ml_lightning.cli.lineage import document_paths
     from prov4ml_lightning.errors import Prov4MLError
-    from prov4ml_lightning.provenance import load_document, serialize_document, write_document
+    from prov4ml_lightning.provenance import serialize_document, write_document
+    from prov4ml_lightning.provenance.runs_graph import combined_document
 
     if args.format == "rocrate":
         raise CliError("`export --all` writes a PROV document (provn, ttl, xml, jsonld), not an RO-Crate")
     paths = document_paths([args.run] if args.run else [], args.tracking_uri, scratch)
-    combined = ProvDocument()
     try:
-        for path in paths:
-            combined.update(load_document(path))
+        combined = combined_document(paths)
     except Prov4MLError as err:
         raise CliError(str(err)) from err
     if args.output:

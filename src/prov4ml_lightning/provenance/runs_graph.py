@@ -36,7 +36,7 @@ from typing import Any
 from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.provenance.rocrate_input import attr_types, attr_value
 
-__all__ = ["Node", "RunsGraph", "read_graph"]
+__all__ = ["Node", "RunsGraph", "combined_document", "read_graph"]
 
 _RUN_ID = re.compile(r"(?:^|[/#:])run_([0-9a-f]{32})(?:\.|$)")
 _HEX = re.compile(r"^[0-9a-fA-F]{6,64}$")
@@ -273,3 +273,16 @@ def read_graph(paths: Iterable[str | os.PathLike[str]]) -> RunsGraph:
     for path in [*(p for _, p in newest.values()), *others]:
         graph.add_file(path)
     return graph
+
+
+def combined_document(paths: Iterable[str | os.PathLike[str]]) -> Any:
+    """One :class:`prov.model.ProvDocument` of the PROV-JSON files ``paths`` (``prov4ml export
+    --all``): the runs' records side by side, joined where a run names another run's entity."""
+    from prov.model import ProvDocument
+
+    from prov4ml_lightning.provenance.files import load_document
+
+    combined = ProvDocument()
+    for path in paths:
+        combined.update(load_document(Path(path)))
+    return combined
