@@ -11,6 +11,7 @@ import torch
 from prov4ml_lightning.capture import sample_system_metrics_into
 from prov4ml_lightning.capture.measures import measures_of
 from prov4ml_lightning.capture.model_info import memory_footprint
+from prov4ml_lightning.capture.versions import note_initial_weights
 from prov4ml_lightning.context import Context
 from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.runs import log_execution_time
@@ -35,9 +36,12 @@ def log_model_memory_footprint(model: torch.nn.Module, model_name: str = "defaul
     ``memory_of_model`` and ``total_memory_load_of_model`` (megabytes; parameters at the precision
     of the attached Lightning trainer, else their own dtype, plus fp32 gradients and one fp32
     optimizer state). A second model's values go under ``<model_name>/<param>``, as params are
-    immutable in a run."""
+    immutable in a run. The first call for a model records its weights as the run's initial
+    weights (an entity with their ``state_dict_sha256``), linked to the earlier run that produced
+    them when the tracking store knows one (docs/lineage.md)."""
     run = require_run("log_model_memory_footprint")
     values = memory_footprint(model, model_name, "log_model_memory_footprint")
+    note_initial_weights(run, model, model_name)
     taken = run.log_params(values, call="log_model_memory_footprint", keep_conflicts=True)
     if taken:
         run.log_params({f"{model_name}/{k}": val for k, val in taken.items()}, call="log_model_memory_footprint")

@@ -13,13 +13,13 @@ from prov4ml_lightning.sinks.mlflow.service import MlflowService, ServiceSink
 from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
 #: what the recorder (`pending`, `incomplete`: the end_run warnings), the metric writer, rank parts, the callback,
-#: `get_run_id` and `prov4ml sync` call on a sink.
+#: `get_run_id` and `prov4ml sync` call on a sink, and the lookup of the run that produced a run's initial weights.
 MEMBERS = {
     "tracking_uri", "public_uri", "mlflow_save_dir", "offline",
     "available", "go_offline", "recheck", "flush", "pending", "incomplete", "run_created",
     "experiment_id", "create_run", "reopen_run", "end_run",
     "log_metrics", "log_params", "set_tags", "log_dataset_inputs", "log_artifact", "log_model",
-    "get_run", "get_metric_history", "search_runs", "list_artifacts",
+    "get_run", "get_metric_history", "search_runs", "list_artifacts", "find_weights",
 }
 METHODS = {name for name, value in vars(TrackingSink).items() if callable(value) and not name.startswith("_")}
 

@@ -131,3 +131,39 @@ def test_ddp_fit_on_the_team_stack(team, tmp_path):
     assert isinstance(load_model(team.uri, attr(entity, "model_uri")), torch.nn.Module)
     status, objects = _stored_underneath(team, run_id, attr(entity, "model_uri"))
     assert status == "FINISHED" and {f"provgraph_{run_id}.json", "model:MLmodel"} <= objects
+
+
+def _host(folder: Path, *argv: str) -> dict[str, str]:
+    folder.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "team" / "lineage_host.py"), *argv], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+
+
+def test_two_hosts_produce_linked_runs_and_lineage_answers_through_the_server(team, tmp_path, capsys):
+    import json
+
+    from prov4ml_lightning.cli import main
+
+    a = _host(tmp_path / "host1", "train", team.uri)
+    b = _host(tmp_path / "host2", "finetune", team.uri, a["model_uri"])
+    client = MlflowClient(team.uri)
+    b_doc, _ = _check_prov_through_server(client, b["run_id"], tmp_path / "down")
+    (earlier,) = [e for e in by_type(b_doc, "EarlierRunWeights") if attr(e, "kind") == "model"]
+    assert attr(earlier, "run_id") == a["run_id"]
+    assert str(earlier.identifier).endswith(f"run_{a['run_id']}.model.TinyModel.v1")
+    a_doc, _ = _check_prov_through_server(client, a["run_id"], tmp_path / "down")
+    (dataset,) = by_type(a_doc, "Dataset")
+
+    capsys.readouterr()
+    assert main(["lineage", "--tracking-uri", team.uri, "--downstream", attr(dataset, "fingerprint"), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert {r["run_id"] for r in answer["runs"]} >= {a["run_id"], b["run_id"]}
+    assert {m["model_uri"] for m in answer["models"]} >= {a["model_uri"], b["model_uri"]}
+    assert main(["lineage", "--tracking-uri", team.uri, "--upstream", b["model_uri"], "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert {r["run_id"] for r in answer["runs"]} == {a["run_id"], b["run_id"]}
+    assert attr(dataset, "fingerprint") in {d["fingerprint"] for d in answer["datasets"]}

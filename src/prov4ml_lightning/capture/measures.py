@@ -32,11 +32,13 @@ class RunMeasures:
         flops: the running FLOPs totals per label.
         versions: the PROV name and state-dict hash of the last version saved by ``save_model_version``, per model
             object (a new version of the same module is derived from it).
+        initial: the model objects whose initial weights are recorded (``log_model_memory_footprint``).
     """
 
     carbon: CarbonTracker
     flops: FlopsTotals = field(default_factory=FlopsTotals)
     versions: weakref.WeakKeyDictionary[Any, tuple[str, str]] = field(default_factory=weakref.WeakKeyDictionary)
+    initial: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
     def close(self) -> None:
         self.carbon.stop()

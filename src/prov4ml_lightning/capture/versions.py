@@ -21,10 +21,27 @@ if TYPE_CHECKING:
     from prov4ml_lightning.records import ArtifactRecord
     from prov4ml_lightning.tracking.recorder import RunRecorder
 
-__all__ = ["MODEL_VERSION_KIND", "save_version"]
+__all__ = ["MODEL_VERSION_KIND", "note_initial_weights", "save_version"]
 
 #: the artifact kind of a saved version (PROV type ``p4l:Model_version``)
 MODEL_VERSION_KIND = "model_version"
+
+
+def note_initial_weights(run: RunRecorder, model: Any, model_name: str) -> None:
+    """A plain loop's first look at ``model`` (``log_model_memory_footprint``, called before
+    training): its weights as they are, an entity ``<model_name>.initial`` the run used, with
+    their hash; derived from the entities of earlier runs that produced them (weights loaded with
+    ``torch.load`` + ``load_state_dict`` or ``mlflow.pytorch.load_model``), found in the store by
+    that hash. Once per model object and run."""
+    measures = measures_of(run)
+    if not isinstance(model, torch.nn.Module) or model in measures.initial:
+        return
+    measures.initial.add(model)
+    name = f"{model_name}.initial"
+    digest = state_dict_sha256(model.state_dict())
+    run.add_entity("model_state", "ModelState", name, {"state_dict_sha256": digest, "model_name": model_name},
+                   label=f"initial weights ({model_name})", relation="used")
+    run.trace_weights("model_state", name, digest)
 
 
 def save_version(run: RunRecorder, model: Any, model_name: str, context: Any = None,

@@ -40,6 +40,7 @@ COMMANDS: tuple[str, ...] = (
     "sync",
     "reproduce",
     "card",
+    "lineage",
 )
 
 _EPILOG = """\

@@ -19,7 +19,10 @@ FORMATS = ("provn", "ttl", "xml", "jsonld", "rocrate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_argument(parser)
+    add_run_argument(parser, nargs="?")
+    parser.add_argument("--all", action="store_true",
+                        help="every run of the store (--tracking-uri) or of the folder RUN_OR_FILE (searched "
+                             "recursively) in one document, with the links between runs")
     parser.add_argument("--format", choices=FORMATS, required=True, help="target serialisation")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="file to write (default: standard output); for rocrate a new folder or .zip file")
@@ -36,6 +39,10 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
     from prov4ml_lightning.errors import Prov4MLError
     from prov4ml_lightning.provenance import load_document, serialize_document, write_document
 
+    if args.all:
+        return _all(args, scratch)
+    if args.run is None:
+        raise CliError("name RUN_OR_FILE (or pass --all)")
     source = resolve_prov_file(args.run, args.tracking_uri, scratch)
     if args.format == "rocrate":
         return _rocrate(args, source)
@@ -65,4 +72,29 @@ def _rocrate(args: argparse.Namespace, source: Path) -> int:
     except Prov4MLError as err:
         raise CliError(str(err)) from err
     echo(str(out))
+    return EXIT_OK
+
+
+def _all(args: argparse.Namespace, scratch: Scratch) -> int:
+    """One document of every run: the runs' records side by side; a run's entity that another
+    run derives from is one identifier in both, so the cross-run edges join them."""
+    import sys
+
+    from prov4ml_lightning.cli.lineage import document_paths
+    from prov4ml_lightning.errors import Prov4MLError
+    from prov4ml_lightning.provenance import serialize_document, write_document
+    from prov4ml_lightning.provenance.runs_graph import combined_document
+
+    if args.format == "rocrate":
+        raise CliError("`export --all` writes a PROV document (provn, ttl, xml, jsonld), not an RO-Crate")
+    paths = document_paths([args.run] if args.run else [], args.tracking_uri, scratch)
+    try:
+        combined = combined_document(paths)
+    except Prov4MLError as err:
+        raise CliError(str(err)) from err
+    if args.output:
+        echo(str(write_document(combined, Path(args.output), args.format)))
+    else:
+        text = serialize_document(combined, args.format)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return EXIT_OK

@@ -264,15 +264,23 @@ class RunLink:
                                 label=f"model restored at step {step}", relation="used", activity=activity,
                                 derived_from=[("checkpoint", name)])
             self._ckpt_chain.append((step, name))
+            # another run's checkpoint: the restored weights derive from that run's entities holding them
+            self.run.trace_weights("model_state", f"{activity}.initial", restored or weights)
+        else:  # a checkpoint evaluated (test, validate, predict): the file's weights, from their producer
+            self.run.trace_weights("checkpoint", name, weights)
 
     def initial_weights(self, fit: str, module: Any, step: int, epoch: int) -> None:
         """A fit that restores no checkpoint starts from the module's weights as they are: an entity
         with their hash, used by the fit, from which its first checkpoint is derived."""
         name = f"{fit}.initial"
+        digest = state_dict_sha256(module.state_dict())
         self.run.add_entity("model_state", "ModelState", name,
-                            {"state_dict_sha256": state_dict_sha256(module.state_dict()), "global_step": step,
+                            {"state_dict_sha256": digest, "global_step": step,
                              "epoch": epoch}, label=f"initial weights ({fit})", relation="used", activity=fit)
         self._initial = name
+        # weights loaded before the fit (load_from_checkpoint, mlflow.pytorch.load_model, load_state_dict):
+        # the run that produced them, found by their hash
+        self.run.trace_weights("model_state", name, digest)
 
     def note_weights(self, step: int, state_dict: Mapping[str, Any]) -> None:
         """The state dict a checkpoint being saved at ``step`` holds (``on_save_checkpoint``): its hash."""

@@ -8,7 +8,7 @@ carries an earlier session's records over, :mod:`.values` turns plain values int
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,10 +373,34 @@ class _Builder(SessionRecords):
         ends = extra.get("ends")  # the decision that ended an activity (EarlyStopping's: the fit)
         if ends in activities and relation == "generated":
             self.doc.wasEndedBy(activities[ends], ent, node, prov_time(self.spans.get(ends, (None, None))[1]))
+        for source in extra.get("upstream") or ():  # entities of earlier runs holding the same weights
+            for held in source.get("ids") or ():
+                self.doc.wasDerivedFrom(ent, self._earlier_run_entity(source, held))
         member_of = extra.get("member_of")  # e.g. a metric segment is a member of its series
         if member_of and (self.rid(*member_of) in self.earlier or any(
                 ("metric", s.context.value, s.name) == tuple(member_of) for s in self.snap.series)):
             self.doc.hadMember(self.rid(*member_of), ent)
+
+    def _earlier_run_entity(self, source: Mapping[str, Any], held: Sequence[str]) -> Any:
+        """Declare (once) the entity of another run holding the weights an entity of this run
+        started from (``tracking/lineage.trace_weights``): its id in that run's namespace, as that
+        run's own document names it, with the run id and PROV file as attributes."""
+        uri = str(source["namespace"])
+        ns = self.user if uri == self.user.uri else next(
+            (n for n in self.doc.get_registered_namespaces() if n.uri == uri), None)
+        if ns is None:
+            ns = self.doc.add_namespace(f"run{len(self.doc.get_registered_namespaces())}", uri)
+        ident = ns[".".join([f"run_{source['run_id']}", *(local_id(str(p)) for p in held)])]
+        if ident not in self.built_extras:
+            self.built_extras.add(ident)
+            kind = str(held[0])
+            self.doc.entity(ident, [
+                (PROV_TYPE, self.p4l["EarlierRunWeights"]),
+                (PROV_LABEL, f"{kind} {'/'.join(map(str, held[1:]))} of run {source['run_id']}"),
+                *self.attrs({"run_id": source["run_id"], "kind": kind,
+                             "provenance_file": source.get("provenance_file") or None}),
+            ])
+        return ident
 
     def when(self, t: float | None, activity: str | None) -> dt.datetime | None:
         """A generation time moved into the generating activity's interval (the session's when

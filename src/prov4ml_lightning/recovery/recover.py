@@ -172,6 +172,8 @@ def _update_entity(entities: list[dict[str, Any]], event: dict[str, Any]) -> Non
             entity["attributes"] = {**entity.get("attributes", {}), **event.get("attributes", {})}
             if event.get("prov_name"):
                 entity["prov_name"] = event["prov_name"]
+            if event.get("upstream"):
+                entity["upstream"] = event["upstream"]
             return
 
 

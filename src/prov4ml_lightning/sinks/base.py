@@ -110,6 +110,11 @@ class TrackingSink(Protocol):
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         """Paths of the artifacts directly under ``path``."""
 
+    def find_weights(self, digest: str) -> list[dict[str, Any]]:
+        """The runs (any experiment) that produced weights of ``state_dict_sha256`` ``digest``:
+        ``run_id``, ``namespace``, ``ids`` (``[kind, name parts...]`` of the entities holding
+        them) and ``provenance_file`` (the URI of the run's PROV JSON, ``""`` before it ended)."""
+
 
 class NullSink:
     """A sink without a store, for a rank other than zero: only global rank zero writes to MLflow.
@@ -187,4 +192,7 @@ class NullSink:
         return []
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        return []
+
+    def find_weights(self, digest: str) -> list[dict[str, Any]]:
         return []

@@ -6,7 +6,10 @@ provides the state it fills in (``artifacts``, ``models``, ``activities``, ``ext
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -17,11 +20,17 @@ import torch
 
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
 from prov4ml_lightning.files import folder_files, listing_sha256, sha256_path
-from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, ModelRecord
+from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, ModelRecord, RunInfo
+from prov4ml_lightning.sinks.mlflow.rules import WEIGHTS_TAG_PREFIX
 from prov4ml_lightning.tracking import validation as v
 from prov4ml_lightning.tracking.journal import Journal
 
-__all__ = ["Lineage"]
+__all__ = ["LOOKUP_WAIT_S", "Lineage"]
+
+log = logging.getLogger(__name__)
+
+#: seconds the end of a run waits for the store's answer to where its initial weights came from
+LOOKUP_WAIT_S = 30.0
 
 
 class Lineage:
@@ -38,11 +47,21 @@ class Lineage:
     activities: dict[str, ActivityRecord]
     extra_entities: list[dict[str, Any]]
     invalidations: list[dict[str, Any]]
+    info: RunInfo
+    weights_held: dict[str, list[list[str]]]
+    lookups: list[threading.Thread]
 
     def require_open(self, call: str) -> None:
         raise NotImplementedError
 
     def call_sink(self, what: str, fn: Any, *args: Any) -> bool:
+        raise NotImplementedError
+
+    def before_end(self, fn: Callable[[Any, str], None]) -> None:
+        raise NotImplementedError
+
+    @property
+    def ended(self) -> bool:
         raise NotImplementedError
 
     # -- artifacts and models -----------------------------------------------------------------
@@ -83,7 +102,9 @@ class Lineage:
             is_dir=p.is_dir(), context=ctx, created=time.time(), kind=kind, activity=activity,
             attributes=dict(attributes or {}), derived_from=derived_from, derived_from_kind=derived_from_kind,
         )
-        return self.add_artifact(record, artifact_path=artifact_path, upload=upload)
+        record = self.add_artifact(record, artifact_path=artifact_path, upload=upload)
+        self.index_weights(record.attributes.get("state_dict_sha256"), kind, record.name)
+        return record
 
     def add_artifact(self, record: ArtifactRecord, *, artifact_path: str | None = None,
                      upload: bool = False) -> ArtifactRecord:
@@ -125,8 +146,63 @@ class Lineage:
         except Exception as err:
             warn(f"{call}: MLflow could not store the model ({err!r}); PROV records it without a URI",
                  Prov4MLWarning)
-        return self.add_model(ModelRecord(model_name, version, uri, model_id, created, info, activity=activity,
-                                          derived_from=[tuple(d) for d in derived_from]))
+        record = self.add_model(ModelRecord(model_name, version, uri, model_id, created, info, activity=activity,
+                                            derived_from=[tuple(d) for d in derived_from]))
+        self.index_weights(info.get("state_dict_sha256"), "model", model_name, f"v{version}")
+        return record
+
+    # -- weights across runs ---------------------------------------------------------------------
+    def index_weights(self, digest: Any, kind: str, *name: str) -> None:
+        """Make this run findable in its store by weights it produced: run tag
+        ``prov4ml.weights.<digest>`` naming the entities that hold them (``kind`` and the parts of
+        the entity's name: ``("model", "net", "v1")``); see ``sinks/mlflow/rules.WEIGHTS_TAG_PREFIX``."""
+        if not isinstance(digest, str) or not digest:
+            return
+        held = self.weights_held.setdefault(digest, [])
+        ident = [kind, *name]
+        if ident in held:
+            return
+        held.append(ident)
+        value = json.dumps({"ns": self.info.namespace, "ids": held}, separators=(",", ":"))
+        self.call_sink("tag the run with its weights' hash", self.sink.set_tags, self.run_id,
+                       [(WEIGHTS_TAG_PREFIX + digest, value)])
+
+    def trace_weights(self, kind: str, name: str, digest: Any) -> None:
+        """Ask the store (off this thread) which earlier runs produced weights of hash ``digest``,
+        and record entity ``(kind, name)`` (initial weights, a loaded checkpoint) as derived from
+        their entities holding them: an edge only where the hashes match. The run's end waits for
+        the answer at most :data:`LOOKUP_WAIT_S` seconds."""
+        if not isinstance(digest, str) or not digest or getattr(self.sink, "offline", False):
+            return
+
+        def look() -> None:
+            try:
+                found = self.sink.find_weights(digest)
+            except Exception as err:  # the run goes on; the link is what is missing
+                log.info("prov4ml: could not look up the runs that produced weights %s (%r)", digest[:12], err)
+                return
+            sources = [dict(f) for f in found if f.get("run_id") != self.run_id and f.get("namespace")
+                       and f.get("ids")]
+            if sources and not self.ended:
+                try:
+                    self.update_entity(kind, name, {}, upstream=sources)
+                except Exception as err:  # the run ended meanwhile
+                    log.info("prov4ml: the origin of weights %s came too late (%r)", digest[:12], err)
+
+        thread = threading.Thread(target=look, name="prov4ml-weights-lookup", daemon=True)
+        thread.start()
+        if not self.lookups:
+            self.before_end(lambda run, status: self._wait_lookups())
+        self.lookups.append(thread)
+
+    def _wait_lookups(self) -> None:
+        deadline = time.monotonic() + LOOKUP_WAIT_S
+        for thread in self.lookups:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                warn(f"prov4ml: the tracking store did not say within {LOOKUP_WAIT_S:g} s which run produced "
+                     "this run's initial weights; they are recorded without that link", Prov4MLWarning)
+                return
 
     def add_model(self, record: ModelRecord) -> ModelRecord:
         """Record a model already described (a merged rank's)."""
@@ -225,18 +301,21 @@ class Lineage:
             record.used.extend(u for u in used if u not in record.used)
 
     def update_entity(self, kind: str, name: str, attributes: Mapping[str, Any], *,
-                      prov_name: str | None = None) -> None:
+                      prov_name: str | None = None, upstream: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Restate attributes of the latest entity ``(kind, name)`` this session added (the best
         checkpoint is known only at the end, a dataset's fingerprint when its background hash
         ends); journalled, so ``prov4ml recover`` has them too. ``prov_name`` gives the entity
         another PROV name (a dataset named by its fingerprint): the builder applies it to the
-        entity and to every reference to ``(kind, name)``. Safe from another thread."""
+        entity and to every reference to ``(kind, name)``. ``upstream`` lists entities of earlier
+        runs it derives from (:meth:`trace_weights`). Safe from another thread."""
         for entity in reversed(self.extra_entities):
             if entity["kind"] == kind and entity["name"] == name:
                 # a new dict, not an update in place: a reader iterating the old one is not disturbed
                 entity["attributes"] = {**entity["attributes"], **attributes}
                 if prov_name is not None:
                     entity["prov_name"] = prov_name
-                self.journal.write("entity_update", kind=kind, name=name, attributes=dict(attributes),
-                                   **({"prov_name": prov_name} if prov_name is not None else {}))
+                extra: dict[str, Any] = {"prov_name": prov_name} if prov_name is not None else {}
+                if upstream is not None:
+                    entity["upstream"] = extra["upstream"] = [dict(u) for u in upstream]
+                self.journal.write("entity_update", kind=kind, name=name, attributes=dict(attributes), **extra)
                 return

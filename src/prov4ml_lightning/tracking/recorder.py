@@ -91,6 +91,8 @@ class RunRecorder(Lineage):
         self.activities: dict[str, ActivityRecord] = {}
         self.extra_entities: list[dict[str, Any]] = []
         self.invalidations: list[dict[str, Any]] = []  # entities recorded elsewhere that ceased to exist
+        self.weights_held: dict[str, list[list[str]]] = {}  # state_dict_sha256 -> entities holding it (run tags)
+        self.lookups: list[threading.Thread] = []  # store lookups of where initial weights came from
         self.previous_document: str | None = None  # PROV-JSON of an earlier session of this run
         self.earlier_models: Counter[str] = Counter()  # models per name logged by earlier sessions
         self.context: Any = None  # code, environment, seed: see set_context

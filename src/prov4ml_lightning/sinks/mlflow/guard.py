@@ -186,6 +186,9 @@ class TrackingGuard:
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         return self._probed("list_artifacts", self._sink.list_artifacts, run_id, path)
 
+    def find_weights(self, digest: str) -> list[dict[str, Any]]:
+        return self._bounded("find_weights", self._sink.find_weights, digest)
+
     # -- the policy ----------------------------------------------------------------------------
     def _check(self, name: str) -> None:
         if self.offline:

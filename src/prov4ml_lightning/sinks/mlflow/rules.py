@@ -41,6 +41,7 @@ __all__ = [
     "MLFLOW_TAG_SOURCE_TYPE",
     "MLFLOW_TAG_USER",
     "PROVENANCE_TAG",
+    "WEIGHTS_TAG_PREFIX",
     "default_pip_requirements",
     "default_serialization_format",
     "default_tracking_uri",
@@ -103,6 +104,13 @@ DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing",
 
 #: run tag naming the PROV JSON among the run's artifacts (set by the recorder at the end).
 PROVENANCE_TAG = "prov4ml.provenance_file"
+
+#: run tag ``prov4ml.weights.<state_dict_sha256>``: the run produced weights of that hash (a logged
+#: model, a checkpoint, a saved version); its value is JSON ``{"ns": PROV namespace, "ids": [[kind,
+#: name parts...], ...]}`` naming the entities that hold them. One tag per hash, so
+#: ``search_runs(filter_string="tags.`prov4ml.weights.<hash>` LIKE '%'")`` finds the producer
+#: through the tags table's (key, run) index, on any store (docs/lineage.md).
+WEIGHTS_TAG_PREFIX = "prov4ml.weights."
 
 # The operating system's generator: no state shared with the user's seeded `random`, and none a
 # forked process inherits (two forked workers must not draw the same run name).

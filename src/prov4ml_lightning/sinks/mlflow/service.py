@@ -492,3 +492,6 @@ class ServiceSink:
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         return list(self._answer(self._call("list_artifacts", run_id, path, what=None)))
+
+    def find_weights(self, digest: str) -> list[dict[str, Any]]:
+        return list(self._answer(self._call("find_weights", digest, what=None)))

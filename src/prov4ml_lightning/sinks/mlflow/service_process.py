@@ -51,6 +51,7 @@ _NICENESS = 19  # where SCHED_IDLE is missing: the lowest nice priority
 _CALLS = frozenset({
     "experiment_id", "create_run", "reopen_run", "end_run", "log_metrics", "log_params", "set_tags",
     "log_dataset_inputs", "log_artifact", "get_run", "get_metric_history", "search_runs", "list_artifacts",
+    "find_weights",
 })
 
 

@@ -37,6 +37,8 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     MLFLOW_TAG_DESCRIPTION,
     MLFLOW_TAG_PARENT,
     MLFLOW_TAG_RUN_NAME,
+    PROVENANCE_TAG,
+    WEIGHTS_TAG_PREFIX,
     default_pip_requirements,
     default_serialization_format,
     default_tracking_uri,
@@ -430,3 +432,39 @@ class MlflowSink:
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         return [a.path for a in self.client.list_artifacts(run_id, path)]
+
+    def find_weights(self, digest: str) -> list[dict[str, Any]]:
+        """The runs of every experiment tagged ``prov4ml.weights.<digest>`` (see :data:`WEIGHTS_TAG_PREFIX`)."""
+        import json
+
+        from mlflow.entities import ViewType
+
+        key = mlflow_safe_key(WEIGHTS_TAG_PREFIX + digest)
+        experiments: list[str] = []
+        token = None
+        while True:
+            page = self.client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
+            experiments += [e.experiment_id for e in page]
+            token = page.token
+            if not token:
+                break
+        found = []
+        for start in range(0, len(experiments), 100):
+            token = None
+            while True:
+                runs = self.client.search_runs(experiments[start : start + 100], f"tags.`{key}` LIKE '%'",
+                                               run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+                for run in runs:
+                    try:
+                        value = json.loads(run.data.tags[key])
+                    except (KeyError, ValueError):
+                        continue
+                    prov_file = run.data.tags.get(PROVENANCE_TAG, "")
+                    found.append({"run_id": run.info.run_id, "namespace": value.get("ns", ""),
+                                  "ids": [list(i) for i in value.get("ids", [])],
+                                  "provenance_file": f"{run.info.artifact_uri.rstrip('/')}/{prov_file}"
+                                                     if prov_file else ""})
+                token = runs.token
+                if not token:
+                    break
+        return found

@@ -1,0 +1,126 @@
+"""Lineage across runs: ``--downstream DATASET|RUN|MODEL`` lists every run, checkpoint and model
+that depends on it, across runs and fine-tuning generations (a run whose initial weights are
+another run's model or checkpoint derives from it); ``--upstream MODEL`` lists the data, code, runs
+and weights behind a model. Reads every run's PROV document of a tracking store (--tracking-uri,
+or $MLFLOW_TRACKING_URI) or of folders and files given as SOURCE. DATASET is a dataset's
+fingerprint (or its first hex digits), RUN a run id, MODEL a ``models:/`` URI, a weights' or
+file's sha256 (or a prefix), or an entity identifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prov4ml_lightning.cli._common import EXIT_OK, CliError, Scratch, echo, warn
+
+__all__ = ["HELP", "NAME", "add_arguments", "run"]
+
+NAME = "lineage"
+HELP = "what depends on a dataset, run or model across runs (--downstream), or what a model came from (--upstream)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", metavar="SOURCE", nargs="*",
+                        help="folders (searched recursively) or PROV-JSON files (provgraph_<run_id>.json); "
+                             "default: every run of the tracking store")
+    parser.add_argument("--tracking-uri", metavar="URI", default=None,
+                        help="MLflow tracking store whose runs' PROV documents are read (sqlite:///path/mlflow.db, "
+                             "http://host:5000); default: $MLFLOW_TRACKING_URI when no SOURCE is given")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--downstream", metavar="DATASET|RUN|MODEL",
+                       help="list the runs, checkpoints and models depending on it")
+    which.add_argument("--upstream", metavar="MODEL", help="list the datasets, code, runs and weights behind it")
+    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+
+def document_paths(sources: list[str], tracking_uri: str | None, scratch: Scratch) -> list[Path]:
+    """The PROV-JSON files of ``sources`` (folders searched recursively), plus every run's of the
+    store ``tracking_uri`` (default ``$MLFLOW_TRACKING_URI`` when there is no source)."""
+    paths: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(path.rglob("provgraph_*.json"))
+            if not found:
+                raise CliError(f"{source}: folder holds no provgraph_*.json")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise CliError(f"{source}: no such file or folder")
+    uri = tracking_uri or (None if sources else os.environ.get("MLFLOW_TRACKING_URI"))
+    if uri:
+        from prov4ml_lightning.errors import Prov4MLError
+        from prov4ml_lightning.sinks.mlflow.fetch import fetch_all_provenance
+
+        try:
+            paths += fetch_all_provenance(uri, scratch.path())
+        except Prov4MLError as err:
+            raise CliError(str(err)) from err
+    if not sources and not uri:
+        raise CliError("name PROV documents (SOURCE folders or files) or a store (--tracking-uri URI, or set "
+                       "MLFLOW_TRACKING_URI)")
+    if not paths:
+        raise CliError(f"no run with a PROV document in {', '.join(sources) or uri}")
+    return paths
+
+
+def run(args: argparse.Namespace, scratch: Scratch) -> int:
+    from prov4ml_lightning.errors import Prov4MLError
+    from prov4ml_lightning.provenance.runs_graph import read_graph
+
+    paths = document_paths(list(args.sources), args.tracking_uri, scratch)
+    try:
+        graph = read_graph(paths)
+    except Prov4MLError as err:
+        raise CliError(str(err)) from err
+    query = args.downstream if args.downstream is not None else args.upstream
+    direction = "downstream" if args.downstream is not None else "upstream"
+    matched = graph.find(query)
+    if not matched:
+        raise CliError(f"{query!r} names nothing in the {len(graph.documents)} runs read (tried: an identifier, "
+                       "a run id, a models:/ URI, a fingerprint or sha256 or a prefix of one, a model or dataset name)")
+    starts = [n.ident for n in matched]
+    reached = graph.downstream(starts) if direction == "downstream" else graph.upstream(starts)
+    answer: dict[str, Any] = {"query": query, "direction": direction, "runs_read": len(graph.documents),
+                              "matched": [{"id": n.ident, "run_id": n.run_id, "label": n.label} for n in matched],
+                              **graph.summary(reached)}
+    if direction == "downstream":
+        for key in ("datasets", "code", "weights"):
+            answer.pop(key)
+    if args.json:
+        echo(json.dumps(answer, indent=2, default=str))
+    else:
+        _print(answer)
+    if len(matched) > 1 and not args.json:
+        warn(f"note: {query!r} matched {len(matched)} records; the answer covers them all")
+    return EXIT_OK
+
+
+def _print(answer: dict[str, Any]) -> None:
+    matched = answer["matched"]
+    echo(f"{answer['direction']} of {answer['query']} ({len(matched)} record{'s' * (len(matched) != 1)} matched "
+         f"in {answer['runs_read']} runs: {', '.join(m['label'] for m in matched[:3])}"
+         f"{', ...' if len(matched) > 3 else ''})")
+    sections = [("runs", lambda r: f"{r['run_id']}  {r['run_name'] or ''}  (experiment {r['experiment'] or '?'})"),
+                ("datasets", lambda d: f"{(d['fingerprint'] or '(no fingerprint)')[:16]}  {d['label']}  "
+                                       f"(run {str(d['run_id'])[:8]})"),
+                ("code", lambda c: f"{c['script_path'] or c['label']}  git {str(c['git_commit'] or '-')[:12]}  "
+                                   f"(run {str(c['run_id'])[:8]})"),
+                ("checkpoints", lambda c: f"{c['label']}  weights {str(c['state_dict_sha256'] or '-')[:12]}  "
+                                          f"(run {str(c['run_id'])[:8]})  {c['path'] or ''}"),
+                ("models", lambda m: f"{m['label']}  {m['model_uri'] or ''}  weights "
+                                     f"{str(m['state_dict_sha256'] or '-')[:12]}  (run {str(m['run_id'])[:8]})"),
+                ("weights", lambda w: f"{w['label']}  weights {str(w['state_dict_sha256'] or '-')[:12]}  "
+                                      f"(run {str(w['run_id'])[:8]})")]
+    for key, line in sections:
+        if key not in answer:
+            continue
+        items = answer[key]
+        echo(f"{key} ({len(items)}):")
+        for item in items:
+            echo(f"  {line(item).rstrip()}")

@@ -1,0 +1,212 @@
+"""Lineage across runs, judged on real runs in a real store, read back with MlflowClient, prov and
+the ``prov4ml lineage`` command:
+
+- A trains on dataset X and logs its model; B fine-tunes A's logged model (``mlflow.pytorch.load_model``)
+  on Y; C trains on Y from scratch; D, in another experiment, starts from one of A's checkpoint files
+  (``fit(ckpt_path=...)``) on Y; E starts from ``load_from_checkpoint`` of A's checkpoint; F is a
+  plain loop whose module got A's weights through ``torch.load`` + ``load_state_dict``.
+- Each of B, D, E, F records its initial weights as derived from A's entities holding them (in A's
+  namespace, with A's run id and PROV file), and C records no such link;
+- ``lineage --downstream <X's fingerprint>`` lists A, B, D, E, F with their models, not C;
+  ``--upstream`` B's model lists X, Y and A.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import prov4ml_lightning as prov4ml
+from prov4ml_lightning.cli import main
+from tests.helpers import attr, by_type, load_model, read_prov, records_of
+from tests.lightning_models import TinyModel, fast_trainer
+
+pytestmark = pytest.mark.slow  # Lightning fits and MLflow models
+
+
+def _loader(seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 4, generator=g)
+    return DataLoader(TensorDataset(x, (x.sum(dim=1, keepdim=True) > 0).float()), batch_size=8)
+
+
+def _fit(root: Path, args: dict, model: TinyModel, data: int, **kwargs) -> str:
+    callback = prov4ml.Prov4MLCallback(**args)
+    fit_args = {"ckpt_path": kwargs.pop("ckpt_path")} if "ckpt_path" in kwargs else {}
+    trainer = fast_trainer(root, [callback], limit_val_batches=0, **{"max_epochs": 1, **kwargs})
+    trainer.fit(model, _loader(data), **fit_args)
+    return callback.run_id
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lineage")
+    store = tmp / "mlflow"
+    args = {"prov_user_namespace": "www.example.org", "experiment_name": f"lineage-{uuid.uuid4().hex[:6]}",
+            "provenance_save_dir": str(tmp / "prov"), "mlflow_save_dir": str(store)}
+    uri = f"sqlite:///{store}/mlflow.db"
+    X, Y = 1, 2
+    torch.manual_seed(0)
+    ids = {"A": _fit(tmp / "a", args, TinyModel(), X)}
+    prov4ml.wait_for_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    a_run = client.get_run(ids["A"])
+    (a_model,) = client.search_logged_models(experiment_ids=[a_run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{ids['A']}'")
+    (a_ckpt,) = sorted((tmp / "a" / "checkpoints").glob("*.ckpt"))
+    ids["B"] = _fit(tmp / "b", args, load_model(uri, f"models:/{a_model.model_id}"), Y)
+    torch.manual_seed(0)  # C: the same architecture and seed as A, from scratch: equal initial weights, no link
+    ids["C"] = _fit(tmp / "c", args, TinyModel(), Y)
+    # D in an experiment of its own: a callback of A's experiment would adopt A's run from the checkpoint (a resume)
+    ids["D"] = _fit(tmp / "d", {**args, "experiment_name": args["experiment_name"] + "-d"}, TinyModel(), Y,
+                    ckpt_path=str(a_ckpt), max_epochs=2)
+    ids["E"] = _fit(tmp / "e", args, TinyModel.load_from_checkpoint(a_ckpt), Y)
+    net = TinyModel()  # F: a plain loop
+    net.load_state_dict(torch.load(a_ckpt, weights_only=True)["state_dict"])
+    prov4ml.start_run(**args)
+    ids["F"] = prov4ml.get_run_id()
+    prov4ml.log_model_memory_footprint(net, "net")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for x, y in _loader(Y):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    prov4ml.log_model(net, "net", register=False)
+    prov4ml.end_run()
+    prov4ml.wait_for_mlflow()
+    docs = {k: Path(client.download_artifacts(v, f"prov/provgraph_{v}.json", str(tmp / "dl" / k)))
+            for k, v in ids.items()}
+    return {"ids": ids, "uri": uri, "docs": docs, "client": client, "a_model": a_model.model_id, "tmp": tmp}
+
+
+def _earlier(doc_path: Path) -> dict[str, set[str]]:
+    """{entity of this run: identifiers of the other runs' entities it derives from}"""
+    doc = read_prov(doc_path)
+    earlier = {str(e.identifier) for e in by_type(doc, "EarlierRunWeights")}
+    out: dict[str, set[str]] = {}
+    for rel in records_of(doc, "wasDerivedFrom"):
+        gen, used = (str(v) for _, v in rel.formal_attributes[:2])
+        if used in earlier:
+            out.setdefault(gen, set()).add(used)
+    return out
+
+
+def test_the_store_finds_the_run_that_produced_weights(runs):
+    client, a = runs["client"], runs["ids"]["A"]
+    doc = read_prov(runs["docs"]["A"])
+    (model,) = by_type(doc, "Model")
+    digest = attr(model, "state_dict_sha256")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(exps, f"tags.`prov4ml.weights.{digest}` LIKE '%'")
+    assert [r.info.run_id for r in found] == [a]
+    held = json.loads(found[0].data.tags[f"prov4ml.weights.{digest}"])
+    assert held["ns"] == "http://www.example.org/" and ["model", "TinyModel", "v1"] in held["ids"]
+
+
+@pytest.mark.parametrize("run", ["B", "D", "E", "F"])
+def test_initial_weights_derive_from_the_earlier_runs_entities(runs, run):
+    a = runs["ids"]["A"]
+    links = _earlier(runs["docs"][run])
+    assert len(links) == 1, links  # one entity of this run: its initial (or restored) weights
+    (initial, sources), = links.items()
+    assert ".initial" in initial
+    a_doc = read_prov(runs["docs"]["A"])
+    a_ids = {str(r.identifier) for r in a_doc.get_records() if r.is_element()}
+    assert sources and sources <= a_ids  # named as A's own document names them
+    doc = read_prov(runs["docs"][run])
+    weights = {str(e.identifier): attr(e, "state_dict_sha256") for e in by_type(doc, "ModelState")}
+    a_weights = {str(e.identifier): attr(e, "state_dict_sha256") for e in a_doc.get_records()
+                 if e.is_element() and attr(e, "state_dict_sha256")}
+    assert {a_weights[s] for s in sources} == {weights[initial]}  # an edge only where the hashes match
+    for e in by_type(doc, "EarlierRunWeights"):
+        assert attr(e, "run_id") == a and attr(e, "provenance_file").endswith(f"prov/provgraph_{a}.json")
+
+
+def test_a_run_from_scratch_links_to_nothing(runs):
+    doc = read_prov(runs["docs"]["C"])
+    assert _earlier(runs["docs"]["C"]) == {} and by_type(doc, "EarlierRunWeights") == []
+    (initial,) = by_type(doc, "ModelState")
+    a_initial = by_type(read_prov(runs["docs"]["A"]), "ModelState")[0]
+    # the same seed gave equal initial weights; only produced weights are looked up
+    assert attr(initial, "state_dict_sha256") == attr(a_initial, "state_dict_sha256")
+
+
+def _lineage(capsys, *argv) -> dict:
+    capsys.readouterr()
+    assert main(["lineage", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _fingerprint(doc_path: Path) -> str:
+    (dataset,) = by_type(read_prov(doc_path), "Dataset")
+    return attr(dataset, "fingerprint")
+
+
+@pytest.mark.parametrize("where", ["store", "folder"])
+def test_downstream_of_a_dataset_lists_every_run_and_model_it_touched(runs, capsys, where):
+    ids = runs["ids"]
+    source = ["--tracking-uri", runs["uri"]] if where == "store" else [str(runs["tmp"] / "dl")]
+    answer = _lineage(capsys, *source, "--downstream", _fingerprint(runs["docs"]["A"]))
+    assert {r["run_id"] for r in answer["runs"]} == {ids[k] for k in "ABDEF"}  # not C
+    model_runs = {m["run_id"] for m in answer["models"]}
+    assert {ids[k] for k in "ABEF"} <= model_runs and ids["C"] not in model_runs
+    assert ids["C"] not in {c["run_id"] for c in answer["checkpoints"]}
+    assert {c["run_id"] for c in answer["checkpoints"]} >= {ids["A"], ids["B"], ids["D"], ids["E"]}
+
+
+def test_upstream_of_a_fine_tuned_model_lists_both_datasets_and_the_earlier_run(runs, capsys):
+    ids = runs["ids"]
+    b_doc = read_prov(runs["docs"]["B"])
+    (b_model,) = by_type(b_doc, "Model")
+    answer = _lineage(capsys, "--tracking-uri", runs["uri"], "--upstream", attr(b_model, "model_uri"))
+    assert {r["run_id"] for r in answer["runs"]} == {ids["A"], ids["B"]}
+    fingerprints = {d["fingerprint"] for d in answer["datasets"]}
+    assert fingerprints == {_fingerprint(runs["docs"]["A"]), _fingerprint(runs["docs"]["C"])}  # X and Y
+    assert {c["run_id"] for c in answer["code"]} == {ids["A"], ids["B"]}
+    assert any(m["run_id"] == ids["A"] for m in answer["models"])
+
+
+def test_text_answer_and_errors(runs, capsys):
+    ids = runs["ids"]
+    capsys.readouterr()
+    assert main(["lineage", "--tracking-uri", runs["uri"], "--downstream", ids["C"]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"downstream of {ids['C']}") and ids["C"] in out and ids["A"] not in out
+    assert main(["lineage", "--tracking-uri", runs["uri"], "--downstream", "no-such-thing"]) == 2
+    assert "names nothing" in capsys.readouterr().err
+
+
+#: docs/lineage.md's query: the models downstream of a dataset, in the one document of every run
+DOWNSTREAM_OF_A_DATASET = """
+PREFIX prov: <http://www.w3.org/ns/prov#>
+PREFIX p4l: <https://w3id.org/prov4ml-lightning/ns#>
+SELECT DISTINCT ?model ?run WHERE {
+  ?dataset a p4l:Dataset ; p4l:fingerprint ?fingerprint .
+  FILTER(STRSTARTS(STR(?fingerprint), "%s"))
+  ?model a p4l:Model ;
+         (prov:wasGeneratedBy/(^p4l:partOf)*/prov:used|prov:wasDerivedFrom)+ ?dataset ;
+         prov:wasGeneratedBy/p4l:partOf*/p4l:run_id ?run .
+}"""
+
+
+@pytest.mark.parametrize("where", ["store", "folder"])
+def test_export_all_is_one_graph_a_sparql_query_follows_across_runs(runs, tmp_path, where):
+    import rdflib
+
+    ids = runs["ids"]
+    source = ["--tracking-uri", runs["uri"]] if where == "store" else [str(runs["tmp"] / "dl")]
+    out = tmp_path / "all.ttl"
+    assert main(["export", "--all", *source, "--format", "ttl", "-o", str(out)]) == 0
+    graph = rdflib.Graph().parse(out)
+    rows = graph.query(DOWNSTREAM_OF_A_DATASET % _fingerprint(runs["docs"]["A"])[:16])
+    assert {str(run) for _, run in rows} == {ids[k] for k in "ABDEF"}  # not C
+    docs_text = (Path(__file__).resolve().parents[2] / "docs" / "lineage.md").read_text(encoding="utf-8")
+    assert DOWNSTREAM_OF_A_DATASET.strip().replace('"%s"', '"069a96b0"') in docs_text
