@@ -95,7 +95,7 @@ class CrateBuilder:
             if not digest or "p4l:Checkpoint" in types:
                 continue
             name = attr_value(attrs.get("p4l:file_name"))
-            where = location_path(attrs.get("prov:location"))
+            where = location_path(self.run.location(attrs))
             rel: str | None = str(name) if name else None
             if rel is None and where is not None and original is not None:
                 try:
@@ -117,7 +117,7 @@ class CrateBuilder:
     def _original_folder(self) -> Path | None:
         """The folder the run wrote its PROV files to (from the metrics file's recorded location)."""
         for _, attrs in self.run.of_type("p4l:MetricsFile"):
-            where = location_path(attrs.get("prov:location"))
+            where = location_path(self.run.location(attrs))
             if where is not None:
                 return where.parent
         return None
@@ -198,7 +198,7 @@ class CrateBuilder:
         for key, attrs in self.run.of_type("p4l:Checkpoint"):
             label = str(attr_value(attrs.get("prov:label")) or key)
             digest = attr_value(attrs.get("p4l:sha256"))
-            path = location_path(attrs.get("prov:location"))
+            path = location_path(self.run.location(attrs))
             props: dict[str, Any] = {"description": _ckpt_description(attrs)}
             if self.include_checkpoints and path is not None and path.is_file() and digest \
                     and path.resolve() not in self.copied and sha256_path(path)[0] == digest:
@@ -209,8 +209,8 @@ class CrateBuilder:
                 props["sha256"] = str(digest)
             if attr_value(attrs.get("p4l:size_bytes")) is not None:
                 props["contentSize"] = str(attr_value(attrs.get("p4l:size_bytes")))
-            if attr_value(attrs.get("prov:location")):
-                props["url"] = str(attr_value(attrs.get("prov:location")))
+            if self.run.location(attrs):
+                props["url"] = self.run.location(attrs)
             out.append(self.context(f"#checkpoint-{_slug(key.rsplit('.checkpoint.', 1)[-1])}", props))
         return out
 
@@ -220,9 +220,10 @@ class CrateBuilder:
             props: dict[str, Any] = {"@type": "Dataset", "name": str(attr_value(attrs.get("prov:label")) or key),
                                      "description": "model logged to MLflow (not included: fetch it with "
                                                     "mlflow.pyfunc.load_model or mlflow.pytorch.load_model)"}
-            for src, dst in (("prov:location", "url"), ("p4l:model_id", "identifier")):
-                if attr_value(attrs.get(src)) is not None:
-                    props[dst] = str(attr_value(attrs.get(src)))
+            if self.run.location(attrs):
+                props["url"] = self.run.location(attrs)
+            if attr_value(attrs.get("p4l:model_id")) is not None:
+                props["identifier"] = str(attr_value(attrs.get("p4l:model_id")))
             extra = [{"@type": "PropertyValue", "name": name,
                       "value": _json_value(attr_value(attrs.get(f"p4l:{name}")))}
                      for name in ("state_dict_sha256", "total_params", "model_class")
