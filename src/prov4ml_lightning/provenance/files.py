@@ -184,7 +184,8 @@ def prov_o_graph(doc: ProvDocument, *, shortcuts_only: bool = False) -> Any:
     for qualified, influencer, shortcut in _SHORTCUTS:
         for subject, node in list(graph.subject_objects(prov[qualified])):
             for target in list(graph.objects(node, prov[influencer])):
-                added.add((subject, prov[shortcut], target))
+                if (subject, prov[shortcut], target) not in graph:  # prov writes some itself
+                    added.add((subject, prov[shortcut], target))
     for prop, cls in _TYPED_VALUES:
         for value in set(graph.objects(None, prov[prop])):
             if isinstance(value, rdflib.URIRef):
