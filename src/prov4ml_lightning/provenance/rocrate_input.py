@@ -58,6 +58,8 @@ class RunDocument:
     #: ``used`` as ``(activity, entity)`` and ``wasGeneratedBy`` as ``(entity, activity)`` pairs
     used: list[tuple[str, str]] = field(default_factory=list)
     generated: list[tuple[str, str]] = field(default_factory=list)
+    #: ``hadMember`` as ``(collection, member)`` pairs
+    members: list[tuple[str, str]] = field(default_factory=list)
 
     def location(self, attrs: dict[str, Any]) -> str | None:
         """A record's ``prov:location`` as an IRI: a qualified name expanded with the document's
@@ -67,7 +69,7 @@ class RunDocument:
         if not isinstance(text, str):
             return None
         kind = (raw[0] if isinstance(raw, list) else raw).get("type") if isinstance(raw, (dict, list)) else None
-        if kind == "prov:QUALIFIED_NAME":
+        if kind in ("xsd:QName", "prov:QUALIFIED_NAME"):
             prefix, _, local = text.partition(":")
             if prefix in self.prefixes:
                 return self.prefixes[prefix] + local
@@ -92,7 +94,8 @@ def read_run(prov_file: Path) -> RunDocument:
     return RunDocument(run_id, runs[0], dict(doc.get("entity") or {}), dict(doc.get("agent") or {}),
                        dict(doc.get("prefix") or {}), dict(doc.get("activity") or {}),
                        _pairs(doc.get("used"), "prov:activity", "prov:entity"),
-                       _pairs(doc.get("wasGeneratedBy"), "prov:entity", "prov:activity"))
+                       _pairs(doc.get("wasGeneratedBy"), "prov:entity", "prov:activity"),
+                       _pairs(doc.get("hadMember"), "prov:collection", "prov:entity"))
 
 
 def _pairs(section: Any, first: str, second: str) -> list[tuple[str, str]]:
