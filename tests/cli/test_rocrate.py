@@ -1,8 +1,9 @@
-"""`prov4ml export --format rocrate`: a real run packed as an RO-Crate and read back with the rocrate library.
+"""`prov4ml export --format rocrate`: real runs packed as RO-Crates, read back with the rocrate library
+and validated with roc-validator (Process Run Crate 0.5, offline: tests/cli/crate_validation.py).
 
-Every file the crate holds is opened and hashed against its ``sha256``; the referenced checkpoints
-against the files the run wrote; the metadata (profile, license, dates, agents, the run's action)
-is read through ``rocrate.rocrate.ROCrate``.
+Every file the crate holds is opened and hashed against its ``sha256``; the described checkpoints
+against the files the run wrote; the metadata (profile, license, dates, agents, the actions: one per
+fit and per test, so the test set is upstream of no model) is read through ``rocrate.rocrate.ROCrate``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from torch import nn
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning.cli import main
+from tests.cli.crate_validation import validate_crate
 
 pytestmark = pytest.mark.slow
 
@@ -78,11 +83,13 @@ def test_crate_round_trip_every_file_and_hash(recorded, tmp_path: Path, capsys: 
     out = tmp_path / "crate"
     code, stdout, _ = _export([str(outputs.prov_json), "-o", str(out), "--license", "CC-BY-4.0"], capsys)
     assert code == 0 and stdout.strip() == str(out)
+    assert validate_crate(out, tmp_path) == []  # roc-validator, Process Run Crate 0.5, required level
 
     crate = rocrate.ROCrate(out)
     run_id = outputs.run_id
     # every file in the crate exists, and its bytes match the sha256 and size the metadata claims
-    files = [e for e in crate.data_entities if "File" in e.type]
+    # (data entities with a local identifier, "#...", are described, not included)
+    files = [e for e in crate.data_entities if "File" in e.type and not e.id.startswith("#")]
     assert files
     for entity in files:
         path = out / entity.id
@@ -107,8 +114,9 @@ def test_crate_round_trip_every_file_and_hash(recorded, tmp_path: Path, capsys: 
     assert root_ds["license"].id == "https://spdx.org/licenses/CC-BY-4.0"
     assert root_ds["datePublished"] and root_ds["name"] and root_ds["description"]
 
-    # the run: one CreateAction, its agent, instrument, times, inputs and outputs
+    # the run (no fit or test of its own: one CreateAction), its agent, instrument, times, inputs and outputs
     action = crate.get(f"#run-{run_id}")
+    assert [a.id for a in root_ds["mentions"]] == [action.id, f"#record-{run_id}"]
     assert action.type == "CreateAction" and action["identifier"] == run_id
     assert action["actionStatus"] == "http://schema.org/CompletedActionStatus"  # not an entity: a plain id
     assert action["startTime"] < action["endTime"]
@@ -123,14 +131,19 @@ def test_crate_round_trip_every_file_and_hash(recorded, tmp_path: Path, capsys: 
     assert f"packages_{run_id}.txt" in _ids(action["object"])
     results = action["result"]
     assert f"metrics_{run_id}.csv" in _ids(results)
-    # checkpoints referenced (not copied by default) with the hashes of the files the run wrote
+    # checkpoints described (not copied by default) with the hashes of the files the run wrote: data
+    # entities with local identifiers, in the root's hasPart, and no file: URL of the recording machine
     refs = [e for e in results if "checkpoint" in e.id]
     assert len(refs) == 2
-    by_url = {e["url"]: e for e in refs}
+    by_name = {e["name"]: e for e in refs}
     for path in ckpts:
-        ref = by_url[path.resolve().as_uri()]
+        ref = by_name[path.name]
+        assert ref.id.startswith("#checkpoint-") and "url" not in ref.properties()
         assert ref["sha256"] == _sha256(path) and int(ref["contentSize"]) == path.stat().st_size
+    parts = set(_ids(root_ds["hasPart"]))
     model = next(e for e in results if e.id.startswith("#model-"))
+    assert {r.id for r in refs} | {model.id} <= parts
+    assert "file://" not in (out / "ro-crate-metadata.json").read_text()
     assert model["url"].startswith("models:/") and model["identifier"] == model["url"].split("/")[-1]
     # the model file log_model kept beside the PROV files travels in the crate
     assert any(name.startswith(f"model_versions_{run_id}/") and name.endswith(".pth") for name in _ids(results))
@@ -151,6 +164,10 @@ def test_crate_with_checkpoints_zip_and_mlflow_run(recorded, tmp_path: Path,
         code, _, _ = _export([outputs.run_id, "--tracking-uri", outputs.tracking_uri, "-o", str(out),
                               "--include-checkpoints", "--license", "MIT"], capsys)
     assert code == 0
+    unzipped = tmp_path / "unzipped"
+    with zipfile.ZipFile(out) as archive:
+        archive.extractall(unzipped)
+    assert validate_crate(unzipped, tmp_path) == []
     crate = rocrate.ROCrate(out)
     copied = {e.id: e for e in crate.data_entities if e.id.startswith("checkpoints/")}
     assert set(copied) == {f"checkpoints/{p.name}".replace("=", "%3D") for p in ckpts}
@@ -184,3 +201,51 @@ def test_missing_output_and_license_warning(recorded, tmp_path: Path, capsys: py
         code, _, _ = _export([str(outputs.prov_json), "-o", str(tmp_path / "c")], capsys)
     graph = json.loads((tmp_path / "c" / "ro-crate-metadata.json").read_text())["@graph"]
     assert code == 0 and "license" not in next(e for e in graph if e["@id"] == "./")
+
+
+@pytest.fixture(scope="module")
+def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The MNIST-like example: a 2-epoch fit with train and validation sets, then a test on its own set."""
+    out = tmp_path_factory.mktemp("rocrate-lightning")
+    example = Path(__file__).resolve().parents[2] / "examples" / "lightning_mnist_like.py"
+    subprocess.run([sys.executable, str(example), "--out", str(out), "--epochs", "2"], check=True,
+                   capture_output=True, cwd=out, timeout=600)
+    (prov_json,) = (out / "prov").glob("provgraph_*.json")
+    return prov_json
+
+
+def test_a_fit_and_a_test_are_two_actions_and_the_test_set_is_upstream_of_no_model(
+        lightning_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "crate"
+    code, _, _ = _export([str(lightning_run), "-o", str(out), "--license", "MIT"], capsys)
+    assert code == 0
+    assert validate_crate(out, tmp_path) == []  # roc-validator, Process Run Crate 0.5, required level
+    crate = rocrate.ROCrate(out)
+    record = next(e for e in crate.get_entities() if e.id.startswith("#record-"))
+    actions = {e["identifier"]: e for e in crate.get_entities() if e.type == "CreateAction" and e is not record}
+    (fit,) = [a for k, a in actions.items() if k.startswith("fit_")]
+    (test,) = [a for k, a in actions.items() if k.startswith("test_")]
+    assert set(actions) == {fit["identifier"], test["identifier"]}  # the session ran nothing else
+    assert set(_ids(crate.root_dataset["mentions"])) == {fit.id, test.id, record.id}
+
+    def roles(action) -> set[str]:
+        return {o["description"].split(" ")[0] for o in action["object"] if o.id.startswith("#dataset-")}
+
+    assert roles(fit) == {"train", "val"} and roles(test) == {"test"}
+    fit_results, test_results = set(_ids(fit["result"])), set(_ids(test["result"]))
+    models = {e.id for e in crate.get_entities() if e.id.startswith("#model-") and e.type == "Dataset"}
+    checkpoints = {e.id for e in crate.get_entities() if e.id.startswith("#checkpoint-")}
+    assert models and checkpoints and models | checkpoints <= fit_results
+    # the test read the best checkpoint and made the test metrics; the model is no result of it
+    assert {"#metric-testing.test_loss", "#metric-testing.test_acc"} <= test_results
+    assert not test_results & (models | checkpoints | {"#metric-training.epoch"})
+    assert "#metric-training.epoch" in fit_results  # the fit's epoch counter, whichever loop logged it
+    assert set(_ids(test["object"])) & checkpoints
+    for action in (fit, test):  # no action whose result is the model has the test set as an object
+        if set(_ids(action["result"])) & models:
+            assert "test" not in roles(action)
+    # checkpoints and the model: data entities (in hasPart) with local ids; no path of the recording machine
+    assert models | checkpoints <= set(_ids(crate.root_dataset["hasPart"]))
+    assert "file://" not in (out / "ro-crate-metadata.json").read_text()
+    assert all(a["actionStatus"] == "http://schema.org/CompletedActionStatus" and a["startTime"] < a["endTime"]
+               for a in (fit, test))

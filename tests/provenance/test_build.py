@@ -106,8 +106,12 @@ def test_epochs_artifacts_and_models(doc):
     (notes,) = by_type(doc, "Artifact")
     assert attr(notes, "sha256") == "ab" * 32 and attr(notes, "size_bytes") == 5
     assert attr(notes, "is_directory") is False
+    # located by an IRI (a qualified name in its folder's namespace), read back as written
+    (where,) = notes.get_attribute("prov:location")
+    assert where.uri == "file:///tmp/notes.txt" and where.namespace.prefix.startswith("loc_")
     (model,) = by_type(doc, "Model")
     assert str(model.identifier) == f"user:{RUN}.model.net.v1" and attr(model, "total_params") == 10
+    assert next(iter(model.get_attribute("prov:location"))).uri == "models:/m-1"
 
 
 def test_the_json_text_names_the_datatypes(tmp_path):
@@ -144,5 +148,6 @@ def test_flatten_gives_plain_elements_and_relations():
     assert run.start == dt.datetime.fromtimestamp(T0, dt.timezone.utc)
     assert run.attrs["status"] == "FINISHED"
     assert by_id[f"user:{RUN}.param.layers"].attrs["prov:value"] == 3
+    assert by_id[f"user:{RUN}.artifact.notes.txt"].attrs["prov:location"] == "file:///tmp/notes.txt"  # the IRI
     assert any(r.name == "used" and r.subject == f"user:{RUN}.session_1" and r.obj == f"user:{RUN}.param.lr"
                for r in relations)

@@ -18,7 +18,9 @@ from prov4ml_lightning.provenance import load_document
 from prov4ml_lightning.provenance.checks import check_file
 from prov4ml_lightning.provenance.files import serialize_document
 from prov4ml_lightning.provenance.queries import QUERIES
-from prov4ml_lightning.provenance.vocab import undefined_terms
+from prov4ml_lightning.provenance.vocab import undefined_terms, vocabulary_graph
+from tests.provenance.prov_o import violations
+from tests.provenance.test_prov_o import LINEAGE, answers_in_both
 
 pytestmark = pytest.mark.slow
 
@@ -208,6 +210,9 @@ def test_d_both_sessions_of_a_resumed_run_and_its_checkpoint(resumed):
     assert resumed_from and resumed_from[0].endswith("last.ckpt")
     params = {r["name"]: r["value"] for r in _rows(resumed, "a_hyperparameters")}
     assert params["lr"] == "0.001"  # the resumed fit's value, not session 1's
+    # the code behind the model: the resumed session's, and the first session's (the fit it continues)
+    codes = {r["code"].rsplit(".", 1)[-1] for r in _rows(resumed, "a_code")}
+    assert codes == {"code", "session_2"}
 
 
 def test_e_where_the_per_step_values_are(mnist):
@@ -233,3 +238,26 @@ def test_nothing_read_or_made_after_a_checkpoint_is_upstream_of_it(which, reques
     used = graph.query(QUERIES["a_datasets"].split("SELECT")[0] + """
         SELECT ?reader WHERE { ?reader prov:used ?d . ?d p4l:role "test" }""")
     assert all("test_" in str(r[0]) for r in used)
+
+
+@pytest.mark.parametrize("which", ["mnist", "resumed", "classification"])
+def test_the_export_keeps_to_prov_o_and_oxigraph_answers_alike(which, request):
+    graph = request.getfixturevalue(which)
+    assert violations(graph, vocabulary_graph()) == []  # PROV-O's domains, ranges, disjointness
+    answers = answers_in_both(graph, graph.serialize(format="nt"))  # a second SPARQL engine
+    assert answers["a_code"] and answers["f_environment"] and answers["negative"] == []
+
+
+@pytest.mark.parametrize("which", ["mnist", "resumed", "classification"])
+def test_every_checkpoint_and_model_reaches_its_code_environment_and_hyperparameters(which, request):
+    """Along PROV's own dependencies only: what a standard PROV consumer follows."""
+    graph = request.getfixturevalue(which)
+    prefixes = QUERIES["a_code"].split("SELECT")[0]
+    things = {str(r[0]) for r in graph.query(prefixes + """SELECT ?t WHERE {
+        { ?t a p4l:Checkpoint } UNION { ?t a mls:Model } }""")}
+    assert len(things) >= 3
+    for kind in ("prov:Plan", "p4l:Environment", "mls:HyperParameterSetting"):
+        reached = {str(r[0]) for r in graph.query(prefixes + f"""SELECT DISTINCT ?t WHERE {{
+            {{ ?t a p4l:Checkpoint }} UNION {{ ?t a mls:Model }}
+            ?t {LINEAGE} ?u . ?u a {kind} }}""")}
+        assert reached == things, (kind, things - reached)

@@ -9,6 +9,7 @@ cannot fail would show up here.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import re
@@ -178,9 +179,16 @@ def test_identifiers_hold_the_run_id_and_are_unique_across_runs(outputs):
 
 def test_namespaces_are_absolute_iris(documents):
     prefixes = json.loads(documents[0].read_text())["prefix"]
-    assert prefixes == {"user": "http://www.example.org/", "p4l": P4L_NS, "provml": PROVML_NS, "mls": MLS_NS}
-    for ns in prefixes.values():
+    # the folders that files are located in (prov:location: an IRI, PROV-O's range is a prov:Location)
+    locations = {p: ns for p, ns in prefixes.items() if p.startswith("loc_")}
+    assert {p: ns for p, ns in prefixes.items() if p not in locations} == {
+        "user": "http://www.example.org/", "p4l": P4L_NS, "provml": PROVML_NS, "mls": MLS_NS}
+    for ns in set(prefixes.values()) - set(locations.values()):
         assert re.match(r"^https?://[^/\s]+/(\S*[/#])?$", ns), ns
+    assert "models:/" in locations.values() and any(ns.startswith("file:///") for ns in locations.values())
+    for prefix, ns in locations.items():  # named after the folder: the same in every session and run
+        assert re.match(r"^(file://|models:)/(\S*/)?$", ns), ns
+        assert prefix == f"loc_{hashlib.sha1(ns.encode()).hexdigest()[:8]}"
 
 
 @pytest.mark.parametrize(("given", "expected"), [

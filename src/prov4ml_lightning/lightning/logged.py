@@ -56,8 +56,10 @@ class LoggedValuesHooks(Callback):
         epoch = values.pop("epoch", None) if context is not Context.TRAINING else None
         link = self._link
         link.log(values, context, step, activity)
-        if epoch is not None:  # the epoch counter Lightning adds is the fit's, whichever loop logs it
-            link.log({"epoch": epoch}, Context.TRAINING, step, activity)
+        if epoch is not None:
+            # the epoch counter Lightning adds is the fit's, whichever loop logs it: a training value, a
+            # point of the training epoch (else the fit) in progress, of no evaluation loop's segment
+            link.log({"epoch": epoch}, Context.TRAINING, step, self._epochs.ident or self._fit)
 
     def _step_logged(self, trainer: pl.Trainer, step: int) -> bool:
         """Whether a training step value Lightning logs at ``step`` is recorded (``log_every_n_steps``)."""

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prov.constants import PROV_INVALIDATION, PROV_LABEL, PROV_LOCATION, PROV_ROLE, PROV_TYPE, PROV_VALUE, XSD_ANYURI
-from prov.model import Literal, ProvDocument
+from prov.constants import PROV_INVALIDATION, PROV_LABEL, PROV_LOCATION, PROV_ROLE, PROV_TYPE, PROV_VALUE
+from prov.model import ProvDocument
 
 from prov4ml_lightning.provenance.merge import merge_previous
 from prov4ml_lightning.provenance.sessions import SessionRecords
-from prov4ml_lightning.provenance.values import local_id, prov_time, typed, visible
+from prov4ml_lightning.provenance.values import local_id, location, prov_time, typed, visible
 from prov4ml_lightning.provenance.vocab import MLS_NS, P4L_NS, PROVML_NS, USER_PREFIX
 from prov4ml_lightning.records import ActivityRecord, ArtifactRecord, MetricSeries, ModelRecord, RunInfo
 
@@ -134,6 +134,13 @@ class _Builder(SessionRecords):
             self.doc.wasInformedBy(run, parent)
             self.doc.wasStartedBy(run, None, parent, prov_time(info.start_time))
 
+        # the first epoch of each fit trains from what the fit set up (weights, optimizer, code)
+        firsts: dict[str, ActivityRecord] = {}
+        for act in self.snap.activities:
+            if act.kind == "TrainingEpoch" and act.part_of and (
+                    act.part_of not in firsts or act.start_time < firsts[act.part_of].start_time):
+                firsts[act.part_of] = act
+        self.first_epochs = {act.ident for act in firsts.values()}
         activities = {}
         for act in self.snap.activities:
             activities[act.ident] = self._activity(session, act)
@@ -167,7 +174,7 @@ class _Builder(SessionRecords):
                 [
                     (PROV_TYPE, self.p4l["Model"]),
                     (PROV_TYPE, self.mls["Model"]),
-                    *([(PROV_LOCATION, Literal(model.model_uri, XSD_ANYURI))] if model.model_uri else []),
+                    *([(PROV_LOCATION, location(self.doc, model.model_uri))] if model.model_uri else []),
                     (PROV_LABEL, typed(f"{model.name} v{model.version}")),
                     *self.attrs(
                         {"name": model.name, "version": model.version, "model_uri": model.model_uri,
@@ -256,6 +263,11 @@ class _Builder(SessionRecords):
             [*types, (PROV_LABEL, typed(act.label)), (self.p4l["partOf"], parent), *self.attrs(act.attributes)],
         )
         self.doc.wasStartedBy(node, None, parent, prov_time(act.start_time))
+        if parent == self.session_id:  # a fit or stand-alone stage runs the session's code, in its environment
+            for ent in self.session_inputs:
+                self.doc.used(node, ent, prov_time(act.start_time))
+        elif act.ident in self.first_epochs:
+            self.doc.wasInformedBy(node, parent)
         if act.informed_by in self.spans or (act.informed_by and self.rid(act.informed_by) in self.earlier):
             self.doc.wasInformedBy(node, self.rid(act.informed_by))
         # datasets, parameters, checkpoints it read when it started (once each: two records may name one entity)
@@ -303,7 +315,7 @@ class _Builder(SessionRecords):
             [
                 (PROV_TYPE, self.p4l[a.kind.capitalize()]),
                 (PROV_LABEL, typed(a.name)),
-                (PROV_LOCATION, Literal(Path(a.local_path).as_uri(), XSD_ANYURI)),
+                (PROV_LOCATION, location(self.doc, Path(a.local_path).as_uri())),
                 *self.attrs(
                     {
                         "path": a.local_path,
@@ -339,7 +351,7 @@ class _Builder(SessionRecords):
         if extra.get("members"):
             types.append((PROV_TYPE, self.doc.valid_qualified_name("prov:Collection")))
         if attributes.get("path") and extra["type"] in ("Checkpoint",):
-            types.append((PROV_LOCATION, Literal(Path(attributes["path"]).as_uri(), XSD_ANYURI)))
+            types.append((PROV_LOCATION, location(self.doc, Path(attributes["path"]).as_uri())))
         ident = self.rid(extra["kind"], self.ref(extra["kind"], extra.get("name", extra["kind"])))
         if ident in self.built_extras and ident in self.renamed_ids:
             return  # the same data declared twice (two dataloaders over one dataset): one entity

@@ -146,10 +146,13 @@ def serialize_document(doc: ProvDocument, fmt: str) -> str:
     raise Prov4MLInputError(f"unknown PROV format {fmt!r}")
 
 
-_SHORTCUT_MARK = "# PROV-O unqualified shortcuts of the qualified influences above"
+_SHORTCUT_MARK = "# PROV-O unqualified shortcuts of the qualified influences above"  # and the types of locations, roles
 
 #: PROV-O's qualified pattern -> its unqualified shortcut: (qualifying property, influence
-#: property, shortcut). ``prov`` writes only the qualified forms (blank nodes).
+#: property, shortcut). ``prov`` writes only the qualified forms (blank nodes). A start's or end's
+#: shortcut names its trigger (an entity: ``prov:wasStartedBy``'s range is ``prov:Entity``); the
+#: activity that started or ended it (PROV-DM's starter, ender) stays on the qualified form only,
+#: ``prov:hadActivity``, which has no shortcut.
 _SHORTCUTS = (
     ("qualifiedUsage", "entity", "used"),
     ("qualifiedGeneration", "activity", "wasGeneratedBy"),
@@ -158,17 +161,21 @@ _SHORTCUTS = (
     ("qualifiedAttribution", "agent", "wasAttributedTo"),
     ("qualifiedDelegation", "agent", "actedOnBehalfOf"),
     ("qualifiedCommunication", "activity", "wasInformedBy"),
-    ("qualifiedStart", "hadActivity", "wasStartedBy"),
+    ("qualifiedStart", "entity", "wasStartedBy"),
+    ("qualifiedEnd", "entity", "wasEndedBy"),
     ("qualifiedInvalidation", "activity", "wasInvalidatedBy"),
     ("qualifiedEnd", "entity", "wasEndedBy"),  # the trigger entity (an EarlyStopping decision)
 )
+#: the values of these properties are typed with the property's PROV-O range (``prov`` writes the
+#: IRI alone): a location is a ``prov:Location``, a role a ``prov:Role``
+_TYPED_VALUES = (("atLocation", "Location"), ("hadRole", "Role"))
 
 
 def prov_o_graph(doc: ProvDocument, *, shortcuts_only: bool = False) -> Any:
     """``doc`` as an rdflib graph in PROV-O, with each qualified influence's unqualified shortcut
     (``?a prov:used ?e`` beside ``?a prov:qualifiedUsage [prov:entity ?e]``), so both the
-    tutorials' queries and the qualified ones find it. ``wasStartedBy``'s shortcut names the
-    starter activity (``prov:hadActivity``), as PROV-O defines it."""
+    tutorials' queries and the qualified ones find it, and the type of each location and role
+    (docs/provenance-model.md, "PROV-JSON and PROV-O"). ``shortcuts_only``: those added triples alone."""
     import rdflib
 
     graph = rdflib.ConjunctiveGraph()
@@ -178,7 +185,12 @@ def prov_o_graph(doc: ProvDocument, *, shortcuts_only: bool = False) -> Any:
     for qualified, influencer, shortcut in _SHORTCUTS:
         for subject, node in list(graph.subject_objects(prov[qualified])):
             for target in list(graph.objects(node, prov[influencer])):
-                added.add((subject, prov[shortcut], target))
+                if (subject, prov[shortcut], target) not in graph:  # prov writes some itself
+                    added.add((subject, prov[shortcut], target))
+    for prop, cls in _TYPED_VALUES:
+        for value in set(graph.objects(None, prov[prop])):
+            if isinstance(value, rdflib.URIRef):
+                added.add((value, rdflib.RDF.type, prov[cls]))
     if shortcuts_only:
         return added
     for triple in added:
@@ -212,9 +224,15 @@ def to_json_text(doc: ProvDocument) -> str:
 
 
 def _canonical(value: Any) -> str:
+    from prov.identifier import QualifiedName
+
     # NaN != NaN would make every document with a NaN metric "change" in a round trip
     if isinstance(value, float) and value != value:
         return "float:NaN"
+    # a qualified name is its IRI: a reader may pick another prefix for it (PROV-O has no prefixes;
+    # ``prov.read`` takes the first that fits, a parent folder's for a location)
+    if isinstance(value, QualifiedName):
+        return f"QualifiedName:<{value.uri}>"
     return f"{type(value).__name__}:{value!r}"
 
 

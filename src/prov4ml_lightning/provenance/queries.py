@@ -46,10 +46,11 @@ QUERIES = {
   ?decision prov:wasGeneratedBy/prov:used ?value . ?value prov:wasGeneratedBy/prov:used ?dataset .
   ?dataset a mls:Dataset ; p4l:role ?role .
 }""",
-    "a_code": """SELECT ?model ?code ?script ?commit ?dirty WHERE {
-  ?model a mls:Model ; p4l:version ?version ; prov:wasGeneratedBy ?fit .
+    # the code behind the model: the Plan (the entry script, with its commit) on its lineage path
+    "a_code": """SELECT DISTINCT ?model ?code ?script ?commit ?dirty WHERE {
+  ?model a mls:Model ; p4l:version ?version .
   FILTER NOT EXISTS { ?newer a mls:Model ; p4l:version ?v2 . FILTER (?v2 > ?version) }
-  ?fit prov:wasStartedBy ?session . ?session prov:used ?code . ?code a p4l:Code .
+  ?model (prov:wasGeneratedBy|prov:wasDerivedFrom|prov:used|prov:wasInformedBy)+ ?code . ?code a prov:Plan .
   OPTIONAL { ?code p4l:script_sha256 ?script } OPTIONAL { ?code p4l:git_commit ?commit }
   OPTIONAL { ?code p4l:git_dirty ?dirty }
 }""",
@@ -101,7 +102,7 @@ QUERIES = {
     "d_sessions": """SELECT ?session ?n ?start ?end ?status ?fit ?checkpoint WHERE {
   ?session a p4l:Session ; p4l:session ?n ; prov:startedAtTime ?start .
   OPTIONAL { ?session prov:endedAtTime ?end } OPTIONAL { ?session p4l:status ?status }
-  OPTIONAL { ?fit a p4l:Fit ; prov:wasStartedBy ?session .
+  OPTIONAL { ?fit a p4l:Fit ; prov:qualifiedStart [ prov:hadActivity ?session ] .
              OPTIONAL { ?fit prov:used ?checkpoint . ?checkpoint a p4l:Checkpoint } }
 } ORDER BY ?n""",
     # (e) where the per-step values are, with their hash
@@ -110,11 +111,11 @@ QUERIES = {
   ?file prov:atLocation ?location ; p4l:sha256 ?sha .
 }""",
     # (f) the environment the final model was trained in, and the machine
-    "f_environment": """SELECT ?env ?python ?torch ?lightning ?packages ?packages_sha ?host ?host_id WHERE {
-  ?model a mls:Model ; p4l:version ?version ; prov:wasGeneratedBy ?fit .
+    "f_environment": """SELECT DISTINCT ?env ?python ?torch ?lightning ?packages ?packages_sha ?host ?host_id WHERE {
+  ?model a mls:Model ; p4l:version ?version .
   FILTER NOT EXISTS { ?newer a mls:Model ; p4l:version ?v2 . FILTER (?v2 > ?version) }
-  ?fit prov:wasStartedBy ?session . ?session prov:used ?env . ?env a p4l:Environment ;
-     p4l:python_version ?python ; p4l:torch_version ?torch .
+  ?model (prov:wasGeneratedBy|prov:wasDerivedFrom|prov:used|prov:wasInformedBy)+ ?env .
+  ?env a p4l:Environment ; p4l:python_version ?python ; p4l:torch_version ?torch .
   OPTIONAL { ?env p4l:lightning_version ?lightning }
   OPTIONAL { ?env p4l:packagesFile ?packages . ?packages p4l:sha256 ?packages_sha }
   OPTIONAL { ?env prov:wasAttributedTo ?host . OPTIONAL { ?host p4l:host_id ?host_id } }
@@ -124,14 +125,17 @@ QUERIES = {
   ?dataset a mls:Dataset ; p4l:role "test" .
   ?downstream (prov:used|prov:wasGeneratedBy|prov:wasDerivedFrom|prov:wasInformedBy|prov:alternateOf)+ ?dataset .
 }""",
-    # the negative: nothing read or made after a checkpoint was written is upstream of it
+    # the negative: nothing read or made after a checkpoint was written is upstream of it (along the
+    # dependencies, and the activities that started them)
     "negative": """SELECT ?checkpoint ?upstream ?t WHERE {
   ?checkpoint a p4l:Checkpoint ; prov:qualifiedGeneration ?g . ?g prov:atTime ?tc .
   {
-    ?checkpoint (prov:used|prov:wasGeneratedBy|prov:wasInformedBy|prov:wasDerivedFrom|prov:wasStartedBy)+ ?upstream .
+    ?checkpoint (prov:used|prov:wasGeneratedBy|prov:wasInformedBy|prov:wasDerivedFrom
+                 |prov:qualifiedStart/prov:hadActivity)+ ?upstream .
     { ?upstream prov:startedAtTime ?t } UNION { ?upstream prov:qualifiedGeneration ?g2 . ?g2 prov:atTime ?t }
   } UNION {
-    ?checkpoint (prov:used|prov:wasGeneratedBy|prov:wasInformedBy|prov:wasDerivedFrom|prov:wasStartedBy)+ ?reader .
+    ?checkpoint (prov:used|prov:wasGeneratedBy|prov:wasInformedBy|prov:wasDerivedFrom
+                 |prov:qualifiedStart/prov:hadActivity)+ ?reader .
     ?reader prov:qualifiedUsage ?u . ?u prov:entity ?upstream ; prov:atTime ?t .
   }
   FILTER (?t > ?tc)

@@ -2,10 +2,14 @@
 ``rocrate`` library (extra ``rocrate``) from the run's PROV-JSON document and the files beside it.
 
 The crate follows the Process Run Crate profile (https://w3id.org/ro/wfrun/process/0.5): one
-``CreateAction`` for the training run (its script as ``instrument``, the person as ``agent``,
-start and end time, status), what it used as ``object`` (data sets, hyperparameters, the
-uncommitted code diff) and what it produced as ``result`` (metrics file, checkpoints, model, final
-metric values), and a second ``CreateAction`` for prov4ml-lightning writing the PROV files. The
+``CreateAction`` per stage of the run that consumed data (each ``Trainer.fit``; each stand-alone
+test, validate or predict loop: :mod:`.rocrate_actions`), and one for the run itself when its
+session used or made something outside them (the functional API: the only one). Each has the
+script as ``instrument``, the person as ``agent``, start and end time and status; what the stage
+and its parts used as ``object`` (data sets, hyperparameters, the checkpoint a test loaded, the
+package list and uncommitted code diff) and what they produced as ``result`` (checkpoints, model,
+final metric values), so the test set is an object of the test only, never of the action whose
+result is the model. A last ``CreateAction`` is prov4ml-lightning writing the PROV files. The
 Workflow Run and Provenance Run Crate profiles describe a workflow of tool steps, which a training
 script is not, so they are not claimed.
 
@@ -14,7 +18,9 @@ the package list, the code diff, the entry script when its bytes still match the
 and (``include_checkpoints``) every checkpoint whose bytes still match. Every copied file carries
 its ``sha256`` and ``contentSize``; a file whose bytes differ from the hash the PROV document
 recorded is an error (the crate would contradict its own provenance). Checkpoints left out and the
-MLflow model are referenced (``url``) with their recorded hashes.
+MLflow models are data entities all the same (in the root's ``hasPart``), with local identifiers
+(``#checkpoint-...``, ``#model-...``: described, not included), their recorded hashes and sizes, and
+for a model its MLflow URI; never a ``file:`` URL of the machine that recorded them.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, warn
-from prov4ml_lightning.provenance.rocrate_input import attr_types, attr_value, read_run
+from prov4ml_lightning.provenance.rocrate_actions import STAGES, ActionPlan, plan_actions
+from prov4ml_lightning.provenance.rocrate_input import RunDocument, attr_types, attr_value, read_run
 from prov4ml_lightning.provenance.rocrate_sections import RO_CRATE_VERSION, CrateBuilder
 
 __all__ = ["PROCESS_RUN_CRATE", "RO_CRATE_VERSION", "write_rocrate"]
@@ -84,49 +91,48 @@ def write_rocrate(prov_file: str | os.PathLike[str], out: str | os.PathLike[str]
     side = b.side_files()
     script, diff = b.code()
     env = b.environment(script, software)
-    inputs = b.inputs() + ([diff] if diff is not None else [])
+    inputs = b.inputs()
     ckpts = b.checkpoints()
-    models = b.models({c.id: c for c in ckpts})
-    # the package list describes the environment the run used; every other recorded file it produced
-    env_files = [side[k] for k, a in run.entities.items() if k in side and "p4l:PackageList" in attr_types(a)]
-    metrics_files = [side[k] for k, a in run.entities.items() if k in side and "p4l:PackageList" not in attr_types(a)]
-    inputs += env_files
+    models = b.models(ckpts)
+    metrics = b.final_metrics()
+    # the code's uncommitted changes and the package list describe what every action ran: objects of each
+    ran_with = {k for k, a in run.entities.items() if k in side and attr_types(a) & {"p4l:PackageList", "p4l:CodeDiff"}}
+    always = [*([diff] if diff is not None else []), *(side[k] for k in ran_with)]
+    metrics_files = [side[k] for k, a in run.entities.items() if k in side and "p4l:MetricsFile" in attr_types(a)]
+    produced = {**{k: v for k, v in side.items() if k not in ran_with}, **ckpts, **models}
 
-    status = str(attr_value(attrs.get("p4l:status")) or "")
-    action_props: dict[str, Any] = {
-        "@type": "CreateAction", "name": f"training run {run_name}",
-        "description": str(attr_value(attrs.get("p4l:description")) or f"MLflow run {run.run_id}"),
-        "identifier": run.run_id,
-        "actionStatus": {"@id": f"http://schema.org/{_STATUS.get(status, 'ActiveActionStatus')}"},
-    }
-    for src, dst in (("prov:startTime", "startTime"), ("prov:endTime", "endTime")):
-        if attrs.get(src):
-            action_props[dst] = str(attr_value(attrs[src]))
-    if status == "FAILED" and attr_value(attrs.get("p4l:error")):
-        action_props["error"] = str(attr_value(attrs.get("p4l:error")))
-    action = crate.add_action(script, identifier=f"#run-{run.run_id}", object=inputs or None,
-                              result=metrics_files + ckpts + models + b.final_metrics() or None,
-                              properties=action_props)
-    if persons:
-        action["agent"] = persons[0] if len(persons) == 1 else persons
+    plans = plan_actions(run)
+    staged = any(plan.activity for plan in plans)
+    actions = []
+    for plan in plans:
+        objects = [inputs.get(k) or produced[k] for k in plan.inputs if k in inputs or k in produced]
+        results = [produced[k] for k in plan.results if k in produced
+                   and not (staged and plan.activity is None and produced[k] in metrics_files)]
+        results += [metrics[k] for k in plan.series if k in metrics]
+        if plan.activity is None and staged and not objects and not results:
+            continue  # the session only ran the stages
+        objects = list({o.id: o for o in always + objects}.values())  # once each (the diff is a side file too)
+        actions.append(_action(crate, run, plan, script, objects, results, persons, env))
     if env:
-        action["environment"] = env
         crate.metadata.extra_contexts.append(_WFRUN_CONTEXT)
     if software is not None:
         record = crate.add_action(software, identifier=f"#record-{run.run_id}", result=prov_entities + metrics_files,
                                   properties={"@type": "CreateAction", "name": "record the run's provenance",
-                                              "object": {"@id": action.id}})
-        for src, dst in (("prov:startTime", "startTime"), ("prov:endTime", "endTime")):
-            if attrs.get(src):
-                record[dst] = str(attr_value(attrs[src]))
-        record["actionStatus"] = {"@id": "http://schema.org/CompletedActionStatus"}
+                                              "description": "prov4ml-lightning wrote the W3C PROV document of "
+                                                             "the run (its actions above) and the file of its "
+                                                             "metric points"})
+        _times(record, run.attrs)
+        record["actionStatus"] = "http://schema.org/CompletedActionStatus"
+        if persons:
+            record["agent"] = persons[0] if len(persons) == 1 else persons
+        actions.append(record)
 
     root = crate.root_dataset
     root["name"] = name or (f"{run_name} ({experiment})" if experiment else run_name)
     root["description"] = (f"Training run {run_name} (MLflow run {run.run_id}) with its W3C PROV provenance, "
                            "metrics, code and environment, exported by prov4ml-lightning.")
     root["datePublished"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    root["mentions"] = action
+    root["mentions"] = actions[0] if len(actions) == 1 else actions
     if persons:
         root["author"] = persons[0] if len(persons) == 1 else persons
     if license:
@@ -144,3 +150,43 @@ def write_rocrate(prov_file: str | os.PathLike[str], out: str | os.PathLike[str]
         out.mkdir(parents=True, exist_ok=True)
         crate.write(out)
     return out
+
+
+def _action(crate: Any, run: RunDocument, plan: ActionPlan, instrument: Any, objects: list[Any], results: list[Any],
+            persons: list[Any], env: list[Any]) -> Any:
+    """The CreateAction of one stage (or of the run: ``plan.activity`` None)."""
+    attrs = plan.attrs
+    run_name = str(attr_value(run.attrs.get("p4l:run_name")) or run.run_id)
+    status = str(attr_value(attrs.get("p4l:status")) or "")
+    if plan.activity is None:
+        ident, name = f"#run-{run.run_id}", f"training run {run_name}"
+        props: dict[str, Any] = {"identifier": run.run_id, "description": str(
+            attr_value(attrs.get("p4l:description")) or f"MLflow run {run.run_id}")}
+    else:
+        local = plan.activity.rsplit(f"run_{run.run_id}.", 1)[-1]
+        kind = next((t.split(":", 1)[1] for t in sorted(attr_types(attrs)) if t in STAGES), "stage")
+        ident, name = f"#run-{run.run_id}-{local}", f"{attr_value(attrs.get('prov:label')) or local} of run {run_name}"
+        props = {"identifier": local, "description": f"{kind} {local} of MLflow run {run.run_id}"}
+    props.update({"@type": "CreateAction", "name": name,
+                  # a plain IRI, as the profile's examples and rules have it
+                  "actionStatus": f"http://schema.org/{_STATUS.get(status, 'ActiveActionStatus')}"})
+    if status == "FAILED" and attr_value(attrs.get("p4l:error")):
+        props["error"] = str(attr_value(attrs.get("p4l:error")))
+    action = crate.add_action(instrument, identifier=ident, object=objects or None, result=results or None,
+                              properties=props)
+    _times(action, attrs)
+    if persons:
+        action["agent"] = persons[0] if len(persons) == 1 else persons
+    if env:
+        action["environment"] = env
+    return action
+
+
+def _times(action: Any, attrs: dict[str, Any]) -> None:
+    """``startTime`` and ``endTime`` from the activity's, to the millisecond (the profile's format:
+    ``2024-01-01T12:00:00.123+00:00``)."""
+    for src, dst in (("prov:startTime", "startTime"), ("prov:endTime", "endTime")):
+        value = attr_value(attrs.get(src))
+        if value:
+            when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            action[dst] = when.astimezone(timezone.utc).isoformat(timespec="milliseconds")

@@ -95,7 +95,7 @@ class CrateBuilder:
             if not digest or "p4l:Checkpoint" in types:
                 continue
             name = attr_value(attrs.get("p4l:file_name"))
-            where = location_path(attrs.get("prov:location"))
+            where = location_path(self.run.location(attrs))
             rel: str | None = str(name) if name else None
             if rel is None and where is not None and original is not None:
                 try:
@@ -117,7 +117,7 @@ class CrateBuilder:
     def _original_folder(self) -> Path | None:
         """The folder the run wrote its PROV files to (from the metrics file's recorded location)."""
         for _, attrs in self.run.of_type("p4l:MetricsFile"):
-            where = location_path(attrs.get("prov:location"))
+            where = location_path(self.run.location(attrs))
             if where is not None:
                 return where.parent
         return None
@@ -157,13 +157,16 @@ class CrateBuilder:
         found = self.run.of_type("p4l:Environment")
         attrs = found[-1][1] if found else {}
         reqs = [software] if software is not None else []
-        for key, name in (("python_version", "Python"), ("torch_version", "PyTorch"),
-                          ("lightning_version", "Lightning"), ("mlflow_version", "MLflow"), ("prov_version", "prov"),
-                          ("numpy_version", "NumPy")):
+        for key, name, url in (("python_version", "Python", "https://www.python.org/"),
+                               ("torch_version", "PyTorch", "https://pytorch.org/"),
+                               ("lightning_version", "Lightning", "https://lightning.ai/"),
+                               ("mlflow_version", "MLflow", "https://mlflow.org/"),
+                               ("prov_version", "prov", "https://pypi.org/project/prov/"),
+                               ("numpy_version", "NumPy", "https://numpy.org/")):
             version = attr_value(attrs.get(f"p4l:{key}"))
             if version is not None:
                 reqs.append(self.context(f"#software-{_slug(name)}", {
-                    "@type": "SoftwareApplication", "name": name, "softwareVersion": str(version)}))
+                    "@type": "SoftwareApplication", "name": name, "softwareVersion": str(version), "url": url}))
         if reqs:
             instrument["softwareRequirements"] = reqs
         env = []
@@ -174,8 +177,9 @@ class CrateBuilder:
                                                                  "value": str(attr_value(raw))}))
         return env
 
-    def inputs(self) -> list[Any]:
-        out = []
+    def inputs(self) -> dict[str, Any]:
+        """The data sets and hyperparameters, by PROV id."""
+        out = {}
         for key, attrs in self.run.of_type("p4l:Dataset"):
             props = {"@type": "Dataset", "name": str(attr_value(attrs.get("prov:label")) or key)}
             for src, dst in (("p4l:fingerprint", "identifier"), ("p4l:role", "description")):
@@ -184,69 +188,82 @@ class CrateBuilder:
             if "description" in props:
                 props["description"] = f"{props['description']} data ({attr_value(attrs.get('p4l:dataset_class'))}, " \
                                        f"{attr_value(attrs.get('p4l:length'))} items)"
-            out.append(self.context(f"#dataset-{_slug(key.rsplit('.', 2)[-2] + '-' + key.rsplit('.', 1)[-1])}",
-                                    props))
+            out[key] = self.context(f"#dataset-{_slug(key.rsplit('.', 2)[-2] + '-' + key.rsplit('.', 1)[-1])}",
+                                    props)
         for key, attrs in self.run.of_type("p4l:Parameter"):
             name = str(attr_value(attrs.get("p4l:name")) or attr_value(attrs.get("prov:label")) or key)
-            out.append(self.context(f"#param-{_slug(key.rsplit('.', 1)[-1])}", {
+            out[key] = self.context(f"#param-{_slug(key.rsplit('.', 1)[-1])}", {
                 "@type": "PropertyValue", "name": name, "value": _json_value(attr_value(attrs.get("prov:value"))),
-                "description": "hyperparameter"}))
+                "description": "hyperparameter"})
         return out
 
-    def checkpoints(self) -> list[Any]:
-        out = []
+    def _data_entity(self, identifier: str, props: dict[str, Any]) -> Any:
+        """A data entity of the crate whose bytes it does not hold: a local identifier (``#...``:
+        RO-Crate's way to describe a file that is not in the payload), listed in the root's hasPart."""
+        entity = self.context(identifier, props)
+        self.crate.root_dataset.append_to("hasPart", entity)
+        return entity
+
+    def checkpoints(self) -> dict[str, Any]:
+        """The checkpoints, by PROV id: data entities, copied in (``checkpoints/<file>``) with
+        ``include_checkpoints`` when their bytes still match, else described by a local identifier
+        with their recorded hash and size (never the recording machine's ``file:`` URL)."""
+        out = {}
         for key, attrs in self.run.of_type("p4l:Checkpoint"):
             label = str(attr_value(attrs.get("prov:label")) or key)
             digest = attr_value(attrs.get("p4l:sha256"))
-            path = location_path(attrs.get("prov:location"))
+            path = location_path(self.run.location(attrs))
             props: dict[str, Any] = {"description": _ckpt_description(attrs)}
             if self.include_checkpoints and path is not None and path.is_file() and digest \
                     and path.resolve() not in self.copied and sha256_path(path)[0] == digest:
-                out.append(self.file(path, f"checkpoints/{path.name}", {"name": label, **props}, str(digest)))
+                out[key] = self.file(path, f"checkpoints/{path.name}", {"name": label, **props}, str(digest))
                 continue
-            props.update({"@type": "File", "name": label})
+            props.update({"@type": "File", "name": label, "encodingFormat": _FORMATS[".ckpt"]})
+            props["description"] += "; not included in this crate (export --include-checkpoints copies it)"
             if digest:
                 props["sha256"] = str(digest)
             if attr_value(attrs.get("p4l:size_bytes")) is not None:
                 props["contentSize"] = str(attr_value(attrs.get("p4l:size_bytes")))
-            if attr_value(attrs.get("prov:location")):
-                props["url"] = str(attr_value(attrs.get("prov:location")))
-            out.append(self.context(f"#checkpoint-{_slug(key.rsplit('.checkpoint.', 1)[-1])}", props))
+            out[key] = self._data_entity(f"#checkpoint-{_slug(key.rsplit('.checkpoint.', 1)[-1])}", props)
         return out
 
-    def models(self, checkpoints: dict[str, Any]) -> list[Any]:
-        out = []
+    def models(self, checkpoints: dict[str, Any]) -> dict[str, Any]:
+        """The models logged to MLflow, by PROV id: data entities (a model is a folder in MLflow's
+        store, not in the crate) with their MLflow URI."""
+        out = {}
         for key, attrs in self.run.of_type("p4l:Model"):
             props: dict[str, Any] = {"@type": "Dataset", "name": str(attr_value(attrs.get("prov:label")) or key),
                                      "description": "model logged to MLflow (not included: fetch it with "
                                                     "mlflow.pyfunc.load_model or mlflow.pytorch.load_model)"}
-            for src, dst in (("prov:location", "url"), ("p4l:model_id", "identifier")):
-                if attr_value(attrs.get(src)) is not None:
-                    props[dst] = str(attr_value(attrs.get(src)))
+            if self.run.location(attrs):
+                props["url"] = self.run.location(attrs)
+            if attr_value(attrs.get("p4l:model_id")) is not None:
+                props["identifier"] = str(attr_value(attrs.get("p4l:model_id")))
             extra = [{"@type": "PropertyValue", "name": name,
                       "value": _json_value(attr_value(attrs.get(f"p4l:{name}")))}
                      for name in ("state_dict_sha256", "total_params", "model_class")
                      if attr_value(attrs.get(f"p4l:{name}")) is not None]
-            entity = self.context(f"#model-{_slug(key.rsplit('.model.', 1)[-1])}", props)
+            entity = self._data_entity(f"#model-{_slug(key.rsplit('.model.', 1)[-1])}", props)
             for pv in extra:
                 entity.append_to("additionalProperty", self.context(f"{entity.id}-{pv['name']}", pv))
             best = attr_value(attrs.get("p4l:best_checkpoint"))
             for ckpt in checkpoints.values():
                 if best and ckpt.get("name") == best:
                     entity["isBasedOn"] = ckpt
-            out.append(entity)
+            out[key] = entity
         return out
 
-    def final_metrics(self) -> list[Any]:
-        out = []
+    def final_metrics(self) -> dict[str, Any]:
+        """The last value of each metric series, by PROV id."""
+        out = {}
         for key, attrs in self.run.of_type("p4l:MetricSeries"):
             last = attr_value(attrs.get("p4l:last_value"))
             if last is None:
                 continue
-            out.append(self.context(f"#metric-{_slug(key.rsplit('.metric.', 1)[-1])}", {
+            out[key] = self.context(f"#metric-{_slug(key.rsplit('.metric.', 1)[-1])}", {
                 "@type": "PropertyValue", "name": str(attr_value(attrs.get("p4l:name")) or key),
                 "value": _json_value(last), "description": f"last value of {attr_value(attrs.get('prov:label'))} "
-                                                           f"({attr_value(attrs.get('p4l:count'))} points)"}))
+                                                           f"({attr_value(attrs.get('p4l:count'))} points)"})
         return out
 
 

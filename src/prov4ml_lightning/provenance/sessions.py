@@ -13,7 +13,7 @@ from prov.constants import PROV_LABEL, PROV_LOCATION, PROV_ROLE, PROV_TYPE, XSD_
 from prov.identifier import Namespace
 from prov.model import Literal, ProvDocument
 
-from prov4ml_lightning.provenance.values import local_id, prov_time, typed
+from prov4ml_lightning.provenance.values import local_id, location, prov_time, typed
 from prov4ml_lightning.provenance.vocab import FOAF_NS, ORCID_NS
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ class SessionRecords:
     session_no: int
     session_span: tuple[float, float | None]
     session_id: Any
+    #: the session's code and environment entities (:meth:`add_context`), which its fits and
+    #: stand-alone stages use too
+    session_inputs: list[Any]
 
     def add_session(self, run: Any) -> Any:
         """This process's session of the run: an activity part of the run, with its own start, end
@@ -66,7 +69,7 @@ class SessionRecords:
         path = facts.get("path")
         ent = self.doc.entity(ident, [
             (PROV_TYPE, self.p4l[type_]), (PROV_LABEL, typed(name)),
-            *([(PROV_LOCATION, Literal(Path(path).resolve().as_uri(), XSD_ANYURI))] if path else []),
+            *([(PROV_LOCATION, location(self.doc, Path(path).resolve().as_uri()))] if path else []),
             *self.attrs(attrs)])
         self.doc.wasGeneratedBy(ent, session, prov_time(when if when is not None else self.session_span[0]))
         if kind == "metrics_file" and self.session_no > 1:
@@ -109,7 +112,8 @@ class SessionRecords:
 
     def add_context(self, session: Any) -> Any:
         """The session's ``code`` (also a ``prov:Plan``) and ``environment`` entities, used when
-        it started, the side files they describe, and the host agent."""
+        it started (and by each fit and stand-alone stage it starts: :attr:`session_inputs`), the
+        side files they describe, and the host agent."""
         context = self.snap.context or {}
         # A reopened run's later sessions (resume, possibly elsewhere) get their own code and
         # environment entities beside the first session's.
@@ -153,6 +157,7 @@ class SessionRecords:
                 self.doc.wasAttributedTo(env, host)
         if context.get("reproduces"):
             self.add_reproduction(session, context["reproduces"])
+        self.session_inputs = [e for e in (code, env) if e is not None]
         return code
 
     def add_reproduction(self, session: Any, marker: Mapping[str, Any]) -> None:

@@ -9,9 +9,13 @@ import json
 import re
 from typing import Any
 
-__all__ = ["local_id", "prov_time", "typed", "visible"]
+__all__ = ["LOCATION_PREFIX", "local_id", "location", "prov_time", "typed", "visible"]
 
 _LOCAL_OK = re.compile(r"[^A-Za-z0-9_.\-]")
+#: prefix of the namespaces that locations are written in (``loc_<hash of the folder IRI>``)
+LOCATION_PREFIX = "loc_"
+# what an IRI may hold as is (RFC 3987's reserved and unreserved ASCII characters, and escapes)
+_IRI_SAFE = ":/?#[]@!$&'()*+,;=%~"
 # control characters (C0, DEL, C1): no XML document may hold them, Graphviz and terminals misread them;
 # text keeps its line breaks and tabs, names (keys, labels) show them escaped too
 _CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -60,3 +64,30 @@ def typed(value: Any) -> Any:
         except (TypeError, ValueError, RecursionError):
             return visible(str(value))
     return visible(str(value))
+
+
+def location(doc: Any, uri: str) -> Any:
+    """``uri`` (a file's ``file:`` IRI, an MLflow ``models:/`` URI) as the value of a record's
+    ``prov:location``: a qualified name in a namespace named after its folder, so that PROV-O gets
+    an IRI (``prov:atLocation``'s range is ``prov:Location``, a resource, not a literal) and every
+    PROV serialisation reads it back unchanged.
+
+    The namespace is ``loc_<8 hex digits of the folder IRI's sha1>``: the same in every session of a
+    run and in every run. The local name is the last path segment, percent-encoded where PROV-N or
+    Turtle would not take it as is (a leading ``.`` or ``-``, a trailing ``.``)."""
+    from urllib.parse import quote
+
+    iri = quote(uri, safe=_IRI_SAFE)
+    base, _, local = iri.rstrip("/").rpartition("/")
+    if not base:  # no path: the whole IRI after its scheme
+        base, _, local = iri.partition(":")
+        base += ":"
+    else:
+        base += "/"
+    if local[:1] in (".", "-"):
+        local = f"%{ord(local[0]):02X}{local[1:]}"
+    if local.endswith("."):
+        local = local[:-1] + "%2E"
+    local = quote(local, safe="%~")  # PROV-N local names: letters, digits, _ . - ~ and escapes
+    prefix = LOCATION_PREFIX + hashlib.sha1(base.encode()).hexdigest()[:8]
+    return doc.add_namespace(prefix, base)[local]

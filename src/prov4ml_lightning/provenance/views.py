@@ -8,7 +8,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from prov.constants import PROV_ATTR_STARTTIME, PROV_ATTR_TIME, PROV_LABEL, PROV_TYPE
+from prov.constants import PROV_ATTR_STARTTIME, PROV_ATTR_TIME, PROV_LABEL, PROV_LOCATION, PROV_TYPE
+from prov.identifier import QualifiedName
 from prov.model import ProvDocument, ProvRecord
 
 __all__ = ["Element", "GraphSpec", "Relation", "flatten", "to_graph"]
@@ -49,7 +50,7 @@ def to_graph(doc: ProvDocument) -> GraphSpec:
             labels = rec.get_attribute(PROV_LABEL)
             label = str(next(iter(labels))) if labels else rec.identifier.localpart
             attrs = {
-                str(k): str(v) for k, v in rec.attributes if k not in (PROV_LABEL,)
+                str(k): _shown(k, v) for k, v in rec.attributes if k not in (PROV_LABEL,)
             }
             spec.nodes.append((str(rec.identifier), kind, label, attrs))
             spec.types[str(rec.identifier)] = [str(t) for t in rec.get_attribute(PROV_TYPE)]
@@ -106,6 +107,13 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _shown(key: Any, value: Any) -> str:
+    """An attribute as text; a location as its IRI (``file:///...``), not as its qualified name."""
+    if key == PROV_LOCATION and isinstance(value, QualifiedName):
+        return value.uri
+    return str(value)
+
+
 def flatten(doc: ProvDocument) -> tuple[list[Element], list[Relation]]:
     """Every element and relation of ``doc`` and its bundles as :class:`Element`/:class:`Relation`."""
     from prov.constants import PROV_ATTR_ENDTIME
@@ -122,7 +130,7 @@ def flatten(doc: ProvDocument) -> tuple[list[Element], list[Relation]]:
                 if key in (PROV_TYPE, PROV_LABEL, PROV_ATTR_STARTTIME, PROV_ATTR_ENDTIME):
                     continue
                 name = str(key) if key.namespace.prefix == "prov" else key.localpart
-                attrs.setdefault(name, _plain(value))
+                attrs.setdefault(name, _shown(key, value) if key == PROV_LOCATION else _plain(value))
             labels = rec.get_attribute(PROV_LABEL)
             starts = rec.get_attribute(PROV_ATTR_STARTTIME)
             ends = rec.get_attribute(PROV_ATTR_ENDTIME)
