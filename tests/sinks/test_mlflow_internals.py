@@ -116,3 +116,17 @@ def test_an_mlflow_that_draws_ids_otherwise_leaves_the_run_offline_with_one_warn
     client = MlflowClient(default_tracking_uri(tmp_path / "mlflow"))
     assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
                 if r.info.run_id == run_id]
+
+
+def test_the_store_opener_finds_mlflow_s_schema_functions():
+    """``sinks/mlflow/store.py`` creates a new store from a migrated template and checks stores with
+    MLflow's own functions (``mlflow.store.db.utils``: ``_initialize_tables``, ``_all_tables_exist``,
+    ``_get_schema_version``, ``_get_latest_schema_revision``). A release without them still works
+    (MLflow creates stores in place, as before), but the template and the check are gone: say so here."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    from prov4ml_lightning.sinks.mlflow.store import template_path
+
+    path = template_path()
+    assert path is not None, "this MLflow lacks the schema functions sinks/mlflow/store.py uses"
+    assert _get_latest_schema_revision() in path.name

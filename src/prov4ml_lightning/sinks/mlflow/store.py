@@ -13,12 +13,13 @@ from a migrated empty store kept per MLflow version, and a half-created one repl
   every new store. A copy is checked with MLflow's own schema check (every table of its ORM
   present, the schema revision its migrations' head) and SQLite's ``quick_check`` before it is
   used; a stale or damaged template is rebuilt.
-- An existing SQLite database that fails MLflow's check and holds no runs, experiments or models
-  (one a killed process left half-created, or a leftover of an earlier prov4ml that migrated in
-  place) is moved aside, to ``mlflow.db.broken-<time>``, and a new store takes its place, with a
-  warning that says where the old one went. One that holds records, or a file SQLite cannot
-  read, is never touched: opening it fails (:class:`BrokenStoreError`) with a message that names
-  it and what to do (MLflow's ``mlflow db upgrade`` for a store of an older MLflow).
+- An existing SQLite database that fails MLflow's check and holds nothing a new store does not
+  (no run, experiment, model, trace...: one a killed process left half-created, or a leftover of
+  an earlier prov4ml that migrated in place) is moved aside, to ``mlflow.db.broken-<time>``, and a
+  new store takes its place, with a warning that says where the old one went. One that holds
+  records, or a file SQLite cannot read, is never touched: opening it fails
+  (:class:`BrokenStoreError`) with a message that names it and what to do (MLflow's ``mlflow db
+  upgrade`` for a store of an older MLflow).
 
 It imports nothing of the package but :mod:`prov4ml_lightning.files` and :mod:`.rules` (the
 service process loads all three by path, without the package) and MLflow only inside functions.
@@ -55,8 +56,8 @@ _BROKEN = ".broken-"  # a half-created store moved aside: <db>.broken-<YYYYmmdd-
 _SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's files beside a database
 _STORE_ATTEMPTS = 6
 _STORE_LOCK_TIMEOUT_S = 600.0
-#: tables whose rows are a user's records (an empty store has none; MLflow adds experiment 0 on open)
-_RECORD_TABLES = ("runs", "registered_models", "logged_models")
+#: the rows a new store has (a migration adds the default workspace, MLflow's opening experiment 0)
+_NEW_STORE_ROWS = {"experiments": "WHERE experiment_id != 0", "workspaces": "WHERE name != 'default'"}
 
 
 class BrokenStoreError(RuntimeError):
@@ -186,16 +187,17 @@ def _check(schema: Any, db: Path, *, whole: bool = False) -> str | None:
 
 
 def _records(db: Path) -> int:
-    """How many runs, models and experiments other than MLflow's default ``db`` holds (tables it
-    lacks count 0); raises ``sqlite3.DatabaseError`` for a file SQLite cannot read."""
+    """How many rows ``db`` holds beyond those of a new store (its schema version, MLflow's default
+    experiment and workspace): runs, experiments, models, traces, anything; raises
+    ``sqlite3.DatabaseError`` for a file SQLite cannot read."""
     total = 0
     with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        for table in _RECORD_TABLES:
-            if table in tables:
-                total += conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        if "experiments" in tables:
-            total += conn.execute("SELECT count(*) FROM experiments WHERE experiment_id != 0").fetchone()[0]
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            if table in ("alembic_version", "sqlite_sequence"):
+                continue
+            where = _NEW_STORE_ROWS.get(table, "")
+            total += conn.execute(f'SELECT count(*) FROM "{table}" {where}').fetchone()[0]
     return total
 
 
@@ -240,12 +242,12 @@ def prepare_sqlite_store(db: str | os.PathLike[str], *, locked: bool = False) ->
     if records:
         raise BrokenStoreError(
             f"the MLflow store {db} cannot be opened by MLflow as it is ({why}) and it holds {records} "
-            "runs, experiments or models, so prov4ml leaves it alone: back it up, then run "
+            "records (runs, experiments, models...), so prov4ml leaves it alone: back it up, then run "
             f"`mlflow db upgrade sqlite:///{db}` (a store of an older MLflow), or move it away to start a new one")
     aside = _move_aside(db)
     _create(schema, db)
     return (f"the MLflow store {db} was left half-created ({why}; a process stopped while creating or "
-            f"migrating it) and held no runs: it was moved aside to {aside} and a new, empty store "
+            f"migrating it) and held no records: it was moved aside to {aside} and a new, empty store "
             "was created in its place")
 
 
