@@ -162,9 +162,13 @@ def test_the_record_holds_what_reproduction_needs(recorded):
     assert attr(snapshot, "sha256") == hashlib.sha256(view.sibling(code["untracked_file"]).read_bytes()).hexdigest()
 
 
-def test_reproduce_reruns_the_recorded_code_and_says_it_came_back(recorded, tmp_path, capsys):
+def test_reproduce_reruns_the_recorded_code_and_says_it_came_back(recorded, tmp_path, capsys, monkeypatch):
     workdir = tmp_path / "w"
-    code = main(["reproduce", str(recorded["prov"]), "--workdir", str(workdir)])
+    # the PROV file named relative to where the command runs, as a user types it (the diff beside it
+    # must still be found from inside the new worktree)
+    monkeypatch.chdir(recorded["prov"].parent.parent)
+    relative = recorded["prov"].relative_to(recorded["prov"].parent.parent)
+    code = main(["reproduce", str(relative), "--workdir", str(workdir)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "verdict: REPRODUCED" in out

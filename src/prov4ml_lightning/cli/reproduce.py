@@ -145,7 +145,7 @@ def _side_file(view: Any, name: Any, what: str) -> Path:
     if path is None or not path.is_file():
         raise CliError(f"the record names {what} {name!r}, but {path} does not exist (copy it beside the PROV "
                        "document)", EXIT_RECORD_INCOMPLETE)
-    return path
+    return path.resolve()  # used from inside the new worktree: a path relative to here would not hold there
 
 
 def _repo(args: argparse.Namespace, code: dict[str, Any]) -> Path:
@@ -344,10 +344,19 @@ def compare_environment(recorded: dict[str, Any], recorded_packages: dict[str, s
 
 def _prepare(plan: Plan) -> None:
     """The worktree at the commit, with the diff applied and the untracked files restored."""
-    import hashlib
 
     plan.workdir.parent.mkdir(parents=True, exist_ok=True)
     _git(["worktree", "add", "--detach", str(plan.workdir), plan.commit], plan.repo)
+    try:
+        _fill(plan)
+    except CliError:  # nothing ran in it: the half-made worktree is not left registered
+        _git(["worktree", "remove", "--force", str(plan.workdir)], plan.repo, check=False)
+        raise
+
+
+def _fill(plan: Plan) -> None:
+    import hashlib
+
     if plan.diff is not None:
         done = _git(["apply", "--binary", "--whitespace=nowarn", str(plan.diff)], plan.workdir, check=False)
         if done.returncode != 0:
