@@ -171,7 +171,12 @@ def _check_complete(tmp_path: Path, run_id: str, n: int) -> None:
     assert user_params(run.data.params) == {"lr": "0.1"}
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == list(range(n))
     assert "notes.txt" in {a.path for a in client.list_artifacts(run_id)}
-    assert {"provgraph_" + run_id + ".json"} <= {Path(a.path).name for a in client.list_artifacts(run_id, "prov")}
+    # every file a run that was never interrupted has in MLflow (README "Where things go"): the PROV
+    # files and, where start_run and end_run upload them, the package list
+    in_prov = {Path(a.path).name for a in client.list_artifacts(run_id, "prov")}
+    assert {f"provgraph_{run_id}.json", f"provgraph_{run_id}.html", f"packages_{run_id}.txt",
+            f"metrics_{run_id}.csv"} <= in_prov, in_prov
+    assert f"packages_{run_id}.txt" in {Path(a.path).name for a in client.list_artifacts(run_id, "environment")}
     doc_path = prov_dir / f"provgraph_{run_id}.json"
     assert check_file(doc_path, round_trip=False) == []
     doc = read_prov(doc_path)

@@ -311,8 +311,21 @@ def _sync_artifacts(run: JournaledRun, sink: TrackingGuard, mlflow_id: str, repo
     long_params = run.directory / f"long_params_{run.run_id}.json"
     if long_params.exists():
         sink.log_artifact(mlflow_id, str(long_params), "params")
+    # the session's side files where start_run uploads them (code/, environment/) and, as at end_run,
+    # beside the document in prov/ (where `prov4ml show/diff <run id>` looks): a service that died
+    # early uploaded neither
+    side = []
+    for part, keys in (("code", ("git_diff_file", "untracked_file")), ("environment", ("packages_file",))):
+        attrs = (run.context or {}).get(part) or {}
+        for key in keys:
+            if attrs.get(key) and (run.directory / str(attrs[key])).is_file():
+                path = run.directory / str(attrs[key])
+                side.append(path)
+                if not present(part, path.name):
+                    sink.log_artifact(mlflow_id, str(path), part)
     base = run.directory / f"provgraph_{run.run_id}"
-    for path in [*(base.with_suffix(s) for s in (".json", ".dot", ".svg", ".provn", ".ttl", ".xml")), run.sidecar]:
+    for path in [*(base.with_suffix(s) for s in (".json", ".dot", ".svg", ".html", ".provn", ".ttl", ".xml")),
+                 run.sidecar, *side]:
         if path.exists():
             sink.log_artifact(mlflow_id, str(path), "prov")
     return uploaded
