@@ -136,7 +136,8 @@ def test_keys_with_control_characters_are_escaped_in_every_output(run_args, tmp_
         for i, key in enumerate(CONTROL_KEYS):
             with pytest.warns(prov4ml.Prov4MLWarning, match="is stored in MLflow as"):
                 prov4ml.log_metric(key, float(i), step=0)
-            prov4ml.log_param(key, f"value {i}\x07")
+            with pytest.warns(prov4ml.Prov4MLWarning, match="log_param: param key .* is stored in MLflow as"):
+                prov4ml.log_param(key, f"value {i}\x07")
     out = run.outputs
     escaped = {"nul\\x00key", "line\\nbreak", "esc\\x1b[31mred"}
     doc = read_prov(out.prov_json)

@@ -348,6 +348,9 @@ class RunRecorder(Lineage):
                     )
                 continue
             mkey, mtext = mlflow_safe_key(key), truncate_param_value(text)  # MLflow's rules, the sink's to say
+            if mkey != key:
+                warn(f"{call}: param key {key!r} is stored in MLflow as {mkey!r} (MLflow's name rules); PROV keeps "
+                     "the original", Prov4MLWarning)
             if mtext != text:
                 self.long_params[key] = text
                 warn(f"{call}: param {key!r} is {len(text)} characters; MLflow keeps a truncated copy, "
