@@ -249,3 +249,26 @@ def test_a_fit_and_a_test_are_two_actions_and_the_test_set_is_upstream_of_no_mod
     assert "file://" not in (out / "ro-crate-metadata.json").read_text()
     assert all(a["actionStatus"] == "http://schema.org/CompletedActionStatus" and a["startTime"] < a["endTime"]
                for a in (fit, test))
+
+
+def test_a_resumed_run_exports_with_its_sidecar_as_it_is_now(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A fit preempted and resumed in a second process: its metric sidecar is recorded once per
+    session (the second appended to the first); the crate holds the file's bytes as they are, under
+    the second session's sha256 (user test: the export refused every resumed run)."""
+    from tests.provenance.test_lineage_sparql import _RESUME, EXAMPLES
+
+    script = tmp_path / "resume.py"
+    script.write_text(_RESUME.format(examples=str(EXAMPLES), out=str(tmp_path)))
+    for part in ("1", "2"):
+        subprocess.run([sys.executable, str(script), part], check=True, capture_output=True, cwd=tmp_path,
+                       timeout=600)
+    (prov_file,) = (tmp_path / "prov").glob("provgraph_*.json")
+    out = tmp_path / "crate"
+    code, _, err = _export([str(prov_file), "-o", str(out), "--license", "MIT"], capsys)
+    assert code == 0, err
+    assert validate_crate(out, tmp_path) == []
+    (sidecar,) = (tmp_path / "prov").glob("metrics_*.csv")
+    crate = rocrate.ROCrate(out)
+    (entry,) = [e for e in crate.get_entities() if e.id == sidecar.name]
+    assert entry["sha256"] == _sha256(sidecar) == _sha256(out / sidecar.name)

@@ -88,7 +88,8 @@ class CrateBuilder:
         """The run's files the document records with a sha256 (metrics, packages, model versions, ...),
         looked up beside the PROV file (by file name, or by their path under the run's folder), by entity key."""
         original = self._original_folder()
-        out = {}
+        out: dict[str, Any] = {}
+        found: dict[str, list[tuple[str, dict[str, Any], str]]] = {}  # file -> the entities naming it
         for key, attrs in self.run.entities.items():
             digest = attr_value(attrs.get("p4l:sha256"))
             types = attr_types(attrs)
@@ -109,9 +110,19 @@ class CrateBuilder:
                 warn(f"`export --format rocrate`: {rel} (recorded in the PROV document) is not beside "
                      f"{self.prov_file.name}; the crate leaves it out", Prov4MLWarning)
                 continue
-            label = str(attr_value(attrs.get("prov:label")) or path.name)
-            kind = next(iter(sorted(t.split(":", 1)[-1] for t in types)), "File")
-            out[key] = self.file(path, rel, {"description": f"{kind}: {label}"}, str(digest))
+            found.setdefault(rel, []).append((key, attrs, str(digest)))
+        for rel, versions in found.items():
+            path = self.folder / rel
+            if len(versions) > 1:
+                # one file, recorded once per session (the metric sidecar a resumed run appends to): the
+                # crate holds its bytes as they are now, the version whose sha256 they have; the earlier
+                # versions are in the PROV document it carries
+                now = sha256_path(path)[0]
+                versions = [v for v in versions if v[2] == now] or versions[-1:]
+            for key, attrs, digest in versions:
+                label = str(attr_value(attrs.get("prov:label")) or path.name)
+                kind = next(iter(sorted(t.split(":", 1)[-1] for t in attr_types(attrs))), "File")
+                out[key] = self.file(path, rel, {"description": f"{kind}: {label}"}, digest)
         return out
 
     def _original_folder(self) -> Path | None:
