@@ -149,6 +149,12 @@ def test_early_stopping_ended_the_fit_from_the_validation_values_it_monitored(re
     epochs = _ask(g, 'SELECT ?e ?n WHERE { ?e a p4l:TrainingEpoch ; p4l:epoch ?n ; p4l:status "FINISHED" . '
                      'FILTER (CONTAINS(STR(?e), ".fit_2.")) }')
     assert int(fit["done"]) == len(epochs) and min(int(e["n"]) for e in epochs) == 2
+    # ... and so does the preempted fit: the epochs it finished before the exception (user test)
+    (first,) = _ask(g, 'SELECT ?done WHERE { ?fit a p4l:Fit ; rdfs:label "fit 1" ; p4l:epochs_completed ?done }'
+                       .replace("SELECT", "PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#> SELECT"))
+    finished = _ask(g, 'SELECT ?e WHERE { ?e a p4l:TrainingEpoch ; p4l:status "FINISHED" . '
+                       'FILTER (CONTAINS(STR(?e), ".fit_1.")) }')
+    assert int(first["done"]) == len(finished) == 2
 
 
 def test_the_test_used_the_checkpoint_the_selection_chose_as_best(resumed):

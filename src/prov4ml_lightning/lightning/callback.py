@@ -426,7 +426,8 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
                      lambda: in_fit and link.mark_checkpoints(trainer),
                      lambda: in_fit and self.log_checkpoints and link.select_checkpoints(trainer, self._fit),
                      lambda: link.end(self._fit, {"status": status, "error": error,
-                                                  "last_step": trainer.global_step})):
+                                                  "last_step": trainer.global_step,
+                                                  "epochs_completed": self._epochs.completed})):
             try:
                 step()
             except Exception:
@@ -444,7 +445,8 @@ class Prov4MLCallback(LoggedValuesHooks, CheckpointHooks, EvaluationHooks):
             self._close_epoch(trainer)
             self._end_loop(trainer)
             if self._fit is not None:
-                self.link.end(self._fit, {"status": "FINISHED", "last_step": trainer.global_step})
+                self.link.end(self._fit, {"status": "FINISHED", "last_step": trainer.global_step,
+                                          "epochs_completed": self._epochs.completed})
                 self._last_fit, self._fit = self._fit, None
             self._close("FINISHED")
 
