@@ -64,7 +64,7 @@ class RunTerminated(SystemExit):
 
 
 def _end_runs_killed() -> None:
-    # Registered after the recorder's own atexit hook, so it runs first (atexit is LIFO).
+    # Registered when the first signal arrives, after the recorder's own atexit hook, so it runs first.
     if not _received:
         return
     from prov4ml_lightning.tracking.registry import current_run
@@ -87,13 +87,19 @@ def install_signal_handlers(signals: Iterable[int] = (signal.SIGTERM,)) -> Calla
     Raises:
         Prov4MLInputError: not called from the main thread (also a ``ValueError``).
     """
-    global _atexit_registered
     if threading.current_thread() is not threading.main_thread():
         raise Prov4MLInputError("install_signal_handlers: call it from the main thread (signals are delivered there)")
     previous: dict[int, Any] = {}
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        global _atexit_registered
         _received.append(signum)
+        if not _atexit_registered:
+            # registered now, when a signal came, not at install time: atexit runs its hooks last in,
+            # first out, so this one runs before the recorder's (which would end the run FINISHED)
+            # however the modules were imported (the package loads them on first use)
+            atexit.register(_end_runs_killed)
+            _atexit_registered = True
         before = previous.get(signum)
         if callable(before):
             before(signum, frame)
@@ -102,9 +108,6 @@ def install_signal_handlers(signals: Iterable[int] = (signal.SIGTERM,)) -> Calla
     for signum in signals:
         previous[signum] = signal.getsignal(signum)
         signal.signal(signum, handler)
-    if not _atexit_registered:
-        atexit.register(_end_runs_killed)
-        _atexit_registered = True
 
     def restore() -> None:
         for signum, before in previous.items():
