@@ -267,9 +267,17 @@ def save_model_file(model: Any, path: Path) -> None:
     import cloudpickle
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     with local_modules_by_value():
-        torch.save(model, path, pickle_module=cloudpickle)
+        for attempt in range(5):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.save(model, path, pickle_module=cloudpickle)
+                return
+            except (RuntimeError, FileNotFoundError):
+                # the service removes the staging folder once it is empty (after an upload): it may have
+                # done so between the mkdir and the save; the folder is made again
+                if path.parent.is_dir() or attempt == 4:
+                    raise
 
 
 class ServiceSink:
