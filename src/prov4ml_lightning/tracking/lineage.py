@@ -181,8 +181,11 @@ class Lineage:
             except Exception as err:  # the run goes on; the link is what is missing
                 log.info("prov4ml: could not look up the runs that produced weights %s (%r)", digest[:12], err)
                 return
-            sources = [dict(f) for f in found if f.get("run_id") != self.run_id and f.get("namespace")
-                       and f.get("ids")]
+            if any(f.get("run_id") == self.run_id for f in found):
+                # this run produced these weights itself (a resume from its own checkpoint): they came
+                # from here, whatever other run holds equal ones (same seed, same data): no such claim
+                return
+            sources = [dict(f) for f in found if f.get("namespace") and f.get("ids")]
             if sources and not self.ended:
                 try:
                     self.update_entity(kind, name, {}, upstream=sources)
