@@ -195,7 +195,9 @@ class Lineage:
         thread = threading.Thread(target=look, name="prov4ml-weights-lookup", daemon=True)
         thread.start()
         if not self.lookups:
-            self.before_end(lambda run, status: self._wait_lookups())
+            # only a run that ends well waits for the link: a failing one must reach its end at once
+            # (in DDP, Lightning kills the other ranks moments after one raised)
+            self.before_end(lambda run, status: self._wait_lookups() if status == "FINISHED" else None)
         self.lookups.append(thread)
 
     def _wait_lookups(self) -> None:
