@@ -174,33 +174,22 @@ class RunsGraph:
 
     def downstream(self, starts: Iterable[str]) -> set[str]:
         """Every record that depends on one of ``starts`` (the starts included)."""
-        full: set[str] = set()  # depends, with its sub-activities
-        enclosing: set[str] = set()  # encloses one that depends: passes it on to its own outputs only
-        todo = [(s, True) for s in starts]
-        while todo:
-            ident, whole = todo.pop()
-            if ident in full or (not whole and ident in enclosing):
-                continue
-            (full if whole else enclosing).add(ident)
-            node = self.nodes.get(ident)
-            if node is not None and node.kind == "activity":
-                nxt = [(e, True) for e in self._in["wasGeneratedBy"].get(ident, ())]
-                nxt += [(a, True) for a in self._in["wasInformedBy"].get(ident, ())]
-                if whole:
-                    nxt += [(c, True) for c in self._children.get(ident, ())]
-                    nxt += [(p, False) for p in self._ancestors(ident)]
-            else:
-                nxt = [(a, True) for a in self._in["used"].get(ident, ())]
-                nxt += [(e, True) for e in self._in["wasDerivedFrom"].get(ident, ())]
-                nxt += [(e, True) for e in (self._in["alternateOf"].get(ident, set())
-                                           | self._out["alternateOf"].get(ident, set()))]
-            todo.extend(nxt)
-        return full | enclosing
+        return self._walk(starts, forward=True)
 
     def upstream(self, starts: Iterable[str]) -> set[str]:
         """Every record one of ``starts`` depends on (the starts included)."""
-        full: set[str] = set()
-        enclosing: set[str] = set()
+        return self._walk(starts, forward=False)
+
+    def _walk(self, starts: Iterable[str], *, forward: bool) -> set[str]:
+        """The records reached from ``starts`` along the dependencies, towards what depends on them
+        (``forward``) or towards what they depend on. A reached activity passes it on to its
+        sub-activities; the activities enclosing it are reached as ``enclosing``: they pass it on to
+        their own inputs/outputs only, not to their other parts (going back, every reached
+        activity's enclosing ones are; going forward, only a wholly reached one's)."""
+        ahead, behind = (self._in, self._out) if forward else (self._out, self._in)
+        from_activity, from_entity = ("wasGeneratedBy", "used") if forward else ("used", "wasGeneratedBy")
+        full: set[str] = set()  # reached, with its sub-activities
+        enclosing: set[str] = set()  # encloses one reached
         todo = [(s, True) for s in starts]
         while todo:
             ident, whole = todo.pop()
@@ -209,16 +198,17 @@ class RunsGraph:
             (full if whole else enclosing).add(ident)
             node = self.nodes.get(ident)
             if node is not None and node.kind == "activity":
-                nxt = [(e, True) for e in self._out["used"].get(ident, ())]
-                nxt += [(a, True) for a in self._out["wasInformedBy"].get(ident, ())]
-                nxt += [(p, False) for p in self._ancestors(ident)]
+                nxt = [(e, True) for e in ahead[from_activity].get(ident, ())]
+                nxt += [(a, True) for a in ahead["wasInformedBy"].get(ident, ())]
                 if whole:
                     nxt += [(c, True) for c in self._children.get(ident, ())]
+                if whole or not forward:
+                    nxt += [(p, False) for p in self._ancestors(ident)]
             else:
-                nxt = [(a, True) for a in self._out["wasGeneratedBy"].get(ident, ())]
-                nxt += [(e, True) for e in self._out["wasDerivedFrom"].get(ident, ())]
-                nxt += [(e, True) for e in (self._in["alternateOf"].get(ident, set())
-                                           | self._out["alternateOf"].get(ident, set()))]
+                nxt = [(a, True) for a in ahead[from_entity].get(ident, ())]
+                nxt += [(e, True) for e in ahead["wasDerivedFrom"].get(ident, ())]
+                nxt += [(e, True) for e in (behind["alternateOf"].get(ident, set())
+                                           | ahead["alternateOf"].get(ident, set()))]
             todo.extend(nxt)
         return full | enclosing
 
