@@ -55,25 +55,86 @@ def fetch_provenance(tracking_uri: str, run_id: str, dst: str | os.PathLike[str]
     return path
 
 
+def _local_path(root: str, artifact: str) -> Path | None:
+    """Where the artifact ``artifact`` of a run whose artifact root is ``root`` lies when that root
+    is a local folder; ``None`` for a remote root (``s3://``, ``mlflow-artifacts:``, ...)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(root)
+    return Path(unquote(parts.path)) / artifact if parts.scheme in ("", "file") else None
+
+
+def _local_file(root: str, artifact: str) -> Path | None:
+    """:func:`_local_path` when that file exists."""
+    path = _local_path(root, artifact)
+    return path if path is not None and path.is_file() else None
+
+
+def _sqlite_tagged_runs(db: Path) -> list[tuple[str, str, str]] | None:
+    """``(run id, artifact root, PROV file)`` of every run of the SQLite store ``db`` tagged
+    ``prov4ml.provenance_file``, read with Python's ``sqlite3``, read-only, without MLflow: the
+    same runs as MLflow's ``search_runs`` over every experiment (``ViewType.ALL``), without the
+    seconds MLflow's import and store opening take. ``None`` where MLflow must answer: its
+    workspaces are on (runs are then scoped to the active one), or the file is not a store of
+    the shape read here (MLflow's ``runs`` and ``tags`` tables)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in ("true", "1"):
+        return None
+    try:
+        # mode=ro: a read never creates, migrates or locks the store for writing
+        conn = sqlite3.connect(f"file:{quote(str(db.resolve()))}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = conn.execute(
+            "SELECT runs.run_uuid, runs.artifact_uri, tags.value FROM tags JOIN runs ON runs.run_uuid = tags.run_uuid "
+            "WHERE tags.key = ? AND tags.value IS NOT NULL AND tags.value != '' ORDER BY runs.start_time DESC",
+            (PROVENANCE_TAG,)).fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return [(str(run_id), str(root or ""), str(value)) for run_id, root, value in rows]
+
+
 def fetch_all_provenance(tracking_uri: str, dst: str | os.PathLike[str], *, workers: int = 8) -> list[Path]:
     """The PROV JSON of every run of every experiment in the store that has one (tag
     ``prov4ml.provenance_file``): read in place when the artifacts are local files, else
     downloaded into ``dst`` (``workers`` at a time).
 
+    An embedded (``sqlite:///``) store whose documents are all local files is read without
+    MLflow (:func:`_sqlite_tagged_runs`): 1,000 runs in well under a second instead of the
+    seconds importing MLflow and opening its store take; any other store, and any run whose
+    artifacts are remote, goes through ``MlflowClient``.
+
     Raises:
         Prov4MLInputError: the store cannot be read.
     """
-    from concurrent.futures import ThreadPoolExecutor
-    from urllib.parse import unquote, urlsplit
-
     from prov4ml_lightning.errors import Prov4MLInputError
 
     db = sqlite_file(tracking_uri)
-    if db is not None and not db.is_file():
-        raise Prov4MLInputError(f"tracking store {tracking_uri}: no such SQLite file {db}")
+    if db is not None:
+        db = Path(str(db).split("?", 1)[0])
+        if not db.is_file():
+            raise Prov4MLInputError(f"tracking store {tracking_uri}: no such SQLite file {db}")
+        tagged = _sqlite_tagged_runs(db)
+        places = [_local_path(root, artifact) for _run_id, root, artifact in (tagged or ())]
+        if tagged is not None and all(path is not None for path in places):
+            # a missing file is left out, as a failed download is below
+            return [path for path in places if path is not None and path.is_file()]
+    return _fetch_all_with_mlflow(tracking_uri, dst, workers)
+
+
+def _fetch_all_with_mlflow(tracking_uri: str, dst: str | os.PathLike[str], workers: int) -> list[Path]:
+    from concurrent.futures import ThreadPoolExecutor
+
     from mlflow.entities import ViewType
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
+
+    from prov4ml_lightning.errors import Prov4MLInputError
 
     client = MlflowClient(tracking_uri)
     wanted: list[tuple[str, str, str]] = []  # (run id, artifact root, PROV file's artifact path)
@@ -98,16 +159,9 @@ def fetch_all_provenance(tracking_uri: str, dst: str | os.PathLike[str], *, work
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise Prov4MLInputError(f"tracking store {tracking_uri}: {first}") from err
 
-    def local(root: str, artifact: str) -> Path | None:
-        parts = urlsplit(root)
-        if parts.scheme in ("", "file"):
-            path = Path(unquote(parts.path)) / artifact
-            return path if path.is_file() else None
-        return None
-
     def download(item: tuple[str, str, str]) -> Path | None:
         run_id, root, artifact = item
-        path = local(root, artifact)
+        path = _local_file(root, artifact)
         if path is not None:
             return path
         folder = Path(dst) / run_id
