@@ -8,13 +8,18 @@ the ``prov4ml lineage`` command:
 - Each of B, D, E, F records its initial weights as derived from A's entities holding them (in A's
   namespace, with A's run id and PROV file), and C records no such link;
 - ``lineage --downstream <X's fingerprint>`` lists A, B, D, E, F with their models, not C;
-  ``--upstream`` B's model lists X, Y and A.
+  ``--upstream`` B's model lists X, Y and A;
+- ``--format svg`` draws that graph with Graphviz (read back from ``dot``'s SVG: one cluster per
+  run, the dataset, the used and derived-from edges across runs) and ``--format html`` is a page
+  headless Chromium runs, showing both runs of an upstream.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -23,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import prov4ml_lightning as prov4ml
 from prov4ml_lightning.cli import main
+from tests.chromium import Chromium, requires_chromium
 from tests.helpers import attr, by_type, load_model, read_prov, records_of
 from tests.lightning_models import TinyModel, fast_trainer
 
@@ -184,6 +190,106 @@ def test_text_answer_and_errors(runs, capsys):
     assert out.startswith(f"downstream of {ids['C']}") and ids["C"] in out and ids["A"] not in out
     assert main(["lineage", "--tracking-uri", runs["uri"], "--downstream", "no-such-thing"]) == 2
     assert "names nothing" in capsys.readouterr().err
+    assert main(["lineage", "--tracking-uri", runs["uri"], "--downstream", ids["C"], "--json", "--format", "svg"]) == 2
+    assert "use one of them" in capsys.readouterr().err
+    assert main(["lineage", "--tracking-uri", runs["uri"], "--downstream", ids["C"], "-o", "x.png", "--format",
+                 "svg"]) == 2
+    assert "suffix .png" in capsys.readouterr().err
+
+
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+_SVG = "{http://www.w3.org/2000/svg}"
+_XLINK = "{http://www.w3.org/1999/xlink}"
+
+
+def _drawing(svg: Path) -> tuple[dict[str, str], dict[str, str], set[tuple[str, str]]]:
+    """What ``dot`` drew: {node name: its PROV identifier (its tooltip's first line)}, {cluster name:
+    its label}, and the edges between node names (drawn cause -> effect: PROV's object first)."""
+    root = ET.parse(svg).getroot()
+    nodes, clusters, edges = {}, {}, set()
+    for g in root.iter(f"{_SVG}g"):
+        title = g.findtext(f"{_SVG}title")
+        if g.get("class") == "node":
+            link = next(g.iter(f"{_SVG}a"), None)
+            if link is not None:
+                nodes[title] = link.get(f"{_XLINK}title").split("\n", 1)[0]
+        elif g.get("class") == "cluster":
+            clusters[title] = "".join(t.text or "" for t in g.iter(f"{_SVG}text"))
+        elif g.get("class") == "edge":
+            a, b = title.split("->")
+            edges.add((a, b))
+    return nodes, clusters, edges
+
+
+@needs_dot
+def test_downstream_drawn_as_svg_one_cluster_per_run_and_the_links_between_runs(runs, tmp_path, capsys):
+    ids, docs = runs["ids"], runs["docs"]
+    out = tmp_path / "down.svg"
+    capsys.readouterr()
+    assert main(["lineage", "--tracking-uri", runs["uri"], "--downstream", _fingerprint(docs["A"]),
+                 "--format", "svg", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and out.with_suffix(".dot").is_file()
+    nodes, clusters, edges = _drawing(out)
+    runs_drawn = [label for name, label in clusters.items() if name.startswith("cluster_run_")]
+    for k in "ABDEF":  # one cluster per run, named by its run id
+        assert sum(ids[k][:8] in label for label in runs_drawn) == 1, (k, runs_drawn)
+    assert len(runs_drawn) == 5 and not any(ids["C"] in ident for ident in nodes.values())  # not C
+    by_ident = {ident: name for name, ident in nodes.items()}
+    (dataset,) = by_type(read_prov(docs["A"]), "Dataset")
+    x = by_ident[dataset.identifier.uri]
+    in_run = {k: {name for name, ident in nodes.items() if f"run_{ids[k]}" in ident} for k in ids}
+    assert any(a == x and b in in_run["A"] for a, b in edges)  # A used X
+    for k in "BDEF":  # the weights each started from derive from A's entities: an edge from A's run to k's
+        doc = read_prov(docs[k])
+        earlier = {e.identifier.uri for e in by_type(doc, "EarlierRunWeights")}
+        links = {(used.uri, gen.uri) for rel in records_of(doc, "wasDerivedFrom")
+                 for (_, gen), (_, used) in [rel.formal_attributes[:2]] if used.uri in earlier}
+        assert links and all(f"run_{ids['A']}" in a and f"run_{ids[k]}" in b for a, b in links)
+        assert {(by_ident[a], by_ident[b]) for a, b in links} <= edges
+    # the runs one under the other in start order (time runs down): A's cluster above B's
+    root = ET.parse(out).getroot()
+    tops = {}
+    for g in root.iter(f"{_SVG}g"):
+        if g.get("class") == "cluster" and g.findtext(f"{_SVG}title", "").startswith("cluster_run_"):
+            label = "".join(t.text or "" for t in g.iter(f"{_SVG}text"))
+            tops[next(k for k in "ABDEF" if ids[k][:8] in label)] = float(next(g.iter(f"{_SVG}text")).get("y"))
+    assert tops["A"] < tops["B"] < tops["F"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chrome = Chromium()
+    yield chrome
+    chrome.close()
+
+
+@needs_dot
+@requires_chromium
+def test_upstream_drawn_as_a_page_chromium_shows_both_runs(runs, tmp_path, capsys, browser):
+    ids = runs["ids"]
+    (b_model,) = by_type(read_prov(runs["docs"]["B"]), "Model")
+    page = tmp_path / "up.html"
+    assert main(["lineage", "--tracking-uri", runs["uri"], "--upstream", attr(b_model, "model_uri"),
+                 "-o", str(page)]) == 0  # the format from the suffix
+    browser.open(page.as_uri(), "window.provView !== undefined")
+    assert browser.evaluate("document.querySelector('h1').textContent").startswith("upstream of ")
+    clusters = browser.evaluate("Array.from(document.querySelectorAll('.pane:not([hidden]) g.cluster'))"
+                                ".filter(g => g.querySelector('title').textContent.startsWith('cluster_run_'))"
+                                ".map(g => g.textContent)")
+    assert len(clusters) == 2 and any(ids["A"][:8] in c for c in clusters) and any(ids["B"][:8] in c for c in clusters)
+    drawn = browser.evaluate("Object.values(provView.data.levels['2'].nodes).map(n => [n.type, n.id])")
+    fingerprints = {attr(d, "fingerprint") for k in "AB" for d in by_type(read_prov(runs["docs"][k]), "Dataset")}
+    datasets = [i for t, i in drawn if t == "Dataset"]
+    assert len(datasets) == 2 and {t for t, _ in drawn} >= {"Run", "Fit", "Dataset", "Model", "ModelState"}
+    # the page's lineage walk, from B's model, lights both runs' datasets (X through A's model)
+    lit = browser.evaluate("(() => { const b = " + json.dumps(b_model.identifier.uri) + """;
+        const nodes = provView.data.levels['2'].nodes;
+        provView.lineage(Object.keys(nodes).find(k => nodes[k].id === b), true);
+        return Array.from(document.querySelectorAll('.pane:not([hidden]) g.node.lit'))
+            .map(g => nodes[g.id].attrs['p4l:fingerprint']).filter(f => f);
+    })()""")
+    assert set(lit) == fingerprints
+    assert browser.evaluate("document.querySelectorAll('button[data-level]').length") == 0  # one level only
 
 
 #: docs/lineage.md's query: the models downstream of a dataset, in the one document of every run

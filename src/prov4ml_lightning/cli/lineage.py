@@ -5,6 +5,13 @@ and weights behind a model. Reads every run's PROV document of a tracking store 
 or $MLFLOW_TRACKING_URI) or of folders and files given as SOURCE. DATASET is a dataset's
 fingerprint (or its first hex digits), RUN a run id, MODEL a ``models:/`` URI, a weights' or
 file's sha256 (or a prefix), or an entity identifier.
+
+--format svg|html draws the records the answer reached with ``prov4ml render``'s drawing: one
+cluster per run (in start order, down the middle column), what the runs used (datasets, code,
+initial weights) on the left, what they produced (checkpoints, models) on the right, and the
+used / generated / derived-from edges between them, across runs (a run's initial weights derived
+from another run's model). The relations of a run's other activities (its epochs, its session)
+are drawn from its fit, else from the run. --format html is the interactive page of ``render``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ __all__ = ["HELP", "NAME", "add_arguments", "run"]
 
 NAME = "lineage"
 HELP = "what depends on a dataset, run or model across runs (--downstream), or what a model came from (--upstream)"
+#: --format: text, or what ``render`` draws
+DRAWINGS = ("text", "svg", "png", "pdf", "dot", "html")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="list the runs, checkpoints and models depending on it")
     which.add_argument("--upstream", metavar="MODEL", help="list the datasets, code, runs and weights behind it")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+    parser.add_argument("--format", choices=DRAWINGS, default=None,
+                        help="text (default): print the answer; svg, png, pdf, dot or html: draw the cross-run graph "
+                             "the answer reached, laid out as `prov4ml render` draws a run (default: OUT's suffix)")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="the drawing to write (default: lineage_<downstream|upstream>.<format> in the current "
+                             "folder); the DOT source goes next to it with the suffix .dot")
+    parser.add_argument("--collapse", type=int, default=10, metavar="N",
+                        help="in a drawing, collapse groups of more than N records of one type in one run "
+                             "(default 10; 0: never)")
 
 
 def document_paths(sources: list[str], tracking_uri: str | None, scratch: Scratch) -> list[Path]:
@@ -69,10 +87,25 @@ def document_paths(sources: list[str], tracking_uri: str | None, scratch: Scratc
     return paths
 
 
+def _format(args: argparse.Namespace) -> str:
+    suffix = Path(args.output).suffix.lower().lstrip(".") if args.output else ""
+    fmt = args.format or (suffix if suffix in DRAWINGS[1:] else "text")
+    if args.output and fmt == "text":
+        raise CliError(f"--output {args.output}: name a drawing format (--format svg or html, or a .svg/.html file)")
+    if args.output and suffix and suffix != fmt:
+        raise CliError(f"--output {args.output} has suffix .{suffix} but --format is {fmt}")
+    if fmt != "text" and args.json:
+        raise CliError(f"--json prints the answer, --format {fmt} draws it: use one of them")
+    if args.collapse < 0:
+        raise CliError(f"--collapse must be 0 (never) or a positive number, got {args.collapse}")
+    return fmt
+
+
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
     from prov4ml_lightning.errors import Prov4MLError
     from prov4ml_lightning.provenance.runs_graph import read_graph
 
+    fmt = _format(args)
     paths = document_paths(list(args.sources), args.tracking_uri, scratch)
     try:
         graph = read_graph(paths)
@@ -86,6 +119,15 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
                        "a run id, a models:/ URI, a fingerprint or sha256 or a prefix of one, a model or dataset name)")
     starts = [n.ident for n in matched]
     reached = graph.downstream(starts) if direction == "downstream" else graph.upstream(starts)
+    if fmt != "text":
+        from prov4ml_lightning.cli.render import draw
+
+        out = Path(args.output) if args.output else Path.cwd() / f"lineage_{direction}.{fmt}"
+        named = (f"{matched[0].label} (run {matched[0].run_id[:8]})" if len(matched) == 1 and matched[0].run_id
+                 else query if len(query) <= 24 else query[:16] + "\u2026")
+        title = f"{direction} of {named}"
+        # the spec holds only what a lineage shows: drawn whole (level 2), one page level
+        return draw(graph.spec(reached), title, out, fmt, level=2, collapse=args.collapse, levels=(2,), command=NAME)
     answer: dict[str, Any] = {"query": query, "direction": direction, "runs_read": len(graph.documents),
                               "matched": [{"id": n.ident, "run_id": n.run_id, "label": n.label} for n in matched],
                               **graph.summary(reached)}

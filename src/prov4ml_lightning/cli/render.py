@@ -50,7 +50,7 @@ from prov4ml_lightning.files import atomic_write_text
 if TYPE_CHECKING:
     from prov4ml_lightning.provenance import GraphSpec
 
-__all__ = ["FORMATS", "HELP", "NAME", "add_arguments", "run"]
+__all__ = ["FORMATS", "HELP", "NAME", "add_arguments", "draw", "run"]
 
 NAME = "render"
 HELP = "draw the provenance graph (SVG/PNG/PDF via Graphviz, plus the .dot source)"
@@ -86,7 +86,6 @@ def _format(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
     from prov4ml_lightning.errors import Prov4MLError
-    from prov4ml_lightning.provenance import graph as _graph
     from prov4ml_lightning.provenance import load_document, to_graph
 
     if args.collapse < 0:
@@ -98,16 +97,25 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
     except Prov4MLError as err:
         raise CliError(str(err)) from err
     out = Path(args.output) if args.output else Path.cwd() / f"{source.stem}.{fmt}"
+    return draw(spec, _title(spec), out, fmt, level=args.level, collapse=args.collapse, legend=not args.no_legend)
+
+
+def draw(spec: GraphSpec, title: str, out: Path, fmt: str, *, level: int = 1, collapse: int = 10,
+         legend: bool = True, levels: tuple[int, ...] = (1, 2), command: str = NAME) -> int:
+    """Write the drawing of ``spec`` to ``out`` (``fmt``: one of :data:`FORMATS`; the DOT source
+    beside it) and print its path: ``prov4ml render``'s, and ``prov4ml lineage``'s of a cross-run
+    graph. ``levels``: those the HTML page holds (``level`` the one it opens at)."""
+    from prov4ml_lightning.provenance import graph as _graph
+
     if fmt == "html":
-        return _html(spec, out, args)
+        return _html(spec, title, out, level=level, collapse=collapse, levels=levels, command=command)
     dot_path = out.with_suffix(".dot")
-    atomic_write_text(dot_path, _graph.to_dot(spec, _title(spec), level=args.level, collapse=args.collapse,
-                                        legend=not args.no_legend))
+    atomic_write_text(dot_path, _graph.to_dot(spec, title, level=level, collapse=collapse, legend=legend))
     if fmt == "dot":
         echo(str(dot_path))
         return EXIT_OK
     if not _graph.dot_available():
-        warn(f"prov4ml render: Graphviz's `dot` program is not installed, so {out} was not drawn; "
+        warn(f"prov4ml {command}: Graphviz's `dot` program is not installed, so {out} was not drawn; "
              f"the graph is in {dot_path}.")
         warn(_graph.INSTALL_GRAPHVIZ)
         warn(f"Then draw it with:  dot -T{fmt} {dot_path} -o {out}   (or run this command again)")
@@ -120,17 +128,18 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
     return EXIT_OK
 
 
-def _html(spec: GraphSpec, out: Path, args: argparse.Namespace) -> int:
+def _html(spec: GraphSpec, title: str, out: Path, *, level: int, collapse: int, levels: tuple[int, ...],
+          command: str) -> int:
     from prov4ml_lightning.provenance import graph as _graph
     from prov4ml_lightning.provenance.html import to_html
 
     if not _graph.dot_available():
-        warn(f"prov4ml render: Graphviz's `dot` program lays the page's graphs out; it is not installed, so {out} "
+        warn(f"prov4ml {command}: Graphviz's `dot` program lays the page's graphs out; it is not installed, so {out} "
              "was not written.")
         warn(_graph.INSTALL_GRAPHVIZ)
         return EXIT_DIFFERENT
     try:
-        text = to_html(spec, _title(spec), collapse=args.collapse, level=args.level)
+        text = to_html(spec, title, collapse=collapse, level=level, levels=levels)
     except RuntimeError as err:
         raise CliError(str(err), code=EXIT_DIFFERENT) from err
     atomic_write_text(out, text)

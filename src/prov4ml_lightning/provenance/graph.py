@@ -166,6 +166,7 @@ def _node_tooltip(plan: Plan, node: Node) -> str:
 
 _CLUSTER_STYLE = {"fit": {"style": "rounded,filled", "fillcolor": "#F3F5FF", "color": "#8090D0"},
                   "session": {"style": "rounded,dashed", "color": "#606060"},
+                  "run": {"style": "rounded,filled", "fillcolor": "#F7F7F7", "color": "#404040", "penwidth": "1.5"},
                   "side": {"style": "rounded", "color": "#B0B0B0"}}
 
 
@@ -187,7 +188,8 @@ def to_dot(spec: GraphSpec, title: str = "provenance", *, level: int = 1, collap
 
 def dot_from_plan(p: Plan, title: str = "provenance", *, legend: bool = True, ids: str = "") -> str:
     """DOT source of an already computed :class:`~.layout.Plan` (names ``n<i>`` in ``p.nodes`` order)."""
-    caption = f"{title}  (level {p.level}{', overview' if p.level == 1 else ''})"
+    caption = f"{title}  ({p.runs} runs)" if p.runs > 1 else \
+        f"{title}  (level {p.level}{', overview' if p.level == 1 else ''})"
     graph = graphviz.Digraph(name="prov", graph_attr={
         "rankdir": "TB", "newrank": "true", "label": graphviz.escape(_short(caption, 100)), "fontsize": "14",
         "labelloc": "t", "labeljust": "l", "nodesep": "0.2", "ranksep": "0.35", "fontname": "Helvetica",
@@ -226,7 +228,7 @@ def dot_from_plan(p: Plan, title: str = "provenance", *, legend: bool = True, id
             parent.node(name, label, **attrs)
         for child in [c for c in p.clusters.values() if c.parent == cluster_id]:
             with parent.subgraph(name=child.ident) as sub:
-                kind = "session" if child.ident.startswith("cluster_session_") else "fit"
+                kind = next((k for k in ("session", "run") if child.ident.startswith(f"cluster_{k}_")), "fit")
                 sub.attr(label=graphviz.escape(_short(child.label, 60)), fontsize="11", peripheries="1",
                          **_CLUSTER_STYLE[kind])
                 add_cluster(sub, child.ident)

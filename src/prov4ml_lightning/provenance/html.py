@@ -24,6 +24,7 @@ import re
 from importlib import resources
 from typing import Any
 
+from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.provenance.graph import dot_from_plan, svg_text
 from prov4ml_lightning.provenance.layout import Plan, plan
 from prov4ml_lightning.provenance.views import GraphSpec
@@ -65,30 +66,41 @@ def _level_data(p: Plan, ids: str) -> dict[str, Any]:
     return {"nodes": nodes, "edges": edges}
 
 
-def to_html(spec: GraphSpec, title: str = "provenance", *, collapse: int = 10, level: int = 1) -> str:
-    """The page for ``spec`` (levels 1 and 2; ``level`` is the one shown first).
+def to_html(spec: GraphSpec, title: str = "provenance", *, collapse: int = 10, level: int = 1,
+            levels: tuple[int, ...] = (1, 2)) -> str:
+    """The page for ``spec`` (``levels``, 1 and 2 by default; ``level`` is the one shown first; a
+    page of one level has no level buttons).
 
     Raises:
         FileNotFoundError: Graphviz ``dot`` is not installed (it lays the graphs out).
         GraphvizError: ``dot`` failed.
     """
-    levels = []
-    for lvl in (1, 2):
+    if level not in levels:
+        raise Prov4MLInputError(f"to_html: level {level!r} is not one of the page's levels {levels!r}")
+    drawn = []
+    for lvl in levels:
         p = plan(spec, level=lvl, collapse=collapse)
         ids = f"l{lvl}-"
         svg = _PROLOG.sub("", svg_text(dot_from_plan(p, title, ids=ids)))
-        levels.append((lvl, svg, _level_data(p, ids)))
+        drawn.append((lvl, svg, _level_data(p, ids)))
     assets = resources.files("prov4ml_lightning.provenance") / "assets"
     script = (assets / "view.js").read_text(encoding="utf-8")
     style = (assets / "view.css").read_text(encoding="utf-8")
-    data = {"title": title, "level": level, "levels": {str(lvl): d for lvl, _svg, d in levels}}
+    data = {"title": title, "level": level, "levels": {str(lvl): d for lvl, _svg, d in drawn}}
     panes = "\n".join(
         f'<div class="pane" data-level="{lvl}"{"" if lvl == level else " hidden"}>{svg}</div>'
-        for lvl, svg, _d in levels)
+        for lvl, svg, _d in drawn)
     # The policy allows exactly this script (by hash): an injected inline handler could not run either.
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     return _PAGE.format(title=html.escape(title), style=style, script=script, data=script_json(data),
-                        panes=panes, script_hash=f"sha256-{digest}")
+                        panes=panes, script_hash=f"sha256-{digest}", levels=_LEVELS if len(levels) > 1 else "")
+
+
+_LEVELS = """
+    <span class="group" role="group" aria-label="detail level">
+      <button type="button" data-level="1" title="the run, its fits, epochs, data, model, checkpoints">overview</button>
+      <button type="button" data-level="2" title="every record">every record</button>
+    </span>"""
 
 
 _PAGE = """<!DOCTYPE html>
@@ -104,11 +116,7 @@ script-src '{script_hash}'; img-src data:">
 <body>
 <header>
   <h1>{title}</h1>
-  <div class="tools">
-    <span class="group" role="group" aria-label="detail level">
-      <button type="button" data-level="1" title="the run, its fits, epochs, data, model, checkpoints">overview</button>
-      <button type="button" data-level="2" title="every record">every record</button>
-    </span>
+  <div class="tools">{levels}
     <input id="search" type="search" placeholder="search a name\u2026" autocomplete="off">
     <span id="hits" aria-live="polite"></span>
     <span class="group" role="group" aria-label="lineage">

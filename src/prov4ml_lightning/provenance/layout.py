@@ -2,7 +2,9 @@
 (``graph.py``) and the interactive HTML view (``html.py``) draw.
 
 Time flows top to bottom: the run, then its activities in start-time order (epoch 0, 1, 2, ...)
-down the middle column, clustered by fit and, for a reopened run, by session. What the run used
+down the middle column, clustered by fit and, for a reopened run, by session. A spec of several
+runs (``GraphSpec.runs``, ``prov4ml lineage``) has one cluster per run instead, the runs in start
+order, and collapses groups within a run only. What the run used
 (data, code, environment, hyperparameters, agents) is the left column, what it produced
 (checkpoints, model, metric series, artifacts) the right one, each record in the row of the
 first activity it is related to (:class:`Row`): a checkpoint beside the epoch that wrote it, the
@@ -72,6 +74,7 @@ class Node:
     members: list[str] = field(default_factory=list)
     style: str = ""  # "" a record, "collapsed" the middle of a large group, "list" level 1's list node
     placeholder: bool = False  # a relation names a record this document does not declare
+    run: str | None = None  # its run, in a spec of several runs (GraphSpec.runs)
 
 
 @dataclass
@@ -122,6 +125,8 @@ class Plan:
     rows: list[Row] = field(default_factory=list)
     #: relations level 1 leaves out (checkpoint bookkeeping), by relation name.
     relations_left_out: Counter[str] = field(default_factory=Counter)
+    #: how many runs the drawing holds (several: ``prov4ml lineage``, one cluster each).
+    runs: int = 1
 
 
 def _category(kind: str, types: list[str]) -> str:
@@ -172,7 +177,8 @@ def plan(spec: GraphSpec, *, level: int = 1, collapse: int = 10) -> Plan:
             role = "output"
         else:
             role = "input"
-        nodes[ident] = Node(ident, kind, category, label, attrs, role, start=spec.starts.get(ident))
+        nodes[ident] = Node(ident, kind, category, label, attrs, role, start=spec.starts.get(ident),
+                            run=spec.runs.get(ident))
 
     left_out: Counter[str] = Counter()
     removed: set[str] = set()
@@ -224,12 +230,16 @@ def plan(spec: GraphSpec, *, level: int = 1, collapse: int = 10) -> Plan:
             nodes[ident] = Node(ident, "entity", "unknown", ident, {}, "input", placeholder=True)
         edges.setdefault((src, dst), Counter())[relation] += 1
 
-    # the run first (its sessions may have begun a moment before it), then activities by start time
+    # the run first (its sessions may have begun a moment before it), then activities by start time;
+    # several runs one after the other, in their start order
+    run_starts = {n.run: (n.start is None, n.start or _EPOCH, n.run) for n in nodes.values() if n.category == "Run"}
     timeline = sorted((i for i, n in nodes.items() if n.role == "activity"),
-                      key=lambda i: (nodes[i].category != "Run", nodes[i].start is None, nodes[i].start or _EPOCH))
+                      key=lambda i: (run_starts.get(nodes[i].run, (False, _EPOCH, "")), nodes[i].category != "Run",
+                                     nodes[i].start is None, nodes[i].start or _EPOCH))
     drawn = [Edge(s, d, r) for (s, d), r in edges.items()]
     rows = _rows(nodes, drawn, timeline)
-    return Plan(level, collapse, nodes, drawn, clusters, timeline, left_out, len(implied_edges), records, rows, quiet)
+    return Plan(level, collapse, nodes, drawn, clusters, timeline, left_out, len(implied_edges), records, rows, quiet,
+                max(1, len(set(spec.runs.values()))))
 
 
 def _rows(nodes: dict[str, Node], edges: list[Edge], timeline: list[str]) -> list[Row]:
@@ -289,8 +299,23 @@ def _implied_informers(spec: GraphSpec, nodes: dict[str, Node]) -> set[tuple[str
 
 
 def _clusters(spec: GraphSpec, nodes: dict[str, Node]) -> dict[str, Cluster]:
-    """Fits (with the activities they informed) as clusters, inside sessions when a run was reopened."""
+    """Fits (with the activities they informed) as clusters, inside sessions when a run was reopened;
+    in a spec of several runs, each run's activities as one cluster."""
     clusters: dict[str, Cluster] = {}
+    if len(set(spec.runs.values())) > 1:
+        keys: dict[str, str] = {}
+        for node in nodes.values():
+            if node.role == "activity" and node.run is not None:
+                node.cluster = keys.setdefault(node.run, f"cluster_run_{len(keys) + 1}")
+        for node in nodes.values():
+            if node.category == "Run" and node.run in keys:
+                name, experiment = node.attrs.get("p4l:run_name"), node.attrs.get("p4l:experiment_name")
+                text = f"run {name} ({node.run[:8]})" if name else f"run {node.run}"
+                key = keys[node.run]
+                clusters[key] = Cluster(key, f"{text} \u00b7 {experiment}" if experiment else text)
+        for run, key in keys.items():
+            clusters.setdefault(key, Cluster(key, f"run {run}"))
+        return clusters
     fits = [i for i, n in nodes.items() if n.category == "Fit"]
     fit_keys: dict[str, str] = {}
     sessions = _sessions(spec, nodes)
@@ -354,9 +379,9 @@ def _collapse(nodes: dict[str, Node], limit: int) -> dict[str, str]:
     groups: dict[tuple[str, str, str | None], list[str]] = {}
     for ident, node in nodes.items():
         if not node.style:
-            groups.setdefault((node.kind, node.category, node.cluster), []).append(ident)
+            groups.setdefault((node.kind, node.category, node.cluster, node.run), []).append(ident)
     moved: dict[str, str] = {}
-    for (kind, category, cluster), members in groups.items():
+    for (kind, category, cluster, run), members in groups.items():
         if len(members) <= limit:
             continue
         ordered = [m for _, m in sorted((_order(nodes[m], k), m) for k, m in enumerate(members))]
@@ -364,9 +389,9 @@ def _collapse(nodes: dict[str, Node], limit: int) -> dict[str, str]:
         if len(middle) < 2:  # one hidden node would not save anything
             continue
         first = nodes[middle[0]]
-        collapsed = Node(f"collapsed:{kind}:{category}:{cluster or ''}", kind, category,
+        collapsed = Node(f"collapsed:{kind}:{category}:{cluster or ''}{':' + run if run else ''}", kind, category,
                          f"\u2026 {len(middle)} more {_plural(category, len(middle))}", {}, first.role,
-                         cluster, first.start, list(middle), "collapsed")
+                         cluster, first.start, list(middle), "collapsed", run=run)
         _replace(nodes, middle, collapsed)
         moved.update(dict.fromkeys(middle, collapsed.ident))
     return moved

@@ -24,6 +24,7 @@ code and environment).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -31,12 +32,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prov4ml_lightning.errors import Prov4MLInputError
 from prov4ml_lightning.provenance.rocrate_input import attr_types, attr_value
 
-__all__ = ["Node", "RunsGraph", "combined_document", "read_graph"]
+if TYPE_CHECKING:
+    from prov4ml_lightning.provenance.views import GraphSpec
+
+__all__ = ["DRAWN_TYPES", "Node", "RunsGraph", "combined_document", "read_graph"]
 
 _RUN_ID = re.compile(r"(?:^|[/#:])run_([0-9a-f]{32})(?:\.|$)")
 _HEX = re.compile(r"^[0-9a-fA-F]{6,64}$")
@@ -52,6 +56,9 @@ _RELATIONS = {
 
 #: what the answers list, by ``prov:type``
 WEIGHT_TYPES = ("p4l:Model", "p4l:Checkpoint", "p4l:Model_version", "p4l:TrialModel", "p4l:ModelState")
+#: what a drawing of a lineage shows (:meth:`RunsGraph.spec`), by kind and ``prov:type``
+DRAWN_TYPES = {"activity": frozenset({"p4l:Run", "p4l:Fit"}),
+               "entity": frozenset({"p4l:Dataset", "p4l:Code", *WEIGHT_TYPES, "p4l:EarlierRunWeights"})}
 
 
 @dataclass
@@ -212,6 +219,53 @@ class RunsGraph:
             todo.extend(nxt)
         return full | enclosing
 
+    # -- drawing -----------------------------------------------------------------------------------
+    def spec(self, idents: Iterable[str]) -> GraphSpec:
+        """The records ``idents`` (a walk's answer) as a :class:`~.views.GraphSpec` that ``render``'s
+        drawing code draws (``prov4ml lineage --format svg|html``): their runs and fits, datasets,
+        code, models, checkpoints and weights (:data:`DRAWN_TYPES`), each record's run in
+        ``GraphSpec.runs`` (one cluster per run), and the relations between them. A relation of an
+        activity not drawn (an epoch used the data, a session the initial weights) is drawn, once,
+        from the nearest drawn activity it is part of (the fit, else the run)."""
+        from prov4ml_lightning.provenance.views import GraphSpec
+
+        reached = set(idents)
+        drawn = {i for i in reached if i in self.nodes
+                 and self.nodes[i].types & DRAWN_TYPES.get(self.nodes[i].kind, frozenset())}
+
+        def stand_in(ident: str) -> str | None:
+            if ident in drawn:
+                return ident
+            node = self.nodes.get(ident)
+            if node is None or node.kind != "activity":
+                return None
+            return next((a for a in self._ancestors(ident) if a in drawn), None)
+
+        spec = GraphSpec()
+        for ident in sorted(drawn, key=lambda i: (self.nodes[i].run_id or "", i)):
+            node = self.nodes[ident]
+            attrs = {k: str(attr_value(v)) for k, v in node.attrs.items() if k != "prov:label"}
+            # a run's own type first: another run's mention of it (EarlierRunWeights) only completes it
+            types = sorted(node.types, key=lambda t: (t == "p4l:EarlierRunWeights", not t.startswith("p4l:"), t))
+            attrs["prov:type"] = types[0] if types else ""
+            spec.nodes.append((ident, node.kind, node.label, attrs))
+            spec.types[ident] = types
+            start = _when(node.attr("prov:startTime"))
+            if start is not None:
+                spec.starts[ident] = start
+            if node.run_id:
+                spec.runs[ident] = node.run_id
+        edges: set[tuple[str, str, str]] = set()
+        for relation, out in self._out.items():
+            for subject, objects in out.items():
+                src = stand_in(subject) if subject in reached else None
+                for obj in objects if src is not None else ():
+                    dst = stand_in(obj) if obj in reached else None
+                    if dst is not None and dst != src:
+                        edges.add((src, dst, relation))
+        spec.edges = sorted(edges)
+        return spec
+
     # -- answers -----------------------------------------------------------------------------------
     def summary(self, idents: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
         """``runs``, ``datasets``, ``code``, ``checkpoints``, ``models`` and ``weights`` (initial or
@@ -245,6 +299,15 @@ class RunsGraph:
             elif {"p4l:ModelState", "p4l:EarlierRunWeights"} & n.types and n.run_id in self.documents:
                 out["weights"].append({**item, "state_dict_sha256": n.attr("p4l:state_dict_sha256")})
         return out
+
+
+def _when(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime) or value is None:
+        return value
+    try:
+        return dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 def read_graph(paths: Iterable[str | os.PathLike[str]]) -> RunsGraph:

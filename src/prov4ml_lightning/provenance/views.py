@@ -27,6 +27,9 @@ class GraphSpec:
     starts: dict[str, dt.datetime] = field(default_factory=dict)
     #: the time of a relation that has one, by ``(src, dst, relation)`` (when a session used its code).
     edge_times: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
+    #: the run id of each record, where the spec holds several runs (``prov4ml lineage``): the
+    #: drawing puts each run's activities in a cluster of their own, the runs in start order.
+    runs: dict[str, str] = field(default_factory=dict)
 
 
 _RELATION_NAMES = {
