@@ -8,8 +8,11 @@ as ``trace_weights`` records them), so fine-tuning chains run through the whole 
 
 - ``prov4ml lineage FOLDER --downstream <dataset 0>`` and ``--upstream <the last run's model>``, as
   a user runs them (a new process: wall time, interpreter start included), for each N;
+- the downstream answer drawn (``--format svg``: the layout by Graphviz ``dot`` included);
 - the same through an embedded SQLite store holding the N runs (tag ``prov4ml.provenance_file``,
-  the document as an artifact), and the store lookup a starting run makes
+  the document as an artifact), read with ``sqlite3``; for comparison, listing the documents
+  through ``MlflowClient`` instead (a new process: MLflow's import, the store's opening and schema
+  check, the paged ``search_runs``); and the store lookup a starting run makes
   (``MlflowSink.find_weights``: one ``search_runs`` over the ``prov4ml.weights.<hash>`` tags).
 
     python benchmarks/lineage.py --runs 100 300 1000      # results/lineage.json
@@ -111,12 +114,26 @@ def fill_store(folder: Path, store: Path) -> str:
     return uri
 
 
-def timed(argv: list[str]) -> tuple[float, dict]:
+def timed(argv: list[str], *, answer: bool = True) -> tuple[float, dict]:
+    """Wall time of ``prov4ml lineage ARGV`` in a new process, and its ``--json`` answer (``answer``)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "prov4ml_lightning", "lineage", *argv, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "prov4ml_lightning", "lineage", *argv, *(["--json"] * answer)],
                           capture_output=True, text=True, env=env, check=True)
-    return time.perf_counter() - t0, json.loads(proc.stdout)
+    return time.perf_counter() - t0, json.loads(proc.stdout) if answer else {}
+
+
+def timed_mlflow_listing(uri: str, scratch: Path) -> tuple[float, int]:
+    """Wall time, in a new process, of listing the store's PROV documents through ``MlflowClient``
+    (import, store opening, paged ``search_runs``): what ``lineage`` did before it read an embedded
+    store with ``sqlite3``; and how many it found."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys; from prov4ml_lightning.sinks.mlflow.fetch import _fetch_all_with_mlflow; "
+            "print(len(_fetch_all_with_mlflow(sys.argv[1], sys.argv[2], 8)))")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, uri, str(scratch)], capture_output=True, text=True, env=env,
+                          check=True)
+    return time.perf_counter() - t0, int(proc.stdout)
 
 
 def main() -> None:
@@ -135,9 +152,12 @@ def main() -> None:
             size = sum(p.stat().st_size for p in folder.iterdir())
             down_s, down = timed([str(folder), "--downstream", gen["datasets"][0]])
             up_s, up = timed([str(folder), "--upstream", gen["last_model"]])
+            svg_s, _ = timed([str(folder), "--downstream", gen["datasets"][0], "--format", "svg",
+                              "-o", str(Path(tmp) / f"down{n}.svg")], answer=False)
             row = {"runs": n, "documents_mb": round(size / 1e6, 1), "folder_downstream_s": round(down_s, 2),
                    "downstream_runs": len(down["runs"]), "downstream_models": len(down["models"]),
-                   "folder_upstream_s": round(up_s, 2), "upstream_runs": len(up["runs"])}
+                   "folder_upstream_s": round(up_s, 2), "upstream_runs": len(up["runs"]),
+                   "folder_downstream_svg_s": round(svg_s, 2)}
             if args.store:
                 store = Path(tmp) / f"store{n}"
                 t0 = time.perf_counter()
@@ -146,6 +166,9 @@ def main() -> None:
                 store_s, answer = timed(["--tracking-uri", uri, "--downstream", gen["datasets"][0]])
                 assert len(answer["runs"]) == len(down["runs"])
                 row["store_downstream_s"] = round(store_s, 2)
+                listing_s, listed = timed_mlflow_listing(uri, Path(tmp) / f"dl{n}")
+                assert listed == n
+                row["store_listing_through_mlflow_s"] = round(listing_s, 2)
                 sys.path.insert(0, str(ROOT / "src"))
                 from prov4ml_lightning.sinks.mlflow.sink import MlflowSink
 
