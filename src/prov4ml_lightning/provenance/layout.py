@@ -232,7 +232,8 @@ def plan(spec: GraphSpec, *, level: int = 1, collapse: int = 10) -> Plan:
 
     # the run first (its sessions may have begun a moment before it), then activities by start time;
     # several runs one after the other, in their start order
-    run_starts = {n.run: (n.start is None, n.start or _EPOCH, n.run) for n in nodes.values() if n.category == "Run"}
+    run_starts = {n.run: (n.start is None, n.start or _EPOCH, n.run or "")
+                  for n in nodes.values() if n.category == "Run"}
     timeline = sorted((i for i, n in nodes.items() if n.role == "activity"),
                       key=lambda i: (run_starts.get(nodes[i].run, (False, _EPOCH, "")), nodes[i].category != "Run",
                                      nodes[i].start is None, nodes[i].start or _EPOCH))
@@ -376,7 +377,7 @@ def _order(node: Node, index: int) -> tuple[object, ...]:
 
 def _collapse(nodes: dict[str, Node], limit: int) -> dict[str, str]:
     """Replace the middle of each large group by one node; return ``{hidden id: collapsed node id}``."""
-    groups: dict[tuple[str, str, str | None], list[str]] = {}
+    groups: dict[tuple[str, str, str | None, str | None], list[str]] = {}
     for ident, node in nodes.items():
         if not node.style:
             groups.setdefault((node.kind, node.category, node.cluster, node.run), []).append(ident)

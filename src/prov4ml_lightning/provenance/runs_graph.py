@@ -302,12 +302,14 @@ class RunsGraph:
 
 
 def _when(value: Any) -> dt.datetime | None:
-    if isinstance(value, dt.datetime) or value is None:
-        return value
+    """A PROV time as an aware datetime (UTC where it has no offset: the drawing compares them)."""
+    if value is None:
+        return None
     try:
-        return dt.datetime.fromisoformat(str(value))
+        when = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
     except ValueError:
         return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
 
 
 def read_graph(paths: Iterable[str | os.PathLike[str]]) -> RunsGraph:
