@@ -200,6 +200,35 @@ def test_lineage_lists_b_as_a_partial_load_and_not_c(runs, capsys):
     assert ids["C"] not in text
 
 
+#: docs/lineage.md's query for the partial loads in one graph of all runs (``export --all``)
+PARTIAL_LOADS = """
+PREFIX prov: <http://www.w3.org/ns/prov#>
+PREFIX p4l: <https://w3id.org/prov4ml-lightning/ns#>
+SELECT ?weights ?source ?run ?from ?targets ?sources ?n WHERE {
+  ?weights prov:qualifiedDerivation ?d .
+  ?d prov:entity ?source ; p4l:partial true ; p4l:tensors_matched ?n ;
+     p4l:target_prefixes ?targets ; p4l:source_prefixes ?sources .
+  ?source p4l:run_id ?from .
+  ?weights prov:wasGeneratedBy?/p4l:partOf*/p4l:run_id|^prov:used/p4l:partOf*/p4l:run_id ?run .
+}"""
+
+
+def test_export_all_holds_the_partial_derivation_a_sparql_query_finds(runs, tmp_path):
+    import rdflib
+
+    from prov4ml_lightning.provenance.vocab import undefined_terms
+
+    ids = runs["ids"]
+    out = tmp_path / "all.ttl"
+    assert main(["export", "--all", str(runs["tmp"] / "dl"), "--format", "ttl", "-o", str(out)]) == 0
+    graph = rdflib.Graph().parse(out)
+    assert undefined_terms(graph) == set()
+    rows = {(str(r.run), str(r["from"]), str(r.targets), str(r.sources), int(r.n)) for r in graph.query(PARTIAL_LOADS)}
+    assert rows == {(ids["B"], ids["A"], "backbone", "model.backbone", 4)}
+    docs_text = (Path(__file__).resolve().parents[2] / "docs" / "lineage.md").read_text(encoding="utf-8")
+    assert PARTIAL_LOADS.strip() in docs_text
+
+
 def test_a_run_recorded_offline_is_found_by_its_weights_once_synced(mlflow_server, tmp_path):
     args = {"prov_user_namespace": "www.example.org", "experiment_name": f"offline-{tmp_path.name}",
             "provenance_save_dir": str(tmp_path / "prov"), "mlflow_save_dir": str(tmp_path / "mlflow")}
