@@ -13,6 +13,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from prov4ml_lightning.errors import Prov4MLInputError
@@ -32,14 +33,21 @@ _recent_lock = threading.Lock()
 
 def _tensor_sha256(value: torch.Tensor) -> tuple[str, bool]:
     """sha256 of one tensor's dtype, shape and raw bytes (not its name), and whether it is trivial:
-    at most one element, or every element equal (a fresh bias, a LayerNorm's ones, a counter)."""
+    at most one element, or every element the same bytes (a fresh bias, a LayerNorm's ones, a
+    counter). The bytes are hashed in place (no copy of a CPU tensor); the trivial check samples
+    three elements first, so a trained or random tensor costs no second pass."""
     t = value.detach().cpu().contiguous().reshape(-1)
     h = hashlib.sha256(f"{str(t.dtype).removeprefix('torch.')}{tuple(value.shape)}".encode() + b"\0")
-    if t.numel():
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool
-                 else t.to(torch.uint8).numpy().tobytes())
-    trivial = t.numel() <= 1 or bool((t == t[0]).all())
-    return h.hexdigest(), trivial
+    n = t.numel()
+    if not n:
+        return h.hexdigest(), True
+    data = (t.to(torch.uint8) if t.dtype == torch.bool else t).view(torch.uint8).numpy()
+    h.update(data)
+    size = data.size // n
+    first = data[:size]
+    trivial = n == 1 or (all(np.array_equal(data[i * size:(i + 1) * size], first) for i in (n - 1, n // 2, n // 3))
+                         and np.array_equal(data[size:], data[:-size]))
+    return h.hexdigest(), bool(trivial)
 
 
 def state_dict_sha256(state_dict: Mapping[str, Any]) -> str:
