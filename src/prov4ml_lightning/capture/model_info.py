@@ -1,6 +1,8 @@
 """Size statistics of a ``torch.nn.Module``: parameter counts and memory footprint by dtype, and
 the sha256 of its weights (:func:`state_dict_sha256`, :func:`file_state_dict_sha256` for a saved file),
-which ties every entity holding the same weights (logged model, model version, checkpoint) together."""
+which ties every entity holding the same weights (logged model, model version, checkpoint) together,
+and the groups of their tensors by content (:func:`tensor_groups`), which tie a partial load (a
+backbone into a new head) to the weights it came from."""
 
 from __future__ import annotations
 
