@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from prov4ml_lightning.capture.code import capture_code
 from prov4ml_lightning.capture.environment import capture_environment
-from prov4ml_lightning.capture.model_info import model_statistics
+from prov4ml_lightning.capture.model_info import model_statistics, weight_groups
 from prov4ml_lightning.capture.reproduction import REPRODUCES_TAG, reproduction_marker
 from prov4ml_lightning.capture.seeds import SeedInfo, detect_seed
 from prov4ml_lightning.capture.system_metrics import SystemMetricsSampler, sample_system_metrics
@@ -126,8 +126,9 @@ _SESSIONS: dict[str, RunContext] = {}
 
 def capture_into(run: RunRecorder) -> None:
     """Plug capture into ``run``: this session's context (captured once per process and run), and
-    model statistics for ``log_model``."""
+    model statistics for ``log_model``, the tensor groups of weights for partial loads."""
     run.describe_model = model_statistics
+    run.weight_groups = weight_groups
     ctx = _SESSIONS.get(run.run_id)
     if ctx is None or ctx.session != run.session:
         ctx = _SESSIONS[run.run_id] = capture_context(run.provenance_dir, run.run_id, run.session)

@@ -148,7 +148,12 @@ def _print(answer: dict[str, Any]) -> None:
     echo(f"{answer['direction']} of {answer['query']} ({len(matched)} record{'s' * (len(matched) != 1)} matched "
          f"in {answer['runs_read']} runs: {', '.join(m['label'] for m in matched[:3])}"
          f"{', ...' if len(matched) > 3 else ''})")
-    sections = [("runs", lambda r: f"{r['run_id']}  {r['run_name'] or ''}  (experiment {r['experiment'] or '?'})"),
+    def partial(r: dict[str, Any]) -> str:
+        return "".join(f"  partial load {word} {', '.join(i[:8] for i in r.get(key) or ())}"
+                       for key, word in (("partial_load_from", "from"), ("partial_load_into", "into")) if r.get(key))
+
+    sections = [("runs", lambda r: f"{r['run_id']}  {r['run_name'] or ''}  (experiment {r['experiment'] or '?'})"
+                                   f"{partial(r)}"),
                 ("datasets", lambda d: f"{(d['fingerprint'] or '(no fingerprint)')[:16]}  {d['label']}  "
                                        f"(run {str(d['run_id'])[:8]})"),
                 ("code", lambda c: f"{c['script_path'] or c['label']}  git {str(c['git_commit'] or '-')[:12]}  "
@@ -158,7 +163,12 @@ def _print(answer: dict[str, Any]) -> None:
                 ("models", lambda m: f"{m['label']}  {m['model_uri'] or ''}  weights "
                                      f"{str(m['state_dict_sha256'] or '-')[:12]}  (run {str(m['run_id'])[:8]})"),
                 ("weights", lambda w: f"{w['label']}  weights {str(w['state_dict_sha256'] or '-')[:12]}  "
-                                      f"(run {str(w['run_id'])[:8]})")]
+                                      f"(run {str(w['run_id'])[:8]})"),
+                ("partial_loads", lambda p: f"{'partial' if p.get('partial') else 'renamed'}: run "
+                                            f"{str(p['run_id'])[:8]} {p.get('target_prefixes') or ''} <- run "
+                                            f"{str(p['from_run_id'])[:8]} {p.get('source_prefixes') or ''}  "
+                                            f"({p.get('tensors_matched')} tensors; {p.get('target_tensors')} there, "
+                                            f"{p.get('source_tensors')} in the source)")]
     for key, line in sections:
         if key not in answer:
             continue

@@ -386,8 +386,14 @@ class _Builder(SessionRecords):
         if ends in activities and relation == "generated":
             self.doc.wasEndedBy(activities[ends], ent, node, prov_time(self.spans.get(ends, (None, None))[1]))
         for source in extra.get("upstream") or ():  # entities of earlier runs holding the same weights
+            part = source.get("partial")  # or some of their tensors: a qualified derivation saying which
+            attributes = None if not isinstance(part, Mapping) else self.attrs({
+                "partial": bool(part.get("partial", True)), "tensors_matched": part.get("tensors"),
+                "source_tensors": part.get("source_tensors"), "target_tensors": part.get("target_tensors"),
+                "source_prefixes": ", ".join(p or "(all)" for p in part.get("source_prefixes") or ()),
+                "target_prefixes": ", ".join(p or "(all)" for p in part.get("target_prefixes") or ())})
             for held in source.get("ids") or ():
-                self.doc.wasDerivedFrom(ent, self._earlier_run_entity(source, held))
+                self.doc.wasDerivedFrom(ent, self._earlier_run_entity(source, held), other_attributes=attributes)
         member_of = extra.get("member_of")  # e.g. a metric segment is a member of its series
         if member_of and (self.rid(*member_of) in self.earlier or any(
                 ("metric", s.context.value, s.name) == tuple(member_of) for s in self.snap.series)):

@@ -8,7 +8,8 @@ plain JSON (``rocrate_input``): a thousand runs read in seconds.
 
 Dependency, in both directions, follows PROV's edges and the ``p4l:partOf`` structure:
 
-- an entity's dependents are the activities that used it, the entities derived from it and the
+- an entity's dependents are the activities that used it, the entities derived from it (a
+  partial load's derivation too: ``p4l:partial``, a backbone loaded into a new head) and the
   entities holding the same weights (``alternateOf``);
 - an activity that depends on something passes it on to what it generated, to the activities it
   informed and to its sub-activities (the epochs of a fit); it also makes its enclosing
@@ -92,6 +93,9 @@ class RunsGraph:
         self._in: dict[str, dict[str, set[str]]] = {r: defaultdict(set) for r in _RELATIONS}
         self._parent: dict[str, str] = {}
         self._children: dict[str, set[str]] = defaultdict(set)
+        #: (entity, the other run's entity it derives from) -> what matched, for derivations of a
+        #: partial load (``p4l:partial`` on the derivation: a backbone loaded into a new head)
+        self.partial: dict[tuple[str, str], dict[str, Any]] = {}
 
     # -- reading ---------------------------------------------------------------------------------
     def add_document(self, data: Mapping[str, Any], source: str = "") -> None:
@@ -135,6 +139,9 @@ class RunsGraph:
                         subject, obj = full(rec[subject_key]), full(rec[object_key])
                         self._out[relation][subject].add(obj)
                         self._in[relation][obj].add(subject)
+                        if relation == "wasDerivedFrom" and "p4l:partial" in rec:  # a partial load
+                            self.partial[(subject, obj)] = {k.removeprefix("p4l:"): attr_value(v)
+                                                            for k, v in rec.items() if k.startswith("p4l:")}
 
     def add_file(self, path: str | os.PathLike[str]) -> None:
         try:
@@ -269,16 +276,29 @@ class RunsGraph:
     # -- answers -----------------------------------------------------------------------------------
     def summary(self, idents: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
         """``runs``, ``datasets``, ``code``, ``checkpoints``, ``models`` and ``weights`` (initial or
-        restored weights, other runs' entities) among ``idents``, each a sorted list of plain dicts."""
+        restored weights, other runs' entities) among ``idents``, each a sorted list of plain dicts,
+        and ``partial_loads``: the derivations of a partial load between two of them (a run's entry
+        names the runs it loaded part of its weights from, ``partial_load_from``, and into)."""
+        idents = set(idents)
         nodes = [self.nodes[i] for i in idents if i in self.nodes]
         runs = sorted({n.run_id for n in nodes if n.run_id})
         out: dict[str, list[dict[str, Any]]] = {"runs": [], "datasets": [], "code": [], "checkpoints": [],
-                                                "models": [], "weights": []}
+                                                "models": [], "weights": [], "partial_loads": []}
+        for (entity, source), part in sorted(self.partial.items()):  # the partial loads among them
+            if entity in idents and source in idents:
+                out["partial_loads"].append({"run_id": self.nodes[entity].run_id if entity in self.nodes else None,
+                                             "entity": entity, "from_run_id": _RUN_ID.search(source).group(1)
+                                             if _RUN_ID.search(source) else None, "from_entity": source, **part})
         for run_id in runs:
             run = self.nodes.get(self.runs.get(run_id, ""))
             out["runs"].append({"run_id": run_id, "run_name": run.attr("p4l:run_name") if run else None,
                                 "experiment": run.attr("p4l:experiment_name") if run else None,
-                                "provenance_file": self.documents.get(run_id)})
+                                "provenance_file": self.documents.get(run_id),
+                                # its weights came in part from another run's (or went in part into one)
+                                "partial_load_from": sorted({p["from_run_id"] for p in out["partial_loads"]
+                                                             if p["run_id"] == run_id and p.get("partial")}),
+                                "partial_load_into": sorted({p["run_id"] for p in out["partial_loads"]
+                                                             if p["from_run_id"] == run_id and p.get("partial")})})
         for n in sorted(nodes, key=lambda n: (n.run_id or "", n.ident)):
             if n.kind != "entity":
                 continue

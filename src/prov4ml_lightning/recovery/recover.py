@@ -70,6 +70,8 @@ class JournaledRun:
     recovered: dict[str, Any] | None = None
     synced: dict[str, Any] | None = None
     last_time: float = 0.0
+    #: the run tags ``prov4ml.weights.<hash>`` it set (``tracking/lineage.index_weights``), latest value per tag
+    weights_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -135,6 +137,8 @@ def load_run(journal: str | os.PathLike[str]) -> JournaledRun:
             run.mlflow_params.update({k: v for k, v in e.get("mlflow", [])})
         elif kind == "tags":
             run.info.tags.update(e.get("tags", {}))
+        elif kind == "weights":
+            run.weights_tags.update(e.get("tags", {}))
         elif kind == "artifact":
             run.artifacts.append(_artifact(e["record"]))
             run.uploads.append({"artifact_path": e.get("artifact_path"), "upload": e.get("upload", True)})

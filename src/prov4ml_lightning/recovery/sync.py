@@ -8,7 +8,8 @@ sidecar (every point) and the PROV files. For each run journal in the folder :fu
    the same experiment the first time (the PROV document keeps the local id). A run MLflow's
    service never created (a store that could not be opened, a service killed first) is created
    then, under its own id in a database store;
-2. logs the params MLflow lacks and sets the tags;
+2. logs the params MLflow lacks and sets the tags, the ``prov4ml.weights.<hash>`` tags included
+   (later runs find the weights it produced by them: ``tracking/lineage.index_weights``);
 3. sends every sidecar point MLflow lacks, compared by ``(key, step, timestamp)`` per metric,
    so points spilled to ``mlflow_unsent_<run_id>.csv``, points a ``SIGKILL`` left unsent and
    points of an offline run all arrive, and running it twice sends nothing twice; the spill
@@ -208,6 +209,7 @@ def _sync(run: JournaledRun, sink: TrackingGuard, status: str, report: SyncedRun
     if run.recovered is not None and run.recovered.get("status") == CRASHED:
         tags[CRASHED_TAG] = "true"
     tags["prov4ml.provenance_file"] = f"prov/provgraph_{run.run_id}.json"
+    tags.update(run.weights_tags)  # what later runs find it by: the hashes of the weights it produced
     from prov4ml_lightning.sinks.mlflow.sink import mlflow_safe_key
 
     safe = {mlflow_safe_key(k): str(v) for k, v in tags.items()}

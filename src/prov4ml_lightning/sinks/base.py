@@ -111,9 +111,12 @@ class TrackingSink(Protocol):
         """Paths of the artifacts directly under ``path``."""
 
     def find_weights(self, digest: str) -> list[dict[str, Any]]:
-        """The runs (any experiment) that produced weights of ``state_dict_sha256`` ``digest``:
-        ``run_id``, ``namespace``, ``ids`` (``[kind, name parts...]`` of the entities holding
-        them) and ``provenance_file`` (the URI of the run's PROV JSON, ``""`` before it ended)."""
+        """The runs (any experiment) that produced weights of ``state_dict_sha256`` ``digest`` (or
+        a tensor group of hash ``digest``, ``capture/model_info.tensor_groups``): ``run_id`` (as its
+        PROV document names the run), ``namespace``, ``ids`` (``[kind, name parts...]`` of the
+        entities holding them), ``parts`` (``[prefix, tensors, of, kind, name parts...]`` of the
+        entities holding them as a group of their tensors) and ``provenance_file`` (the URI of the
+        run's PROV JSON, ``""`` before it ended)."""
 
 
 class NullSink:

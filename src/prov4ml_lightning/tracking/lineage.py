@@ -29,6 +29,9 @@ __all__ = ["LOOKUP_WAIT_S", "Lineage"]
 
 log = logging.getLogger(__name__)
 
+#: entities named per weights tag (a frozen backbone is held by every checkpoint): the first and last kept
+HELD_MAX = 16
+
 #: seconds the end of a run waits for the store's answer to where its initial weights came from
 LOOKUP_WAIT_S = 30.0
 
@@ -48,7 +51,8 @@ class Lineage:
     extra_entities: list[dict[str, Any]]
     invalidations: list[dict[str, Any]]
     info: RunInfo
-    weights_held: dict[str, list[list[str]]]
+    weights_held: dict[str, dict[str, list[list[Any]]]]
+    weight_groups: Callable[[str], Any]
     lookups: list[threading.Thread]
 
     def require_open(self, call: str) -> None:
@@ -155,37 +159,64 @@ class Lineage:
     def index_weights(self, digest: Any, kind: str, *name: str) -> None:
         """Make this run findable in its store by weights it produced: run tag
         ``prov4ml.weights.<digest>`` naming the entities that hold them (``kind`` and the parts of
-        the entity's name: ``("model", "net", "v1")``); see ``sinks/mlflow/rules.WEIGHTS_TAG_PREFIX``."""
+        the entity's name: ``("model", "net", "v1")``), and one tag per group of their tensors
+        (``model_info.tensor_groups``: a module's tensors, by content) naming the entities that hold
+        that group, its prefix and size, so a run that loads only a part (a backbone) finds them;
+        see ``sinks/mlflow/rules.WEIGHTS_TAG_PREFIX``. The tags are journalled too: ``prov4ml
+        sync`` sets them on a run that was recorded offline."""
         if not isinstance(digest, str) or not digest:
             return
-        held = self.weights_held.setdefault(digest, [])
-        ident = [kind, *name]
-        if ident in held:
+        ident: list[Any] = [kind, *name]
+        changed = []
+        held = self.weights_held.setdefault(digest, {"ids": [], "parts": []})
+        if ident not in held["ids"]:
+            _append_bounded(held["ids"], ident)
+            changed.append(digest)
+        grouped = self.weight_groups(digest)
+        if grouped is not None:
+            groups, total = grouped
+            for prefix, (group, n) in groups.items():
+                entry = [prefix, n, total, *ident]
+                held = self.weights_held.setdefault(group, {"ids": [], "parts": []})
+                if entry not in held["parts"]:
+                    _append_bounded(held["parts"], entry)
+                    changed.append(group)
+        if not changed:
             return
-        held.append(ident)
-        value = json.dumps({"ns": self.info.namespace, "ids": held}, separators=(",", ":"))
-        self.call_sink("tag the run with its weights' hash", self.sink.set_tags, self.run_id,
-                       [(WEIGHTS_TAG_PREFIX + digest, value)])
+        tags = [(WEIGHTS_TAG_PREFIX + d, self._weights_tag(d)) for d in dict.fromkeys(changed)]
+        self.journal.write("weights", tags=dict(tags))
+        self.call_sink("tag the run with its weights' hashes", self.sink.set_tags, self.run_id, tags)
+
+    def _weights_tag(self, digest: str) -> str:
+        held = self.weights_held[digest]
+        value = {"ns": self.info.namespace, "run": self.run_id,
+                 **{k: held[k] for k in ("ids", "parts") if held[k]}}
+        return json.dumps(value, separators=(",", ":"))
 
     def trace_weights(self, kind: str, name: str, digest: Any) -> None:
         """Ask the store (off this thread) which earlier runs produced weights of hash ``digest``,
         and record entity ``(kind, name)`` (initial weights, a loaded checkpoint) as derived from
-        their entities holding them: an edge only where the hashes match. The run's end waits for
-        the answer at most :data:`LOOKUP_WAIT_S` seconds."""
+        their entities holding them: an edge only where the hashes match. When no run holds them
+        whole, the groups of their tensors are looked up (:meth:`_partial_sources`): an entity
+        holding some of them (a backbone loaded into a new head) is a partial source. The run's
+        end waits for the answer at most :data:`LOOKUP_WAIT_S` seconds."""
         if not isinstance(digest, str) or not digest or getattr(self.sink, "offline", False):
             return
+        grouped = self.weight_groups(digest)  # now: the tensors' hashes are kept for a few state dicts only
 
         def look() -> None:
             try:
                 found = self.sink.find_weights(digest)
+                if any(f.get("run_id") == self.run_id for f in found):
+                    # this run produced these weights itself (a resume from its own checkpoint): they came
+                    # from here, whatever other run holds equal ones (same seed, same data): no such claim
+                    return
+                sources = [dict(f) for f in found if f.get("namespace") and f.get("ids")]
+                if not sources and grouped is not None:
+                    sources = self._partial_sources(*grouped)
             except Exception as err:  # the run goes on; the link is what is missing
                 log.info("prov4ml: could not look up the runs that produced weights %s (%r)", digest[:12], err)
                 return
-            if any(f.get("run_id") == self.run_id for f in found):
-                # this run produced these weights itself (a resume from its own checkpoint): they came
-                # from here, whatever other run holds equal ones (same seed, same data): no such claim
-                return
-            sources = [dict(f) for f in found if f.get("namespace") and f.get("ids")]
             if sources and not self.ended:
                 try:
                     self.update_entity(kind, name, {}, upstream=sources)
@@ -199,6 +230,40 @@ class Lineage:
             # (in DDP, Lightning kills the other ranks moments after one raised)
             self.before_end(lambda run, status: self._wait_lookups() if status == "FINISHED" else None)
         self.lookups.append(thread)
+
+    def _partial_sources(self, groups: Mapping[str, tuple[str, int]], total: int) -> list[dict[str, Any]]:
+        """The entities of other runs holding some of these weights' tensor groups (``{prefix:
+        (group hash, tensors)}``, shallowest first; a group found is not looked up again below), one
+        source per entity with what matched: ``partial`` holds the prefixes on both sides, the
+        tensors matched and the tensors each side has."""
+        matched: list[str] = []
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for prefix, (group, n) in groups.items():
+            if any(m == "" or prefix == m or prefix.startswith(m + ".") for m in matched):
+                continue
+            hits = [f for f in self.sink.find_weights(group)
+                    if f.get("namespace") and f.get("parts") and f.get("run_id") != self.run_id]
+            if not hits:
+                continue
+            matched.append(prefix)
+            for f in hits:
+                for src_prefix, _src_n, of, *ident in f["parts"]:
+                    key = (f["run_id"], f["namespace"], *ident)
+                    source = out.setdefault(key, {
+                        "run_id": f["run_id"], "namespace": f["namespace"], "ids": [list(ident)],
+                        "provenance_file": f.get("provenance_file", ""),
+                        "partial": {"tensors": 0, "source_tensors": of, "target_tensors": total,
+                                    "source_prefixes": [], "target_prefixes": []}})
+                    part = source["partial"]
+                    if prefix not in part["target_prefixes"]:
+                        part["tensors"] += n
+                        part["target_prefixes"].append(prefix)
+                    if src_prefix not in part["source_prefixes"]:
+                        part["source_prefixes"].append(src_prefix)
+        for source in out.values():
+            part = source["partial"]
+            part["partial"] = part["tensors"] < part["source_tensors"] or part["tensors"] < part["target_tensors"]
+        return list(out.values())
 
     def _wait_lookups(self) -> None:
         deadline = time.monotonic() + LOOKUP_WAIT_S
@@ -324,3 +389,11 @@ class Lineage:
                     entity["upstream"] = extra["upstream"] = [dict(u) for u in upstream]
                 self.journal.write("entity_update", kind=kind, name=name, attributes=dict(attributes), **extra)
                 return
+
+
+def _append_bounded(held: list[list[Any]], entry: list[Any]) -> None:
+    """Append ``entry``; past :data:`HELD_MAX` entries drop the middle one (the first and the latest
+    holders stay named: a tag value has a size limit)."""
+    held.append(entry)
+    if len(held) > HELD_MAX:
+        del held[HELD_MAX // 2]

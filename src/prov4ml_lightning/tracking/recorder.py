@@ -91,13 +91,18 @@ class RunRecorder(Lineage):
         self.activities: dict[str, ActivityRecord] = {}
         self.extra_entities: list[dict[str, Any]] = []
         self.invalidations: list[dict[str, Any]] = []  # entities recorded elsewhere that ceased to exist
-        self.weights_held: dict[str, list[list[str]]] = {}  # state_dict_sha256 -> entities holding it (run tags)
+        #: state_dict_sha256 or tensor group hash -> {"ids": entities holding it, "parts": [[prefix, n, of,
+        #: kind, name...]] entities holding it as a part} (run tags ``prov4ml.weights.<hash>``)
+        self.weights_held: dict[str, dict[str, list[list[Any]]]] = {}
         self.lookups: list[threading.Thread] = []  # store lookups of where initial weights came from
         self.previous_document: str | None = None  # PROV-JSON of an earlier session of this run
         self.earlier_models: Counter[str] = Counter()  # models per name logged by earlier sessions
         self.context: Any = None  # code, environment, seed: see set_context
         #: model -> PROV attributes for ``log_model(log_model_info=True)`` (plugged in: capture/)
         self.describe_model: Callable[[Any], Mapping[str, Any]] = lambda model: {}
+        #: state_dict_sha256 -> ({module prefix: (group hash, tensors)}, tensors) of weights this process
+        #: hashed, or None (plugged in: capture/, ``model_info.weight_groups``): partial loads
+        self.weight_groups: Callable[[str], Any] = lambda digest: None
         self.system_prefix = ""  # system metric keys start with it (a rank's ``rank<k>/``)
         self.ranks: Any = None  # the distributed plug-in's group of ranks; the core never reads it
         # Which session of the run this process records: 1, or n for its n-th opening (a reopened

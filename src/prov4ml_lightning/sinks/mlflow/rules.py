@@ -106,8 +106,11 @@ DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing",
 PROVENANCE_TAG = "prov4ml.provenance_file"
 
 #: run tag ``prov4ml.weights.<state_dict_sha256>``: the run produced weights of that hash (a logged
-#: model, a checkpoint, a saved version); its value is JSON ``{"ns": PROV namespace, "ids": [[kind,
-#: name parts...], ...]}`` naming the entities that hold them. One tag per hash, so
+#: model, a checkpoint, a saved version); its value is JSON ``{"ns": PROV namespace, "run": PROV run
+#: id, "ids": [[kind, name parts...], ...]}`` naming the entities that hold them. The same prefix with
+#: the hash of a group of tensors (``capture/model_info.tensor_groups``) has ``"parts": [[prefix,
+#: tensors, of, kind, name parts...], ...]`` instead of ``ids``: the entities holding that group
+#: (partial loads). One tag per hash, so
 #: ``search_runs(filter_string="tags.`prov4ml.weights.<hash>` LIKE '%'")`` finds the producer
 #: through the tags table's (key, run) index, on any store (docs/lineage.md).
 WEIGHTS_TAG_PREFIX = "prov4ml.weights."

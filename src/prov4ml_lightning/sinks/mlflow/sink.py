@@ -460,8 +460,12 @@ class MlflowSink:
                     except (KeyError, ValueError):
                         continue
                     prov_file = run.data.tags.get(PROVENANCE_TAG, "")
-                    found.append({"run_id": run.info.run_id, "namespace": value.get("ns", ""),
+                    # the run's id in PROV (the tag says it): a run recorded offline and synced later has
+                    # another id in MLflow
+                    prov_id = value.get("run") or run.info.run_id
+                    found.append({"run_id": prov_id, "namespace": value.get("ns", ""),
                                   "ids": [list(i) for i in value.get("ids", [])],
+                                  "parts": [list(p) for p in value.get("parts", [])],
                                   "provenance_file": f"{run.info.artifact_uri.rstrip('/')}/{prov_file}"
                                                      if prov_file else ""})
                 token = runs.token
