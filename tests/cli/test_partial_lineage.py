@@ -269,3 +269,39 @@ def test_a_run_recorded_offline_is_found_by_its_weights_once_synced(mlflow_serve
     (derivation,) = links.values()
     assert derivation["partial"] is True and derivation["target_prefixes"] == "backbone"
     assert (derivation["tensors_matched"], derivation["source_tensors"], derivation["target_tensors"]) == (4, 6, 6)
+
+
+class FrozenPretrain(Pretrain):
+    """A pretraining that trains the head only: its backbone stays as the seed made it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model.backbone.requires_grad_(False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.model.head.parameters(), lr=0.05)
+
+
+def test_a_part_left_as_it_started_is_not_offered_as_produced(tmp_path):
+    """F freezes its seeded backbone; G makes the same backbone from the same seed and loads nothing:
+    equal tensors by coincidence, so G derives from nothing (F's backbone is not F's product)."""
+    store = tmp_path / "mlflow"
+    args = {"prov_user_namespace": "www.example.org", "experiment_name": "frozen",
+            "provenance_save_dir": str(tmp_path / "prov"), "mlflow_save_dir": str(store)}
+    torch.manual_seed(5)
+    f = FrozenPretrain()
+    fresh = {k: v.clone() for k, v in f.model.backbone.state_dict().items()}
+    f_id = _fit(tmp_path / "f", args, f, 1)
+    assert all(torch.equal(fresh[k], v) for k, v in f.model.backbone.state_dict().items())  # left as it was
+    prov4ml.wait_for_mlflow()
+    torch.manual_seed(5)
+    g = Finetune()
+    assert all(torch.equal(fresh[k], v) for k, v in g.backbone.state_dict().items())  # the same by seed
+    g_id = _fit(tmp_path / "g", args, g, 2)
+    prov4ml.wait_for_mlflow()
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    tags = {k: json.loads(v) for k, v in client.get_run(f_id).data.tags.items() if k.startswith("prov4ml.weights.")}
+    prefixes = {p[0] for v in tags.values() for p in v.get("parts", [])}
+    assert "model.head" in prefixes and not any(p.startswith("model.backbone") for p in prefixes)
+    doc = Path(client.download_artifacts(g_id, f"prov/provgraph_{g_id}.json", str(tmp_path / "dl")))
+    assert _derivations(doc) == {} and by_type(read_prov(doc), "EarlierRunWeights") == []

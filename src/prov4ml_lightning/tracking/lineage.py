@@ -52,6 +52,7 @@ class Lineage:
     invalidations: list[dict[str, Any]]
     info: RunInfo
     weights_held: dict[str, dict[str, list[list[Any]]]]
+    weights_started: set[str]
     weight_groups: Callable[[str], Any]
     lookups: list[threading.Thread]
 
@@ -176,6 +177,10 @@ class Lineage:
         if grouped is not None:
             groups, total = grouped
             for prefix, (group, n) in groups.items():
+                if group in self.weights_started:
+                    # a part this run started from and left as it was (a frozen backbone, a fresh
+                    # part of a seeded model): not produced here, so not offered as this run's
+                    continue
                 entry = [prefix, n, total, *ident]
                 held = self.weights_held.setdefault(group, {"ids": [], "parts": []})
                 if entry not in held["parts"]:
@@ -200,9 +205,13 @@ class Lineage:
         whole, the groups of their tensors are looked up (:meth:`_partial_sources`): an entity
         holding some of them (a backbone loaded into a new head) is a partial source. The run's
         end waits for the answer at most :data:`LOOKUP_WAIT_S` seconds."""
-        if not isinstance(digest, str) or not digest or getattr(self.sink, "offline", False):
+        if not isinstance(digest, str) or not digest:
             return
         grouped = self.weight_groups(digest)  # now: the tensors' hashes are kept for a few state dicts only
+        if grouped is not None:
+            self.weights_started.update(group for group, _n in grouped[0].values())
+        if getattr(self.sink, "offline", False):
+            return
 
         def look() -> None:
             try:

@@ -94,6 +94,7 @@ class RunRecorder(Lineage):
         #: state_dict_sha256 or tensor group hash -> {"ids": entities holding it, "parts": [[prefix, n, of,
         #: kind, name...]] entities holding it as a part} (run tags ``prov4ml.weights.<hash>``)
         self.weights_held: dict[str, dict[str, list[list[Any]]]] = {}
+        self.weights_started: set[str] = set()  # tensor groups of weights it started from
         self.lookups: list[threading.Thread] = []  # store lookups of where initial weights came from
         self.previous_document: str | None = None  # PROV-JSON of an earlier session of this run
         self.earlier_models: Counter[str] = Counter()  # models per name logged by earlier sessions
