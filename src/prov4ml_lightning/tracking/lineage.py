@@ -170,7 +170,9 @@ class Lineage:
         ident: list[Any] = [kind, *name]
         changed = []
         held = self.weights_held.setdefault(digest, {"ids": [], "parts": []})
-        if ident not in held["ids"]:
+        if digest in self.weights_started:
+            pass  # the weights it started from, unchanged: not its product (see below for the parts)
+        elif ident not in held["ids"]:
             _append_bounded(held["ids"], ident)
             changed.append(digest)
         grouped = self.weight_groups(digest)
@@ -208,6 +210,7 @@ class Lineage:
         if not isinstance(digest, str) or not digest:
             return
         grouped = self.weight_groups(digest)  # now: the tensors' hashes are kept for a few state dicts only
+        self.weights_started.add(digest)
         if grouped is not None:
             self.weights_started.update(group for group, _n in grouped[0].values())
         if getattr(self.sink, "offline", False):
