@@ -1,6 +1,7 @@
 """What a reproduction compares (``prov4ml reproduce``): the environment before the re-run, and
 the original run with its reproduction after it (the report: inputs, metric divergence, final
-weights), printed, saved beside the new run's PROV document and logged to its MLflow run."""
+weights), printed, saved beside the new run's PROV document and logged to its MLflow run; and
+the exit statuses ``prov4ml reproduce`` documents."""
 
 from __future__ import annotations
 

@@ -56,7 +56,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,7 @@ from prov4ml_lightning.cli._reproduction import (
     save_report,
     untracked_entries,
 )
+from prov4ml_lightning.cli._worktree import check_diff_applies, git, prepare_worktree
 
 __all__ = [
     "EXIT_COMMAND_FAILED", "EXIT_DIFF_REJECTED", "EXIT_NO_COMMIT", "EXIT_RECORD_INCOMPLETE", "EXIT_VENV_FAILED", "HELP",
@@ -164,14 +164,6 @@ class Plan:
                  else "environment mismatches: none"] + [f"  - {m}" for m in self.mismatches])
 
 
-def _git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}, check=False)
-    if check and done.returncode != 0:
-        raise CliError(f"git {' '.join(args)} failed in {cwd}: {done.stderr.strip()}")
-    return done
-
-
 def _side_file(view: Any, name: Any, what: str) -> Path:
     path = view.sibling(name)
     if path is None or not path.is_file():
@@ -185,7 +177,7 @@ def _repo(args: argparse.Namespace, code: dict[str, Any]) -> Path:
     candidates.append(Path.cwd())
     for place in candidates:
         if place.is_dir():
-            done = _git(["rev-parse", "--show-toplevel"], place, check=False)
+            done = git(["rev-parse", "--show-toplevel"], place, check=False)
             if done.returncode == 0:
                 return Path(done.stdout.strip()).resolve()
         if args.repo:
@@ -218,7 +210,7 @@ def make_plan(view: Any, args: argparse.Namespace) -> Plan:
         raise CliError("the record names no run id", EXIT_RECORD_INCOMPLETE)
     repo = _repo(args, code)
     commit = str(code["git_commit"])
-    if _git(["cat-file", "-e", f"{commit}^{{commit}}"], repo, check=False).returncode != 0:
+    if git(["cat-file", "-e", f"{commit}^{{commit}}"], repo, check=False).returncode != 0:
         raise CliError(f"the recorded commit {commit} is not in the repository {repo} (fetch it, or pass --repo)",
                        EXIT_NO_COMMIT)
     diff = None
@@ -252,7 +244,7 @@ def make_plan(view: Any, args: argparse.Namespace) -> Plan:
                 [sys.executable, *_interpreter_options(env), *argv], _environment(view, root, workdir),
                 notes=notes)
     if diff is not None:  # a dry run checks too: against the commit, in a throwaway index
-        _check_diff_applies(repo, commit, diff)
+        check_diff_applies(repo, commit, diff)
     if args.venv:
         plan.venv = _venv_plan(view, args)
         plan.argv[0] = str(plan.venv.python)
@@ -362,56 +354,7 @@ def _environment(view: Any, root: Path, workdir: Path) -> dict[str, str]:
     return out
 
 
-def _check_diff_applies(repo: Path, commit: str, diff: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="prov4ml-index-") as tmp:
-        index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        env = {**os.environ, **index, "LC_ALL": "C"}
-        for args in (["read-tree", commit], ["apply", "--check", "--cached", "--binary", str(diff)]):
-            done = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise CliError(f"the recorded diff {diff.name} does not apply to commit {commit}: "
-                               f"{done.stderr.strip()}", EXIT_DIFF_REJECTED)
-
-
 # -- doing it ---------------------------------------------------------------------------------
-
-def _prepare(plan: Plan) -> None:
-    """The worktree at the commit, with the diff applied and the untracked files restored."""
-
-    plan.workdir.parent.mkdir(parents=True, exist_ok=True)
-    _git(["worktree", "add", "--detach", str(plan.workdir), plan.commit], plan.repo)
-    try:
-        _fill(plan)
-    except CliError:  # nothing ran in it: the half-made worktree is not left registered
-        _git(["worktree", "remove", "--force", str(plan.workdir)], plan.repo, check=False)
-        raise
-
-
-def _fill(plan: Plan) -> None:
-    import hashlib
-
-    if plan.diff is not None:
-        done = _git(["apply", "--binary", "--whitespace=nowarn", str(plan.diff)], plan.workdir, check=False)
-        if done.returncode != 0:
-            raise CliError(f"the recorded diff does not apply in {plan.workdir}: {done.stderr.strip()}",
-                           EXIT_DIFF_REJECTED)
-    if plan.restore:
-        assert plan.snapshot is not None
-        with zipfile.ZipFile(plan.snapshot) as zf:
-            for entry in plan.restore:
-                data = zf.read(entry["path"])
-                if hashlib.sha256(data).hexdigest() != entry.get("stored_sha256"):
-                    raise CliError(f"{plan.snapshot.name}: {entry['path']} does not match its recorded sha256",
-                                   EXIT_DIFF_REJECTED)
-                target = plan.workdir / entry["path"]
-                if target.exists():
-                    raise CliError(f"{entry['path']} was untracked when the run ran, but the commit holds it",
-                                   EXIT_DIFF_REJECTED)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-                if entry.get("redacted"):
-                    plan.notes.append(f"{entry['path']} was restored with its secrets redacted (***)")
-
 
 def _execute(plan: Plan, timeout: float | None) -> int:
     plan.cwd.mkdir(parents=True, exist_ok=True)
@@ -452,7 +395,7 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
         return EXIT_OK
     if plan.venv is not None:  # first: a failed pip step leaves no worktree behind
         _build_venv(plan, old)
-    _prepare(plan)
+    prepare_worktree(plan)
     returncode = _execute(plan, args.timeout)
     if returncode != 0:
         raise CliError(f"the command exited with status {returncode} (worktree kept: {plan.workdir})",
