@@ -1,6 +1,6 @@
 """``prov4ml reproduce --venv DIR`` on a real seeded CPU Lightning fit: the run is recorded in a
-virtual environment A (this interpreter's packages, plus this repository and a package written
-here, both installed editable), then reproduced in a virtual environment B built from A's lock
+virtual environment A (this interpreter's packages, plus a copy of this package's sources and a
+package written here, both installed editable), then reproduced in a virtual environment B built from A's lock
 alone. B must hold exactly the lock (the comparison before the run lists no mismatch), the
 packages must come from their recorded folders, and the report must say inputs and final weights
 identical.
@@ -87,10 +87,16 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
         '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n\n'
         '[project]\nname = "tinypkg"\nversion = "0.3"\n', encoding="utf-8")
     (package / "tinypkg" / "__init__.py").write_text("SCALE = 3\n", encoding="utf-8")
+    # this package's sources, copied: an editable install writes its egg-info into the folder
+    project = base / "project"
+    shutil.copytree(ROOT / "src" / "prov4ml_lightning", project / "src" / "prov4ml_lightning",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, project / name)
     a = base / "A"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(a)], check=True)
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(a / "bin" / "python"), "install", "-q",
-                           "--no-deps", "-e", str(ROOT), "-e", str(package)], capture_output=True, text=True)
+                           "--no-deps", "-e", str(project), "-e", str(package)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     repo = base / "repo"
     repo.mkdir()
@@ -104,7 +110,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     prov = next((repo / "out" / "prov").glob("provgraph_*.json"))
-    return {"base": base, "package": package, "prov": prov, "env": env}
+    return {"base": base, "package": package, "project": project, "prov": prov, "env": env}
 
 
 def test_dry_run_prints_the_pip_commands_and_makes_nothing(recorded, tmp_path, capsys):
@@ -115,7 +121,7 @@ def test_dry_run_prints_the_pip_commands_and_makes_nothing(recorded, tmp_path, c
     assert f"-m pip --python {venv / 'bin' / 'python'} install --no-deps" in out
     assert f"-r {venv / 'prov4ml-index-requirements.txt'}" in out
     # the editable installs come from their recorded folders
-    assert f"install --no-deps --no-input --disable-pip-version-check -q -e {ROOT}\n" in out
+    assert f"install --no-deps --no-input --disable-pip-version-check -q -e {recorded['project']}\n" in out
     assert f"-e {recorded['package']}\n" in out
     (command,) = [line for line in out.splitlines() if line.startswith("  command:")]
     assert command.split()[1] == str(venv / "bin" / "python") and command.endswith(" train.py")
@@ -166,7 +172,7 @@ def test_reproduce_in_a_venv_built_from_the_lock(recorded, tmp_path, capsys, mon
                                 "[json.loads(m.distribution(n).read_text('direct_url.json'))['url'] "
                                 "for n in ('tinypkg', 'prov4ml-lightning')]))"],
                                capture_output=True, text=True, check=True)
-        assert json.loads(where.stdout) == [recorded["package"].as_uri(), ROOT.as_uri()]
+        assert json.loads(where.stdout) == [recorded["package"].as_uri(), recorded["project"].as_uri()]
         assert json.loads((venv / MARKER).read_text(encoding="utf-8"))["complete"] is True
         # the same --venv again: reused, nothing installed
         capsys.readouterr()

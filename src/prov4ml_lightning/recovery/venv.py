@@ -127,7 +127,7 @@ def plan_venv(path: Path, lock: Path, recorded_python: str | None, python: str |
 
     Raises:
         VenvError: the interpreter's version differs, a lock line cannot be installed (a redacted
-            URL), or the folder is in the way (``usage``).
+            URL), or the folder is in the way (kind ``usage``).
     """
     from prov4ml_lightning.capture.environment import read_lock
 
@@ -151,6 +151,9 @@ def plan_venv(path: Path, lock: Path, recorded_python: str | None, python: str |
             direct.append((requirement, _direct_args(entry)))
     plan = VenvPlan(path.resolve(), creator, version, lock, digest, sorted(index, key=str.lower), direct)
     plan.state = _folder_state(plan)
+    if version != str(recorded_python):
+        plan.notes.append(f"the run ran on Python {recorded_python}, the venv's is {version} (same major.minor; "
+                          "listed as a mismatch)")
     return plan
 
 
