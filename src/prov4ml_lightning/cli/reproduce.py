@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", metavar="DIR", default=None,
                         help="the git repository holding the recorded commit; default: the recorded git_root, "
                              "else the current folder's repository")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and the mismatches; run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (with --venv, its pip commands) and the mismatches; make and run nothing")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="stop the re-run after S seconds (exit status 6)")
     parser.add_argument("--venv", metavar="DIR", default=None,
