@@ -34,7 +34,7 @@ from prov4ml_lightning.redact import redact_argv, redact_env, redact_text, redac
 
 __all__ = [
     "ENV_NAMES", "ENV_PREFIXES", "Package", "capture_environment", "host_id", "installed_packages",
-    "interpreter_state", "locked_packages", "read_lock", "torch_flags",
+    "interpreter_snapshot", "interpreter_state", "lock_text", "locked_packages", "read_lock", "torch_flags",
 ]
 
 #: Environment variables recorded when set (values of secret-looking names become ``***``).
@@ -148,6 +148,19 @@ def locked_packages() -> list[Package]:
             if key not in seen:
                 seen[key] = _package(dist, name, version or "")
     return sorted(seen.values(), key=lambda p: p.name.lower())
+
+
+def lock_text(packages: list[Package] | None = None) -> str:
+    """The lock file's text: one :meth:`Package.requirement` a line (default: every installed one)."""
+    return "".join(f"{p.requirement()}\n" for p in (locked_packages() if packages is None else packages))
+
+
+def interpreter_snapshot() -> dict[str, Any]:
+    """This interpreter as a reproduction compares it with a record: ``python_version``,
+    ``python_implementation``, its options (:func:`interpreter_state`) and ``packages`` (the lock's
+    text). Standard library only: ``prov4ml reproduce --venv`` runs it in the venv's interpreter."""
+    return {"python_version": platform.python_version(), "python_implementation": platform.python_implementation(),
+            **interpreter_state(), "packages": lock_text()}
 
 
 def installed_packages() -> list[str]:
@@ -333,7 +346,7 @@ def capture_environment(out_dir: Path, run_id: str) -> tuple[dict[str, Any], Pat
         run_id: the run, for the file name.
     """
     packages = locked_packages()
-    text = "".join(f"{p.requirement()}\n" for p in packages).encode("utf-8")
+    text = lock_text(packages).encode("utf-8")
     path = out_dir / f"packages_{run_id}.txt"
     path.write_bytes(text)
     try:
