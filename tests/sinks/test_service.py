@@ -7,6 +7,7 @@ Real processes, real SQLite stores, read back with MlflowClient. Most tests here
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -405,8 +406,8 @@ _MODEL_SCRIPT = textwrap.dedent("""
     prov4ml.end_run()  # waits for MLflow: the model is logged
     after_plain = torch_in_service()
     asked = prov4ml.start_run("www.example.org", "models", sys.argv[1], sys.argv[2])
-    # a format asked for: MLflow's own log_model saves the loaded module (torch in the service)
-    prov4ml.log_model(net, "asked", serialization_format="pickle")
+    # an option that needs the module (code to add): MLflow's own log_model saves it (torch in the service)
+    prov4ml.log_model(net, "asked", code_paths=[])
     prov4ml.end_run()
     x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     print(json.dumps({"run_id": run.run_id, "asked_run_id": asked.run_id, "after_plain": after_plain,
@@ -441,6 +442,7 @@ def test_log_model_writes_mlflow_s_pytorch_model_without_torch_in_the_service(tm
     logged = client.get_logged_model(model_id)
     assert str(logged.status) == "READY" and logged.source_run_id == out["run_id"] and logged.name == "net"
     (asked_id,) = [o.model_id for o in client.get_run(out["asked_run_id"]).outputs.model_outputs]
+    assert str(client.get_logged_model(asked_id).status) == "READY"
     out["plain"], out["asked"] = f"models:/{model_id}", f"models:/{asked_id}"
     x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     mlflow.set_tracking_uri(uri)
@@ -450,10 +452,14 @@ def test_log_model_writes_mlflow_s_pytorch_model_without_torch_in_the_service(tm
             assert loaded(x).tolist() == out["y"], model_uri
         y = mlflow.pyfunc.load_model(out["plain"]).predict(x.numpy())
         assert torch.allclose(torch.as_tensor(y), torch.tensor(out["y"]))
-        # the same MLmodel flavours as MLflow's own log_model wrote for the second model
-        plain, asked = (mlflow.models.get_model_info(u) for u in (out["plain"], out["asked"]))
+        plain = mlflow.models.get_model_info(out["plain"])
+        assert mlflow.pytorch.load_model(out["asked"])(x).tolist() == out["y"]
     finally:
         mlflow.set_tracking_uri(None)
-    assert plain.flavors == asked.flavors
-    assert plain.flavors["pytorch"]["pytorch_version"] == str(torch.__version__)
+    # the MLmodel flavours mlflow.pytorch.save_model writes for the same module
+    pickled = {"serialization_format": "pickle"}
+    mlflow.pytorch.save_model(torch.nn.Linear(3, 2), tmp_path / "reference", pip_requirements=[],
+                              **(pickled if "serialization_format" in inspect.signature(
+                                  mlflow.pytorch.save_model).parameters else {}))
+    assert plain.flavors == mlflow.models.Model.load(tmp_path / "reference").flavors
     assert client.get_registered_model("net").latest_versions[0].source == out["plain"]

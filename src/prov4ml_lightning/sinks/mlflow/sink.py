@@ -22,6 +22,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from prov4ml_lightning.sinks.mlflow.pickling import local_modules_by_value  # loaded by path, as rules.py
@@ -106,6 +107,17 @@ _FILE_MODEL_KWARGS = frozenset({"registered_model_name", "await_registration_for
                                 "model_type", "signature", "conda_env", "extra_pip_requirements"})
 
 
+#: what :class:`_SavedPytorchModel` uses of MLflow's helpers (private ones: tests/sinks/test_mlflow_internals.py
+#: checks them on each MLflow release we claim), by module
+_MODEL_FOLDER_HELPERS = {
+    "mlflow.utils.environment": ("_CONDA_ENV_FILE_NAME", "_CONSTRAINTS_FILE_NAME", "_PYTHON_ENV_FILE_NAME",
+                                 "_REQUIREMENTS_FILE_NAME", "_process_conda_env", "_process_pip_requirements",
+                                 "_PythonEnv", "_validate_env_arguments"),
+    "mlflow.utils.file_utils": ("get_total_file_size", "write_to"),
+    "mlflow.utils.model_utils": ("_validate_and_prepare_target_save_path",),
+}
+
+
 class _SavedPytorchModel:
     """MLflow's pytorch flavour for a module already saved in its pickle format, as
     ``Model.log`` calls a flavour: ``save_model`` writes the model folder ``mlflow.pytorch.save_model``
@@ -117,6 +129,21 @@ class _SavedPytorchModel:
     def __init__(self, file: str, pytorch_version: str) -> None:
         self.file = file
         self.pytorch_version = pytorch_version
+        self.helpers()  # an MLflow without them raises ImportError here, before anything is logged
+
+    @staticmethod
+    def helpers() -> SimpleNamespace:
+        """MLflow's functions and names :data:`_MODEL_FOLDER_HELPERS`; ImportError when one is missing."""
+        import importlib
+
+        found = {}
+        for module_name, names in _MODEL_FOLDER_HELPERS.items():
+            module = importlib.import_module(module_name)
+            for attr in names:
+                if not hasattr(module, attr):
+                    raise ImportError(f"MLflow has no {module_name}.{attr}")
+                found[attr] = getattr(module, attr)
+        return SimpleNamespace(**found)
 
     def save_model(self, path: str, mlflow_model: Any, *, signature: Any = None, conda_env: Any = None,
                    pip_requirements: list[str] | None = None, extra_pip_requirements: list[str] | None = None
@@ -124,22 +151,11 @@ class _SavedPytorchModel:
         import yaml
         from mlflow import pyfunc
         from mlflow.models.model import MLMODEL_FILE_NAME
-        from mlflow.utils.environment import (
-            _CONDA_ENV_FILE_NAME,
-            _CONSTRAINTS_FILE_NAME,
-            _PYTHON_ENV_FILE_NAME,
-            _REQUIREMENTS_FILE_NAME,
-            _process_conda_env,
-            _process_pip_requirements,
-            _PythonEnv,
-            _validate_env_arguments,
-        )
-        from mlflow.utils.file_utils import get_total_file_size, write_to
-        from mlflow.utils.model_utils import _validate_and_prepare_target_save_path
 
-        _validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
+        h = self.helpers()
+        h._validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
         path = os.path.abspath(path)
-        _validate_and_prepare_target_save_path(path)
+        h._validate_and_prepare_target_save_path(path)
         if signature is not None and signature is not False:
             mlflow_model.signature = signature
         data = Path(path, PYTORCH_MODEL_DATA)
@@ -152,22 +168,22 @@ class _SavedPytorchModel:
         mlflow_model.add_flavor(PYTORCH_FLAVOR, model_data=PYTORCH_MODEL_DATA, pytorch_version=self.pytorch_version,
                                 code=None)
         pyfunc.add_to_model(mlflow_model, loader_module=PYTORCH_LOADER_MODULE, data=PYTORCH_MODEL_DATA,
-                            pickle_module_name=PYTORCH_PICKLE_MODULE, code=None, conda_env=_CONDA_ENV_FILE_NAME,
-                            python_env=_PYTHON_ENV_FILE_NAME, model_config={"device": None})
-        if size := get_total_file_size(path):
+                            pickle_module_name=PYTORCH_PICKLE_MODULE, code=None, conda_env=h._CONDA_ENV_FILE_NAME,
+                            python_env=h._PYTHON_ENV_FILE_NAME, model_config={"device": None})
+        if size := h.get_total_file_size(path):
             mlflow_model.model_size_bytes = size
         mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
         if conda_env is None:
-            conda_env, requirements, constraints = _process_pip_requirements(None, pip_requirements,
-                                                                             extra_pip_requirements)
+            conda_env, requirements, constraints = h._process_pip_requirements(None, pip_requirements,
+                                                                               extra_pip_requirements)
         else:
-            conda_env, requirements, constraints = _process_conda_env(conda_env)
-        with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
+            conda_env, requirements, constraints = h._process_conda_env(conda_env)
+        with open(os.path.join(path, h._CONDA_ENV_FILE_NAME), "w") as f:
             yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
         if constraints:
-            write_to(os.path.join(path, _CONSTRAINTS_FILE_NAME), "\n".join(constraints))
-        write_to(os.path.join(path, _REQUIREMENTS_FILE_NAME), "\n".join(requirements))
-        _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
+            h.write_to(os.path.join(path, h._CONSTRAINTS_FILE_NAME), "\n".join(constraints))
+        h.write_to(os.path.join(path, h._REQUIREMENTS_FILE_NAME), "\n".join(requirements))
+        h._PythonEnv.current().to_yaml(os.path.join(path, h._PYTHON_ENV_FILE_NAME))
 
 
 class MlflowSink:
@@ -493,7 +509,13 @@ class MlflowSink:
         MLflow's ``Model.log`` records the rest (:class:`_SavedPytorchModel`): torch is never
         imported here. Otherwise the module is loaded and logged by :meth:`log_model`.
         """
-        if pytorch_version is None or not kwargs.keys() <= _FILE_MODEL_KWARGS:
+        flavor = None
+        if pytorch_version is not None and kwargs.keys() <= _FILE_MODEL_KWARGS:
+            try:
+                flavor = _SavedPytorchModel(path, pytorch_version)
+            except ImportError as err:  # an MLflow that moved its helpers: MLflow's own log_model
+                log.info("prov4ml: logging model %s with torch in the MLflow service (%s)", model_id, err)
+        if flavor is None:
             import torch
 
             model = torch.load(path, map_location="cpu", weights_only=False)
@@ -505,7 +527,7 @@ class MlflowSink:
         if pip_requirements is None:
             pip_requirements = default_pip_requirements()
         with _use_tracking_uri(self.tracking_uri):
-            info = Model.log(artifact_path=None, name=name, flavor=_SavedPytorchModel(path, pytorch_version),
+            info = Model.log(artifact_path=None, name=name, flavor=flavor,
                              run_id=run_id, model_id=logged.model_id, pip_requirements=pip_requirements, **kwargs)
         return info.model_uri, getattr(info, "model_id", None)
 
