@@ -21,7 +21,12 @@ from pathlib import Path
 import pytest
 
 from prov4ml_lightning.sinks.mlflow.service import save_model_file
-from prov4ml_lightning.sinks.mlflow.sink import MlflowSink, default_tracking_uri, mlflow_internals_changed
+from prov4ml_lightning.sinks.mlflow.sink import (
+    MlflowSink,
+    _SavedPytorchModel,
+    default_tracking_uri,
+    mlflow_internals_changed,
+)
 from tests.helpers import read_prov
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,3 +135,23 @@ def test_the_store_opener_finds_mlflow_s_schema_functions():
     path = template_path()
     assert path is not None, "this MLflow lacks the schema functions sinks/mlflow/store.py uses"
     assert _get_latest_schema_revision() in path.name
+
+
+def test_the_model_written_without_torch_uses_mlflow_pytorch_s_names_and_helpers():
+    """The service writes a logged model's folder from the file the training process saved
+    (``MlflowSink.log_model_file``), as ``mlflow.pytorch.save_model`` writes it: with the names of
+    ``mlflow.pytorch`` (which it cannot import without torch, rules.py) and MLflow's own helpers,
+    called by ``Model.log``. A release that renames any of them must fail here."""
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    from prov4ml_lightning.sinks.mlflow import rules
+
+    assert rules.PYTORCH_FLAVOR == mlflow.pytorch.FLAVOR_NAME
+    assert mlflow.pytorch.__name__ == rules.PYTORCH_LOADER_MODULE
+    assert rules.PYTORCH_MODEL_DATA == mlflow.pytorch._MODEL_DATA_SUBPATH
+    assert rules.PYTORCH_MODEL_FILE == mlflow.pytorch._SERIALIZED_TORCH_MODEL_FILE_NAME
+    assert mlflow.pytorch.pickle_module.__name__ == rules.PYTORCH_PICKLE_MODULE
+    assert rules.PYTORCH_PICKLE_MODULE_INFO == mlflow.pytorch._PICKLE_MODULE_INFO_FILE_NAME
+    assert {"flavor", "run_id", "model_id", "name"} <= set(inspect.signature(Model.log).parameters)
+    _SavedPytorchModel.helpers()  # MLflow's helpers it writes the folder with: an ImportError names the missing one

@@ -7,6 +7,7 @@ Real processes, real SQLite stores, read back with MlflowClient. Most tests here
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -378,3 +379,87 @@ def test_a_wait_that_runs_out_warns_once_with_what_is_pending_and_mlflow_complet
     # not an error: the service finished at the process's exit, and MLflow has the whole run
     client, _ = _finished_run(tmp_path / "mlflow", out["run_id"])
     assert sorted(m.step for m in client.get_metric_history(out["run_id"], "loss")) == list(range(500))
+
+
+_MODEL_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    import prov4ml_lightning as prov4ml
+    from prov4ml_lightning.sinks.mlflow.service import get_service
+
+    def torch_in_service():  # the service's own memory map: libtorch is there once it imported torch
+        with open(f"/proc/{get_service().pid}/maps") as maps:
+            return any("libtorch" in line for line in maps)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    net = Net()
+    run = prov4ml.start_run("www.example.org", "models", sys.argv[1], sys.argv[2])
+    prov4ml.log_model(net, "net")
+    prov4ml.end_run()  # waits for MLflow: the model is logged
+    after_plain = torch_in_service()
+    asked = prov4ml.start_run("www.example.org", "models", sys.argv[1], sys.argv[2])
+    # an option that needs the module (code to add): MLflow's own log_model saves it (torch in the service)
+    prov4ml.log_model(net, "asked", code_paths=[])
+    prov4ml.end_run()
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    print(json.dumps({"run_id": run.run_id, "asked_run_id": asked.run_id, "after_plain": after_plain,
+                      "after_asked": torch_in_service(), "y": net(x).tolist()}))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the service's memory map in /proc")
+def test_log_model_writes_mlflow_s_pytorch_model_without_torch_in_the_service(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(_MODEL_SCRIPT)
+    mlflow_dir = tmp_path / "mlflow"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "prov"), str(mlflow_dir)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["after_plain"] is False  # the service logged the model without importing torch
+    assert out["after_asked"] is True  # and the check sees torch once it is there
+
+    import mlflow
+    import mlflow.pyfunc
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    uri = default_tracking_uri(mlflow_dir)
+    client = MlflowClient(uri)
+    # the run's output: the LoggedModel created under the id the training process drew
+    (model_id,) = [o.model_id for o in client.get_run(out["run_id"]).outputs.model_outputs]
+    logged = client.get_logged_model(model_id)
+    assert str(logged.status) == "READY" and logged.source_run_id == out["run_id"] and logged.name == "net"
+    (asked_id,) = [o.model_id for o in client.get_run(out["asked_run_id"]).outputs.model_outputs]
+    assert str(client.get_logged_model(asked_id).status) == "READY"
+    out["plain"], out["asked"] = f"models:/{model_id}", f"models:/{asked_id}"
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    mlflow.set_tracking_uri(uri)
+    try:
+        for model_uri in (out["plain"], f"runs:/{out['run_id']}/net", "models:/net/1"):  # id, run, registry
+            loaded = mlflow.pytorch.load_model(model_uri)
+            assert loaded(x).tolist() == out["y"], model_uri
+        y = mlflow.pyfunc.load_model(out["plain"]).predict(x.numpy())
+        assert torch.allclose(torch.as_tensor(y), torch.tensor(out["y"]))
+        plain = mlflow.models.get_model_info(out["plain"])
+        assert mlflow.pytorch.load_model(out["asked"])(x).tolist() == out["y"]
+    finally:
+        mlflow.set_tracking_uri(None)
+    # the MLmodel flavours mlflow.pytorch.save_model writes for the same module
+    pickled = {"serialization_format": "pickle"}
+    mlflow.pytorch.save_model(torch.nn.Linear(3, 2), tmp_path / "reference", pip_requirements=[],
+                              **(pickled if "serialization_format" in inspect.signature(
+                                  mlflow.pytorch.save_model).parameters else {}))
+    assert plain.flavors == mlflow.models.Model.load(tmp_path / "reference").flavors
+    assert client.get_registered_model("net").latest_versions[0].source == out["plain"]

@@ -41,6 +41,12 @@ __all__ = [
     "MLFLOW_TAG_SOURCE_TYPE",
     "MLFLOW_TAG_USER",
     "PROVENANCE_TAG",
+    "PYTORCH_FLAVOR",
+    "PYTORCH_LOADER_MODULE",
+    "PYTORCH_MODEL_DATA",
+    "PYTORCH_MODEL_FILE",
+    "PYTORCH_PICKLE_MODULE",
+    "PYTORCH_PICKLE_MODULE_INFO",
     "WEIGHTS_TAG_PREFIX",
     "default_pip_requirements",
     "default_serialization_format",
@@ -70,6 +76,18 @@ _RUN_NAME_MAX = 20  # mlflow.utils.name_utils._generate_random_name(max_length=2
 
 #: the packages a logged model is pinned to, so MLflow skips its slow requirement inference.
 _MODEL_REQUIREMENTS = ("torch", "mlflow", "lightning", "numpy")
+
+# MLflow's pytorch flavour as ``mlflow.pytorch.save_model`` writes a module saved with pickle:
+# ``MLmodel``'s flavour names, the ``data`` folder, the module file and the file naming the pickle
+# module. ``mlflow.pytorch`` imports torch and Lightning when imported, so the service, which
+# writes such a model without torch (``MlflowSink.log_model_file``), cannot read them there;
+# tests/sinks/test_mlflow_internals.py compares them with ``mlflow.pytorch``'s.
+PYTORCH_FLAVOR = "pytorch"  # mlflow.pytorch.FLAVOR_NAME
+PYTORCH_LOADER_MODULE = "mlflow.pytorch"  # pyfunc's loader_module
+PYTORCH_MODEL_DATA = "data"  # mlflow.pytorch._MODEL_DATA_SUBPATH
+PYTORCH_MODEL_FILE = "model.pth"  # mlflow.pytorch._SERIALIZED_TORCH_MODEL_FILE_NAME
+PYTORCH_PICKLE_MODULE = "mlflow.pytorch.pickle_module"  # the default pickle module's __name__ (cloudpickle)
+PYTORCH_PICKLE_MODULE_INFO = "pickle_module_info.txt"  # mlflow.pytorch._PICKLE_MODULE_INFO_FILE_NAME
 
 MLFLOW_TAG_DESCRIPTION = "mlflow.note.content"
 

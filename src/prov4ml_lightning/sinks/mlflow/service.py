@@ -21,7 +21,7 @@ hands it its MLflow calls over a pipe. The service does them in order on another
 - A file the user may change or delete later (an artifact outside the run's provenance folder,
   a checkpoint) is copied into the provenance folder's ``.prov4ml_staging`` first; the service
   uploads the copy and removes it. ``log_model`` saves the model there (``torch.save`` with
-  cloudpickle, as MLflow's pytorch flavour does) and the service loads and logs it.
+  cloudpickle, as MLflow's pytorch flavour does) and the service logs that file as the model, without torch.
 
 :func:`wait_for_mlflow` waits until the service has done everything handed to it so far.
 """
@@ -260,10 +260,12 @@ def _unstage(stage: Path) -> None:
         stage.parent.rmdir()
 
 
-def save_model_file(model: Any, path: Path) -> None:
+def save_model_file(model: Any, path: Path) -> str | None:
     """Save ``model`` whole, as MLflow's pytorch flavour does (``torch.save`` with cloudpickle), for
-    the service to load and log; the classes of ``__main__`` and of the user's own modules travel
-    by value (:func:`~prov4ml_lightning.sinks.mlflow.pickling.local_modules_by_value`)."""
+    the service to log; the classes of ``__main__`` and of the user's own modules travel by value
+    (:func:`~prov4ml_lightning.sinks.mlflow.pickling.local_modules_by_value`). Return torch's
+    version when the file is the module as MLflow's pickle format holds it (the service then logs
+    the file without torch), ``None`` for a ``ScriptModule`` (MLflow saves those with ``torch.jit``)."""
     import cloudpickle
     import torch
 
@@ -272,7 +274,7 @@ def save_model_file(model: Any, path: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 torch.save(model, path, pickle_module=cloudpickle)
-                return
+                return None if isinstance(model, torch.jit.ScriptModule) else str(torch.__version__)
             except (RuntimeError, FileNotFoundError):
                 # the service removes the staging folder once it is empty (after an upload): it may have
                 # done so between the mkdir and the save; the folder is made again
@@ -482,9 +484,10 @@ class ServiceSink:
             raise TrackingUnavailableError(self.failure)
         model_id = f"m-{uuid.uuid4().hex}"
         path = self.provenance_dir / STAGING / f"{model_id}.pth"
-        save_model_file(model, path)
+        pytorch_version = save_model_file(model, path)
         self._send("log_model_file", run_id, str(path), name, model_id,
-                   {"pip_requirements": pip_requirements, "params": dict(params or {}), **kwargs},
+                   {"pytorch_version": pytorch_version, "pip_requirements": pip_requirements,
+                    "params": dict(params or {}), **kwargs},
                    what=f"log model {name!r}")
         return f"models:/{model_id}", model_id
 

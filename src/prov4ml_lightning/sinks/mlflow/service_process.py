@@ -7,7 +7,9 @@ here, on another core, in the order they were asked for.
 
 Run as a script, not imported: importing the package would import torch for nothing, so it loads
 ``files.py``, ``rules.py``, ``store.py`` and ``sink.py`` (which import only MLflow) by path;
-torch is imported only when a model arrives. Protocol on stdin/stdout, pickled; every request
+a model arrives as the file MLflow's pytorch flavour would write and is logged without torch
+(torch is imported only for a ``log_model`` option that needs the module itself:
+``MlflowSink.log_model_file``). Protocol on stdin/stdout, pickled; every request
 is answered, in order:
 
 - ``("call", store, method, args, kwargs)``: ``MlflowSink(*store).method(*args, **kwargs)``,
@@ -15,7 +17,8 @@ is answered, in order:
 - ``("start_run", store, run_id, experiment_name, run_name, tags, description, parent, start_ms)``:
   the experiment (created when needed) and the run under the id the training process drew;
 - ``("log_model_file", store, run_id, path, name, model_id, kwargs)``: the model the training
-  process saved to ``path`` (torch + cloudpickle), logged under ``model_id``; the file is then removed;
+  process saved to ``path`` (torch + cloudpickle), logged under ``model_id`` (the file becomes the
+  model's ``data/model.pth``); the file is then removed;
 - ``("log_staged", store, run_id, path, artifact_path, stage)``: a copy of the user's file or
   folder uploaded, then its staging folder ``stage`` removed;
 - ``None`` or the end of stdin: finish what was asked, then exit.

@@ -1,8 +1,8 @@
 """The MLflow side of a run: the only module that imports ``mlflow``.
 
 Everything goes through ``MlflowClient(tracking_uri)`` with explicit run ids; mlflow's global
-fluent state is touched only inside :meth:`MlflowSink.log_model`, where MLflow 3 offers no
-client API, and restored straight after.
+fluent state is touched only inside :meth:`MlflowSink.log_model` and :meth:`MlflowSink.log_model_file`,
+where MLflow 3 offers no client API, and restored straight after.
 
 MLflow's own rules (store choice, key names, value limits, model defaults, run names) are in
 :mod:`.rules`, which this module applies; opening a store (the lock around creating a new one,
@@ -19,8 +19,10 @@ import hashlib
 import inspect
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from prov4ml_lightning.sinks.mlflow.pickling import local_modules_by_value  # loaded by path, as rules.py
@@ -38,6 +40,12 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     MLFLOW_TAG_PARENT,
     MLFLOW_TAG_RUN_NAME,
     PROVENANCE_TAG,
+    PYTORCH_FLAVOR,
+    PYTORCH_LOADER_MODULE,
+    PYTORCH_MODEL_DATA,
+    PYTORCH_MODEL_FILE,
+    PYTORCH_PICKLE_MODULE,
+    PYTORCH_PICKLE_MODULE_INFO,
     WEIGHTS_TAG_PREFIX,
     default_pip_requirements,
     default_serialization_format,
@@ -91,6 +99,91 @@ class _PickleNoticeFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Saving pytorch model by Pickle")
+
+
+#: ``log_model`` keywords a model file is logged with, without loading it (:meth:`MlflowSink.log_model_file`):
+#: MLflow's ``Model.log`` applies the first ones itself, :class:`_SavedPytorchModel` the others.
+_FILE_MODEL_KWARGS = frozenset({"registered_model_name", "await_registration_for", "metadata", "tags", "step",
+                                "model_type", "signature", "conda_env", "extra_pip_requirements"})
+
+
+#: what :class:`_SavedPytorchModel` uses of MLflow's helpers (private ones: tests/sinks/test_mlflow_internals.py
+#: checks them on each MLflow release we claim), by module
+_MODEL_FOLDER_HELPERS = {
+    "mlflow.utils.environment": ("_CONDA_ENV_FILE_NAME", "_CONSTRAINTS_FILE_NAME", "_PYTHON_ENV_FILE_NAME",
+                                 "_REQUIREMENTS_FILE_NAME", "_process_conda_env", "_process_pip_requirements",
+                                 "_PythonEnv", "_validate_env_arguments"),
+    "mlflow.utils.file_utils": ("get_total_file_size", "write_to"),
+    "mlflow.utils.model_utils": ("_validate_and_prepare_target_save_path",),
+}
+
+
+class _SavedPytorchModel:
+    """MLflow's pytorch flavour for a module already saved in its pickle format, as
+    ``Model.log`` calls a flavour: ``save_model`` writes the model folder ``mlflow.pytorch.save_model``
+    writes (``MLmodel``, ``data/``, the environment files), with MLflow's own helpers and the file
+    hard-linked (copied across file systems) instead of saved again; torch is not imported."""
+
+    __name__ = PYTORCH_LOADER_MODULE
+
+    def __init__(self, file: str, pytorch_version: str) -> None:
+        self.file = file
+        self.pytorch_version = pytorch_version
+        self.helpers()  # an MLflow without them raises ImportError here, before anything is logged
+
+    @staticmethod
+    def helpers() -> SimpleNamespace:
+        """MLflow's functions and names :data:`_MODEL_FOLDER_HELPERS`; ImportError when one is missing."""
+        import importlib
+
+        found = {}
+        for module_name, names in _MODEL_FOLDER_HELPERS.items():
+            module = importlib.import_module(module_name)
+            for attr in names:
+                if not hasattr(module, attr):
+                    raise ImportError(f"MLflow has no {module_name}.{attr}")
+                found[attr] = getattr(module, attr)
+        return SimpleNamespace(**found)
+
+    def save_model(self, path: str, mlflow_model: Any, *, signature: Any = None, conda_env: Any = None,
+                   pip_requirements: list[str] | None = None, extra_pip_requirements: list[str] | None = None
+                   ) -> None:
+        import yaml
+        from mlflow import pyfunc
+        from mlflow.models.model import MLMODEL_FILE_NAME
+
+        h = self.helpers()
+        h._validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
+        path = os.path.abspath(path)
+        h._validate_and_prepare_target_save_path(path)
+        if signature is not None and signature is not False:
+            mlflow_model.signature = signature
+        data = Path(path, PYTORCH_MODEL_DATA)
+        data.mkdir(parents=True)
+        (data / PYTORCH_PICKLE_MODULE_INFO).write_text(PYTORCH_PICKLE_MODULE)
+        try:
+            os.link(self.file, data / PYTORCH_MODEL_FILE)
+        except OSError:  # another file system (or no hard links): a copy
+            shutil.copyfile(self.file, data / PYTORCH_MODEL_FILE)
+        mlflow_model.add_flavor(PYTORCH_FLAVOR, model_data=PYTORCH_MODEL_DATA, pytorch_version=self.pytorch_version,
+                                code=None)
+        pyfunc.add_to_model(mlflow_model, loader_module=PYTORCH_LOADER_MODULE, data=PYTORCH_MODEL_DATA,
+                            pickle_module_name=PYTORCH_PICKLE_MODULE, code=None, conda_env=h._CONDA_ENV_FILE_NAME,
+                            python_env=h._PYTHON_ENV_FILE_NAME, model_config={"device": None})
+        if size := h.get_total_file_size(path):
+            mlflow_model.model_size_bytes = size
+        mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+        if conda_env is None:
+            conda_env, requirements, constraints = h._process_pip_requirements(None, pip_requirements,
+                                                                               extra_pip_requirements)
+        else:
+            conda_env, requirements, constraints = h._process_conda_env(conda_env)
+        with open(os.path.join(path, h._CONDA_ENV_FILE_NAME), "w") as f:
+            yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
+        if constraints:
+            h.write_to(os.path.join(path, h._CONSTRAINTS_FILE_NAME), "\n".join(constraints))
+        h.write_to(os.path.join(path, h._REQUIREMENTS_FILE_NAME), "\n".join(requirements))
+        h._PythonEnv.current().to_yaml(os.path.join(path, h._PYTHON_ENV_FILE_NAME))
 
 
 class MlflowSink:
@@ -367,17 +460,7 @@ class MlflowSink:
             kwargs["serialization_format"] = default_serialization_format(kwargs.get("input_example"))
         if pip_requirements is None:
             pip_requirements = default_pip_requirements()
-        # Create the LoggedModel ourselves: left to MLflow it lands in the fluent default
-        # experiment (and, with no tracking URI set, in ./mlruns), not in the run's experiment.
-        experiment_id = self.client.get_run(run_id).info.experiment_id
-        with self._chosen_id(model_id, "log_model"):
-            logged = self.client.create_logged_model(
-                experiment_id, name=name, source_run_id=run_id,
-                params={k: str(v) for k, v in (params or {}).items()} or None,
-            )
-        if model_id is not None and logged.model_id != model_id:
-            raise RuntimeError(f"log_model(model_id={model_id!r}): MLflow gave the model id {logged.model_id}: "
-                               f"{mlflow_internals_changed()}")
+        logged = self._create_logged_model(run_id, name, params, model_id)
         quiet = _PickleNoticeFilter() if chosen_by_us else None
         mlflow_log = logging.getLogger("mlflow.pytorch")
         if quiet is not None:
@@ -397,16 +480,56 @@ class MlflowSink:
                 mlflow_log.removeFilter(quiet)
         return info.model_uri, getattr(info, "model_id", None)
 
+    def _create_logged_model(self, run_id: str, name: str, params: Mapping[str, Any] | None,
+                             model_id: str | None) -> Any:
+        """The run's LoggedModel, under ``model_id`` when given. Created here: left to MLflow it lands
+        in the fluent default experiment (and, with no tracking URI set, in ./mlruns), not in the run's."""
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        with self._chosen_id(model_id, "log_model"):
+            logged = self.client.create_logged_model(
+                experiment_id, name=name, source_run_id=run_id,
+                params={k: str(v) for k, v in (params or {}).items()} or None,
+            )
+        if model_id is not None and logged.model_id != model_id:
+            raise RuntimeError(f"log_model(model_id={model_id!r}): MLflow gave the model id {logged.model_id}: "
+                               f"{mlflow_internals_changed()}")
+        return logged
+
     def log_model_file(self, run_id: str, path: str, name: str, model_id: str, *,
-                       pip_requirements: list[str] | None = None, params: Mapping[str, Any] | None = None,
-                       **kwargs: Any) -> tuple[str, str | None]:
+                       pytorch_version: str | None = None, pip_requirements: list[str] | None = None,
+                       params: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[str, str | None]:
         """:meth:`log_model` of the model the training process saved at ``path``
         (``service.save_model_file``), as MLflow model ``model_id`` (``m-`` and 32 hex digits,
-        drawn by the training process; a database store only: see :meth:`_chosen_id`)."""
-        import torch
+        drawn by the training process; a database store only: see :meth:`_chosen_id`).
 
-        model = torch.load(path, map_location="cpu", weights_only=False)
-        return self._log_model(run_id, model, name, pip_requirements, params, model_id, kwargs)
+        With ``pytorch_version`` (the training process's ``torch.__version__``: the file is then the
+        module as MLflow's pickle format holds it) and no keyword in ``kwargs`` that needs the module
+        itself (an ``input_example`` to run, a format, code or files to add: see
+        :data:`_FILE_MODEL_KWARGS`), the file becomes the model's ``data/model.pth`` as it is and
+        MLflow's ``Model.log`` records the rest (:class:`_SavedPytorchModel`): torch is never
+        imported here. Otherwise the module is loaded and logged by :meth:`log_model`.
+        """
+        flavor = None
+        if pytorch_version is not None and kwargs.keys() <= _FILE_MODEL_KWARGS:
+            try:
+                flavor = _SavedPytorchModel(path, pytorch_version)
+            except ImportError as err:  # an MLflow that moved its helpers: MLflow's own log_model
+                log.info("prov4ml: logging model %s with torch in the MLflow service (%s)", model_id, err)
+        if flavor is None:
+            import torch
+
+            model = torch.load(path, map_location="cpu", weights_only=False)
+            return self._log_model(run_id, model, name, pip_requirements, params, model_id, kwargs)
+        from mlflow.models import Model
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        logged = self._create_logged_model(run_id, name, params, model_id)
+        if pip_requirements is None:
+            pip_requirements = default_pip_requirements()
+        with _use_tracking_uri(self.tracking_uri):
+            info = Model.log(artifact_path=None, name=name, flavor=flavor,
+                             run_id=run_id, model_id=logged.model_id, pip_requirements=pip_requirements, **kwargs)
+        return info.model_uri, getattr(info, "model_id", None)
 
     # -- reconciling a run with its local records (used by `prov4ml sync` / `recover`) ----------
     def get_run(self, run_id: str) -> dict[str, Any] | None:
