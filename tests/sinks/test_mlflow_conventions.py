@@ -91,6 +91,18 @@ def test_environment_store_over_mlflow_save_dir_is_announced_once(run_args, tmp_
     assert MlflowClient(default_tracking_uri(run_args["mlflow_save_dir"])).get_run(explicit)
 
 
+def test_a_relative_environment_store_is_announced_too(run_args, tmp_path, monkeypatch) -> None:
+    """``MLFLOW_TRACKING_URI=sqlite:///rel/mlflow.db`` (relative to the current folder, as MLFlowLogger's
+    ``tracking_uri`` is often written) sends the run elsewhere as much as an absolute one does."""
+    monkeypatch.setattr(start, "_ANNOUNCED", set())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel/mlflow.db")
+    with pytest.warns(Prov4MLWarning, match="MLFLOW_TRACKING_URI=sqlite:///rel/mlflow.db is set"), \
+            prov4ml.start_run_ctx(**run_args) as run:
+        run_id = run.run_id
+    assert MlflowClient(default_tracking_uri(tmp_path / "rel")).get_run(run_id).info.status == "FINISHED"
+
+
 def test_an_environment_store_that_is_the_embedded_one_is_not_announced(run_args, monkeypatch) -> None:
     """An MLFlowLogger pointed at ``<mlflow_save_dir>/mlflow.db`` sets MLFLOW_TRACKING_URI to the very store
     the callback would use: nothing to say."""

@@ -172,7 +172,9 @@ def _announce_environment_store(config: RunConfig, uri: str, call: str) -> None:
     from prov4ml_lightning.sinks.mlflow.rules import default_tracking_uri
 
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if config.tracking_uri or not env or uri != env or _same_sqlite(env, default_tracking_uri(config.mlflow_save_dir)):
+    # (uri is the variable's value made absolute when it is a relative sqlite:/// path)
+    if (config.tracking_uri or not env or (uri != env and not _same_sqlite(uri, env))
+            or _same_sqlite(env, default_tracking_uri(config.mlflow_save_dir))):
         return  # (the last: the variable names the embedded store itself, as an MLFlowLogger beside us may)
     save_dir = str(Path(config.mlflow_save_dir).resolve())
     if (env, save_dir) in _ANNOUNCED:
