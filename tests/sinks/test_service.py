@@ -463,3 +463,103 @@ def test_log_model_writes_mlflow_s_pytorch_model_without_torch_in_the_service(tm
                                   mlflow.pytorch.save_model).parameters else {}))
     assert plain.flavors == mlflow.models.Model.load(tmp_path / "reference").flavors
     assert client.get_registered_model("net").latest_versions[0].source == out["plain"]
+
+
+_BUSY_SCRIPT = textwrap.dedent("""
+    import json, os, subprocess, sys, time
+    import prov4ml_lightning as prov4ml
+    from prov4ml_lightning.sinks.mlflow.service import get_service
+
+    busy_s = float(sys.argv[3])
+    spin = "import time\\nend = time.time() + %s\\nwhile time.time() < end: pass" % busy_s
+    # every core taken: this process's "training" and one spinner per core but one
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range((os.cpu_count() or 1) - 1)]
+    prov4ml.start_run("www.example.org", "held", sys.argv[1], sys.argv[2])
+    prov4ml.log_metric("loss", 0.5, step=0)
+    pid = get_service().pid
+    end = time.time() + busy_s - 0.5
+    while time.time() < end:
+        pass
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read()
+    held = {"service_cpu_s": cpu_s, "mlflow_loaded": "sqlalchemy" in maps or "numpy" in maps}
+    for s in spinners:
+        s.wait()
+    t = time.perf_counter()
+    outputs = prov4ml.end_run()
+    held.update(run_id=outputs.run_id, end_s=time.perf_counter() - t)
+    print(json.dumps(held))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the service looks at /proc to yield (Linux)")
+def test_the_service_holds_its_work_while_the_training_uses_every_core(tmp_path: Path) -> None:
+    """Issue 27: work done "in the background" on a machine whose cores the training uses is taken
+    from the training; the service waits (at most PROV4ML_SERVICE_DEFER_S) for a free core or an
+    idle training process, and end_run, which waits for it, still returns with the run complete."""
+    script = tmp_path / "held.py"
+    script.write_text(_BUSY_SCRIPT, encoding="utf-8")
+    mlflow_dir = tmp_path / "mlflow"
+    env = {**os.environ, "PROV4ML_SERVICE_DEFER_S": "30"}
+    env.pop(WAIT_ENV, None)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "prov"), str(mlflow_dir), "5"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    # while every core was busy the service did not even import MLflow (~1.5 s of CPU)
+    assert out["mlflow_loaded"] is False and out["service_cpu_s"] < 0.5, out
+    run = _finished_run(mlflow_dir, out["run_id"])
+    _client, run = run
+    assert run.data.metrics["loss"] == 0.5
+
+
+_SIGNATURE_SCRIPT = textwrap.dedent("""
+    import json, sys, warnings
+    import torch
+    from mlflow.models import infer_signature
+    import prov4ml_lightning as prov4ml
+
+    warnings.simplefilter("error", prov4ml.Prov4MLWarning)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    x = torch.zeros(4, 3)
+    signature = infer_signature(x.numpy(), net(x).detach().numpy())
+    run = prov4ml.start_run("www.example.org", "signature", sys.argv[1], sys.argv[2])
+    # at once: the request reaches the service while it imports MLflow
+    prov4ml.log_model(net, "net", signature=signature)
+    prov4ml.end_run()
+    print(json.dumps({"run_id": run.run_id}))
+""")
+
+
+@pytest.mark.slow
+def test_a_model_logged_with_mlflow_objects_among_its_options_reaches_mlflow(tmp_path: Path) -> None:
+    """A ``signature`` (an MLflow object) used to reach the service's reader thread while its main
+    thread imported MLflow: one saw a half-imported module, and the whole run went offline."""
+    script = tmp_path / "train.py"
+    script.write_text(_SIGNATURE_SCRIPT)
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop(WAIT_ENV, None)
+    for attempt in range(2):  # a race: two new services
+        mlflow_dir = tmp_path / f"mlflow{attempt}"
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / "prov"), str(mlflow_dir)],
+                              capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        run_id = json.loads(done.stdout.strip().splitlines()[-1])["run_id"]
+        client, run = _finished_run(mlflow_dir, run_id)
+        (model_id,) = [o.model_id for o in run.outputs.model_outputs]
+        logged = client.get_logged_model(model_id)
+        assert str(logged.status) == "READY"
+        import mlflow.models
+
+        mlflow.set_tracking_uri(default_tracking_uri(mlflow_dir))
+        try:
+            signature = mlflow.models.get_model_info(f"models:/{model_id}").signature
+        finally:
+            mlflow.set_tracking_uri(None)
+        assert signature is not None and signature.inputs is not None and signature.outputs is not None

@@ -485,10 +485,12 @@ class ServiceSink:
         model_id = f"m-{uuid.uuid4().hex}"
         path = self.provenance_dir / STAGING / f"{model_id}.pth"
         pytorch_version = save_model_file(model, path)
-        self._send("log_model_file", run_id, str(path), name, model_id,
-                   {"pytorch_version": pytorch_version, "pip_requirements": pip_requirements,
-                    "params": dict(params or {}), **kwargs},
-                   what=f"log model {name!r}")
+        # pickled here, unpickled by the service once MLflow is imported: the options may hold MLflow
+        # objects (a signature), and the service's reader thread must not import MLflow while its main
+        # thread does (one of them would see a half-imported module)
+        options = pickle.dumps({"pytorch_version": pytorch_version, "pip_requirements": pip_requirements,
+                                "params": dict(params or {}), **kwargs}, protocol=pickle.HIGHEST_PROTOCOL)
+        self._send("log_model_file", run_id, str(path), name, model_id, options, what=f"log model {name!r}")
         return f"models:/{model_id}", model_id
 
     # -- reading back -----------------------------------------------------------------------------

@@ -16,9 +16,10 @@ is answered, in order:
   the sink of each ``store = (tracking_uri, mlflow_save_dir)`` opened at its first use;
 - ``("start_run", store, run_id, experiment_name, run_name, tags, description, parent, start_ms)``:
   the experiment (created when needed) and the run under the id the training process drew;
-- ``("log_model_file", store, run_id, path, name, model_id, kwargs)``: the model the training
+- ``("log_model_file", store, run_id, path, name, model_id, options)``: the model the training
   process saved to ``path`` (torch + cloudpickle), logged under ``model_id`` (the file becomes the
-  model's ``data/model.pth``); the file is then removed;
+  model's ``data/model.pth``; ``options``: its keyword arguments, pickled by the training process and
+  loaded here once MLflow is imported, as they may hold MLflow objects); the file is then removed;
 - ``("log_staged", store, run_id, path, artifact_path, stage)``: a copy of the user's file or
   folder uploaded, then its staging folder ``stage`` removed;
 - ``None`` or the end of stdin: finish what was asked, then exit.
@@ -54,6 +55,11 @@ _RETRY_BROKEN_S = 30.0  # a store that could not be opened is not tried again fo
 #: for) on a machine other jobs keep busy: under SCHED_IDLE a DDP test's service, behind one other busy
 #: process, did not end its run within 120 s (docs/performance.md, "The whole process").
 _NICENESS = 10
+#: the longest the service holds its work back while the training uses every core (seconds; env
+#: ``PROV4ML_SERVICE_DEFER_S``, 0: never held). See :class:`_Yield`.
+_DEFER_MAX_S = 10.0
+_SAMPLE_S = 0.1  # one look at the machine's and the training process's CPU
+_BURST_S = 0.5  # once let through, the service works this long before it looks again
 #: what a request may call on a sink (nothing else of the object is reachable from the pipe).
 _CALLS = frozenset({
     "experiment_id", "create_run", "reopen_run", "end_run", "log_metrics", "log_params", "set_tags",
@@ -102,11 +108,78 @@ class _Inbox:
             if message is None:
                 return
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def get(self) -> Any:
         with self._ready:
             while not self._items:
                 self._ready.wait()
             return self._items.popleft()
+
+
+class _Yield:
+    """Holds the service's work back while the training uses the CPU (issue 27): on a machine whose
+    cores torch's threads already use, work done "in the background" is taken from the training
+    (a torch thread waiting for a core stalls the others at their next barrier), however low its
+    priority. :meth:`wait` returns when a core is free (``/proc/stat``'s idle time over
+    :data:`_SAMPLE_S`), when the training process is idle (its own CPU time: it is waiting, for
+    this service at ``end_run`` or at its exit, for data, or is gone), or once work has been held
+    :data:`_DEFER_MAX_S`; then the work runs, at ``nice``, for :data:`_BURST_S` before it looks
+    again. Where ``/proc`` cannot be read it never holds anything."""
+
+    def __init__(self, parent: int, max_s: float) -> None:
+        self._parent = parent
+        self._max_s = max_s
+        self._passed = -1e9  # monotonic time of the last pass
+        self._held_since: float | None = None
+        self._catching_up = False
+
+    def _sample(self) -> tuple[float, float] | None:
+        """(idle jiffies of the machine, CPU jiffies of the training process), or None."""
+        try:
+            with open("/proc/stat", "rb") as f:
+                fields = f.readline().split()[1:]
+            idle = float(fields[3]) + float(fields[4])  # idle + iowait
+            with open(f"/proc/{self._parent}/stat", "rb") as f:
+                stat = f.read()
+            after = stat[stat.rindex(b")") + 2 :].split()
+            busy = float(after[11]) + float(after[12])  # utime + stime
+        except (OSError, ValueError, IndexError):
+            return None
+        return idle, busy
+
+    def _free(self) -> bool:
+        first = self._sample()
+        if first is None or os.getppid() != self._parent:
+            return True  # cannot tell, or the training process is gone: nothing to yield to
+        time.sleep(_SAMPLE_S)
+        second = self._sample()
+        if second is None:
+            return True
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        span = _SAMPLE_S * hz
+        idle_cores = (second[0] - first[0]) / span
+        training = (second[1] - first[1]) / span
+        return idle_cores >= 0.6 or training <= 0.2
+
+    def wait(self, backlog: int = 0) -> None:
+        """Return when the next piece of work may run; ``backlog``: requests waiting behind it.
+        Work held the longest time is not held again until the backlog is done (a training that
+        never leaves a core free still has its points written, in catch-ups, not one burst per
+        :data:`_DEFER_MAX_S`)."""
+        now = time.monotonic()
+        if self._max_s <= 0 or now - self._passed < _BURST_S or (self._catching_up and backlog):
+            return
+        self._catching_up = False
+        if self._held_since is None:
+            self._held_since = now
+        while not self._free():
+            if time.monotonic() - self._held_since >= self._max_s:
+                self._catching_up = True
+                break
+        self._held_since = None
+        self._passed = time.monotonic()
 
 
 class _Broken(Exception):
@@ -152,6 +225,12 @@ def main() -> None:
             answering = False
 
     try:
+        max_s = float(os.environ.get("PROV4ML_SERVICE_DEFER_S", _DEFER_MAX_S))
+    except ValueError:
+        max_s = _DEFER_MAX_S
+    held = _Yield(os.getppid(), max_s)
+    held.wait()  # importing MLflow is most of the service's CPU
+    try:
         sink_module = _load_sink_module()
         import mlflow  # noqa: F401  (it configures its loggers when imported: the handler goes on after)
 
@@ -183,6 +262,7 @@ def main() -> None:
         if message is None:
             return
         kind, store, *rest = message
+        held.wait(len(inbox))
         try:
             sink = sink_for(store)
             if kind == "call":
@@ -199,7 +279,8 @@ def main() -> None:
                                                   start_ms)
                 result = (experiment_id, name)
             elif kind == "log_model_file":
-                run_id, path, name, model_id, kwargs = rest
+                run_id, path, name, model_id, options = rest
+                kwargs = pickle.loads(options)  # MLflow is imported: its objects among them load safely
                 result = sink.log_model_file(run_id, path, name, model_id, **kwargs)
                 with contextlib.suppress(OSError):
                     os.remove(path)
