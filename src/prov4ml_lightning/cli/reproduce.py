@@ -41,10 +41,11 @@ weights were logged); 1 the run ran but inputs or results differ (the report say
 error or unreadable input (also a ``--venv`` folder in the way); 3 the record lacks what
 reproduction needs (no commit, no command line, a truncated or missing diff, a redacted command
 line; with ``--venv``, no lock or a lock line with redacted credentials); 4 the recorded commit is
-not in the repository; 5 the recorded diff or a snapshotted file does not match its sha256, or
-the diff does not apply; 6 the command failed or left no PROV document of the new run; 7
-``--venv``: the virtual environment could not be built (the interpreter is not the recorded
-major.minor, or pip failed on a requirement).
+not in the repository; 5 the recorded diff, a snapshotted file or the package lock does not match
+its sha256 (``git_diff_sha256``, the snapshot's, ``packages_sha256``), or the diff does not apply;
+6 the command failed or left no PROV document of the new run; 7 ``--venv``: the virtual
+environment could not be built (the interpreter is not the recorded major.minor, or pip failed on
+a requirement).
 """
 
 from __future__ import annotations
@@ -224,6 +225,7 @@ def make_plan(view: Any, args: argparse.Namespace) -> Plan:
         if digest != code["git_diff_sha256"]:
             raise CliError(f"{diff}: sha256 {digest} is not the recorded {code['git_diff_sha256']}: the diff file was "
                            "changed after the run", EXIT_DIFF_REJECTED)
+    _checked_lock(view)
     snapshot, restore, notes = None, [], []
     for entry in untracked_entries(code):
         if "skipped" in entry:
@@ -257,6 +259,25 @@ def make_plan(view: Any, args: argparse.Namespace) -> Plan:
     return plan
 
 
+def _checked_lock(view: Any) -> Path | None:
+    """The run's package lock, its sha256 checked against the recorded ``packages_sha256``;
+    ``None`` when the record names none or it is not beside the document (a missing lock is a
+    mismatch of the comparison, and refused by ``--venv``)."""
+    from prov4ml_lightning.files import sha256_path
+
+    env = view.environment
+    path = view.sibling(env.get("packages_file"))
+    if path is None or not path.is_file():
+        return None
+    recorded = env.get("packages_sha256")
+    if recorded:
+        digest, _ = sha256_path(path)
+        if digest != recorded:
+            raise CliError(f"{path}: sha256 {digest} is not the recorded {recorded}: the package lock was changed "
+                           "after the run", EXIT_DIFF_REJECTED)
+    return path.resolve()
+
+
 _VENV_EXIT = {"usage": EXIT_USAGE, "record": EXIT_RECORD_INCOMPLETE, "build": EXIT_VENV_FAILED}
 
 
@@ -266,7 +287,7 @@ def _venv_plan(view: Any, args: argparse.Namespace) -> Any:
     env = view.environment
     if not env.get("packages_file"):
         raise CliError("--venv: the record has no package lock (packages_file) to build from", EXIT_RECORD_INCOMPLETE)
-    lock = _side_file(view, env["packages_file"], "the package lock")
+    lock = _checked_lock(view) or _side_file(view, env["packages_file"], "the package lock")
     try:
         return plan_venv(Path(args.venv), lock, env.get("python_version"), args.python)
     except VenvError as err:
