@@ -1,12 +1,13 @@
 """A model card of a run, from its provenance: Markdown with the Hugging Face model card YAML header.
 
 The header holds ``library_name``, ``license`` (only with ``--license``), ``tags``, ``datasets``
-(their recorded names), ``model-index`` (the final value of each test metric, per test dataset,
-with its fingerprint) and a ``prov4ml`` block (run id, PROV document, each dataset's fingerprint).
-The body: intended use (left for the author), training data, procedure (hyperparameters, epochs,
-early stopping, the checkpoint chosen and why), evaluation, environment, how to load the model
-(its ``models:/`` URI) and a lineage summary. Every number comes from the PROV document; the
-metric values are the last logged, as MLflow keeps them.
+(the training datasets' recorded names), ``model-index`` (the final value of each test metric,
+per test dataset, with its fingerprint) and a ``prov4ml`` block (run id, PROV document, each
+dataset's fingerprint and section). The body: intended use (left for the author), training data
+(then the validation data), procedure (hyperparameters as recorded: a float stays a float,
+epochs, early stopping, the checkpoint chosen and why), evaluation (the test data and metrics),
+environment, how to load the model (its ``models:/`` URI) and a lineage summary. Every number
+comes from the PROV document; the metric values are the last logged, as MLflow keeps them.
 
 Written to standard output, or to ``--output FILE``. ``Prov4MLCallback(model_card=True)``
 writes one at the end of a run and logs it as an artifact (``model_card/``).

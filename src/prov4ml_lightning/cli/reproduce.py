@@ -31,16 +31,22 @@ logged), final weights identical or not (state-dict sha256 of each logged model)
 ``--dry-run`` prints the plan (with ``--venv``, the pip commands) and the environment mismatches
 and creates and runs nothing.
 
+Each editable install the run imported from (the code entity's ``editable_sources``) is
+compared with its folder now (its git commit, the sha256 of its ``git diff HEAD``, its untracked
+count; the repository's own with the run's commit and diff): every change is listed among the
+mismatches before the run, and the report's code is not identical when one changed.
+
 Not done: outside the repository the snapshotted files are listed, not restored; an editable
-install of the repository itself comes from its recorded folder (the repository's working tree),
-not from the new worktree. A distributed (multi-process) run is re-run as its recorded command
-line only.
+install is imported from its live folder (the repository's working tree for the repository's
+own), not from the new worktree: a change there is reported, not undone. A distributed
+(multi-process) run is re-run as its recorded command line only.
 
 Exit status: 0 reproduced (inputs identical, final weights identical; metrics identical where no
 weights were logged); 1 the run ran but inputs or results differ (the report says which); 2 usage
 error or unreadable input (also a ``--venv`` folder in the way); 3 the record lacks what
 reproduction needs (no commit, no command line, a truncated or missing diff, a redacted command
-line; with ``--venv``, no lock or a lock line with redacted credentials); 4 the recorded commit is
+line; with ``--venv``, no lock or a lock line with redacted credentials; untracked source the run
+imported that the record does not hold); 4 the recorded commit is
 not in the repository; 5 the recorded diff, a snapshotted file or the package lock does not match
 its sha256 (``git_diff_sha256``, the snapshot's, ``packages_sha256``), or the diff does not apply;
 6 the command failed or left no PROV document of the new run; 7 ``--venv``: the virtual
@@ -70,6 +76,7 @@ from prov4ml_lightning.cli._reproduction import (
     EXIT_VENV_FAILED,
     build_report,
     compare_environment,
+    editable_mismatches,
     metric_divergence,
     report_lines,
     save_report,
@@ -236,6 +243,7 @@ def make_plan(view: Any, args: argparse.Namespace) -> Plan:
             restore.append(entry)
     if restore:
         snapshot = _side_file(view, code.get("untracked_file"), "the untracked-source snapshot")
+    notes += _untracked_check(code)
     root = Path(str(code.get("git_root") or repo))
     workdir = (Path(args.workdir).resolve() if args.workdir else Path(tempfile.gettempdir()) / "prov4ml-reproduce-?"
                if args.dry_run else Path(tempfile.mkdtemp(prefix="prov4ml-reproduce-")) / "w")
@@ -255,8 +263,32 @@ def make_plan(view: Any, args: argparse.Namespace) -> Plan:
     elif args.python:
         raise CliError("--python names the interpreter that creates the --venv: pass --venv DIR too")
     else:
-        plan.mismatches = compare_environment(env, view.packages)
+        plan.mismatches = compare_environment(env, view.packages) + editable_mismatches(code)
+    if plan.mismatches is None:  # the venv's comparison comes once it is built: the editable sources now
+        plan.notes += editable_mismatches(code)
     return plan
+
+
+def _untracked_check(code: dict[str, Any]) -> list[str]:
+    """Refuse a record whose run imported untracked source it does not hold; a warning (as a note,
+    printed before the run) where an older record cannot tell."""
+    untracked = code.get("git_untracked_count")
+    listed = untracked_entries(code)
+    if code.get("untracked_error") and untracked:
+        raise CliError(f"the run's repository had {untracked} untracked file(s) and the record could not tell which "
+                       f"the run imported ({code['untracked_error']}): the record lacks them", EXIT_RECORD_INCOMPLETE)
+    try:
+        imported = int(code["untracked_imported_count"])
+    except (KeyError, TypeError, ValueError):
+        imported = None
+    if imported is not None and imported > len(listed):
+        raise CliError(f"the run imported {imported} untracked source file(s), the record lists {len(listed)}: "
+                       "the record lacks them", EXIT_RECORD_INCOMPLETE)
+    if imported is None and untracked and not listed:
+        return [f"WARNING: the run's repository had {untracked} untracked file(s) and none was snapshotted; this "
+                "record does not say how many the run imported (recorded before untracked_imported_count): if it "
+                "imported one, the re-run cannot import it from the worktree, or gets another copy"]
+    return []
 
 
 def _checked_lock(view: Any) -> Path | None:
@@ -302,7 +334,7 @@ def _venv_mismatches(plan: Plan, view: Any) -> list[str]:
         here = probe(plan.venv.python, _interpreter_options(view.environment), plan.run_env())
     except VenvError as err:
         raise CliError(f"--venv: {err}", EXIT_VENV_FAILED) from err
-    return compare_environment(view.environment, view.packages, here)
+    return compare_environment(view.environment, view.packages, here) + editable_mismatches(view.code)
 
 
 def _build_venv(plan: Plan, view: Any) -> None:
