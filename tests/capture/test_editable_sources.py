@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from prov4ml_lightning.cli._common import CliError
-from prov4ml_lightning.cli._reproduction import EXIT_RECORD_INCOMPLETE, editable_mismatches
+from prov4ml_lightning.cli._reproduction import EXIT_RECORD_INCOMPLETE, code_differences, editable_mismatches
 from prov4ml_lightning.cli.reproduce import _untracked_check
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -108,8 +108,13 @@ def test_editable_repository_and_outside_editable(tmp_path):
     (outside / "outpkg" / "__init__.py").write_text("VALUE = 3\n", encoding="utf-8")
     (mismatch,) = editable_mismatches(attrs)
     assert "outpkg" in mismatch and "git_diff_sha256" in mismatch and str(outside.resolve()) in mismatch
-    again = {e["name"]: e for e in record()["editable_sources"]}
+    changed = record()
+    again = {e["name"]: e for e in changed["editable_sources"]}
     assert again["outpkg"]["git_diff_sha256"] != out["git_diff_sha256"]
+    # the reproduction report's code is not identical: only the outside install's state differs
+    key = f"editable outpkg ({outside.resolve()})"
+    assert set(code_differences(attrs, changed)) == {key}
+    assert code_differences(attrs, changed)[key][0]["git_diff_sha256"] == out["git_diff_sha256"]
     # the repository's own editable install is checked against the run's commit and diff
     attrs.update(git_commit=_git(repo, "rev-parse", "HEAD").strip())
     (outside / "outpkg" / "__init__.py").write_text("VALUE = 1\n", encoding="utf-8")

@@ -149,7 +149,7 @@ def test_the_record_holds_what_reproduction_needs(recorded):
     assert str(SRC) in json.loads(env["python_path_added"])
     code = view.code
     entries = json.loads(code["untracked_files"])
-    assert [e["path"] for e in entries] == ["helper.py"]
+    assert [e["path"] for e in entries] == ["helper.py"] and code["untracked_imported_count"] == 1
     helper = (recorded["repo"] / "helper.py").read_bytes()
     import hashlib
 

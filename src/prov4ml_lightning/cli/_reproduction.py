@@ -15,8 +15,8 @@ from prov4ml_lightning.cli._common import CliError, warn
 
 __all__ = [
     "ENV_KEYS", "EXIT_COMMAND_FAILED", "EXIT_DIFF_REJECTED", "EXIT_NO_COMMIT", "EXIT_RECORD_INCOMPLETE",
-    "EXIT_VENV_FAILED", "build_report", "compare_environment", "editable_mismatches", "editable_states",
-    "metric_divergence", "report_lines", "save_report", "untracked_entries",
+    "EXIT_VENV_FAILED", "build_report", "code_differences", "compare_environment", "editable_mismatches",
+    "editable_states", "metric_divergence", "report_lines", "save_report", "untracked_entries",
 ]
 
 EXIT_RECORD_INCOMPLETE = 3
@@ -180,15 +180,13 @@ def _untracked_digests(code: dict[str, Any]) -> dict[str, Any]:
     return {e["path"]: e.get("sha256") for e in untracked_entries(code)}
 
 
-def build_report(old: Any, new: Any, plan: Any, returncode: int) -> dict[str, Any]:
-    """The comparison of the original run (``old``) and its reproduction (``new``), run as ``plan``
-    (:class:`~prov4ml_lightning.cli.reproduce.Plan`) says."""
-    from prov4ml_lightning.cli._view import datasets_by_name, final_weights
-
-    inputs: dict[str, dict[str, Any]] = {}
-    oc, nc = old.code, new.code
-    code_diffs = {k: (oc.get(k), nc.get(k)) for k in ("git_commit", "git_diff_sha256", "script_sha256")
-                  if oc.get(k) != nc.get(k)}
+def code_differences(oc: dict[str, Any], nc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The differences between two runs' code records: commit, diff, script, untracked files, and
+    the state of each editable install they imported from (the repository's own: the run's commit
+    and diff)."""
+    code_diffs: dict[str, tuple[Any, Any]] = {k: (oc.get(k), nc.get(k))
+                                              for k in ("git_commit", "git_diff_sha256", "script_sha256")
+                                              if oc.get(k) != nc.get(k)}
     if _untracked_digests(oc) != _untracked_digests(nc):
         code_diffs["untracked_files"] = (_untracked_digests(oc), _untracked_digests(nc))
     oes, nes = editable_states(oc), editable_states(nc)
@@ -197,7 +195,17 @@ def build_report(old: Any, new: Any, plan: Any, returncode: int) -> dict[str, An
         shared = [k for k in _STATE_KEYS if k in a and k in b] or list(_STATE_KEYS)
         if [a.get(k) for k in shared] != [b.get(k) for k in shared]:
             code_diffs[f"editable {key}"] = ({k: a.get(k) for k in shared}, {k: b.get(k) for k in shared})
-    inputs["code"] = code_diffs
+    return code_diffs
+
+
+def build_report(old: Any, new: Any, plan: Any, returncode: int) -> dict[str, Any]:
+    """The comparison of the original run (``old``) and its reproduction (``new``), run as ``plan``
+    (:class:`~prov4ml_lightning.cli.reproduce.Plan`) says."""
+    from prov4ml_lightning.cli._view import datasets_by_name, final_weights
+
+    inputs: dict[str, dict[str, Any]] = {}
+    oc, nc = old.code, new.code
+    inputs["code"] = code_differences(oc, nc)
     od, nd = datasets_by_name(old), datasets_by_name(new)
     data_diffs = {}
     for key in sorted(set(od) | set(nd)):
