@@ -149,7 +149,7 @@ def test_the_record_holds_what_reproduction_needs(recorded):
     assert str(SRC) in json.loads(env["python_path_added"])
     code = view.code
     entries = json.loads(code["untracked_files"])
-    assert [e["path"] for e in entries] == ["helper.py"]
+    assert [e["path"] for e in entries] == ["helper.py"] and code["untracked_imported_count"] == 1
     helper = (recorded["repo"] / "helper.py").read_bytes()
     import hashlib
 
@@ -246,6 +246,14 @@ def test_refusals(recorded, tmp_path, capsys):
                                                               hashlib.sha256(bad).hexdigest()), encoding="utf-8")
     assert main(["reproduce", str(prov), "--dry-run"]) == 5
     assert "does not apply" in capsys.readouterr().err
+    # a package lock edited after the run: checked as the diff is, with and without --venv
+    prov = _copy_record(recorded, tmp_path / "e")
+    lock = prov.parent / view.environment["packages_file"]
+    lock.write_text(lock.read_text(encoding="utf-8") + "added-after-the-run==1.0\n", encoding="utf-8")
+    assert main(["reproduce", str(prov), "--dry-run"]) == 5
+    assert "package lock was changed after the run" in capsys.readouterr().err
+    assert main(["reproduce", str(prov), "--dry-run", "--venv", str(tmp_path / "venv")]) == 5
+    assert "packages_" in capsys.readouterr().err
     # a record without the command line
     prov = _copy_record(recorded, tmp_path / "d")
     prov.write_text(prov.read_text(encoding="utf-8").replace('"p4l:command_line"', '"p4l:command_typed"'),
@@ -281,6 +289,19 @@ def test_card_header_parses_and_matches_mlflow(recorded, tmp_path, capsys):
     model_uri = next(m.attrs["model_uri"] for m in view.typed("Model"))
     assert model_uri.startswith("models:/") and model_uri in text
     assert "checkpoint chosen" in text and "val_loss" in text
+    # float trainer limits stay floats (to Lightning 1 is one batch, 1.0 all of them), as PROV and MLflow hold them
+    for key in ("trainer/limit_train_batches", "trainer/limit_val_batches", "trainer/val_check_interval"):
+        assert isinstance(view.params[key], float) and run.data.params[key] == repr(view.params[key])
+        assert f"- `{key}`: {view.params[key]!r}\n" in text
+    # the header's datasets and the "Training data" table hold the training data only
+    by_role = {e.attrs["role"]: e.label for e in view.typed("Dataset")}
+    assert set(by_role) == {"train", "val", "test"}
+    assert header["datasets"] == [by_role["train"]]
+    training = text.split("## Training data")[1].split("### Validation data")[0]
+    validation = text.split("### Validation data")[1].split("## Training procedure")[0]
+    evaluation = text.split("## Evaluation")[1].split("## Environment")[0]
+    for section, role in ((training, "train"), (validation, "val"), (evaluation, "test")):
+        assert {r for r, label in by_role.items() if label in section} == {role}
     # the callback's card (model_card=True) was logged as an artifact of the run, with the test metrics
     client = MlflowClient(recorded["uri"])
     (artifact,) = client.list_artifacts(run.info.run_id, "model_card")

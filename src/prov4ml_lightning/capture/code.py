@@ -11,8 +11,9 @@ written next to the PROV document keeps at most :data:`MAX_DIFF_BYTES` of it, an
 ``git_diff_truncated`` says when it was cut.
 
 Source files the process imported that git does not track (the script itself, helper modules
-beside it or on ``PYTHONPATH``: files outside the interpreter's installation, this library and
-editable installs, which the package lock records) are snapshotted into
+beside it or on ``PYTHONPATH``: files outside the interpreter's installation and this library, and
+not the own modules of an editable or local install, which the package lock records; a helper
+module beside a ``pip install -e .`` project is local source) are snapshotted into
 ``untracked_<run_id>.zip`` (secrets redacted with :func:`~prov4ml_lightning.redact.redact_source`;
 at most :data:`MAX_SNAPSHOT_FILE_BYTES` a file and :data:`MAX_SNAPSHOT_BYTES` in all), each with
 its path (relative to the repository root, or absolute outside it), sha256 and size in the
@@ -35,8 +36,8 @@ from prov4ml_lightning.files import sha256_path
 from prov4ml_lightning.redact import redact_url
 
 __all__ = [
-    "GIT_TIMEOUT", "MAX_DIFF_BYTES", "MAX_SNAPSHOT_BYTES", "MAX_SNAPSHOT_FILE_BYTES", "capture_code", "entry_script",
-    "imported_source_files",
+    "GIT_TIMEOUT", "MAX_DIFF_BYTES", "MAX_SNAPSHOT_BYTES", "MAX_SNAPSHOT_FILE_BYTES", "capture_code",
+    "editable_source_state", "entry_script", "imported_source_files", "local_installs",
 ]
 
 #: At most this many bytes of the uncommitted diff are kept as an artifact (1 MiB).
@@ -110,13 +111,15 @@ def _repo_root(start: Path) -> Path | None:
     return Path(top) if top else None
 
 
-def _snapshot(attrs: dict[str, Any], out_dir: Path, run_id: str, root: Path | None) -> None:
+def _snapshot(attrs: dict[str, Any], out_dir: Path, run_id: str, root: Path | None,
+              installs: dict[Path, tuple[str, frozenset[str], bool]]) -> None:
     """Snapshot the untracked imported source files into ``attrs`` (see the module docstring)."""
     root = root.resolve() if root is not None else None
-    files = _untracked(imported_source_files(), root)
+    files = _untracked(imported_source_files(installs), root)
     if files is None:
         attrs["untracked_error"] = "git ls-files failed or timed out; untracked imported files are not snapshotted"
         return
+    attrs["untracked_imported_count"] = len(files)
     if not files:
         return
     path = out_dir / f"untracked_{run_id}.zip"
@@ -124,34 +127,25 @@ def _snapshot(attrs: dict[str, Any], out_dir: Path, run_id: str, root: Path | No
     attrs.update(untracked_files=entries, untracked_file=path.name, untracked_snapshot=path)
 
 
-def imported_source_files() -> list[Path]:
+def imported_source_files(installs: dict[Path, tuple[str, frozenset[str], bool]] | None = None) -> list[Path]:
     """The ``.py`` files of the modules this process imported (``__main__`` included) that lie
-    outside the interpreter's installation, this library and the folders of editable installs."""
-    from importlib import metadata
-
+    outside the interpreter's installation and this library, and are no part of an editable or
+    local install: inside such an install's folder, only the distribution's own top-level
+    packages and modules (:func:`_distribution_names`) are installed files; anything else imported
+    from there (a script and its helper modules beside a ``pip install -e .`` project) is local
+    source like any other. ``installs``: :func:`local_installs`, when the caller has it."""
     from prov4ml_lightning.sinks.mlflow.pickling import installation_roots
 
     skip = list(installation_roots())
     own = Path(__file__).resolve().parents[1]
     skip.append(own)
-    for dist in metadata.distributions():  # editable and local installs: the lock names them
-        try:
-            text = dist.read_text("direct_url.json")
-        except OSError:
-            continue
-        if text and '"dir_info"' in text:
-            try:
-                url = json.loads(text)["url"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            if isinstance(url, str) and url.startswith("file://"):
-                skip.append(Path(unquote(urlsplit(url).path)).resolve())
+    editable = local_installs() if installs is None else installs
     # A plain prefix test on the file name first: resolving the ~2000 files torch and Lightning
     # import costs a few hundred ms, and nearly all of them lie under an installation root.
     prefixes = tuple({str(root) + os.sep for root in skip} | {os.path.abspath(p) + os.sep for p in
                                                                (sys.prefix, sys.base_prefix, sys.exec_prefix)})
     found: dict[Path, None] = {}
-    for module in list(sys.modules.values()):
+    for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if not isinstance(file, str) or not file.endswith(".py") or file.startswith(prefixes):
             continue
@@ -159,9 +153,128 @@ def imported_source_files() -> list[Path]:
             path = Path(file).resolve()
         except OSError:
             continue
-        if not any(path.is_relative_to(root) for root in skip) and path.is_file():
-            found[path] = None
+        if any(path.is_relative_to(root) for root in skip) or not path.is_file():
+            continue
+        top = str(name).split(".")[0]
+        if any(path.is_relative_to(folder) and top in names for folder, (_, names, _) in editable.items()):
+            continue  # the editable distribution's own module: the lock (and its folder's state) records it
+        found[path] = None
     return sorted(found)
+
+
+def local_installs() -> dict[Path, tuple[str, frozenset[str], bool]]:
+    """The folders of editable and local (``pip install DIR``) installs: each with its
+    distribution's name, the top-level import names that belong to it, and whether it is editable."""
+    from importlib import metadata
+
+    out: dict[Path, tuple[str, frozenset[str], bool]] = {}
+    for dist in metadata.distributions():
+        try:
+            text = dist.read_text("direct_url.json")
+        except OSError:
+            continue
+        if not text or '"dir_info"' not in text:
+            continue
+        try:
+            info = json.loads(text)
+            url, editable = info["url"], bool((info.get("dir_info") or {}).get("editable"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if isinstance(url, str) and url.startswith("file://"):
+            folder = Path(unquote(urlsplit(url).path)).resolve()
+            name = str(dist.metadata["Name"] or folder.name)
+            out[folder] = (name, _distribution_names(dist, name), editable)
+    return out
+
+
+def _distribution_names(dist: Any, name: str) -> frozenset[str]:
+    """The top-level import names of ``dist``: its ``top_level.txt`` (setuptools), the top-level
+    packages and modules its RECORD lists, the packages setuptools' editable finder maps, and its
+    own name (normalised): a hatchling or flit editable install lists only a ``.pth`` file."""
+    names = {name.replace("-", "_").replace(".", "_").lower()}
+    try:
+        top = dist.read_text("top_level.txt")
+    except OSError:
+        top = None
+    names.update(line.strip() for line in (top or "").splitlines() if line.strip())
+    for file in dist.files or ():
+        parts = file.parts
+        if not parts or parts[0] in ("..", "__pycache__") or parts[0].endswith((".dist-info", ".egg-info", ".data")):
+            continue
+        first = parts[0]
+        if len(parts) > 1:
+            names.add(first)
+        elif first.endswith(".py") and first.startswith("__editable__") and first.endswith("_finder.py"):
+            names.update(_finder_names(file.locate()))
+        elif first.endswith(".py"):
+            names.add(first[:-3])
+    return frozenset(n for n in names if n.isidentifier())
+
+
+def _finder_names(finder: Any) -> set[str]:
+    """The packages setuptools' editable finder (``__editable___<dist>_finder.py``) maps: the keys
+    of its ``MAPPING``, read as text (not imported)."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(finder).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MAPPING" for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return set()
+            return {str(k) for k in value} if isinstance(value, dict) else set()
+    return set()
+
+
+def editable_source_state(root: Path | None, installs: dict[Path, tuple[str, frozenset[str], bool]] | None = None,
+                          ) -> list[dict[str, Any]]:
+    """The state of each editable install this process imported a module from: ``name``,
+    ``path``; when its folder is the recorded repository ``root`` (or inside it),
+    ``in_repository`` (its state is the run's own commit and diff); else, when the folder lies in
+    a git repository, that repository's ``git_root``, ``git_commit``, the sha256 of its
+    ``git diff HEAD`` and its untracked file count (three ``git`` calls a repository); else
+    ``git: false``. Cheap: usually no editable install, or one or two."""
+    editable = {k: v for k, v in (local_installs() if installs is None else installs).items() if v[2]}
+    if not editable:
+        return []
+    by_name: dict[str, list[Path]] = {}
+    for folder, (_, names, _) in editable.items():
+        for top in names:
+            by_name.setdefault(top, []).append(folder)
+    used: set[Path] = set()
+    for top in by_name.keys() & sys.modules.keys():  # a package's top-level module is imported before its parts
+        file = getattr(sys.modules[top], "__file__", None)
+        paths = [file] if isinstance(file, str) else list(getattr(sys.modules[top], "__path__", None) or ())
+        used.update(folder for folder in by_name[top] for p in paths if str(p).startswith(str(folder) + os.sep))
+    out: list[dict[str, Any]] = []
+    tops: dict[Path, Path | None] = {}
+    for folder in sorted(used):
+        entry: dict[str, Any] = {"name": editable[folder][0], "path": str(folder)}
+        if root is not None and folder.is_relative_to(root):
+            entry["in_repository"] = True
+        else:
+            entry.update(source_folder_state(folder, tops))
+        out.append(entry)
+    return out
+
+
+def source_folder_state(folder: Path, cache: dict[Path, Path | None] | None = None) -> dict[str, Any]:
+    """``git_root``, ``git_commit``, ``git_diff_sha256`` and ``git_untracked_count`` of the git
+    repository holding ``folder`` (``git: false`` when none; ``git_error`` when git failed)."""
+    repo = _enclosing_repo(folder, {} if cache is None else cache)
+    if repo is None:
+        return {"git": False}
+    commit = _git(["rev-parse", "--verify", "-q", "HEAD"], repo)
+    diff = _diff(repo, commit is not None, 0)
+    status = _git(["status", "--porcelain=v1", "--untracked-files=normal"], repo)
+    if diff is None or status is None:
+        return {"git_root": str(repo), "git_error": "git diff or status failed or timed out"}
+    return {"git_root": str(repo), "git_commit": commit, "git_diff_sha256": diff[0],
+            "git_untracked_count": sum(1 for line in status.splitlines() if line.startswith("??"))}
 
 
 def _untracked(files: list[Path], root: Path | None) -> list[Path] | None:
@@ -260,7 +373,11 @@ def capture_code(out_dir: Path, run_id: str, script: Path | None = None) -> tupl
     places = [] if script is None or _installed(script) else [script.parent]
     places.append(Path.cwd())
     root = next((r for r in (_repo_root(p) for p in places) if r is not None), None)
-    _snapshot(attrs, out_dir, run_id, root)
+    installs = local_installs()  # one scan of the distributions' metadata, for both
+    _snapshot(attrs, out_dir, run_id, root, installs)
+    sources = editable_source_state(root.resolve() if root is not None else None, installs)
+    if sources:
+        attrs["editable_sources"] = sources
     if root is None:
         return attrs, None
     attrs["git_root"] = str(root)

@@ -15,8 +15,8 @@ from prov4ml_lightning.cli._common import CliError, warn
 
 __all__ = [
     "ENV_KEYS", "EXIT_COMMAND_FAILED", "EXIT_DIFF_REJECTED", "EXIT_NO_COMMIT", "EXIT_RECORD_INCOMPLETE",
-    "EXIT_VENV_FAILED", "build_report", "compare_environment", "metric_divergence", "report_lines", "save_report",
-    "untracked_entries",
+    "EXIT_VENV_FAILED", "build_report", "code_differences", "compare_environment", "editable_mismatches",
+    "editable_states", "metric_divergence", "report_lines", "save_report", "untracked_entries",
 ]
 
 EXIT_RECORD_INCOMPLETE = 3
@@ -49,6 +49,61 @@ def untracked_entries(code: dict[str, Any]) -> list[dict[str, Any]]:
         raise CliError(f"the record's untracked_files is not JSON ({err})", EXIT_RECORD_INCOMPLETE) from err
     return [e for e in entries if isinstance(e, dict) and e.get("path")]
 
+
+def _editable_entries(code: dict[str, Any]) -> list[dict[str, Any]]:
+    raw = code.get("editable_sources")
+    if not raw:
+        return []
+    try:
+        entries = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError as err:
+        raise CliError(f"the record's editable_sources is not JSON ({err})", EXIT_RECORD_INCOMPLETE) from err
+    return [e for e in entries if isinstance(e, dict) and e.get("path")]
+
+
+_STATE_KEYS = ("git_commit", "git_diff_sha256", "git_untracked_count")
+
+
+def editable_states(code: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The recorded state of each editable install the run imported from, by ``name (path)``: its
+    repository's commit, diff sha256 and untracked count; one in the recorded repository has the
+    run's own commit and diff."""
+    import hashlib
+
+    # a run without uncommitted changes records no diff: its sha256 is the empty diff's
+    own = {"git_commit": code.get("git_commit"),
+           "git_diff_sha256": code.get("git_diff_sha256") or (hashlib.sha256(b"").hexdigest()
+                                                              if code.get("git_commit") and not code.get("git_error")
+                                                              else None)}
+    out = {}
+    for e in _editable_entries(code):
+        state = dict(own) if e.get("in_repository") else {k: e.get(k) for k in (*_STATE_KEYS, "git") if k in e}
+        out[f"{e.get('name')} ({e['path']})"] = state
+    return out
+
+
+def editable_mismatches(code: dict[str, Any]) -> list[str]:
+    """Each editable install the run imported from whose folder is not as recorded now: the re-run
+    imports it from that live folder, not from the recorded commit."""
+    from prov4ml_lightning.capture.code import source_folder_state
+
+    out = []
+    for key, recorded in editable_states(code).items():
+        path = key[key.index(" (") + 2:-1]
+        if recorded.get("git") is False:
+            out.append(f"editable install {key}: not in a git repository when recorded; its current source is "
+                       "used, unchecked")
+            continue
+        now = source_folder_state(Path(path)) if Path(path).is_dir() else {"git": False}
+        if now.get("git") is False:
+            out.append(f"editable install {key}: the folder is no longer a git checkout")
+            continue
+        changed = [f"{k} {recorded.get(k)} -> {now.get(k)}" for k in _STATE_KEYS
+                   if k in recorded and recorded.get(k) != now.get(k)]
+        if changed:
+            out.append(f"editable install {key}: its source changed since the run ({'; '.join(changed)}); the "
+                       "re-run imports it from that folder as it is now")
+    return out
 
 
 def compare_environment(recorded: dict[str, Any], recorded_packages: dict[str, str] | None,
@@ -125,6 +180,24 @@ def _untracked_digests(code: dict[str, Any]) -> dict[str, Any]:
     return {e["path"]: e.get("sha256") for e in untracked_entries(code)}
 
 
+def code_differences(oc: dict[str, Any], nc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The differences between two runs' code records: commit, diff, script, untracked files, and
+    the state of each editable install they imported from (the repository's own: the run's commit
+    and diff)."""
+    code_diffs: dict[str, tuple[Any, Any]] = {k: (oc.get(k), nc.get(k))
+                                              for k in ("git_commit", "git_diff_sha256", "script_sha256")
+                                              if oc.get(k) != nc.get(k)}
+    if _untracked_digests(oc) != _untracked_digests(nc):
+        code_diffs["untracked_files"] = (_untracked_digests(oc), _untracked_digests(nc))
+    oes, nes = editable_states(oc), editable_states(nc)
+    for key in sorted(set(oes) | set(nes)):  # the repository's own install has the run's commit and diff
+        a, b = oes.get(key) or {}, nes.get(key) or {}
+        shared = [k for k in _STATE_KEYS if k in a and k in b] or list(_STATE_KEYS)
+        if [a.get(k) for k in shared] != [b.get(k) for k in shared]:
+            code_diffs[f"editable {key}"] = ({k: a.get(k) for k in shared}, {k: b.get(k) for k in shared})
+    return code_diffs
+
+
 def build_report(old: Any, new: Any, plan: Any, returncode: int) -> dict[str, Any]:
     """The comparison of the original run (``old``) and its reproduction (``new``), run as ``plan``
     (:class:`~prov4ml_lightning.cli.reproduce.Plan`) says."""
@@ -132,11 +205,7 @@ def build_report(old: Any, new: Any, plan: Any, returncode: int) -> dict[str, An
 
     inputs: dict[str, dict[str, Any]] = {}
     oc, nc = old.code, new.code
-    code_diffs = {k: (oc.get(k), nc.get(k)) for k in ("git_commit", "git_diff_sha256", "script_sha256")
-                  if oc.get(k) != nc.get(k)}
-    if _untracked_digests(oc) != _untracked_digests(nc):
-        code_diffs["untracked_files"] = (_untracked_digests(oc), _untracked_digests(nc))
-    inputs["code"] = code_diffs
+    inputs["code"] = code_differences(oc, nc)
     od, nd = datasets_by_name(old), datasets_by_name(new)
     data_diffs = {}
     for key in sorted(set(od) | set(nd)):

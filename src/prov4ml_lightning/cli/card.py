@@ -1,12 +1,13 @@
 """A model card of a run, from its provenance: Markdown with the Hugging Face model card YAML header.
 
 The header holds ``library_name``, ``license`` (only with ``--license``), ``tags``, ``datasets``
-(their recorded names), ``model-index`` (the final value of each test metric, per test dataset,
-with its fingerprint) and a ``prov4ml`` block (run id, PROV document, each dataset's fingerprint).
-The body: intended use (left for the author), training data, procedure (hyperparameters, epochs,
-early stopping, the checkpoint chosen and why), evaluation, environment, how to load the model
-(its ``models:/`` URI) and a lineage summary. Every number comes from the PROV document; the
-metric values are the last logged, as MLflow keeps them.
+(the training datasets' recorded names), ``model-index`` (the final value of each test metric,
+per test dataset, with its fingerprint) and a ``prov4ml`` block (run id, PROV document, each
+dataset's fingerprint and section). The body: intended use (left for the author), training data
+(then the validation data), procedure (hyperparameters as recorded: a float stays a float,
+epochs, early stopping, the checkpoint chosen and why), evaluation (the test data and metrics),
+environment, how to load the model (its ``models:/`` URI) and a lineage summary. Every number
+comes from the PROV document; the metric values are the last logged, as MLflow keeps them.
 
 Written to standard output, or to ``--output FILE``. ``Prov4MLCallback(model_card=True)``
 writes one at the end of a run and logs it as an artifact (``model_card/``).
@@ -62,17 +63,40 @@ def _datasets(view: Any) -> dict[str, dict[str, Any]]:
             for element, (key, attrs) in zip(view.typed("Dataset"), datasets_by_name(view).items())}
 
 
+# where a dataset belongs: a dataloader's role (train, val, test, predict), else a declared dataset's context
+_SECTIONS = {"train": "training", "training": "training", "val": "validation", "validation": "validation",
+             "test": "evaluation", "testing": "evaluation", "evaluation": "evaluation", "predict": "prediction"}
+
+
+def _section(dataset: dict[str, Any]) -> str:
+    """``training``, ``validation``, ``evaluation``, ``prediction`` or ``other``."""
+    return _SECTIONS.get(str(dataset.get("role") or dataset.get("context") or ""), "other")
+
+
+def _of_section(datasets: dict[str, dict[str, Any]], section: str) -> dict[str, dict[str, Any]]:
+    return {k: d for k, d in datasets.items() if _section(d) == section}
+
+
+def _value(value: Any) -> str:
+    """A recorded value as recorded: a float stays a float (``1.0``, not ``1``: to Lightning
+    ``limit_train_batches=1`` is one batch, ``1.0`` all of them)."""
+    from prov4ml_lightning.cli._view import fmt
+
+    return repr(value) if isinstance(value, float) else fmt(value, 200)
+
+
 def card_header(view: Any, license: str | None = None) -> dict[str, Any]:
-    """The YAML header as a mapping."""
+    """The YAML header as a mapping: ``datasets`` names the training data only (the Hugging Face
+    field's meaning); the test data appear in ``model-index``, every dataset under ``prov4ml``."""
     datasets = _datasets(view)
     models = _models(view)
     metrics = _test_metrics(view)
-    tests = {k: d for k, d in datasets.items() if d.get("role") == "test"} or {"test": {}}
+    tests = _of_section(datasets, "evaluation") or {"test": {}}
     header: dict[str, Any] = {"library_name": "pytorch"}
     if license:
         header["license"] = license
     header["tags"] = ["pytorch", "lightning" if view.typed("Fit") else "torch", "prov4ml-lightning", "provenance"]
-    names = [str(d.get("name") or k) for k, d in datasets.items()]
+    names = [str(d.get("name") or k) for k, d in _of_section(datasets, "training").items()]
     if names:
         header["datasets"] = list(dict.fromkeys(names))
     if metrics and models:
@@ -87,16 +111,25 @@ def card_header(view: Any, license: str | None = None) -> dict[str, Any]:
     header["prov4ml"] = {
         "run_id": view.run_attr("run_id"), "run_name": view.run_attr("run_name"),
         "experiment": view.run_attr("experiment_name"), "prov_document": view.path.name,
-        "datasets": [{"role": k, "name": str(d.get("name") or k), "fingerprint": d.get("fingerprint"),
-                      "fingerprint_status": d.get("fingerprint_status")} for k, d in datasets.items()],
+        "datasets": [{"role": k, "section": _section(d), "name": str(d.get("name") or k),
+                      "fingerprint": d.get("fingerprint"), "fingerprint_status": d.get("fingerprint_status")}
+                     for k, d in datasets.items()],
     }
     return header
 
 
 def _bullets(mapping: dict[str, Any]) -> list[str]:
+    return [f"- `{k}`: {_value(v)}" for k, v in mapping.items()]
+
+
+def _dataset_table(datasets: dict[str, dict[str, Any]]) -> list[str]:
     from prov4ml_lightning.cli._view import fmt
 
-    return [f"- `{k}`: {fmt(v, 200)}" for k, v in mapping.items()]
+    out = ["| role | dataset | class | items | fingerprint | status |", "|---|---|---|---|---|---|"]
+    for key, d in datasets.items():
+        out.append(f"| {key} | {d.get('name', '')} | {d.get('dataset_class', '')} | {fmt(d.get('length'))} | "
+                   f"`{d.get('fingerprint') or '-'}` | {d.get('fingerprint_status') or '-'} |")
+    return out
 
 
 def model_card(view: Any, license: str | None = None) -> str:
@@ -121,13 +154,14 @@ def model_card(view: Any, license: str | None = None) -> str:
             "not be used for. Provenance cannot say. -->", "",
             "## Training data", ""]
     datasets = _datasets(view)
-    if datasets:
-        out += ["| role | dataset | class | items | fingerprint | status |", "|---|---|---|---|---|---|"]
-        for key, d in datasets.items():
-            out.append(f"| {key} | {d.get('name', '')} | {d.get('dataset_class', '')} | {fmt(d.get('length'))} | "
-                       f"`{d.get('fingerprint') or '-'}` | {d.get('fingerprint_status') or '-'} |")
-    else:
-        out.append("No dataset was recorded.")
+    training = _of_section(datasets, "training")
+    out += _dataset_table(training) if training else ["No training dataset was recorded."]
+    validation = _of_section(datasets, "validation")
+    if validation:
+        out += ["", "### Validation data", "", *_dataset_table(validation)]
+    for section, title in (("prediction", "Prediction data"), ("other", "Other datasets")):
+        if _of_section(datasets, section):
+            out += ["", f"### {title}", "", *_dataset_table(_of_section(datasets, section))]
     out += ["", "## Training procedure", ""]
     fits = view.typed("Fit")
     for fit in fits:
@@ -158,8 +192,11 @@ def model_card(view: Any, license: str | None = None) -> str:
     out += _bullets({k: v for k, v in params.items() if not k.startswith("execution_")}) or ["None recorded."]
     out += ["", "## Evaluation", ""]
     metrics = _test_metrics(view)
+    evaluation = _of_section(datasets, "evaluation")
+    if evaluation:
+        out += ["Evaluation data:", "", *_dataset_table(evaluation), ""]
     if metrics:
-        tests = [d.get("name") or k for k, d in datasets.items() if d.get("role") == "test"]
+        tests = [d.get("name") or k for k, d in evaluation.items()]
         out += [f"On {', '.join(map(str, tests)) or 'the test data'} (last logged values):", "",
                 "| metric | value |", "|---|---|"]
         out += [f"| {k} | {v:.6g} |" for k, v in metrics.items()]

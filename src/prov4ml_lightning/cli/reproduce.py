@@ -31,20 +31,27 @@ logged), final weights identical or not (state-dict sha256 of each logged model)
 ``--dry-run`` prints the plan (with ``--venv``, the pip commands) and the environment mismatches
 and creates and runs nothing.
 
+Each editable install the run imported from (the code entity's ``editable_sources``) is
+compared with its folder now (its git commit, the sha256 of its ``git diff HEAD``, its untracked
+count; the repository's own with the run's commit and diff): every change is listed among the
+mismatches before the run, and the report's code is not identical when one changed.
+
 Not done: outside the repository the snapshotted files are listed, not restored; an editable
-install of the repository itself comes from its recorded folder (the repository's working tree),
-not from the new worktree. A distributed (multi-process) run is re-run as its recorded command
-line only.
+install is imported from its live folder (the repository's working tree for the repository's
+own), not from the new worktree: a change there is reported, not undone. A distributed
+(multi-process) run is re-run as its recorded command line only.
 
 Exit status: 0 reproduced (inputs identical, final weights identical; metrics identical where no
 weights were logged); 1 the run ran but inputs or results differ (the report says which); 2 usage
 error or unreadable input (also a ``--venv`` folder in the way); 3 the record lacks what
 reproduction needs (no commit, no command line, a truncated or missing diff, a redacted command
-line; with ``--venv``, no lock or a lock line with redacted credentials); 4 the recorded commit is
-not in the repository; 5 the recorded diff or a snapshotted file does not match its sha256, or
-the diff does not apply; 6 the command failed or left no PROV document of the new run; 7
-``--venv``: the virtual environment could not be built (the interpreter is not the recorded
-major.minor, or pip failed on a requirement).
+line; with ``--venv``, no lock or a lock line with redacted credentials; untracked source the run
+imported that the record does not hold); 4 the recorded commit is
+not in the repository; 5 the recorded diff, a snapshotted file or the package lock does not match
+its sha256 (``git_diff_sha256``, the snapshot's, ``packages_sha256``), or the diff does not apply;
+6 the command failed or left no PROV document of the new run; 7 ``--venv``: the virtual
+environment could not be built (the interpreter is not the recorded major.minor, or pip failed on
+a requirement).
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from prov4ml_lightning.cli._reproduction import (
     EXIT_VENV_FAILED,
     build_report,
     compare_environment,
+    editable_mismatches,
     metric_divergence,
     report_lines,
     save_report,
@@ -224,6 +232,7 @@ def make_plan(view: Any, args: argparse.Namespace) -> Plan:
         if digest != code["git_diff_sha256"]:
             raise CliError(f"{diff}: sha256 {digest} is not the recorded {code['git_diff_sha256']}: the diff file was "
                            "changed after the run", EXIT_DIFF_REJECTED)
+    _checked_lock(view)
     snapshot, restore, notes = None, [], []
     for entry in untracked_entries(code):
         if "skipped" in entry:
@@ -234,6 +243,7 @@ def make_plan(view: Any, args: argparse.Namespace) -> Plan:
             restore.append(entry)
     if restore:
         snapshot = _side_file(view, code.get("untracked_file"), "the untracked-source snapshot")
+    notes += _untracked_check(code)
     root = Path(str(code.get("git_root") or repo))
     workdir = (Path(args.workdir).resolve() if args.workdir else Path(tempfile.gettempdir()) / "prov4ml-reproduce-?"
                if args.dry_run else Path(tempfile.mkdtemp(prefix="prov4ml-reproduce-")) / "w")
@@ -253,8 +263,51 @@ def make_plan(view: Any, args: argparse.Namespace) -> Plan:
     elif args.python:
         raise CliError("--python names the interpreter that creates the --venv: pass --venv DIR too")
     else:
-        plan.mismatches = compare_environment(env, view.packages)
+        plan.mismatches = compare_environment(env, view.packages) + editable_mismatches(code)
+    if plan.mismatches is None:  # the venv's comparison comes once it is built: the editable sources now
+        plan.notes += editable_mismatches(code)
     return plan
+
+
+def _untracked_check(code: dict[str, Any]) -> list[str]:
+    """Refuse a record whose run imported untracked source it does not hold; a warning (as a note,
+    printed before the run) where an older record cannot tell."""
+    untracked = code.get("git_untracked_count")
+    listed = untracked_entries(code)
+    if code.get("untracked_error") and untracked:
+        raise CliError(f"the run's repository had {untracked} untracked file(s) and the record could not tell which "
+                       f"the run imported ({code['untracked_error']}): the record lacks them", EXIT_RECORD_INCOMPLETE)
+    try:
+        imported = int(code["untracked_imported_count"])
+    except (KeyError, TypeError, ValueError):
+        imported = None
+    if imported is not None and imported > len(listed):
+        raise CliError(f"the run imported {imported} untracked source file(s), the record lists {len(listed)}: "
+                       "the record lacks them", EXIT_RECORD_INCOMPLETE)
+    if imported is None and untracked and not listed:
+        return [f"WARNING: the run's repository had {untracked} untracked file(s) and none was snapshotted; this "
+                "record does not say how many the run imported (recorded before untracked_imported_count): if it "
+                "imported one, the re-run cannot import it from the worktree, or gets another copy"]
+    return []
+
+
+def _checked_lock(view: Any) -> Path | None:
+    """The run's package lock, its sha256 checked against the recorded ``packages_sha256``;
+    ``None`` when the record names none or it is not beside the document (a missing lock is a
+    mismatch of the comparison, and refused by ``--venv``)."""
+    from prov4ml_lightning.files import sha256_path
+
+    env = view.environment
+    path = view.sibling(env.get("packages_file"))
+    if path is None or not path.is_file():
+        return None
+    recorded = env.get("packages_sha256")
+    if recorded:
+        digest, _ = sha256_path(path)
+        if digest != recorded:
+            raise CliError(f"{path}: sha256 {digest} is not the recorded {recorded}: the package lock was changed "
+                           "after the run", EXIT_DIFF_REJECTED)
+    return path.resolve()
 
 
 _VENV_EXIT = {"usage": EXIT_USAGE, "record": EXIT_RECORD_INCOMPLETE, "build": EXIT_VENV_FAILED}
@@ -266,7 +319,7 @@ def _venv_plan(view: Any, args: argparse.Namespace) -> Any:
     env = view.environment
     if not env.get("packages_file"):
         raise CliError("--venv: the record has no package lock (packages_file) to build from", EXIT_RECORD_INCOMPLETE)
-    lock = _side_file(view, env["packages_file"], "the package lock")
+    lock = _checked_lock(view) or _side_file(view, env["packages_file"], "the package lock")
     try:
         return plan_venv(Path(args.venv), lock, env.get("python_version"), args.python)
     except VenvError as err:
@@ -281,7 +334,7 @@ def _venv_mismatches(plan: Plan, view: Any) -> list[str]:
         here = probe(plan.venv.python, _interpreter_options(view.environment), plan.run_env())
     except VenvError as err:
         raise CliError(f"--venv: {err}", EXIT_VENV_FAILED) from err
-    return compare_environment(view.environment, view.packages, here)
+    return compare_environment(view.environment, view.packages, here) + editable_mismatches(view.code)
 
 
 def _build_venv(plan: Plan, view: Any) -> None:
