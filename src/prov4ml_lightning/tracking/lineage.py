@@ -172,7 +172,9 @@ class Lineage:
         ``prov4ml.weights.<digest>`` naming the entities that hold them (``kind`` and the parts of
         the entity's name: ``("model", "net", "v1")``), and one tag per group of their tensors
         (``model_info.tensor_groups``: a module's tensors, by content) naming the entities that hold
-        that group, its prefix and size, so a run that loads only a part (a backbone) finds them;
+        that group, its prefix and size, so a run that loads only a part (a backbone) finds them
+        (only by a run that recorded the weights it started from, ``weights_started``: the parts it
+        left as they were are not its product; without that record only the whole weights are indexed);
         see ``sinks/mlflow/rules.WEIGHTS_TAG_PREFIX``. The tags are journalled too: ``prov4ml
         sync`` sets them on a run that was recorded offline."""
         if not isinstance(digest, str) or not digest:
@@ -185,7 +187,10 @@ class Lineage:
         elif ident not in held["ids"]:
             _append_bounded(held["ids"], ident)
             changed.append(digest)
-        grouped = self.weight_groups(digest)
+        # The parts only of a run that recorded the weights it started from: without that record, a
+        # part it left untouched (a frozen backbone of a seeded model) cannot be told from one it
+        # produced, and offering it would link a later run of the same seed that loads nothing.
+        grouped = self.weight_groups(digest) if self.weights_started else None
         if grouped is not None:
             groups, total = grouped
             for prefix, (group, n) in groups.items():
