@@ -75,16 +75,62 @@ def document_paths(sources: list[str], tracking_uri: str | None, scratch: Scratc
         from prov4ml_lightning.errors import Prov4MLError
         from prov4ml_lightning.sinks.mlflow.fetch import fetch_all_provenance
 
+        uri = store_uri(uri)
+        saved = {k: os.environ.get(k) for k in _HTTP_DEFAULTS}
+        os.environ.update({k: v for k, v in _HTTP_DEFAULTS.items() if saved[k] is None})
         try:
             paths += fetch_all_provenance(uri, scratch.path())
         except Prov4MLError as err:
             raise CliError(str(err)) from err
+        finally:
+            for k, old in saved.items():
+                if old is None:
+                    os.environ.pop(k, None)
     if not sources and not uri:
         raise CliError("name PROV documents (SOURCE folders or files) or a store (--tracking-uri URI, or set "
                        "MLFLOW_TRACKING_URI)")
     if not paths:
         raise CliError(f"no run with a PROV document in {', '.join(sources) or uri}")
     return paths
+
+
+#: MLflow's HTTP settings for a command reading a server, unless the user set them: a server that
+#: stops answering fails in seconds, not after MLflow's default retries with backoff (minutes)
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+#: seconds a tracking server has to accept a connection
+CONNECT_TIMEOUT_S = 3.0
+
+
+def store_uri(uri: str) -> str:
+    """The tracking store ``uri`` as the command reads it: a plain folder (or ``file:`` URI) holding
+    ``mlflow.db`` is that SQLite store (said on stderr); any other plain folder or file is refused
+    (MLflow's file store is in maintenance mode); a server must accept a connection within
+    :data:`CONNECT_TIMEOUT_S` seconds.
+
+    Raises:
+        CliError: a plain folder or file that is no SQLite store, or an unreachable server.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+        if (path / "mlflow.db").is_file():
+            sqlite = f"sqlite:///{(path / 'mlflow.db').resolve()}"
+            warn(f"note: --tracking-uri {uri} is a folder holding mlflow.db: reading {sqlite}")
+            return sqlite
+        raise CliError(f"--tracking-uri {uri}: a plain {'folder' if path.is_dir() else 'path'} is MLflow's "
+                       "file store, which is not read; give the database (sqlite:///FOLDER/mlflow.db) or a "
+                       "server (http://host:5000), or name PROV folders as SOURCE")
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname or "localhost", port), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise CliError(f"--tracking-uri {uri}: no tracking server answers at {parsed.hostname}:{port} "
+                           f"({err.strerror or type(err).__name__}, within {CONNECT_TIMEOUT_S:g} s)") from None
+    return uri
 
 
 def _format(args: argparse.Namespace) -> str:
