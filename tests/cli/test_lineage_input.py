@@ -42,3 +42,39 @@ def test_an_unreachable_server_fails_in_seconds(capsys):
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "no tracking server" in err, err
     assert time.monotonic() - begin < 10
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # set for the call only
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """Run A's document (its fit used dataset X, fingerprint abab...) and run B's, whose initial
+    weights derive from A's model; written as the files ``lineage`` reads from a folder."""
+    import json
+
+    from tests.provenance.test_runs_graph_drawing import A, B, _doc, _q
+
+    a = _doc(A, "2026-01-01T10:00:00+00:00",
+             {f"user:run_{A}.dataset.x": {"prov:type": _q("p4l:Dataset"), "p4l:fingerprint": "ab" * 32}},
+             {"used": {"_:u": {"prov:activity": f"user:run_{A}.fit_1.epoch_0",
+                               "prov:entity": f"user:run_{A}.dataset.x"}}})
+    initial = f"user:run_{B}.model_state.initial"
+    b = _doc(B, "2026-01-01T11:00:00+00:00",
+             {initial: {"prov:type": _q("p4l:ModelState")},
+              f"user:run_{A}.model": {"prov:type": _q("p4l:EarlierRunWeights"), "p4l:run_id": A}},
+             {"used": {"_:u": {"prov:activity": f"user:run_{B}.fit_1.epoch_0", "prov:entity": initial}},
+              "wasDerivedFrom": {"_:d": {"prov:generatedEntity": initial, "prov:usedEntity": f"user:run_{A}.model"}}})
+    for run, doc in ((A, a), (B, b)):
+        (tmp_path / f"provgraph_{run}.json").write_text(json.dumps(doc))
+    return tmp_path
+
+
+def test_upstream_of_a_dataset_is_refused(two_runs, capsys):
+    code, out, err = _lineage(capsys, str(two_runs), "--upstream", "abab" * 4)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--upstream takes a model, run or checkpoint" in err and "--downstream" in err, err
+    code, out, _err = _lineage(capsys, str(two_runs), "--downstream", "abab" * 4)
+    assert code == 0 and "runs (2)" in out  # the same fingerprint, downstream: A and B
+
+
+def test_a_too_short_prefix_says_so(two_runs, capsys):
+    code, out, err = _lineage(capsys, str(two_runs), "--downstream", "abab")
+    assert code == 2 and out == "" and "prefix too short (6 hex digits minimum)" in err, err

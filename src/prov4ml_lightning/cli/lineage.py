@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,7 @@ def _format(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
     from prov4ml_lightning.errors import Prov4MLError
-    from prov4ml_lightning.provenance.runs_graph import read_graph
+    from prov4ml_lightning.provenance.runs_graph import HEX_PREFIX_MIN, read_graph
 
     fmt = _format(args)
     paths = document_paths(list(args.sources), args.tracking_uri, scratch)
@@ -160,6 +161,11 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
     query = args.downstream if args.downstream is not None else args.upstream
     direction = "downstream" if args.downstream is not None else "upstream"
     matched = graph.find(query)
+    if not matched and re.fullmatch(rf"[0-9a-fA-F]{{1,{HEX_PREFIX_MIN - 1}}}", query.strip()):
+        raise CliError(f"{query!r}: prefix too short ({HEX_PREFIX_MIN} hex digits minimum)")
+    if direction == "upstream" and matched and all("p4l:Dataset" in n.types for n in matched):
+        raise CliError(f"--upstream {query}: names a dataset; --upstream takes a model, run or checkpoint "
+                       "(a dataset's runs are its downstream: --downstream)")
     if not matched:
         raise CliError(f"{query!r} names nothing in the {len(graph.documents)} runs read (tried: an identifier, "
                        "a run id, a models:/ URI, a fingerprint or sha256 or a prefix of one, a model or dataset name)")

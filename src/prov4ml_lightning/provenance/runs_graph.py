@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["DRAWN_TYPES", "Node", "RunsGraph", "combined_document", "read_graph"]
 
 _RUN_ID = re.compile(r"(?:^|[/#:])run_([0-9a-f]{32})(?:\.|$)")
-_HEX = re.compile(r"^[0-9a-fA-F]{6,64}$")
+#: the fewest hex digits a fingerprint or sha256 prefix may have
+HEX_PREFIX_MIN = 6
+_HEX = re.compile(rf"^[0-9a-fA-F]{{{HEX_PREFIX_MIN},64}}$")
 
 #: PROV-JSON relation -> (subject key, object key); the subject depends on the object
 _RELATIONS = {
