@@ -197,6 +197,10 @@ def test_lineage_lists_b_as_a_partial_load_and_not_c(runs, capsys):
     assert main(["lineage", str(runs["tmp"] / "dl"), "--downstream", _fingerprint(runs["docs"]["A"])]) == 0
     text = capsys.readouterr().out
     assert f"partial load from {ids['A'][:8]}" in text and "partial: run" in text and "backbone" in text
+    lines = [line for line in text.splitlines() if line.strip().startswith("partial: run")]
+    assert len(lines) == 2 and len(set(lines)) == 2, lines  # one per source entity, each named
+    assert any("ckpt" in line.split("<-")[1] for line in lines), lines
+    assert "3 runs read" in text.splitlines()[0]  # A, B, C
     assert ids["C"] not in text
 
 

@@ -197,8 +197,8 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
 
 def _print(answer: dict[str, Any]) -> None:
     matched = answer["matched"]
-    echo(f"{answer['direction']} of {answer['query']} ({len(matched)} record{'s' * (len(matched) != 1)} matched "
-         f"in {answer['runs_read']} runs: {', '.join(m['label'] for m in matched[:3])}"
+    echo(f"{answer['direction']} of {answer['query']} ({len(matched)} record{'s' * (len(matched) != 1)} matched, "
+         f"{answer['runs_read']} runs read: {', '.join(m['label'] for m in matched[:3])}"
          f"{', ...' if len(matched) > 3 else ''})")
     def partial(r: dict[str, Any]) -> str:
         return "".join(f"  partial load {word} {', '.join(i[:8] for i in r.get(key) or ())}"
@@ -218,7 +218,8 @@ def _print(answer: dict[str, Any]) -> None:
                                       f"(run {str(w['run_id'])[:8]})"),
                 ("partial_loads", lambda p: f"{'partial' if p.get('partial') else 'renamed'}: run "
                                             f"{str(p['run_id'])[:8]} {p.get('target_prefixes') or ''} <- run "
-                                            f"{str(p['from_run_id'])[:8]} {p.get('source_prefixes') or ''}  "
+                                            f"{str(p['from_run_id'])[:8]} {p.get('from_label')} "
+                                            f"{p.get('source_prefixes') or ''}  "
                                             f"({p.get('tensors_matched')} tensors; {p.get('target_tensors')} there, "
                                             f"{p.get('source_tensors')} in the source)")]
     for key, line in sections:
