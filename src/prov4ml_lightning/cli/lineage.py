@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the answer reached, laid out as `prov4ml render` draws a run (default: OUT's suffix)")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="the drawing to write (default: lineage_<downstream|upstream>.<format> in the current "
-                             "folder); the DOT source goes next to it with the suffix .dot")
+                             "folder); for svg, png, pdf and dot the DOT source goes next to it with the "
+                             "suffix .dot (html: the page only)")
     parser.add_argument("--collapse", type=int, default=10, metavar="N",
                         help="in a drawing, collapse groups of more than N records of one type in one run "
                              "(default 10; 0: never)")
