@@ -197,6 +197,10 @@ def test_lineage_lists_b_as_a_partial_load_and_not_c(runs, capsys):
     assert main(["lineage", str(runs["tmp"] / "dl"), "--downstream", _fingerprint(runs["docs"]["A"])]) == 0
     text = capsys.readouterr().out
     assert f"partial load from {ids['A'][:8]}" in text and "partial: run" in text and "backbone" in text
+    lines = [line for line in text.splitlines() if line.strip().startswith("partial: run")]
+    assert len(lines) == 2 and len(set(lines)) == 2, lines  # one per source entity, each named
+    assert any("ckpt" in line.split("<-")[1] for line in lines), lines
+    assert "3 runs read" in text.splitlines()[0]  # A, B, C
     assert ids["C"] not in text
 
 
@@ -239,6 +243,7 @@ def test_a_run_recorded_offline_is_found_by_its_weights_once_synced(mlflow_serve
         run = prov4ml.start_run(**args, tracking_uri=f"http://127.0.0.1:{free_port()}")
         assert run.sink.offline
         local = run.run_id
+        prov4ml.log_model_memory_footprint(net, "net")  # the weights it starts from: its parts are indexed
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         for x, y in _loader(1):
             loss = nn.functional.mse_loss(net(x), y)
@@ -303,5 +308,53 @@ def test_a_part_left_as_it_started_is_not_offered_as_produced(tmp_path):
     tags = {k: json.loads(v) for k, v in client.get_run(f_id).data.tags.items() if k.startswith("prov4ml.weights.")}
     prefixes = {p[0] for v in tags.values() for p in v.get("parts", [])}
     assert "model.head" in prefixes and not any(p.startswith("model.backbone") for p in prefixes)
+    doc = Path(client.download_artifacts(g_id, f"prov/provgraph_{g_id}.json", str(tmp_path / "dl")))
+    assert _derivations(doc) == {} and by_type(read_prov(doc), "EarlierRunWeights") == []
+
+
+def _frozen_loop(args: dict, record_start: bool) -> str:
+    """A plain loop: seed 9, a random backbone kept frozen, the head trained, the model logged."""
+    torch.manual_seed(9)
+    net = Net()
+    net.backbone.requires_grad_(False)
+    prov4ml.start_run(**args)
+    run_id = prov4ml.get_run_id()
+    if record_start:
+        prov4ml.log_model_memory_footprint(net, "net")
+    opt = torch.optim.SGD(net.head.parameters(), lr=0.1)
+    for x, y in _loader(1):
+        loss = nn.functional.mse_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    prov4ml.log_model(net, "net", register=False)
+    prov4ml.end_run()
+    return run_id
+
+
+def test_a_plain_loop_without_its_start_recorded_offers_no_parts(tmp_path):
+    """Without a record of the weights it started from, a plain loop's untouched frozen backbone is
+    not offered as its product: a later run of the same seed that loads nothing links to nothing.
+    With the start recorded (log_model_memory_footprint before training), its trained head is."""
+    store = tmp_path / "mlflow"
+    args = {"prov_user_namespace": "www.example.org", "experiment_name": "plain-frozen",
+            "provenance_save_dir": str(tmp_path / "prov"), "mlflow_save_dir": str(store)}
+    unrecorded = _frozen_loop(args, record_start=False)
+    recorded = _frozen_loop(args, record_start=True)
+    prov4ml.wait_for_mlflow()
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+
+    def parts(run_id: str) -> set[str]:
+        tags = client.get_run(run_id).data.tags
+        return {p[0] for k, v in tags.items() if k.startswith("prov4ml.weights.")
+                for p in json.loads(v).get("parts", [])}
+
+    assert parts(unrecorded) == set()
+    assert "head" in parts(recorded) and not any(p.startswith("backbone") for p in parts(recorded))
+    # the same seed again, nothing loaded: its initial weights derive from no earlier run
+    torch.manual_seed(9)
+    g = Finetune()
+    g_id = _fit(tmp_path / "g", args, g, 2)
+    prov4ml.wait_for_mlflow()
     doc = Path(client.download_artifacts(g_id, f"prov/provgraph_{g_id}.json", str(tmp_path / "dl")))
     assert _derivations(doc) == {} and by_type(read_prov(doc), "EarlierRunWeights") == []

@@ -65,3 +65,15 @@ def test_text_that_is_no_prov_json_is_one_json_problem(document, message):
 def test_check_file_of_a_missing_file_raises(tmp_path: Path):
     with pytest.raises(FileNotFoundError):
         check_file(tmp_path / "missing.json")
+
+
+def test_one_id_recorded_with_two_sha256_is_an_identity_problem(good):
+    ident, body = next((i, b) for i, b in good["entity"].items()
+                       if isinstance(b, dict) and any(str(k).endswith(":sha256") for k in b))
+    assert not [p for p in check_document(good, round_trip=False) if p.check == "identity"]
+    key = next(k for k in body if str(k).endswith(":sha256"))
+    other = {**body, key: "0" * 64}
+    broken = copy.deepcopy(good)
+    broken["entity"][ident] = [body, other]  # PROV-JSON's form of two records under one id
+    (problem,) = [p for p in check_document(broken, round_trip=False) if p.check == "identity"]
+    assert problem.record_id == ident and "2 different sha256" in problem.message

@@ -98,3 +98,28 @@ def test_a_single_run_drawing_is_unchanged_by_the_run_clusters():
     p = plan(spec)
     assert p.runs == 1 and not any(c.startswith("cluster_run_") for c in p.clusters)
     assert "(level 1, overview)" in to_dot(spec, "t")
+
+
+def test_a_partial_load_is_labelled_on_its_derivation_edge():
+    """B's initial weights loaded A's backbone (4 of A's 6 tensors, ``model.backbone`` -> ``backbone``):
+    the drawn derivation says it is partial and what matched; a whole load stays plain."""
+    graph = RunsGraph()
+    graph.add_document(_doc(A, "2026-01-01T10:00:00+00:00", {}, {}))
+    initial = f"user:run_{B}.model_state.initial"
+    graph.add_document(_doc(B, "2026-01-01T11:00:00+00:00",
+                            {initial: {"prov:type": _q("p4l:ModelState")},
+                             f"user:run_{A}.model": {"prov:type": _q("p4l:EarlierRunWeights"), "p4l:run_id": A}},
+                            {"used": {"_:u": {"prov:activity": f"user:run_{B}.fit_1.epoch_0", "prov:entity": initial}},
+                             "wasDerivedFrom": {"_:d": {"prov:generatedEntity": initial,
+                                                        "prov:usedEntity": f"user:run_{A}.model",
+                                                        "p4l:partial": True, "p4l:tensors_matched": 4,
+                                                        "p4l:source_tensors": 6, "p4l:target_tensors": 6,
+                                                        "p4l:source_prefixes": "model.backbone",
+                                                        "p4l:target_prefixes": "backbone"}}}))
+    a_model = NS + f"run_{A}.model"
+    spec = graph.spec(graph.downstream([a_model]))
+    (label,) = [r for s, d, r in spec.edges if s == NS + f"run_{B}.model_state.initial" and d == a_model]
+    assert label.startswith("wasDerivedFrom (partial: 4 of 6 tensors") and "model.backbone" in label, label
+    source = to_dot(spec, "downstream of A's model", level=2)
+    assert "partial: 4 of 6 tensors" in source
+    assert all(r == "wasGeneratedBy" for s, _d, r in spec.edges if s == a_model)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the answer reached, laid out as `prov4ml render` draws a run (default: OUT's suffix)")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="the drawing to write (default: lineage_<downstream|upstream>.<format> in the current "
-                             "folder); the DOT source goes next to it with the suffix .dot")
+                             "folder); for svg, png, pdf and dot the DOT source goes next to it with the "
+                             "suffix .dot (html: the page only)")
     parser.add_argument("--collapse", type=int, default=10, metavar="N",
                         help="in a drawing, collapse groups of more than N records of one type in one run "
                              "(default 10; 0: never)")
@@ -75,16 +77,62 @@ def document_paths(sources: list[str], tracking_uri: str | None, scratch: Scratc
         from prov4ml_lightning.errors import Prov4MLError
         from prov4ml_lightning.sinks.mlflow.fetch import fetch_all_provenance
 
+        uri = store_uri(uri)
+        saved = {k: os.environ.get(k) for k in _HTTP_DEFAULTS}
+        os.environ.update({k: v for k, v in _HTTP_DEFAULTS.items() if saved[k] is None})
         try:
             paths += fetch_all_provenance(uri, scratch.path())
         except Prov4MLError as err:
             raise CliError(str(err)) from err
+        finally:
+            for k, old in saved.items():
+                if old is None:
+                    os.environ.pop(k, None)
     if not sources and not uri:
         raise CliError("name PROV documents (SOURCE folders or files) or a store (--tracking-uri URI, or set "
                        "MLFLOW_TRACKING_URI)")
     if not paths:
         raise CliError(f"no run with a PROV document in {', '.join(sources) or uri}")
     return paths
+
+
+#: MLflow's HTTP settings for a command reading a server, unless the user set them: a server that
+#: stops answering fails in seconds, not after MLflow's default retries with backoff (minutes)
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+#: seconds a tracking server has to accept a connection
+CONNECT_TIMEOUT_S = 3.0
+
+
+def store_uri(uri: str) -> str:
+    """The tracking store ``uri`` as the command reads it: a plain folder (or ``file:`` URI) holding
+    ``mlflow.db`` is that SQLite store (said on stderr); any other plain folder or file is refused
+    (MLflow's file store is in maintenance mode); a server must accept a connection within
+    :data:`CONNECT_TIMEOUT_S` seconds.
+
+    Raises:
+        CliError: a plain folder or file that is no SQLite store, or an unreachable server.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+        if (path / "mlflow.db").is_file():
+            sqlite = f"sqlite:///{(path / 'mlflow.db').resolve()}"
+            warn(f"note: --tracking-uri {uri} is a folder holding mlflow.db: reading {sqlite}")
+            return sqlite
+        raise CliError(f"--tracking-uri {uri}: a plain {'folder' if path.is_dir() else 'path'} is MLflow's "
+                       "file store, which is not read; give the database (sqlite:///FOLDER/mlflow.db) or a "
+                       "server (http://host:5000), or name PROV folders as SOURCE")
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname or "localhost", port), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise CliError(f"--tracking-uri {uri}: no tracking server answers at {parsed.hostname}:{port} "
+                           f"({err.strerror or type(err).__name__}, within {CONNECT_TIMEOUT_S:g} s)") from None
+    return uri
 
 
 def _format(args: argparse.Namespace) -> str:
@@ -103,7 +151,7 @@ def _format(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace, scratch: Scratch) -> int:
     from prov4ml_lightning.errors import Prov4MLError
-    from prov4ml_lightning.provenance.runs_graph import read_graph
+    from prov4ml_lightning.provenance.runs_graph import HEX_PREFIX_MIN, read_graph
 
     fmt = _format(args)
     paths = document_paths(list(args.sources), args.tracking_uri, scratch)
@@ -114,6 +162,11 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
     query = args.downstream if args.downstream is not None else args.upstream
     direction = "downstream" if args.downstream is not None else "upstream"
     matched = graph.find(query)
+    if not matched and re.fullmatch(rf"[0-9a-fA-F]{{1,{HEX_PREFIX_MIN - 1}}}", query.strip()):
+        raise CliError(f"{query!r}: prefix too short ({HEX_PREFIX_MIN} hex digits minimum)")
+    if direction == "upstream" and matched and all("p4l:Dataset" in n.types for n in matched):
+        raise CliError(f"--upstream {query}: names a dataset; --upstream takes a model, run or checkpoint "
+                       "(a dataset's runs are its downstream: --downstream)")
     if not matched:
         raise CliError(f"{query!r} names nothing in the {len(graph.documents)} runs read (tried: an identifier, "
                        "a run id, a models:/ URI, a fingerprint or sha256 or a prefix of one, a model or dataset name)")
@@ -145,8 +198,8 @@ def run(args: argparse.Namespace, scratch: Scratch) -> int:
 
 def _print(answer: dict[str, Any]) -> None:
     matched = answer["matched"]
-    echo(f"{answer['direction']} of {answer['query']} ({len(matched)} record{'s' * (len(matched) != 1)} matched "
-         f"in {answer['runs_read']} runs: {', '.join(m['label'] for m in matched[:3])}"
+    echo(f"{answer['direction']} of {answer['query']} ({len(matched)} record{'s' * (len(matched) != 1)} matched, "
+         f"{answer['runs_read']} runs read: {', '.join(m['label'] for m in matched[:3])}"
          f"{', ...' if len(matched) > 3 else ''})")
     def partial(r: dict[str, Any]) -> str:
         return "".join(f"  partial load {word} {', '.join(i[:8] for i in r.get(key) or ())}"
@@ -166,7 +219,8 @@ def _print(answer: dict[str, Any]) -> None:
                                       f"(run {str(w['run_id'])[:8]})"),
                 ("partial_loads", lambda p: f"{'partial' if p.get('partial') else 'renamed'}: run "
                                             f"{str(p['run_id'])[:8]} {p.get('target_prefixes') or ''} <- run "
-                                            f"{str(p['from_run_id'])[:8]} {p.get('source_prefixes') or ''}  "
+                                            f"{str(p['from_run_id'])[:8]} {p.get('from_label')} "
+                                            f"{p.get('source_prefixes') or ''}  "
                                             f"({p.get('tensors_matched')} tensors; {p.get('target_tensors')} there, "
                                             f"{p.get('source_tensors')} in the source)")]
     for key, line in sections:

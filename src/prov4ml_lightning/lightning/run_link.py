@@ -246,13 +246,15 @@ class RunLink:
         weights of hash ``weights``): the checkpoint entity, used by it (the same id an earlier
         session gave the file, so the two meet in the merged document) and, for a resumed fit, the
         restored model state (the module's weights after loading, hash ``restored``) derived from it."""
-        name = checkpoint_name(ckpt_path, step)
         attrs: dict[str, Any] = {"path": str(Path(ckpt_path).resolve()), "global_step": step, "epoch": epoch,
                                  "state_dict_sha256": weights}
         try:
             attrs["sha256"], attrs["size_bytes"] = sha256_path(Path(ckpt_path))
         except OSError as err:
             attrs["note"] = f"not readable for a hash ({err})"
+        known = {**self._ckpt_earlier, **{p: r.name for p, r in self._ckpt_records.items()}}
+        name = known.get(os.path.abspath(ckpt_path)) or self.run.fresh_name(
+            "checkpoint", checkpoint_name(ckpt_path, step), attrs["path"], attrs.get("sha256"))
         self.run.add_entity("checkpoint", "Checkpoint", name, attrs, label=name,
                             relation="used", activity=activity)
         self._ckpt_used[os.path.abspath(ckpt_path)] = name
@@ -469,12 +471,17 @@ def open_link(rank: RankInfo, config: RunConfig, run_id: str | None) -> RunLink 
         return RunLink(joined, owned=False, reopened=False)
     if run_id is not None and joined is None:
         try:
-            return RunLink(open_run(config, rank=rank, run_id=run_id), owned=True, reopened=True)
+            link = RunLink(open_run(config, rank=rank, run_id=run_id), owned=True, reopened=True)
         except Exception as err:
             log.warning("prov4ml: could not reopen run %s (%r); starting a new run", run_id, err)
             tags = {**(config.tags or {}), "prov4ml.continues_run": run_id}
             return RunLink(open_run(dataclasses.replace(config, tags=tags, call="Prov4MLCallback"), rank=rank),
                            owned=True, reopened=False)
+        if config.run_name is not None and config.run_name != link.run.info.run_name:
+            warn(f"Prov4MLCallback(run_name={config.run_name!r}): the fit joined run {link.run.info.run_name!r} "
+                 f"({run_id}), whose checkpoint it resumed (the run id travels in the callback's checkpoint "
+                 "state); run_name is not applied to it", Prov4MLWarning)
+        return link
     return RunLink(open_run(config, rank=rank), owned=True, reopened=False)
 
 

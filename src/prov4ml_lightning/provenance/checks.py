@@ -88,7 +88,7 @@ class Problem:
         record_id: identifier of the offending record (a relation's id, often ``_:idN``);
             empty for a problem of the whole document.
         check: the check that failed (``json``, ``schema``, ``reference``, ``typing``, ``time``,
-            ``roundtrip-provn``, ``roundtrip-xml``, ``roundtrip-rdf``).
+            ``identity``, ``roundtrip-provn``, ``roundtrip-xml``, ``roundtrip-rdf``).
         message: what is wrong, in words.
     """
 
@@ -138,7 +138,8 @@ def check_document(document: str | Mapping[str, Any] | Any, *, round_trip: bool 
         data = json.loads(text)
     if not isinstance(data, Mapping):
         return [Problem("", "json", f"a PROV-JSON document is a JSON object, got {type(data).__name__}")]
-    problems = [*schema_problems(data), *reference_problems(data), *time_problems(data)]
+    problems = [*schema_problems(data), *reference_problems(data), *identity_problems(data),
+                *time_problems(data)]
     if round_trip:
         try:
             for fmt in ROUND_TRIP_FORMATS:
@@ -238,6 +239,28 @@ def reference_problems(data: Mapping[str, Any]) -> list[Problem]:
             ):
                 out.append(Problem(rid, "reference", f"{kind} {attr} {target} must be an {expected}, "
                                                      f"but is declared as {'/'.join(sorted(kinds[target]))}"))
+    return out
+
+
+def identity_problems(data: Mapping[str, Any]) -> list[Problem]:
+    """Entities recorded twice under one identifier with different ``sha256`` (two files, or two
+    contents of one file, given one id: one record hides the other)."""
+    out = []
+    scopes = [data, *(b for b in (data.get("bundle") or {}).values() if isinstance(b, Mapping))]
+    for scope in scopes:
+        for ident, body in (scope.get("entity") or {}).items():
+            digests: set[str] = set()
+            for one in body if isinstance(body, list) else [body]:
+                if not isinstance(one, Mapping):
+                    continue
+                for key, value in one.items():
+                    if key == "sha256" or str(key).endswith(":sha256"):
+                        for d in value if isinstance(value, list) else [value]:
+                            digests.add(str(d.get("$") if isinstance(d, Mapping) else d))
+            if len(digests) > 1:
+                out.append(Problem(ident, "identity", f"one id, {len(digests)} different sha256 "
+                                                      f"({', '.join(sorted(x[:12] for x in digests))}): "
+                                                      "two files or contents recorded as one entity"))
     return out
 
 

@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["DRAWN_TYPES", "Node", "RunsGraph", "combined_document", "read_graph"]
 
 _RUN_ID = re.compile(r"(?:^|[/#:])run_([0-9a-f]{32})(?:\.|$)")
-_HEX = re.compile(r"^[0-9a-fA-F]{6,64}$")
+#: the fewest hex digits a fingerprint or sha256 prefix may have
+HEX_PREFIX_MIN = 6
+_HEX = re.compile(rf"^[0-9a-fA-F]{{{HEX_PREFIX_MIN},64}}$")
 
 #: PROV-JSON relation -> (subject key, object key); the subject depends on the object
 _RELATIONS = {
@@ -269,7 +271,8 @@ class RunsGraph:
                 for obj in objects if src is not None else ():
                     dst = stand_in(obj) if obj in reached else None
                     if dst is not None and dst != src:
-                        edges.add((src, dst, relation))
+                        part = self.partial.get((subject, obj)) if relation == "wasDerivedFrom" else None
+                        edges.add((src, dst, relation if part is None else partial_label(part)))
         spec.edges = sorted(edges)
         return spec
 
@@ -288,7 +291,9 @@ class RunsGraph:
             if entity in idents and source in idents:
                 out["partial_loads"].append({"run_id": self.nodes[entity].run_id if entity in self.nodes else None,
                                              "entity": entity, "from_run_id": _RUN_ID.search(source).group(1)
-                                             if _RUN_ID.search(source) else None, "from_entity": source, **part})
+                                             if _RUN_ID.search(source) else None, "from_entity": source,
+                                             "from_label": self.nodes[source].label if source in self.nodes
+                                             else source, **part})
         for run_id in runs:
             run = self.nodes.get(self.runs.get(run_id, ""))
             out["runs"].append({"run_id": run_id, "run_name": run.attr("p4l:run_name") if run else None,
@@ -361,3 +366,13 @@ def combined_document(paths: Iterable[str | os.PathLike[str]]) -> Any:
     for path in paths:
         combined.update(load_document(Path(path)))
     return combined
+
+
+def partial_label(part: Mapping[str, Any]) -> str:
+    """The drawn label of a partial load's derivation (``RunsGraph.partial``): ``wasDerivedFrom``
+    (partial: the tensors matched of the source's, the prefixes on each side), or ``renamed`` when
+    the whole was loaded under other names."""
+    kind = "partial" if part.get("partial") else "renamed"
+    prefixes = f"; {part.get('source_prefixes') or '(root)'} \u2192 {part.get('target_prefixes') or '(root)'}"
+    return (f"wasDerivedFrom ({kind}: {part.get('tensors_matched')} of {part.get('source_tensors')} "
+            f"tensors{prefixes})")

@@ -46,6 +46,7 @@ class Lineage:
     artifacts: list[ArtifactRecord]
     models: list[ModelRecord]
     earlier_models: Counter[str]
+    earlier_artifacts: dict[tuple[str, str], tuple[str, str]]
     describe_model: Callable[[Any], Mapping[str, Any]]
     activities: dict[str, ActivityRecord]
     extra_entities: list[dict[str, Any]]
@@ -90,18 +91,13 @@ class Lineage:
         except OSError as err:
             raise Prov4MLInputError(f"{call}({str(path)!r}): cannot read it ({err.strerror or err})") from None
         base = name or p.name  # the PROV name; the file keeps its own name in MLflow
-        name = base
-        taken = {a.name for a in self.artifacts if a.kind == kind}
-        n = 1
-        while name in taken:
-            n += 1
-            name = f"{base}.{n}"
+        # A local path as the record keeps it (a symbolic link, save_last="link", keeps its own path).
+        local = os.path.abspath(p) if p.is_symlink() else str(p.resolve())
+        name = self.fresh_name(kind, base, local, digest)
         uri = ""
         if upload and self.call_sink(f"upload artifact {p}", self.sink.log_artifact, self.run_id, str(p),
                                      artifact_path):
             uri = f"{artifact_path + '/' if artifact_path else ''}{p.name}"
-        # A symbolic link (ModelCheckpoint's save_last="link") keeps its own path; its target is the caller's to note.
-        local = os.path.abspath(p) if p.is_symlink() else str(p.resolve())
         record = ArtifactRecord(
             name=name, local_path=local, artifact_uri=uri, sha256=digest, size_bytes=size,
             is_dir=p.is_dir(), context=ctx, created=time.time(), kind=kind, activity=activity,
@@ -110,6 +106,20 @@ class Lineage:
         record = self.add_artifact(record, artifact_path=artifact_path, upload=upload)
         self.index_weights(record.attributes.get("state_dict_sha256"), kind, record.name)
         return record
+
+    def fresh_name(self, kind: str, base: str, local_path: str | None = None, sha256: str | None = None) -> str:
+        """The PROV name for a new ``kind`` record of a file: ``base``, or ``base.2``, ``base.3``... when
+        an artifact of this session, or of an earlier session of the run (a resume, or a fit that joined
+        the run from its checkpoint), already has it: each file and each version of a file's content is
+        an entity of its own, and no record replaces an earlier one. An earlier session's record of the
+        same path and content keeps its name (the same entity)."""
+        taken = {a.name for a in self.artifacts if a.kind == kind}
+        earlier = {n: held for (k, n), held in self.earlier_artifacts.items() if k == kind}
+        name, n = base, 1
+        while name in taken or (name in earlier and earlier[name] != (str(local_path), str(sha256))):
+            n += 1
+            name = f"{base}.{n}"
+        return name
 
     def add_artifact(self, record: ArtifactRecord, *, artifact_path: str | None = None,
                      upload: bool = False) -> ArtifactRecord:
@@ -162,7 +172,9 @@ class Lineage:
         ``prov4ml.weights.<digest>`` naming the entities that hold them (``kind`` and the parts of
         the entity's name: ``("model", "net", "v1")``), and one tag per group of their tensors
         (``model_info.tensor_groups``: a module's tensors, by content) naming the entities that hold
-        that group, its prefix and size, so a run that loads only a part (a backbone) finds them;
+        that group, its prefix and size, so a run that loads only a part (a backbone) finds them
+        (only by a run that recorded the weights it started from, ``weights_started``: the parts it
+        left as they were are not its product; without that record only the whole weights are indexed);
         see ``sinks/mlflow/rules.WEIGHTS_TAG_PREFIX``. The tags are journalled too: ``prov4ml
         sync`` sets them on a run that was recorded offline."""
         if not isinstance(digest, str) or not digest:
@@ -175,7 +187,10 @@ class Lineage:
         elif ident not in held["ids"]:
             _append_bounded(held["ids"], ident)
             changed.append(digest)
-        grouped = self.weight_groups(digest)
+        # The parts only of a run that recorded the weights it started from: without that record, a
+        # part it left untouched (a frozen backbone of a seeded model) cannot be told from one it
+        # produced, and offering it would link a later run of the same seed that loads nothing.
+        grouped = self.weight_groups(digest) if self.weights_started else None
         if grouped is not None:
             groups, total = grouped
             for prefix, (group, n) in groups.items():

@@ -98,6 +98,9 @@ class RunRecorder(Lineage):
         self.lookups: list[threading.Thread] = []  # store lookups of where initial weights came from
         self.previous_document: str | None = None  # PROV-JSON of an earlier session of this run
         self.earlier_models: Counter[str] = Counter()  # models per name logged by earlier sessions
+        #: (kind, PROV name) -> (local path, sha256) of the artifacts earlier sessions recorded: a new file
+        #: never takes the name (the PROV id) of an earlier one (see ``Lineage.log_artifact``)
+        self.earlier_artifacts: dict[tuple[str, str], tuple[str, str]] = {}
         self.context: Any = None  # code, environment, seed: see set_context
         #: model -> PROV attributes for ``log_model(log_model_info=True)`` (plugged in: capture/)
         self.describe_model: Callable[[Any], Mapping[str, Any]] = lambda model: {}

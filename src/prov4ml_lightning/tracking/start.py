@@ -222,6 +222,10 @@ def resume(run: RunRecorder) -> None:
     run.earlier_params = known
     run.earlier_models = Counter(str(e["record"]["name"]) for e in events
                                  if e.get("event") == "model" and isinstance(e.get("record"), dict))
+    run.earlier_artifacts = {(str(r.get("kind", "artifact")), str(r["name"])): (str(r.get("local_path")),
+                                                                                  str(r.get("sha256")))
+                             for e in events if e.get("event") == "artifact"
+                             and isinstance(r := e.get("record"), dict) and "name" in r}
     run.replay(read_sidecar(run.writer.sidecar))
 
 
