@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads in the runs (default 0: torch's default, as users run it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    os.environ["PROV4ML_BENCH_STEPS"] = str(args.steps)  # the children read it (benchmarks/_workload.py)
+    if not args.child:  # the children read it (benchmarks/_workload.py); a child's own default must not win
+        os.environ["PROV4ML_BENCH_STEPS"] = str(args.steps)
     if args.template_store:
         os.environ["PROV4ML_BENCH_TEMPLATE_STORE"] = "1"
     if args.threads:
