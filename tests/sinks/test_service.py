@@ -563,3 +563,18 @@ def test_a_model_logged_with_mlflow_objects_among_its_options_reaches_mlflow(tmp
         finally:
             mlflow.set_tracking_uri(None)
         assert signature is not None and signature.inputs is not None and signature.outputs is not None
+
+
+@pytest.mark.parametrize("text", ["abc", "-1", "nan", "inf", "-inf"])
+def test_a_hold_time_that_is_not_seconds_is_warned_about_and_the_default_used(text, monkeypatch) -> None:
+    """NaN or infinity would leave the MLflow view's lag unbounded (comparisons with NaN are false)."""
+    from prov4ml_lightning.sinks.mlflow.service import DEFER_DEFAULT_S, DEFER_ENV, _defer_seconds
+
+    monkeypatch.setenv(DEFER_ENV, text)
+    with pytest.warns(Prov4MLWarning, match=f"{DEFER_ENV}='{text}' is not a number of seconds >= 0"):
+        assert _defer_seconds() == DEFER_DEFAULT_S
+    for good, value in (("0", 0.0), ("2.5", 2.5), ("", DEFER_DEFAULT_S)):
+        monkeypatch.setenv(DEFER_ENV, good)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _defer_seconds() == value

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -60,6 +61,29 @@ _EXIT_WAIT_S = 120.0  # how long the exit of the training process waits for the 
 STAGING = ".prov4ml_staging"  # folder in the provenance folder for files handed to the service
 
 
+#: the longest the service holds its work back while the training uses every core (seconds, >= 0;
+#: 0: never held); read by ``service_process._Yield``
+DEFER_ENV = "PROV4ML_SERVICE_DEFER_S"
+DEFER_DEFAULT_S = 10.0
+
+
+def _defer_seconds() -> float:
+    """``$PROV4ML_SERVICE_DEFER_S`` as a finite number of seconds >= 0; anything else is warned about
+    and the default is used (a NaN or infinity would leave the MLflow view's lag unbounded)."""
+    text = os.environ.get(DEFER_ENV)
+    if text is None or not text.strip():
+        return DEFER_DEFAULT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value >= 0:
+        return value
+    warn(f"start_run: {DEFER_ENV}={text!r} is not a number of seconds >= 0 (0: the MLflow service never holds "
+         f"its work back); using {DEFER_DEFAULT_S:g}", Prov4MLWarning)
+    return DEFER_DEFAULT_S
+
+
 class MlflowService:
     """The service process of this training process and its pipe (see the module docstring)."""
 
@@ -67,6 +91,7 @@ class MlflowService:
         env = dict(os.environ)
         # The service must import what this process imports (a path added at run time included).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env[DEFER_ENV] = str(_defer_seconds())
         self._proc = subprocess.Popen(
             [sys.executable, str(_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=env,

@@ -224,9 +224,11 @@ def main() -> None:
         except (OSError, ValueError):  # the training process is gone: finish the work unanswered
             answering = False
 
-    try:
+    try:  # checked and warned about by the training process (service._defer_seconds)
         max_s = float(os.environ.get("PROV4ML_SERVICE_DEFER_S", _DEFER_MAX_S))
     except ValueError:
+        max_s = _DEFER_MAX_S
+    if not (max_s >= 0 and max_s != float("inf")):  # NaN, infinity, negative
         max_s = _DEFER_MAX_S
     held = _Yield(os.getppid(), max_s)
     held.wait()  # importing MLflow is most of the service's CPU
