@@ -471,9 +471,10 @@ _BUSY_SCRIPT = textwrap.dedent("""
     from prov4ml_lightning.sinks.mlflow.service import get_service
 
     busy_s = float(sys.argv[3])
-    spin = "import time\\nend = time.time() + %s\\nwhile time.time() < end: pass" % busy_s
-    # every core taken: this process's "training" and one spinner per core but one
-    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range((os.cpu_count() or 1) - 1)]
+    spin = "import time\\nend = time.time() + %s\\nwhile time.time() < end: pass" % (3 * busy_s)  # ended below
+    # every core taken, also while start_run waits for git (a core it leaves is free, and taken): one
+    # spinner per core, and this process's "training"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
     prov4ml.start_run("www.example.org", "held", sys.argv[1], sys.argv[2])
     prov4ml.log_metric("loss", 0.5, step=0)
     pid = get_service().pid
@@ -487,6 +488,7 @@ _BUSY_SCRIPT = textwrap.dedent("""
         maps = f.read()
     held = {"service_cpu_s": cpu_s, "mlflow_loaded": "sqlalchemy" in maps or "numpy" in maps}
     for s in spinners:
+        s.kill()
         s.wait()
     t = time.perf_counter()
     outputs = prov4ml.end_run()

@@ -134,6 +134,7 @@ class _Yield:
         self._passed = -1e9  # monotonic time of the last pass
         self._held_since: float | None = None
         self._catching_up = False
+        self._training_idle = False  # in the last sample
 
     def _sample(self) -> tuple[float, float] | None:
         """(idle jiffies of the machine, CPU jiffies of the training process), or None."""
@@ -161,7 +162,10 @@ class _Yield:
         span = _SAMPLE_S * hz
         idle_cores = (second[0] - first[0]) / span
         training = (second[1] - first[1]) / span
-        return idle_cores >= 0.6 or training <= 0.2
+        # the training idle twice in a row: it waits (for this service, for data), not a moment's
+        # pause (a subprocess it runs, a file it writes)
+        idle_before, self._training_idle = self._training_idle, training <= 0.2
+        return idle_cores >= 0.6 or (idle_before and self._training_idle)
 
     def wait(self, backlog: int = 0) -> None:
         """Return when the next piece of work may run; ``backlog``: requests waiting behind it.
