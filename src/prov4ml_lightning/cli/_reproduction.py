@@ -39,26 +39,20 @@ SET_BY_SCRIPT = {"torch_deterministic_algorithms", "torch_deterministic_warn_onl
 NOT_INPUT_PARAMS = ("execution_start_time", "execution_end_time")
 
 
+def _path_entries(code: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The code record's JSON list ``key`` (a list of ``{"path": ...}`` entries)."""
+    raw = code.get(key)
+    if not raw:
+        return []
+    try:
+        entries = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError as err:
+        raise CliError(f"the record's {key} is not JSON ({err})", EXIT_RECORD_INCOMPLETE) from err
+    return [e for e in entries if isinstance(e, dict) and e.get("path")]
+
+
 def untracked_entries(code: dict[str, Any]) -> list[dict[str, Any]]:
-    raw = code.get("untracked_files")
-    if not raw:
-        return []
-    try:
-        entries = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError as err:
-        raise CliError(f"the record's untracked_files is not JSON ({err})", EXIT_RECORD_INCOMPLETE) from err
-    return [e for e in entries if isinstance(e, dict) and e.get("path")]
-
-
-def _editable_entries(code: dict[str, Any]) -> list[dict[str, Any]]:
-    raw = code.get("editable_sources")
-    if not raw:
-        return []
-    try:
-        entries = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError as err:
-        raise CliError(f"the record's editable_sources is not JSON ({err})", EXIT_RECORD_INCOMPLETE) from err
-    return [e for e in entries if isinstance(e, dict) and e.get("path")]
+    return _path_entries(code, "untracked_files")
 
 
 _STATE_KEYS = ("git_commit", "git_diff_sha256", "git_untracked_count")
@@ -76,7 +70,7 @@ def editable_states(code: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                                               if code.get("git_commit") and not code.get("git_error")
                                                               else None)}
     out = {}
-    for e in _editable_entries(code):
+    for e in _path_entries(code, "editable_sources"):
         state = dict(own) if e.get("in_repository") else {k: e.get(k) for k in (*_STATE_KEYS, "git") if k in e}
         out[f"{e.get('name')} ({e['path']})"] = state
     return out
