@@ -19,7 +19,7 @@ LAYERS = {
     "plugin": {"capture", "distributed", "recovery", "signals"},
     "core": {"tracking"},
     "output": {"sinks", "provenance"},
-    "leaf": {"errors", "context", "records", "files", "redact", "version"},
+    "leaf": {"errors", "context", "records", "files", "installs", "redact", "version"},
 }
 RANK = {"front": 0, "plugin": 1, "core": 2, "output": 3, "leaf": 4}
 # plug-ins sit beside the core: they use it, it never uses them

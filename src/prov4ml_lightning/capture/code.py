@@ -23,21 +23,20 @@ its path (relative to the repository root, or absolute outside it), sha256 and s
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from prov4ml_lightning.files import sha256_path
+from prov4ml_lightning.installs import Installs, local_installs, own_modules
 from prov4ml_lightning.redact import redact_url
 
 __all__ = [
     "GIT_TIMEOUT", "MAX_DIFF_BYTES", "MAX_SNAPSHOT_BYTES", "MAX_SNAPSHOT_FILE_BYTES", "capture_code",
-    "editable_source_state", "entry_script", "imported_source_files", "local_installs",
+    "editable_source_state", "entry_script", "imported_source_files",
 ]
 
 #: At most this many bytes of the uncommitted diff are kept as an artifact (1 MiB).
@@ -112,7 +111,7 @@ def _repo_root(start: Path) -> Path | None:
 
 
 def _snapshot(attrs: dict[str, Any], out_dir: Path, run_id: str, root: Path | None,
-              installs: dict[Path, tuple[str, frozenset[str], bool]]) -> None:
+              installs: Installs) -> None:
     """Snapshot the untracked imported source files into ``attrs`` (see the module docstring)."""
     root = root.resolve() if root is not None else None
     files = _untracked(imported_source_files(installs), root)
@@ -127,110 +126,14 @@ def _snapshot(attrs: dict[str, Any], out_dir: Path, run_id: str, root: Path | No
     attrs.update(untracked_files=entries, untracked_file=path.name, untracked_snapshot=path)
 
 
-def imported_source_files(installs: dict[Path, tuple[str, frozenset[str], bool]] | None = None) -> list[Path]:
-    """The ``.py`` files of the modules this process imported (``__main__`` included) that lie
-    outside the interpreter's installation and this library, and are no part of an editable or
-    local install: inside such an install's folder, only the distribution's own top-level
-    packages and modules (:func:`_distribution_names`) are installed files; anything else imported
-    from there (a script and its helper modules beside a ``pip install -e .`` project) is local
-    source like any other. ``installs``: :func:`local_installs`, when the caller has it."""
-    from prov4ml_lightning.sinks.mlflow.pickling import installation_roots
-
-    skip = list(installation_roots())
-    own = Path(__file__).resolve().parents[1]
-    skip.append(own)
-    editable = local_installs() if installs is None else installs
-    # A plain prefix test on the file name first: resolving the ~2000 files torch and Lightning
-    # import costs a few hundred ms, and nearly all of them lie under an installation root.
-    prefixes = tuple({str(root) + os.sep for root in skip} | {os.path.abspath(p) + os.sep for p in
-                                                               (sys.prefix, sys.base_prefix, sys.exec_prefix)})
-    found: dict[Path, None] = {}
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if not isinstance(file, str) or not file.endswith(".py") or file.startswith(prefixes):
-            continue
-        try:
-            path = Path(file).resolve()
-        except OSError:
-            continue
-        if any(path.is_relative_to(root) for root in skip) or not path.is_file():
-            continue
-        top = str(name).split(".")[0]
-        if any(path.is_relative_to(folder) and top in names for folder, (_, names, _) in editable.items()):
-            continue  # the editable distribution's own module: the lock (and its folder's state) records it
-        found[path] = None
-    return sorted(found)
+def imported_source_files(installs: Installs | None = None) -> list[Path]:
+    """The ``.py`` files of the modules this process imported (``__main__`` included) that are the
+    user's own (:func:`prov4ml_lightning.installs.own_modules`). ``installs``:
+    :func:`~prov4ml_lightning.installs.local_installs`, when the caller has it."""
+    return sorted(set(own_modules(installs).values()))
 
 
-def local_installs() -> dict[Path, tuple[str, frozenset[str], bool]]:
-    """The folders of editable and local (``pip install DIR``) installs: each with its
-    distribution's name, the top-level import names that belong to it, and whether it is editable."""
-    from importlib import metadata
-
-    out: dict[Path, tuple[str, frozenset[str], bool]] = {}
-    for dist in metadata.distributions():
-        try:
-            text = dist.read_text("direct_url.json")
-        except OSError:
-            continue
-        if not text or '"dir_info"' not in text:
-            continue
-        try:
-            info = json.loads(text)
-            url, editable = info["url"], bool((info.get("dir_info") or {}).get("editable"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-        if isinstance(url, str) and url.startswith("file://"):
-            folder = Path(unquote(urlsplit(url).path)).resolve()
-            name = str(dist.metadata["Name"] or folder.name)
-            out[folder] = (name, _distribution_names(dist, name), editable)
-    return out
-
-
-def _distribution_names(dist: Any, name: str) -> frozenset[str]:
-    """The top-level import names of ``dist``: its ``top_level.txt`` (setuptools), the top-level
-    packages and modules its RECORD lists, the packages setuptools' editable finder maps, and its
-    own name (normalised): a hatchling or flit editable install lists only a ``.pth`` file."""
-    names = {name.replace("-", "_").replace(".", "_").lower()}
-    try:
-        top = dist.read_text("top_level.txt")
-    except OSError:
-        top = None
-    names.update(line.strip() for line in (top or "").splitlines() if line.strip())
-    for file in dist.files or ():
-        parts = file.parts
-        if not parts or parts[0] in ("..", "__pycache__") or parts[0].endswith((".dist-info", ".egg-info", ".data")):
-            continue
-        first = parts[0]
-        if len(parts) > 1:
-            names.add(first)
-        elif first.endswith(".py") and first.startswith("__editable__") and first.endswith("_finder.py"):
-            names.update(_finder_names(file.locate()))
-        elif first.endswith(".py"):
-            names.add(first[:-3])
-    return frozenset(n for n in names if n.isidentifier())
-
-
-def _finder_names(finder: Any) -> set[str]:
-    """The packages setuptools' editable finder (``__editable___<dist>_finder.py``) maps: the keys
-    of its ``MAPPING``, read as text (not imported)."""
-    import ast
-
-    try:
-        tree = ast.parse(Path(finder).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
-        return set()
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MAPPING" for t in node.targets):
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                return set()
-            return {str(k) for k in value} if isinstance(value, dict) else set()
-    return set()
-
-
-def editable_source_state(root: Path | None, installs: dict[Path, tuple[str, frozenset[str], bool]] | None = None,
+def editable_source_state(root: Path | None, installs: Installs | None = None,
                           ) -> list[dict[str, Any]]:
     """The state of each editable install this process imported a module from: ``name``,
     ``path``; when its folder is the recorded repository ``root`` (or inside it),

@@ -7,53 +7,27 @@ fresh interpreter in another folder fails with ``No module named 'clf'``.
 
 :func:`local_modules_by_value` asks cloudpickle to pickle every *local* module the process
 imported by value (classes, functions and their globals travel in the pickle). A module is
-local when its file lies outside the interpreter's installation (its prefixes, site-packages,
-the standard library) and no installed distribution provides it: the user's scripts and
-helper modules next to them or on ``PYTHONPATH``. Installed packages (torch, lightning, an
-``pip install -e`` project) stay references, as MLflow's ``pip_requirements`` expect.
+local when it is the user's own (:func:`prov4ml_lightning.installs.own_modules`, the definition
+the code capture uses too): the user's scripts and helper modules next to them or on
+``PYTHONPATH``. Installed packages (torch, lightning, a ``pip install -e`` project's own packages)
+stay references, as MLflow's ``pip_requirements`` expect.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import sys
-import sysconfig
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
-__all__ = ["installation_roots", "local_modules", "local_modules_by_value"]
+from prov4ml_lightning.installs import own_modules  # loaded by path in the service process, as this module
 
-
-def installation_roots() -> tuple[Path, ...]:
-    """The folders of the interpreter's installation: its prefixes, the standard library, site-packages."""
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    roots.update(p for p in sysconfig.get_paths().values() if p)
-    return tuple(Path(r).resolve() for r in roots)
+__all__ = ["local_modules", "local_modules_by_value"]
 
 
 def local_modules() -> list[ModuleType]:
-    """The imported modules that are the user's own (see the module docstring), ``__main__`` aside
-    (cloudpickle pickles it by value already)."""
-    installed = installation_roots()
-    distributed = set(importlib.metadata.packages_distributions())
-    found = []
-    for name, module in list(sys.modules.items()):
-        if not isinstance(module, ModuleType) or name == "__main__" or name.split(".")[0] in distributed:
-            continue
-        if name.split(".")[0] == __name__.split(".")[0]:  # this library: installed, even when editable
-            continue
-        file = getattr(module, "__file__", None)
-        if not file or not file.endswith(".py"):
-            continue
-        try:
-            path = Path(file).resolve()
-        except OSError:
-            continue
-        if not any(path.is_relative_to(root) for root in installed):
-            found.append(module)
-    return found
+    """The imported modules that are the user's own, ``__main__`` aside (cloudpickle pickles it by value already)."""
+    return [sys.modules[name] for name in own_modules() if name != "__main__" and name in sys.modules]
 
 
 @contextlib.contextmanager

@@ -81,6 +81,7 @@ def _load_sink_module() -> Any:
     # sink.py imports its rules, the store opener and the file helpers by their package names;
     # registered under those names first, they are found without importing the package (and torch)
     _load("prov4ml_lightning.files", _HERE.parents[1] / "files.py")
+    _load("prov4ml_lightning.installs", _HERE.parents[1] / "installs.py")
     _load("prov4ml_lightning.sinks.mlflow.rules", _HERE / "rules.py")
     _load("prov4ml_lightning.sinks.mlflow.pickling", _HERE / "pickling.py")
     _load("prov4ml_lightning.sinks.mlflow.store", _HERE / "store.py")
