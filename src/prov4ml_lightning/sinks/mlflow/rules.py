@@ -273,3 +273,48 @@ def source_tags(user: str | None, code: Mapping[str, Any]) -> dict[str, str]:
 
 def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+
+
+def run_tags(tags: Mapping[str, str], description: str | None, parent_run_id: str | None,
+             run_name: str | None) -> tuple[dict[str, str], str]:
+    """A new run's tags (keys made MLflow-safe, the description and parent as MLflow's own tags)
+    and its name: ``run_name``, else an ``mlflow.runName`` tag, else :func:`generate_run_name`."""
+    all_tags = {mlflow_safe_key(k): v for k, v in tags.items()}
+    if description:
+        all_tags[MLFLOW_TAG_DESCRIPTION] = description
+    if parent_run_id:
+        all_tags[MLFLOW_TAG_PARENT] = parent_run_id
+    return all_tags, run_name or all_tags.get(MLFLOW_TAG_RUN_NAME) or generate_run_name()
+
+
+def dataset_input(ds: Mapping[str, Any]) -> dict[str, str]:
+    """The MLflow dataset input of one recorded dataset (see ``MlflowSink.log_dataset_inputs``):
+    ``name``, ``digest``, ``source_type``, ``source``, ``profile`` and ``context``."""
+    import json
+
+    fingerprint = ds.get("fingerprint")
+    digest = str(fingerprint) if fingerprint else hashlib.sha256(str(ds["name"]).encode()).hexdigest()
+    profile = {k: ds[k] for k in ("length", "fingerprint", "fingerprint_status", "fingerprint_method",
+                                  "fingerprint_sample_size", "batch_size") if ds.get(k) is not None}
+    role = str(ds.get("role") or "")
+    return {"name": str(ds["name"])[:DATASET_NAME_MAX], "digest": digest[:DATASET_DIGEST_MAX], "source_type": "code",
+            "source": json.dumps({"dataset_class": ds.get("dataset_class"), "prov_entity": ds["name"]}),
+            "profile": json.dumps(profile), "context": DATASET_CONTEXTS.get(role, role or "other")}
+
+
+def weights_hit(run_id: str, artifact_uri: str, tag_value: str, provenance_file: str | None) -> dict[str, Any] | None:
+    """One run found by a ``prov4ml.weights.<digest>`` tag (:data:`WEIGHTS_TAG_PREFIX`): the run's id in PROV
+    (the tag says it: a run recorded offline and synced later has another id in MLflow), its namespace, the
+    entities and parts that hold the weights, and its PROV file's artifact URI; ``None`` for a value not ours."""
+    import json
+
+    try:
+        value = json.loads(tag_value)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {"run_id": value.get("run") or run_id, "namespace": value.get("ns", ""),
+            "ids": [list(i) for i in value.get("ids", [])], "parts": [list(p) for p in value.get("parts", [])],
+            "provenance_file": f"{artifact_uri.rstrip('/')}/{provenance_file}" if provenance_file else ""}
+

@@ -77,15 +77,23 @@ def _load(name: str, path: Path) -> Any:
     return module
 
 
-def _load_sink_module() -> Any:
-    # sink.py imports its rules, the store opener and the file helpers by their package names;
-    # registered under those names first, they are found without importing the package (and torch)
+def _load_direct_module() -> Any:
+    """:mod:`.direct` and what it imports, without MLflow."""
+    # registered under their package names first, they are found without importing the package (and torch)
     _load("prov4ml_lightning.files", _HERE.parents[1] / "files.py")
     _load("prov4ml_lightning.installs", _HERE.parents[1] / "installs.py")
     _load("prov4ml_lightning.sinks.mlflow.rules", _HERE / "rules.py")
     _load("prov4ml_lightning.sinks.mlflow.pickling", _HERE / "pickling.py")
     _load("prov4ml_lightning.sinks.mlflow.store", _HERE / "store.py")
-    return _load("prov4ml_lightning_service_sink", _HERE / "sink.py")
+    return _load("prov4ml_lightning.sinks.mlflow.direct", _HERE / "direct.py")
+
+
+def _load_sink_module() -> Any:
+    """:mod:`.sink` (after :func:`_load_direct_module`), then MLflow."""
+    module = _load("prov4ml_lightning_service_sink", _HERE / "sink.py")
+    import mlflow  # noqa: F401  (it configures its loggers when imported: the caller's handler goes on after)
+
+    return module
 
 
 class _Inbox:
@@ -236,23 +244,30 @@ def main() -> None:
     if not (max_s >= 0 and max_s != float("inf")):  # NaN, infinity, negative
         max_s = _DEFER_MAX_S
     held = _Yield(os.getppid(), max_s)
-    held.wait()  # importing MLflow is most of the service's CPU
+    # what MLflow and the store opener warn (a half-created store replaced) goes back with the answer,
+    # for the training process to log where the user sees them
+    logging.getLogger("prov4ml_lightning").addHandler(said)
+    failure = ""
     try:
-        sink_module = _load_sink_module()
-        import mlflow  # noqa: F401  (it configures its loggers when imported: the handler goes on after)
-
-        # MLflow's warnings (and the store opener's: a half-created store replaced) go back with the
-        # answer, for the training process to log where the user sees them
-        logging.getLogger("mlflow").addHandler(said)
-        logging.getLogger("prov4ml_lightning").addHandler(said)
+        direct = _load_direct_module()
     except BaseException as err:
-        sink_module, failure = None, f"MLflow could not be imported: {type(err).__name__}: {err}"
+        direct, failure = None, f"the MLflow service could not load its modules: {type(err).__name__}: {err}"
+    sink_module: Any = None
+    direct_sinks: dict[tuple[str, str], Any] = {}  # None: the store is MLflow's to open
     sinks: dict[tuple[str, str], Any] = {}
     broken: dict[tuple[str, str], tuple[float, str]] = {}  # store -> (when, why) it could not be opened
 
-    def sink_for(store: tuple[str, str]) -> Any:
+    def mlflow_sink(store: tuple[str, str]) -> Any:
+        nonlocal sink_module, failure
         if sink_module is None:
-            raise RuntimeError(failure)
+            if direct is None:
+                raise RuntimeError(failure)
+            try:
+                sink_module = _load_sink_module()
+            except BaseException as err:
+                failure = f"MLflow could not be imported: {type(err).__name__}: {err}"
+                raise RuntimeError(failure) from None
+            logging.getLogger("mlflow").addHandler(said)
         if store not in sinks:
             when, why = broken.get(store, (0.0, ""))
             if time.monotonic() - when < _RETRY_BROKEN_S:  # opening it again would fail the same, slowly
@@ -264,6 +279,40 @@ def main() -> None:
                 raise
         return sinks[store]
 
+    def direct_sink(store: tuple[str, str]) -> Any:
+        """The store's :class:`.direct.DirectSink`, or ``None`` where MLflow opens it."""
+        if direct is None:
+            return None
+        if store not in direct_sinks:
+            try:
+                direct_sinks[store] = direct.open_direct(*store)
+            except Exception as err:  # a store it cannot tell about: MLflow's opening says what is wrong
+                logging.getLogger(__name__).debug("direct store %s: %r", store[0], err)
+                direct_sinks[store] = None
+        return direct_sinks[store]
+
+    def serve(sink: Any, kind: str, rest: list[Any]) -> Any:
+        if kind == "call":
+            method, args, kwargs = rest
+            if method not in _CALLS:
+                raise ValueError(f"unknown call {method!r}")
+            if not hasattr(sink, method):
+                raise direct.NeedsMlflow(method)
+            result = getattr(sink, method)(*args, **kwargs)
+            return len(args[1]) if method == "log_metrics" else result
+        if kind == "start_run":
+            run_id, experiment_name, run_name, tags, description, parent, start_ms = rest
+            experiment_id = sink.experiment_id(experiment_name)
+            _, name = sink.create_run_with_id(run_id, experiment_id, run_name, tags, description, parent, start_ms)
+            return (experiment_id, name)
+        if kind == "log_model_file":
+            run_id, path, name, model_id, kwargs = rest
+            return sink.log_model_file(run_id, path, name, model_id, **kwargs)
+        if kind == "log_staged":
+            run_id, path, artifact_path, _ = rest
+            return sink.log_artifact(run_id, path, artifact_path)
+        raise ValueError(f"unknown request {kind!r}")
+
     while True:
         message = inbox.get()
         if message is None:
@@ -271,37 +320,26 @@ def main() -> None:
         kind, store, *rest = message
         held.wait(len(inbox))
         try:
-            sink = sink_for(store)
-            if kind == "call":
-                method, args, kwargs = rest
-                if method not in _CALLS:
-                    raise ValueError(f"unknown call {method!r}")
-                result = getattr(sink, method)(*args, **kwargs)
-                if method == "log_metrics":
-                    result = len(args[1])
-            elif kind == "start_run":
-                run_id, experiment_name, run_name, tags, description, parent, start_ms = rest
-                experiment_id = sink.experiment_id(experiment_name)
-                _, name = sink.create_run_with_id(run_id, experiment_id, run_name, tags, description, parent,
-                                                  start_ms)
-                result = (experiment_id, name)
-            elif kind == "log_model_file":
-                run_id, path, name, model_id, options = rest
-                kwargs = pickle.loads(options)  # MLflow is imported: its objects among them load safely
-                result = sink.log_model_file(run_id, path, name, model_id, **kwargs)
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-                    os.rmdir(os.path.dirname(path))  # the staging folder, once empty
-            elif kind == "log_staged":
-                run_id, path, artifact_path, stage = rest
-                try:
-                    result = sink.log_artifact(run_id, path, artifact_path)
-                finally:
-                    shutil.rmtree(stage, ignore_errors=True)
+            if kind == "log_model_file":  # the options were pickled by the training process (service.log_model)
+                rest[-1] = pickle.loads(rest[-1])  # an MLflow object among them imports MLflow's module here
+            try:
+                sink = direct_sink(store)
+                if sink is None:
+                    raise direct.NeedsMlflow("store") if direct is not None else RuntimeError(failure)
+                result = serve(sink, kind, rest)
+            except Exception as err:
+                if direct is None or not isinstance(err, direct.NeedsMlflow):
+                    raise
+                result = serve(mlflow_sink(store), kind, rest)
+            finally:
+                if kind == "log_model_file":
                     with contextlib.suppress(OSError):
-                        os.rmdir(os.path.dirname(stage))  # the staging folder, once empty
-            else:
-                raise ValueError(f"unknown request {kind!r}")
+                        os.remove(rest[1])
+                        os.rmdir(os.path.dirname(rest[1]))  # the staging folder, once empty
+                elif kind == "log_staged":
+                    shutil.rmtree(rest[3], ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.dirname(rest[3]))  # the staging folder, once empty
         except _Broken as err:
             answer(("error", str(err)))
         except Exception as err:

@@ -15,7 +15,6 @@ the service process loads these files by path, with MLflow only.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import logging
 import os
@@ -29,16 +28,10 @@ from prov4ml_lightning.sinks.mlflow.pickling import local_modules_by_value  # lo
 from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the service process: see service_process.py
     BATCH_METRICS,
     BATCH_PARAMS,
-    DATASET_CONTEXTS,
-    DATASET_DIGEST_MAX,
-    DATASET_NAME_MAX,
     DATASETS_PER_BATCH,
     MAX_KEY_LENGTH,
     MAX_PARAM_VALUE_LENGTH,
     MLFLOW_TAG_DATASET_CONTEXT,
-    MLFLOW_TAG_DESCRIPTION,
-    MLFLOW_TAG_PARENT,
-    MLFLOW_TAG_RUN_NAME,
     PROVENANCE_TAG,
     PYTORCH_FLAVOR,
     PYTORCH_LOADER_MODULE,
@@ -47,6 +40,7 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     PYTORCH_PICKLE_MODULE,
     PYTORCH_PICKLE_MODULE_INFO,
     WEIGHTS_TAG_PREFIX,
+    dataset_input,
     default_pip_requirements,
     default_serialization_format,
     default_tracking_uri,
@@ -54,9 +48,11 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     is_local_store,
     mlflow_safe_key,
     resolve_tracking_uri,
+    run_tags,
     source_tags,
     sqlite_file,
     truncate_param_value,
+    weights_hit,
 )
 from prov4ml_lightning.sinks.mlflow.store import open_client  # loaded by path in the service process too
 
@@ -287,12 +283,7 @@ class MlflowSink:
                            start_time_ms: int) -> tuple[str, str]:
         """:meth:`create_run` under ``run_id`` (32 hex digits, drawn by the training process; a
         database store only: see :meth:`_chosen_id`), or under MLflow's id when it is ``None``."""
-        all_tags = {mlflow_safe_key(k): v for k, v in tags.items()}
-        if description:
-            all_tags[MLFLOW_TAG_DESCRIPTION] = description
-        if parent_run_id:
-            all_tags[MLFLOW_TAG_PARENT] = parent_run_id
-        run_name = run_name or all_tags.get(MLFLOW_TAG_RUN_NAME) or generate_run_name()
+        all_tags, run_name = run_tags(tags, description, parent_run_id, run_name)
         with self._chosen_id(run_id, "create_run"):
             run = self.client.create_run(experiment_id, start_time=start_time_ms, tags=all_tags, run_name=run_name)
         if run_id is not None and run.info.run_id != run_id:
@@ -402,22 +393,15 @@ class MlflowSink:
         method are in the profile), the source the dataset's class. Without a fingerprint (not
         known when the run ended, or none possible) the digest is a hash of the name.
         """
-        import json
-
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         inputs = []
         for ds in datasets:
-            fingerprint = ds.get("fingerprint")
-            digest = (str(fingerprint) if fingerprint else hashlib.sha256(str(ds["name"]).encode()).hexdigest())
-            profile = {k: ds[k] for k in ("length", "fingerprint", "fingerprint_status", "fingerprint_method",
-                                          "fingerprint_sample_size", "batch_size") if ds.get(k) is not None}
-            source = json.dumps({"dataset_class": ds.get("dataset_class"), "prov_entity": ds["name"]})
-            role = str(ds.get("role") or "")
+            row = dataset_input(ds)
             inputs.append(DatasetInput(
-                Dataset(name=str(ds["name"])[:DATASET_NAME_MAX], digest=digest[:DATASET_DIGEST_MAX],
-                        source_type="code", source=source, profile=json.dumps(profile)),
-                tags=[InputTag(MLFLOW_TAG_DATASET_CONTEXT, DATASET_CONTEXTS.get(role, role or "other"))],
+                Dataset(name=row["name"], digest=row["digest"], source_type=row["source_type"], source=row["source"],
+                        profile=row["profile"]),
+                tags=[InputTag(MLFLOW_TAG_DATASET_CONTEXT, row["context"])],
             ))
         for start in range(0, len(inputs), DATASETS_PER_BATCH):
             self.client.log_inputs(run_id, datasets=inputs[start : start + DATASETS_PER_BATCH])
@@ -558,8 +542,6 @@ class MlflowSink:
 
     def find_weights(self, digest: str) -> list[dict[str, Any]]:
         """The runs of every experiment tagged ``prov4ml.weights.<digest>`` (see :data:`WEIGHTS_TAG_PREFIX`)."""
-        import json
-
         from mlflow.entities import ViewType
 
         key = mlflow_safe_key(WEIGHTS_TAG_PREFIX + digest)
@@ -578,19 +560,10 @@ class MlflowSink:
                 runs = self.client.search_runs(experiments[start : start + 100], f"tags.`{key}` LIKE '%'",
                                                run_view_type=ViewType.ALL, max_results=1000, page_token=token)
                 for run in runs:
-                    try:
-                        value = json.loads(run.data.tags[key])
-                    except (KeyError, ValueError):
-                        continue
-                    prov_file = run.data.tags.get(PROVENANCE_TAG, "")
-                    # the run's id in PROV (the tag says it): a run recorded offline and synced later has
-                    # another id in MLflow
-                    prov_id = value.get("run") or run.info.run_id
-                    found.append({"run_id": prov_id, "namespace": value.get("ns", ""),
-                                  "ids": [list(i) for i in value.get("ids", [])],
-                                  "parts": [list(p) for p in value.get("parts", [])],
-                                  "provenance_file": f"{run.info.artifact_uri.rstrip('/')}/{prov_file}"
-                                                     if prov_file else ""})
+                    hit = weights_hit(run.info.run_id, run.info.artifact_uri, run.data.tags.get(key, ""),
+                                      run.data.tags.get(PROVENANCE_TAG))
+                    if hit is not None:
+                        found.append(hit)
                 token = runs.token
                 if not token:
                     break

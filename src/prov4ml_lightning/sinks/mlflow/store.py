@@ -36,6 +36,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,8 @@ from prov4ml_lightning.files import cache_dir  # loaded by path in the service p
 from prov4ml_lightning.sinks.mlflow.rules import is_database_uri, sqlite_file
 
 __all__ = [
-    "TEMPLATES", "BrokenStoreError", "database_file", "forget_engine", "open_client", "prepare_sqlite_store",
-    "template_path",
+    "TEMPLATES", "BrokenStoreError", "database_file", "forget_engine", "link_new_store", "open_client",
+    "prepare_sqlite_store", "store_lock", "template_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,13 @@ def _store_lock_path(tracking_uri: str) -> Path:
     return Path(tempfile.gettempdir()) / f"prov4ml-store-{digest}.lock"
 
 
+def store_lock(tracking_uri: str) -> Any:
+    """The file lock (``filelock.FileLock``) of the store at ``tracking_uri``: see :func:`_store_lock_path`."""
+    from filelock import FileLock
+
+    return FileLock(str(_store_lock_path(tracking_uri)), timeout=_STORE_LOCK_TIMEOUT_S)
+
+
 def database_file(tracking_uri: str) -> Path | None:
     """The file of a ``sqlite:///`` store (its query string left out); ``None`` for any other
     store and for an in-memory database."""
@@ -99,10 +107,8 @@ def open_client(tracking_uri: str) -> Any:
     if not is_database_uri(tracking_uri):
         return MlflowClient(tracking_uri)
     scheme = tracking_uri.split(":", 1)[0]
-    from filelock import FileLock
-
     db = database_file(tracking_uri)
-    lock = FileLock(str(_store_lock_path(tracking_uri)), timeout=_STORE_LOCK_TIMEOUT_S)
+    lock = store_lock(tracking_uri)
     for attempt in range(_STORE_ATTEMPTS):
         try:
             with lock:
@@ -162,6 +168,24 @@ def template_path(schema: Any = None) -> Path | None:
     name = (f"empty-mlflow-{version('mlflow')}-{head}-sqlalchemy-{version('sqlalchemy')}"
             f"-alembic-{version('alembic')}.db")
     return cache_dir() / TEMPLATES / name
+
+
+def cached_template() -> tuple[Path, str] | None:
+    """The migrated empty store :func:`template_path` names for the installed MLflow, SQLAlchemy and
+    alembic, and its schema revision (read from its name), found without importing MLflow; ``None``
+    while none was built (a first store opened with MLflow builds it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mlflow_v, sqlalchemy_v, alembic_v = version("mlflow"), version("sqlalchemy"), version("alembic")
+    except PackageNotFoundError:
+        return None
+    prefix, suffix = f"empty-mlflow-{mlflow_v}-", f"-sqlalchemy-{sqlalchemy_v}-alembic-{alembic_v}.db"
+    for path in (cache_dir() / TEMPLATES).glob(f"{prefix}*{suffix}"):
+        head = path.name[len(prefix) : -len(suffix)]
+        if head.isalnum():
+            return path, head
+    return None
 
 
 def _check(schema: Any, db: Path, *, whole: bool = False) -> str | None:
@@ -269,14 +293,25 @@ def _move_aside(db: Path) -> Path:
 def _create(schema: Any, db: Path, *, replace: bool = False) -> None:
     """Create the store ``db`` whole: a copy of the template (built first when missing or not
     usable), under a temporary name beside ``db``, then linked into place."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db.with_name(f"{db.name}{_NEW}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+
+    def fill(tmp: Path) -> None:
         template = template_path(schema)
         if not (template is not None and _copy_template(schema, template, tmp)):
             _migrate(schema, tmp)
             if template is not None:
                 _save_template(tmp, template)
+
+    link_new_store(db, fill, replace=replace)
+
+
+def link_new_store(db: Path, fill: Callable[[Path], None], *, replace: bool = False) -> None:
+    """Create the store ``db`` whole: ``fill`` writes it under a temporary name beside ``db``, which is then
+    linked into place (``replace``: over the file there; else never over a store another program created
+    meanwhile). The caller holds the store's lock."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f"{db.name}{_NEW}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        fill(tmp)
         _fsync(tmp)
         if replace:
             os.replace(tmp, db)
