@@ -72,6 +72,10 @@ if mode in ("end", "plain"):
     prov4ml.log_artifact(user_file)
 if mode == "end":
     assert prov4ml.wait_for_mlflow(120)  # the run exists in MLflow before its points come
+    # the store's write lock held until the kill: the service is surely still writing when it dies
+    import sqlite3
+    blocker = sqlite3.connect(mlflow_dir / "mlflow.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
 total = 0.0
 for step in range(n):
     value = 1.0 / (step + 1)
@@ -92,6 +96,7 @@ if mode == "end":  # killed once end_run has begun (its journal says so), the se
             assert time.monotonic() < deadline
             time.sleep(0.002)
         kill_service(run.run_id)
+        blocker.execute("ROLLBACK")
     threading.Thread(target=killer, daemon=True).start()
 print("ending", flush=True)
 prov4ml.end_run()
