@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from prov4ml_lightning.files import CACHE_ENV
 from prov4ml_lightning.sinks.mlflow.service import save_model_file
 from prov4ml_lightning.sinks.mlflow.sink import (
     MlflowSink,
@@ -105,6 +106,9 @@ def test_an_mlflow_that_draws_ids_otherwise_leaves_the_run_offline_with_one_warn
     (tmp_path / "train.py").write_text(textwrap.dedent(_TRAINING))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join([str(hook), str(REPO), env.get("PYTHONPATH", "")])
+    # no migrated empty store cached: the store is MLflow's to open (the direct store, sinks/mlflow/direct.py,
+    # never asks MLflow for ids)
+    env[CACHE_ENV] = str(tmp_path / "cache")
     proc = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

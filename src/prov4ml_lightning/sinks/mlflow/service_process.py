@@ -323,20 +323,21 @@ def main() -> None:
             if kind == "log_model_file":  # the options were pickled by the training process (service.log_model)
                 rest[-1] = pickle.loads(rest[-1])  # an MLflow object among them imports MLflow's module here
             try:
-                sink = direct_sink(store)
-                if sink is None:
-                    raise direct.NeedsMlflow("store") if direct is not None else RuntimeError(failure)
-                result = serve(sink, kind, rest)
-            except Exception as err:
-                if direct is None or not isinstance(err, direct.NeedsMlflow):
-                    raise
-                result = serve(mlflow_sink(store), kind, rest)
-            finally:
-                if kind == "log_model_file":
+                try:
+                    sink = direct_sink(store)
+                    if sink is None:
+                        raise direct.NeedsMlflow("store") if direct is not None else RuntimeError(failure)
+                    result = serve(sink, kind, rest)
+                except Exception as err:
+                    if direct is None or not isinstance(err, direct.NeedsMlflow):
+                        raise
+                    result = serve(mlflow_sink(store), kind, rest)
+                if kind == "log_model_file":  # kept when not logged: `prov4ml sync` logs it later
                     with contextlib.suppress(OSError):
                         os.remove(rest[1])
                         os.rmdir(os.path.dirname(rest[1]))  # the staging folder, once empty
-                elif kind == "log_staged":
+            finally:
+                if kind == "log_staged":
                     shutil.rmtree(rest[3], ignore_errors=True)
                     with contextlib.suppress(OSError):
                         os.rmdir(os.path.dirname(rest[3]))  # the staging folder, once empty
