@@ -35,7 +35,7 @@ from typing import Any  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = ("bare", "csv", "mlflow", "mlflow_async", "autolog", "yprov4ml", "prov4ml_api", "prov4ml",
-           "prov4ml_sysmetrics", "prov4ml_nomodel", "prov4ml_api_model", "prov4ml_nohold")
+           "prov4ml_sysmetrics", "prov4ml_nomodel", "prov4ml_api_model", "prov4ml_nohold", "prov4ml_mlflow")
 LABELS = {
     "bare": "bare Lightning (logger=False)",
     "csv": "CSVLogger",
@@ -49,6 +49,8 @@ LABELS = {
     "prov4ml_nomodel": "Prov4MLCallback(log_model=False)",
     "prov4ml_api_model": "prov4ml functional API + log_model at the end",
     "prov4ml_nohold": "Prov4MLCallback (defaults), service never holds its work (PROV4ML_SERVICE_DEFER_S=0)",
+    "prov4ml_mlflow": "Prov4MLCallback (defaults), the store written by MLflow (no migrated empty store cached: "
+                      "a first run with this MLflow)",
 }
 NS = "www.example.org"
 
@@ -79,6 +81,8 @@ def child(cfg: str, epochs: int, workdir: Path) -> dict[str, Any]:
         from yprov4ml.loggers.prov4ml_logger import ProvMLLogger
     elif cfg.startswith("prov4ml"):
         import prov4ml_lightning as prov4ml
+        if cfg == "prov4ml_mlflow":  # no cached empty store: the service opens the store with MLflow, as before
+            os.environ["PROV4ML_CACHE_DIR"] = str(workdir / "empty-cache")  # direct.py (issue 27) and a first run
         if cfg == "prov4ml_nohold":  # the service as before issue 27: it works while the training runs
             os.environ["PROV4ML_SERVICE_DEFER_S"] = "0"
     t_setup = time.perf_counter()

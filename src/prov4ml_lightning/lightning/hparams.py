@@ -203,28 +203,42 @@ def lr_stats(trainer: Any, interval: str) -> dict[str, float]:
     names (``lr-Adam``, ``lr-Adam/pg1``..., ``lr-Adam-1``, a scheduler's ``name``): ``interval``
     ``"step"`` (at a training batch's start: per-step schedulers) or ``"epoch"`` (at an epoch's
     start: per-epoch schedulers); optimizers without a scheduler at both. The names come from
-    Lightning's own monitor; its values are read here, so ``trainer.callback_metrics`` stays as
-    the user's callbacks left it."""
+    Lightning's own monitor, worked out once per set of optimizers and schedulers (:func:`_lr_plan`);
+    its values are read here, so ``trainer.callback_metrics`` stays as the user's callbacks left it."""
+    return {name: group["lr"] for when, group, name in _lr_plan(trainer) if when is None or interval in (when, "any")}
+
+
+_LR_PLAN: list[Any] = [None, []]  # [the key of the optimizers and schedulers it was made for, the plan]
+
+
+def _lr_plan(trainer: Any) -> list[tuple[str | None, dict[str, Any], str]]:
+    """``(interval or None for every point, param group, name)`` of each rate ``LearningRateMonitor`` logs.
+    Naming them takes ~40 us (a monitor and its name search); a training step reads them, so the plan is
+    kept while the trainer's optimizers, schedulers and their param groups are the same objects."""
     from collections import defaultdict
 
+    configs = getattr(trainer, "lr_scheduler_configs", []) or []
+    optimizers = getattr(trainer, "optimizers", []) or []
+    key = (tuple(map(id, configs)), tuple(id(c.scheduler) for c in configs),
+           tuple(id(g) for o in optimizers for g in o.param_groups))
+    if _LR_PLAN[0] == key:
+        return _LR_PLAN[1]  # type: ignore[no-any-return]
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     monitor = LearningRateMonitor()
-    configs = getattr(trainer, "lr_scheduler_configs", []) or []
     names, with_scheduler, types = monitor._find_names_from_schedulers(configs)
-    out: dict[str, float] = {}
+    plan: list[tuple[str | None, dict[str, Any], str]] = []
     for group_names, config in zip(names, configs):
-        if interval in (config.interval, "any"):
-            for group, name in zip(config.scheduler.optimizer.param_groups, group_names):
-                out[name] = group["lr"]
+        plan.extend((config.interval, group, name)
+                    for group, name in zip(config.scheduler.optimizer.param_groups, group_names))
     # Optimizers without a scheduler are logged at both points, as the monitor does.
     opt_names, without = monitor._find_names_from_optimizers(
-        getattr(trainer, "optimizers", []) or [], seen_optimizers=with_scheduler,
+        optimizers, seen_optimizers=with_scheduler,
         seen_optimizer_types=types if isinstance(types, defaultdict) else defaultdict(int, types))
     for opt, group_names in zip(without, opt_names):
-        for group, name in zip(opt.param_groups, group_names):
-            out[name] = group["lr"]
-    return out
+        plan.extend((None, group, name) for group, name in zip(opt.param_groups, group_names))
+    _LR_PLAN[:] = [key, plan]
+    return plan
 
 
 def clean_hparams(hparams: Mapping[str, Any], notes: list[str], prefix: str = "") -> dict[str, Any]:
