@@ -16,18 +16,16 @@ version) and one of :data:`SCHEMAS`, the revisions this module was checked again
 :class:`NeedsMlflow` before writing anything, and the service does that call with MLflow
 (:class:`.sink.MlflowSink`), on the same database.
 
-It imports nothing of the package but :mod:`.rules`, :mod:`.store` and :mod:`prov4ml_lightning.files`
-(the service process loads them by path) and never MLflow.
+It imports nothing of the package but :mod:`.rules`, :mod:`.store`, :mod:`.model_folder` and
+:mod:`prov4ml_lightning.files` (the service process loads them by path) and never MLflow.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import math
 import numbers
 import os
-import platform
 import shutil
 import sqlite3
 import time
@@ -37,16 +35,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from prov4ml_lightning.sinks.mlflow.model_folder import write_model_folder
 from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the service process: see service_process.py
     MLFLOW_TAG_RUN_NAME,
     MLFLOW_TAG_USER,
     PROVENANCE_TAG,
-    PYTORCH_FLAVOR,
-    PYTORCH_LOADER_MODULE,
-    PYTORCH_MODEL_DATA,
-    PYTORCH_MODEL_FILE,
-    PYTORCH_PICKLE_MODULE,
-    PYTORCH_PICKLE_MODULE_INFO,
     WEIGHTS_TAG_PREFIX,
     dataset_input,
     default_pip_requirements,
@@ -382,7 +375,7 @@ class DirectSink:
                          "WHERE run_uuid = ? AND step = ? ORDER BY key, timestamp",
                          (model_id, experiment_id, run_id, step))
         try:
-            _write_model_folder(_local_folder(location), path, model_id, run_id, location, pytorch_version,
+            write_model_folder(_local_folder(location), path, model_id, run_id, location, pytorch_version,
                                 requirements)
         except BaseException:
             with self._write() as conn:
@@ -416,65 +409,3 @@ def _copy_into(source: Path, folder: Path) -> None:
         shutil.copytree(source, folder, dirs_exist_ok=True)
     else:
         shutil.copy2(source, folder / source.name)
-
-
-def _folder_size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-def _write_model_folder(folder: Path, file: str, model_id: str, run_id: str, location: str, pytorch_version: str,
-                        requirements: list[str]) -> None:
-    """The folder ``mlflow.pytorch.save_model`` writes for a pickled module (``MLmodel`` as ``Model.to_yaml``
-    writes it, ``conda.yaml`` and ``python_env.yaml`` as MLflow's environment helpers do, ``requirements.txt``,
-    ``data/``), the module's file hard-linked (copied across file systems)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import yaml
-
-    def installed(dist: str) -> str | None:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return None
-
-    data = folder / PYTORCH_MODEL_DATA
-    data.mkdir(parents=True, exist_ok=True)
-    (data / PYTORCH_PICKLE_MODULE_INFO).write_text(PYTORCH_PICKLE_MODULE)
-    target = data / PYTORCH_MODEL_FILE
-    with contextlib.suppress(FileNotFoundError):
-        target.unlink()
-    try:
-        os.link(file, target)
-    except OSError:
-        shutil.copyfile(file, target)
-    python = platform.python_version()
-    mlmodel: dict[str, Any] = {
-        "artifact_path": location,
-        "flavors": {
-            "python_function": {"config": {"device": None}, "data": PYTORCH_MODEL_DATA,
-                                "env": {"conda": "conda.yaml", "virtualenv": "python_env.yaml"},
-                                "loader_module": PYTORCH_LOADER_MODULE, "pickle_module_name": PYTORCH_PICKLE_MODULE,
-                                "python_version": python},
-            PYTORCH_FLAVOR: {"code": None, "model_data": PYTORCH_MODEL_DATA, "pytorch_version": pytorch_version},
-        },
-        "mlflow_version": installed("mlflow"),
-        "model_id": model_id,
-        "model_uuid": model_id,
-        "prompts": None,
-        "run_id": run_id,
-        "utc_time_created": str(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)),
-    }
-    if size := _folder_size(folder):
-        mlmodel["model_size_bytes"] = size
-    with open(folder / "MLmodel", "w") as f:
-        yaml.safe_dump(mlmodel, stream=f, default_flow_style=False)
-    pip = installed("pip")
-    conda = {"channels": ["conda-forge"], "dependencies": [f"python={python}", f"pip<={pip}" if pip else "pip",
-                                                           {"pip": requirements}], "name": "mlflow-env"}
-    with open(folder / "conda.yaml", "w") as f:
-        yaml.safe_dump(conda, stream=f, default_flow_style=False)
-    (folder / "requirements.txt").write_text("\n".join(requirements))
-    build = [f"{d}=={v}" if (v := installed(d)) else d for d in ("pip", "setuptools", "wheel")]
-    env = {"python": python, "build_dependencies": build, "dependencies": ["-r requirements.txt"]}
-    with open(folder / "python_env.yaml", "w") as f:
-        yaml.safe_dump(env, stream=f, default_flow_style=False, sort_keys=False)

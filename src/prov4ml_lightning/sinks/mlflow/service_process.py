@@ -85,6 +85,7 @@ def _load_direct_module() -> Any:
     _load("prov4ml_lightning.sinks.mlflow.rules", _HERE / "rules.py")
     _load("prov4ml_lightning.sinks.mlflow.pickling", _HERE / "pickling.py")
     _load("prov4ml_lightning.sinks.mlflow.store", _HERE / "store.py")
+    _load("prov4ml_lightning.sinks.mlflow.model_folder", _HERE / "model_folder.py")
     return _load("prov4ml_lightning.sinks.mlflow.direct", _HERE / "direct.py")
 
 
