@@ -29,9 +29,10 @@ pytestmark = pytest.mark.slow  # MLflow, torch and two stores: ~10 s
 
 RUN = "0123456789abcdef0123456789abcdef"
 MODEL = "m-fedcba9876543210fedcba9876543210"
+MODEL2 = "m-00000000000000000000000000000002"
 #: columns whose values are times or fresh ids: compared by presence, not value
-_VOLATILE = {"creation_time", "last_update_time", "creation_timestamp_ms", "last_updated_timestamp_ms",
-             "dataset_uuid", "input_uuid", "source_id"}
+_VOLATILE = {"creation_time", "last_update_time", "last_updated_time", "creation_timestamp_ms",
+             "last_updated_timestamp_ms", "dataset_uuid", "input_uuid", "source_id"}
 
 
 def _model_file(folder: Path) -> str:
@@ -69,7 +70,10 @@ def _write_run(sink: Any, folder: Path, pytorch_version: str) -> None:
     sink.log_artifact(RUN, str(folder / "one.txt"), "prov")
     sink.log_artifact(RUN, str(folder / "tree"), "trees")
     sink.log_model_file(RUN, str(folder / "model.pth"), "net", MODEL, pytorch_version=pytorch_version,
-                        pip_requirements=None, params={"total_params": "8"})
+                        pip_requirements=None, params={"total_params": "8"}, registered_model_name="net")
+    shutil.copyfile(folder / "model.pth", folder / "again.pth")
+    sink.log_model_file(RUN, str(folder / "again.pth"), "net", MODEL2, pytorch_version=pytorch_version,
+                        registered_model_name="net", await_registration_for=300)
     sink.end_run(RUN, "FINISHED", 2_000)
 
 
@@ -147,15 +151,20 @@ def test_mlflow_reads_the_direct_store_and_loads_its_model(both: tuple[Path, Pat
     history = sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(RUN, "loss"))
     assert history == [(0, 5, 2.0), (0, 10, 1.0), (1, 9, 0.75), (1, 11, 0.5), (1, 20, 0.25)]
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train0.abc", "val0.def"}
-    assert [o.model_id for o in run.outputs.model_outputs] == [MODEL]
+    assert sorted(o.model_id for o in run.outputs.model_outputs) == sorted([MODEL, MODEL2])
     model = client.get_logged_model(MODEL)
     assert model.status.to_int() == 2 and model.params == {"total_params": "8"}
     mlflow.set_tracking_uri(uri)
     try:
         loaded = mlflow.pytorch.load_model(f"models:/{MODEL}")
+        registered = mlflow.pytorch.load_model("models:/net/2")
     finally:
         mlflow.set_tracking_uri(None)
-    assert isinstance(loaded, torch.nn.Sequential)
+    assert isinstance(loaded, torch.nn.Sequential) and isinstance(registered, torch.nn.Sequential)
+    versions = {v.version: v for v in client.search_model_versions("name = 'net'")}
+    assert sorted(versions) == ["1", "2"] or sorted(versions) == [1, 2]
+    assert {str(v.version): v.source for v in versions.values()} == {"1": f"models:/{MODEL}", "2": f"models:/{MODEL2}"}
+    assert client.get_logged_model(MODEL2).tags["mlflow.modelVersions"] == '[{"name": "net", "version": 2}]'
     assert {a.path for a in client.list_artifacts(RUN)} == {"one.txt", "prov", "trees"}
 
 

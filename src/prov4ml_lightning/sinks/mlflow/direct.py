@@ -344,13 +344,19 @@ class DirectSink:
 
     def log_model_file(self, run_id: str, path: str, name: str, model_id: str, *,
                        pytorch_version: str | None = None, pip_requirements: list[str] | None = None,
-                       params: Mapping[str, Any] | None = None, step: int = 0, **kwargs: Any) -> tuple[str, str]:
+                       params: Mapping[str, Any] | None = None, step: int = 0, registered_model_name: str | None = None,
+                       await_registration_for: Any = None, **kwargs: Any) -> tuple[str, str]:
         """``Model.log`` of the pytorch flavour for a module the training process saved at ``path``
         (``MlflowSink.log_model_file``): the logged model (PENDING), the run's output link, the run's
         metrics at ``step`` copied to the model, the model folder ``mlflow.pytorch.save_model`` writes
-        (``MLmodel``, the environment files, ``data/``), then READY. Any option beyond those is MLflow's."""
+        (``MLmodel``, the environment files, ``data/``), then READY; with ``registered_model_name``, its
+        registration (:meth:`_register`). Any option beyond those is MLflow's."""
         if pytorch_version is None or kwargs or not isinstance(step, int):
             raise NeedsMlflow("a model logged with options MLflow's flavour applies")
+        if registered_model_name is not None and (not isinstance(registered_model_name, str)
+                                                  or not registered_model_name.strip() or "/" in registered_model_name
+                                                  or ":" in registered_model_name or len(registered_model_name) > 256):
+            raise NeedsMlflow("a registered model name MLflow may refuse")
         if not name or not isinstance(name, str):
             raise NeedsMlflow("a model name MLflow may refuse")
         requirements = list(pip_requirements) if pip_requirements is not None else default_pip_requirements()
@@ -385,7 +391,40 @@ class DirectSink:
         with self._write() as conn:
             conn.execute("UPDATE logged_models SET status = ?, last_updated_timestamp_ms = ? WHERE model_id = ?",
                          (_READY, _now_ms(), model_id))
+        if registered_model_name is not None:
+            self._register(registered_model_name, model_id)
         return f"models:/{model_id}", model_id
+
+    def _register(self, name: str, model_id: str) -> None:
+        """MLflow's ``_register_model(f"models:/{model_id}", name)`` on a SQL registry: the registered model
+        (created when new), its next version (source ``models:/<model_id>``, the logged model's run and
+        artifact location, READY at once), and the version named in the logged model's
+        ``mlflow.modelVersions`` tag. MLflow's notes on stderr ("Successfully registered model ...") are left out."""
+        import json
+
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM registered_model_tags WHERE workspace = 'default' AND name = ? AND "
+                            "key = 'mlflow.prompt.is_prompt'", (name,)).fetchone():
+                raise NeedsMlflow("a prompt's name")  # MLflow refuses it, saying why
+            location, run_id, experiment_id = conn.execute(
+                "SELECT artifact_location, source_run_id, experiment_id FROM logged_models WHERE model_id = ?",
+                (model_id,)).fetchone()
+            now = _now_ms()
+            conn.execute("INSERT OR IGNORE INTO registered_models (name, creation_time, last_updated_time, "
+                         "description, workspace) VALUES (?, ?, ?, NULL, 'default')", (name, now, now))
+            conn.execute("UPDATE registered_models SET last_updated_time = ? WHERE workspace = 'default' AND name = ?",
+                         (now, name))
+            version = 1 + (conn.execute("SELECT max(version) FROM model_versions WHERE workspace = 'default' AND "
+                                        "name = ?", (name,)).fetchone()[0] or 0)
+            conn.execute("INSERT INTO model_versions (name, version, creation_time, last_updated_time, description, "
+                         "user_id, current_stage, source, run_id, status, status_message, run_link, storage_location, "
+                         "workspace) VALUES (?, ?, ?, ?, NULL, NULL, 'None', ?, ?, 'READY', NULL, NULL, ?, 'default')",
+                         (name, version, now, now, f"models:/{model_id}", run_id, location))
+            row = conn.execute("SELECT tag_value FROM logged_model_tags WHERE model_id = ? AND "
+                               "tag_key = 'mlflow.modelVersions'", (model_id,)).fetchone()
+            versions = (json.loads(row[0]) if row else []) + [{"name": name, "version": version}]
+            conn.execute("INSERT OR REPLACE INTO logged_model_tags (model_id, experiment_id, tag_key, tag_value) "
+                         "VALUES (?, ?, 'mlflow.modelVersions', ?)", (model_id, experiment_id, json.dumps(versions)))
 
     # -- reading --------------------------------------------------------------------------
     def find_weights(self, digest: str) -> list[dict[str, Any]]:
