@@ -48,7 +48,9 @@ def _write_run(sink: Any, folder: Path, pytorch_version: str) -> None:
     experiment = sink.experiment_id("direct-check")
     assert sink.experiment_id("direct-check") == experiment  # found again, not created twice
     run_id, name = sink.create_run_with_id(RUN, experiment, None, {"mlflow.user": "ada", "mlflow.runName": "first",
-                                                                   "bad:key": "x"}, "a note", "p" * 32, 1_000)
+                                                                   "bad:key": "x", "huge": "h" * 9000},
+                                           "a note", "p" * 32, 1_000)  # a long tag at creation: kept whole
+    sink.set_tags(RUN, [("mlflow.source.name", "train.py"), ("mlflow.source.type", "LOCAL")])
     assert (run_id, name) == (RUN, "first")
     sink.log_params(RUN, [("lr", "0.1"), ("layers", "3"), ("long", "v" * 7000)])
     sink.log_params(RUN, [("lr", "0.1")])  # the same value again: allowed
@@ -153,7 +155,12 @@ def test_mlflow_reads_the_direct_store_and_loads_its_model(both: tuple[Path, Pat
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train0.abc", "val0.def"}
     assert sorted(o.model_id for o in run.outputs.model_outputs) == sorted([MODEL, MODEL2])
     model = client.get_logged_model(MODEL)
-    assert model.status.to_int() == 2 and model.params == {"total_params": "8"}
+    assert model.status.to_int() == 2 and model.params["total_params"] == "8"
+    assert model.params["lr"] == "0.1"  # the run's params and source tags, as MLflow's Model.log gives a model
+    assert {k: v for k, v in model.tags.items() if k.startswith("mlflow.s") or k == "mlflow.user"} == {
+        "mlflow.user": "ada", "mlflow.source.name": "train.py", "mlflow.source.type": "LOCAL"}
+    assert {m.key for m in model.metrics} == {"loss", "acc", "low"}  # the run's points at the model's step (0)
+    assert len(run.data.tags["huge"]) == 9000
     mlflow.set_tracking_uri(uri)
     try:
         loaded = mlflow.pytorch.load_model(f"models:/{MODEL}")
@@ -185,8 +192,10 @@ def test_what_direct_does_not_do_is_left_to_mlflow(tmp_path: Path) -> None:
     experiment = sink.experiment_id("gone")
     mlflow_sink.client.delete_experiment(experiment)
     with pytest.raises(NeedsMlflow):
-        sink.experiment_id("gone")  # a deleted experiment: MLflow restores it
-    assert mlflow_sink.experiment_id("gone") == experiment
+        sink.experiment_id("gone")  # a deleted experiment: MLflow's sink says what to do
+    with pytest.raises(ValueError, match="'gone' was deleted in MLflow: restore it"):
+        mlflow_sink.experiment_id("gone")  # never restored behind the user's back (as mlflow.set_experiment)
+    mlflow_sink.client.restore_experiment(experiment)
     run_id, _ = sink.create_run_with_id(RUN, experiment, "r", {}, None, None, 1)
     before = _tables(tmp_path / "mlflow.db", tmp_path)
     with pytest.raises(NeedsMlflow):

@@ -151,3 +151,25 @@ def test_a_store_mlflow_cannot_open_is_left_alone_when_it_may_hold_records(tmp_p
     assert str(db) in text and "leaves it alone" in text
     assert ("mlflow db upgrade" in text) if kind == "holds an experiment" else ("SQLite cannot read it" in text)
     assert _sha(db) == before and not list(db.parent.glob("mlflow.db.broken-*"))
+
+
+@pytest.mark.slow  # waits out SQLite's busy timeouts: ~15 s
+def test_a_store_another_program_locks_is_busy_not_broken(tmp_path: Path) -> None:
+    """A store whose write lock another program holds while it is opened: the opening is retried and
+    then fails saying the database is locked, never that it is broken (whose advice is to move it away)."""
+    from prov4ml_lightning.sinks.mlflow.store import prepare_sqlite_store
+
+    uri = default_tracking_uri(tmp_path)
+    client = open_client(uri)
+    client.create_experiment("kept")
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(Exception, match="database is locked") as caught:
+            prepare_sqlite_store(tmp_path / "mlflow.db")
+        assert not isinstance(caught.value, BrokenStoreError)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert open_client(uri).get_experiment_by_name("kept") is not None  # the store is left as it was
+    assert not list(tmp_path.glob("mlflow.db.broken-*"))

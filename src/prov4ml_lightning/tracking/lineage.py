@@ -56,6 +56,7 @@ class Lineage:
     weights_started: set[str]
     weight_groups: Callable[[str], Any]
     lookups: list[threading.Thread]
+    flush: Callable[..., None]
 
     def require_open(self, call: str) -> None:
         raise NotImplementedError
@@ -153,6 +154,9 @@ class Lineage:
                                         or default_serialization_format(mlflow_kwargs.get("input_example")))
         created = time.time()
         uri, model_id = "", None
+        # the points logged so far go to MLflow before the model: MLflow links the run's points at the model's
+        # step to it when it logs it (otherwise the writer's next flush decides, by timing)
+        self.flush(wait_for_mlflow=False)
         try:
             uri, model_id = self.sink.log_model(
                 self.run_id, model, model_name,

@@ -22,6 +22,7 @@ from prov4ml_lightning.errors import Prov4MLInputError, Prov4MLWarning, Tracking
 from prov4ml_lightning.records import RunInfo
 from prov4ml_lightning.redact import redact_url
 from prov4ml_lightning.sinks.mlflow.guard import TrackingGuard
+from prov4ml_lightning.sinks.mlflow.rules import MLFLOW_TAG_USER
 from prov4ml_lightning.sinks.mlflow.service import ServiceSink, get_service, wait_at_exit
 from prov4ml_lightning.tracking import registry
 from prov4ml_lightning.tracking import validation as v
@@ -61,6 +62,9 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
     uri = resolve_tracking_uri(config.tracking_uri, config.mlflow_save_dir)
     _announce_environment_store(config, uri, call)
     str_tags = {str(k): v.param_text(val, "start_run(tags=...)", str(k)) for k, val in (config.tags or {}).items()}
+    # MLflow's runs.user_id is taken from this tag when the run is created (its UI's "User", `attributes.user_id`
+    # in searches); the other source tags follow once the code is captured
+    create_tags = {MLFLOW_TAG_USER: _user(), **str_tags}
 
     def make(parent: Any) -> RunRecorder:
         start = time.time()
@@ -92,7 +96,7 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
                         raise TrackingUnavailableError("no answer to GET /health")
                     experiment_id = sink.experiment_id(config.experiment_name)
                     run_id, run_name = sink.create_run(
-                        experiment_id, run_name, str_tags, config.description,
+                        experiment_id, run_name, create_tags, config.description,
                         parent.info.run_id if parent else None, int(start * 1000),
                     )
             except TrackingUnavailableError as err:
@@ -124,7 +128,7 @@ def open_recorder(config: RunConfig, *, run_id: str | None = None,
             responsible={k: getattr(config, k) for k in IDENTITY_ENV if getattr(config, k) is not None},
         )
         if deferred:
-            sink.start_run(run_id, config.experiment_name, info.run_name, str_tags, config.description,
+            sink.start_run(run_id, config.experiment_name, info.run_name, create_tags, config.description,
                            info.parent_run_id, int(start * 1000),
                            on_created=lambda experiment: setattr(info, "experiment_id", experiment))
         run = RunRecorder(config, info, sink, parent=parent)

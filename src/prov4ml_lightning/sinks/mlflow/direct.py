@@ -23,6 +23,7 @@ It imports nothing of the package but :mod:`.rules`, :mod:`.store`, :mod:`.model
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import numbers
 import os
@@ -44,6 +45,7 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     dataset_input,
     default_pip_requirements,
     mlflow_safe_key,
+    model_params_and_tags,
     run_tags,
     truncate_param_value,
     weights_hit,
@@ -51,6 +53,8 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
 from prov4ml_lightning.sinks.mlflow.store import cached_template, database_file, link_new_store, store_lock
 
 __all__ = ["SCHEMAS", "DirectSink", "NeedsMlflow", "open_direct"]
+
+log = logging.getLogger(__name__)
 
 #: MLflow's schema revisions (alembic heads) this module writes; each one checked by tests/sinks/test_direct.py
 #: against the MLflow release whose head it is (3.17: dc11669786a5)
@@ -172,7 +176,7 @@ class DirectSink:
                                "AND name = ?", (name,)).fetchone()
             if row is not None:
                 if row[1] != "active":
-                    raise NeedsMlflow("a deleted experiment is restored by MLflow")
+                    raise NeedsMlflow("a deleted experiment: MLflow's sink says what to do")
                 return str(row[0])
             now = _now_ms()
             cur = conn.execute("INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, "
@@ -193,7 +197,7 @@ class DirectSink:
             raise NeedsMlflow("a run name and an mlflow.runName tag that differ")  # MLflow's error then
         run_id = run_id or uuid.uuid4().hex
         all_tags.setdefault(MLFLOW_TAG_RUN_NAME, run_name)
-        rows = self._tag_rows(all_tags.items())
+        rows = self._tag_rows(all_tags.items(), cut=False)
         with self._write() as conn:
             location = self._experiment_location(conn, experiment_id)
             conn.execute("INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
@@ -284,10 +288,20 @@ class DirectSink:
                              [(k, v, run_id) for k, v in items.items() if k not in existing])
 
     @staticmethod
-    def _tag_rows(tags: Iterable[tuple[str, str]]) -> dict[str, str]:
+    def _tag_rows(tags: Iterable[tuple[str, str]], *, cut: bool = True) -> dict[str, str]:
+        """Tags as MLflow stores them: keys made safe and, with ``cut`` (``set_tags``; MLflow's ``create_run``
+        keeps any length), values over 8000 characters cut with MLflow's warning, or refused where
+        ``MLFLOW_TRUNCATE_LONG_VALUES`` says so (MLflow's error then)."""
         out = {}
         for k, v in tags:
-            out[mlflow_safe_key(k)] = str(v)[:_MAX_TAG_VALUE]
+            value = str(v)
+            if cut and len(value) > _MAX_TAG_VALUE:
+                if os.environ.get("MLFLOW_TRUNCATE_LONG_VALUES", "true").strip().lower() in ("false", "0"):
+                    raise NeedsMlflow("a tag value over MLflow's limit, not to be cut")
+                log.warning("tag %s's value '%s...' (%d characters) is truncated to %d characters to meet MLflow's "
+                            "length limit", k, value[:100], len(value), _MAX_TAG_VALUE)
+                value = value[:_MAX_TAG_VALUE]
+            out[mlflow_safe_key(k)] = value
         return out
 
     def set_tags(self, run_id: str, tags: Iterable[tuple[str, str]]) -> None:
@@ -368,9 +382,13 @@ class DirectSink:
                          "creation_timestamp_ms, last_updated_timestamp_ms, status, lifecycle_stage, model_type, "
                          "source_run_id, status_message) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', NULL, ?, NULL)",
                          (model_id, experiment_id, name, location, now, now, _PENDING, run_id))
+            model_params, tags = model_params_and_tags(
+                params, dict(conn.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall()),
+                dict(conn.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall()))
             conn.executemany("INSERT INTO logged_model_params (model_id, experiment_id, param_key, param_value) "
-                             "VALUES (?, ?, ?, ?)", [(model_id, experiment_id, str(k), str(v))
-                                                     for k, v in (params or {}).items()])
+                             "VALUES (?, ?, ?, ?)", [(model_id, experiment_id, k, v) for k, v in model_params.items()])
+            conn.executemany("INSERT INTO logged_model_tags (model_id, experiment_id, tag_key, tag_value) "
+                             "VALUES (?, ?, ?, ?)", [(model_id, experiment_id, k, v) for k, v in tags.items()])
             conn.execute("INSERT INTO inputs (input_uuid, source_type, source_id, destination_type, destination_id, "
                          "step) VALUES (?, 'RUN_OUTPUT', ?, 'MODEL_OUTPUT', ?, ?)",
                          (uuid.uuid4().hex, run_id, model_id, step))

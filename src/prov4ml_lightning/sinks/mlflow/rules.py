@@ -275,6 +275,20 @@ def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
 
 
+#: the run's tags that MLflow's ``Model.log`` also sets on a model it logs (its run-context tags: who, from what)
+MODEL_SOURCE_TAGS = (MLFLOW_TAG_USER, MLFLOW_TAG_SOURCE_NAME, MLFLOW_TAG_SOURCE_TYPE, MLFLOW_TAG_GIT_COMMIT,
+                     MLFLOW_TAG_GIT_BRANCH, MLFLOW_TAG_GIT_REPO_URL)
+
+
+def model_params_and_tags(params: Mapping[str, Any] | None, run_params: Mapping[str, str],
+                          run_tags: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The params and tags of a model logged from a run, as MLflow's ``Model.log`` gives a model it creates:
+    ``params`` with the run's params over them, and the run's :data:`MODEL_SOURCE_TAGS`."""
+    merged = {str(k): str(v) for k, v in (params or {}).items()}
+    merged.update(run_params)
+    return merged, {k: run_tags[k] for k in MODEL_SOURCE_TAGS if k in run_tags}
+
+
 def run_tags(tags: Mapping[str, str], description: str | None, parent_run_id: str | None,
              run_name: str | None) -> tuple[dict[str, str], str]:
     """A new run's tags (keys made MLflow-safe, the description and parent as MLflow's own tags)

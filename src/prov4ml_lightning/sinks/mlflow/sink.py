@@ -47,6 +47,7 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     generate_run_name,
     is_local_store,
     mlflow_safe_key,
+    model_params_and_tags,
     resolve_tracking_uri,
     run_tags,
     source_tags,
@@ -240,8 +241,11 @@ class MlflowSink:
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
-            if experiment.lifecycle_stage == "deleted":
-                self.client.restore_experiment(experiment.experiment_id)
+            if experiment.lifecycle_stage == "deleted":  # as mlflow.set_experiment: never undone behind the user's back
+                raise ValueError(
+                    f"the experiment {name!r} was deleted in MLflow: restore it (`mlflow experiments restore "
+                    f"--experiment-id {experiment.experiment_id}`, which restores its deleted runs too) or delete it "
+                    "for good (`mlflow gc`) to create a new one, or use another experiment name")
             return experiment.experiment_id
         # A new experiment's artifacts go beside its SQLite database (the embedded store's is in
         # mlflow_save_dir; another one, such as an MLFlowLogger's named by MLFLOW_TRACKING_URI, keeps its own).
@@ -466,13 +470,16 @@ class MlflowSink:
 
     def _create_logged_model(self, run_id: str, name: str, params: Mapping[str, Any] | None,
                              model_id: str | None) -> Any:
-        """The run's LoggedModel, under ``model_id`` when given. Created here: left to MLflow it lands
-        in the fluent default experiment (and, with no tracking URI set, in ./mlruns), not in the run's."""
-        experiment_id = self.client.get_run(run_id).info.experiment_id
+        """The run's LoggedModel, under ``model_id`` when given, with the params and tags ``Model.log`` gives a
+        model it creates (:func:`model_params_and_tags`). Created here: left to MLflow it lands in the fluent
+        default experiment (and, with no tracking URI set, in ./mlruns), not in the run's, and its run-context
+        tags would be the service process's."""
+        run = self.client.get_run(run_id)
+        model_params, tags = model_params_and_tags(params, run.data.params, run.data.tags)
         with self._chosen_id(model_id, "log_model"):
             logged = self.client.create_logged_model(
-                experiment_id, name=name, source_run_id=run_id,
-                params={k: str(v) for k, v in (params or {}).items()} or None,
+                run.info.experiment_id, name=name, source_run_id=run_id, params=model_params or None,
+                tags=tags or None,
             )
         if model_id is not None and logged.model_id != model_id:
             raise RuntimeError(f"log_model(model_id={model_id!r}): MLflow gave the model id {logged.model_id}: "

@@ -204,8 +204,11 @@ def _check(schema: Any, db: Path, *, whole: bool = False) -> str | None:
         if found != head:
             return f"its schema is at revision {found}, MLflow expects {head}"
         return None
-    except Exception as err:  # not a database, unreadable, locked for good
-        return f"it cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''})"
+    except Exception as err:  # not a database, unreadable
+        text = str(err).splitlines()[0][:300] if str(err) else ""
+        if "database is locked" in text or "database is busy" in text:
+            raise  # another program holds it: busy, not broken (open_client tries again, then says so)
+        return f"it cannot be read ({type(err).__name__}: {text})"
     finally:
         engine.dispose()
 
