@@ -38,10 +38,16 @@ mode, prov_dir, mlflow_dir, n = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]
 killed_at = None
 shown = warnings.showwarning
 
+said = threading.Lock()
+
 def show(message, category, filename, lineno, file=None, line=None):
-    # when each warning came, on stdout (stderr gets it as usual)
+    # when each warning came, on stdout; each whole, in warnings.txt (two threads writing sys.stderr at once
+    # can lose one's text: io.TextIOWrapper is not thread-safe); stderr gets it as usual
     since = "" if killed_at is None else f"{time.monotonic() - killed_at:.3f}"
-    print("warned", since, str(message).splitlines()[0][:120], flush=True)
+    with said:
+        print("warned", since, str(message).splitlines()[0][:120], flush=True)
+        with open(prov_dir.parent / "warnings.txt", "a") as fh:
+            fh.write(f"{category.__name__}: {message}\\n\\x00")
     shown(message, category, filename, lineno, file, line)
 
 warnings.showwarning = show
@@ -139,7 +145,8 @@ def _check_told(run_id: str, prov_dir: Path, stdout: str, stderr: str, *, before
     lines = stdout.splitlines()
     if before_end_run:
         assert lines.index(died[0]) < lines.index("ending"), stdout
-    death_warning = [w for w in stderr.split("Prov4MLWarning: ")[1:] if "was killed (SIGKILL)" in w]
+    told = (prov_dir.parent / "warnings.txt").read_text().split("\x00")
+    death_warning = [w.split("Prov4MLWarning: ", 1)[1] for w in told if "was killed (SIGKILL)" in w]
     assert len(death_warning) == 2, stderr  # the death, then end_run's
     for text in death_warning:
         assert run_id in text and f"prov4ml sync {prov_dir}" in text and "incomplete" in text
