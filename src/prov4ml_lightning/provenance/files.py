@@ -6,6 +6,7 @@ and round-trip helpers ``checks.py`` uses.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -65,26 +66,37 @@ def write_run_files(doc: ProvDocument, base: Path, formats: Iterable[str], title
 
     ``<base>.json`` always, ``<base>.<fmt>`` for the other ``formats``, the graph ``<base>.dot``
     titled ``title`` and, when Graphviz is installed, ``<base>.svg`` and the interactive view
-    ``<base>.html``. Every file is written atomically. Returns the paths by kind (``json``,
-    ``provn``, ``ttl``, ``xml``, ``dot``, ``svg``, ``html``).
+    ``<base>.html``. Every file is written atomically, and the set too: when one cannot be written
+    (``OSError``: a full disk), those this call wrote are removed before the error is raised, so a
+    run has all its PROV files or none (``prov4ml recover`` then writes them). Returns the paths by
+    kind (``json``, ``provn``, ``ttl``, ``xml``, ``dot``, ``svg``, ``html``).
     """
     from prov4ml_lightning.provenance.graph import render_svg, to_dot
     from prov4ml_lightning.provenance.html import to_html
     from prov4ml_lightning.provenance.views import to_graph
 
-    paths = {"json": write_document(doc, base.with_suffix(".json"), "json")}
-    for fmt in formats:
-        if fmt != "json":
-            paths[fmt] = write_document(doc, base.with_suffix(f".{fmt}"), fmt)
-    spec = to_graph(doc)
-    paths["dot"] = atomic_write_text(base.with_suffix(".dot"), to_dot(spec, title))
+    paths: dict[str, Path] = {}
     try:
-        svg = render_svg(paths["dot"])
-        if svg is not None:
-            paths["svg"] = svg
-            paths["html"] = atomic_write_text(base.with_suffix(".html"), to_html(spec, title))
-    except Exception as err:  # a broken Graphviz install must not lose the run
-        warn(f"{call}: Graphviz could not render {paths['dot']} ({err!r})", Prov4MLWarning)
+        paths["json"] = write_document(doc, base.with_suffix(".json"), "json")
+        for fmt in formats:
+            if fmt != "json":
+                paths[fmt] = write_document(doc, base.with_suffix(f".{fmt}"), fmt)
+        spec = to_graph(doc)
+        paths["dot"] = atomic_write_text(base.with_suffix(".dot"), to_dot(spec, title))
+        try:
+            svg = render_svg(paths["dot"])
+            if svg is not None:
+                paths["svg"] = svg
+                paths["html"] = atomic_write_text(base.with_suffix(".html"), to_html(spec, title))
+        except Exception as err:  # a broken Graphviz install must not lose the run; a full disk is the run's
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            warn(f"{call}: Graphviz could not render {paths['dot']} ({err!r})", Prov4MLWarning)
+    except OSError:
+        for path in paths.values():
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
     return paths
 
 
