@@ -1,5 +1,6 @@
 """A run's PROV files are written all or none: a file that cannot be written (a full disk) takes the
-ones written before it away, so `prov4ml recover` finds a run without PROV files, never half a set."""
+ones written before it away and leaves the PROV-JSON there before (an earlier session's, or none), so
+`prov4ml recover` never finds a new graph beside an old record."""
 
 from __future__ import annotations
 
@@ -22,10 +23,15 @@ def _doc() -> ProvDocument:
 
 def test_the_files_are_written_all_or_none(tmp_path: Path) -> None:
     base = tmp_path / "provgraph_r1"
-    base.with_suffix(".dot").mkdir()  # the graph's file cannot be written, after the PROV-JSON was
+    base.with_suffix(".dot").mkdir()  # the graph's file cannot be written, after the PROV-N was
     with pytest.raises(OSError):
         write_run_files(_doc(), base, ("json", "provn"), "r1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["provgraph_r1.dot"]  # no PROV-JSON, no PROV-N left
+    base.with_suffix(".json").write_text("an earlier session's document")
+    with pytest.raises(OSError):
+        write_run_files(_doc(), base, ("json", "provn"), "r1")
+    assert base.with_suffix(".json").read_text() == "an earlier session's document"  # untouched
+    base.with_suffix(".json").unlink()
 
     base.with_suffix(".dot").rmdir()
     paths = write_run_files(_doc(), base, ("json", "provn"), "r1")

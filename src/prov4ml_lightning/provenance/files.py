@@ -66,10 +66,12 @@ def write_run_files(doc: ProvDocument, base: Path, formats: Iterable[str], title
 
     ``<base>.json`` always, ``<base>.<fmt>`` for the other ``formats``, the graph ``<base>.dot``
     titled ``title`` and, when Graphviz is installed, ``<base>.svg`` and the interactive view
-    ``<base>.html``. Every file is written atomically, and the set too: when one cannot be written
-    (``OSError``: a full disk), those this call wrote are removed before the error is raised, so a
-    run has all its PROV files or none (``prov4ml recover`` then writes them). Returns the paths by
-    kind (``json``, ``provn``, ``ttl``, ``xml``, ``dot``, ``svg``, ``html``).
+    ``<base>.html``. Every file is written atomically, and the set too: the PROV-JSON, the record the
+    others are drawn from, is written last, so when a file cannot be written (``OSError``: a full disk)
+    the PROV-JSON is the one there before (an earlier session's, or none), and the files this call wrote
+    are removed before the error is raised: never a new graph beside an old record (``prov4ml recover``
+    writes the set once there is room). Returns the paths by kind (``json``, ``provn``, ``ttl``,
+    ``xml``, ``dot``, ``svg``, ``html``).
     """
     from prov4ml_lightning.provenance.graph import render_svg, to_dot
     from prov4ml_lightning.provenance.html import to_html
@@ -77,7 +79,6 @@ def write_run_files(doc: ProvDocument, base: Path, formats: Iterable[str], title
 
     paths: dict[str, Path] = {}
     try:
-        paths["json"] = write_document(doc, base.with_suffix(".json"), "json")
         for fmt in formats:
             if fmt != "json":
                 paths[fmt] = write_document(doc, base.with_suffix(f".{fmt}"), fmt)
@@ -92,12 +93,13 @@ def write_run_files(doc: ProvDocument, base: Path, formats: Iterable[str], title
             if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise
             warn(f"{call}: Graphviz could not render {paths['dot']} ({err!r})", Prov4MLWarning)
+        paths["json"] = write_document(doc, base.with_suffix(".json"), "json")
     except OSError:
         for path in paths.values():
             with contextlib.suppress(OSError):
                 path.unlink()
         raise
-    return paths
+    return {"json": paths.pop("json"), **paths}
 
 
 def read_document(path: str | os.PathLike[str], fmt: str = "json") -> ProvDocument:
