@@ -242,10 +242,12 @@ class MlflowSink:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":  # as mlflow.set_experiment: never undone behind the user's back
+                uri, eid = self.public_uri, experiment.experiment_id
                 raise ValueError(
-                    f"the experiment {name!r} was deleted in MLflow: restore it (`mlflow experiments restore "
-                    f"--experiment-id {experiment.experiment_id}`, which restores its deleted runs too) or delete it "
-                    "for good (`mlflow gc`) to create a new one, or use another experiment name")
+                    f"the experiment {name!r} was deleted in MLflow: restore it (`MLFLOW_TRACKING_URI={uri} mlflow "
+                    f"experiments restore --experiment-id {eid}`, which restores its deleted runs too) or delete it "
+                    f"for good (`MLFLOW_TRACKING_URI={uri} mlflow gc --backend-store-uri {uri} --experiment-ids "
+                    f"{eid}`) to create a new one, or use another experiment name")
             return experiment.experiment_id
         # A new experiment's artifacts go beside its SQLite database (the embedded store's is in
         # mlflow_save_dir; another one, such as an MLFlowLogger's named by MLFLOW_TRACKING_URI, keeps its own).
