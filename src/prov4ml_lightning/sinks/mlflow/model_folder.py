@@ -1,6 +1,7 @@
 """The folder MLflow's pytorch flavour writes for a module saved in its pickle format, written without
 MLflow (the direct store's ``log_model``: :mod:`.direct`). ``MlflowSink`` writes the same folder with
-MLflow's own helpers (``sink._SavedPytorchModel``) where MLflow is imported anyway; tests/sinks/test_direct.py
+MLflow's own helpers (``sink._SavedPytorchModel``) where MLflow is imported anyway, its ``data/`` with
+:func:`write_model_data`; tests/sinks/test_direct.py
 compares the two file by file.
 
 It imports nothing of the package but :mod:`.rules` (the service process loads both by path) and never MLflow.
@@ -25,11 +26,26 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     PYTORCH_PICKLE_MODULE_INFO,
 )
 
-__all__ = ["write_model_folder"]
+__all__ = ["write_model_data", "write_model_folder"]
 
 
 def _folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def write_model_data(folder: Path, file: str) -> None:
+    """The model folder's ``data/`` as ``mlflow.pytorch.save_model`` writes it for a pickled module: the
+    pickle module's name and the module's file, hard-linked (copied across file systems or without hard links)."""
+    data = folder / PYTORCH_MODEL_DATA
+    data.mkdir(parents=True, exist_ok=True)
+    (data / PYTORCH_PICKLE_MODULE_INFO).write_text(PYTORCH_PICKLE_MODULE)
+    target = data / PYTORCH_MODEL_FILE
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    try:
+        os.link(file, target)
+    except OSError:
+        shutil.copyfile(file, target)
 
 
 def write_model_folder(folder: Path, file: str, model_id: str, run_id: str, location: str, pytorch_version: str,
@@ -47,16 +63,7 @@ def write_model_folder(folder: Path, file: str, model_id: str, run_id: str, loca
         except PackageNotFoundError:
             return None
 
-    data = folder / PYTORCH_MODEL_DATA
-    data.mkdir(parents=True, exist_ok=True)
-    (data / PYTORCH_PICKLE_MODULE_INFO).write_text(PYTORCH_PICKLE_MODULE)
-    target = data / PYTORCH_MODEL_FILE
-    with contextlib.suppress(FileNotFoundError):
-        target.unlink()
-    try:
-        os.link(file, target)
-    except OSError:
-        shutil.copyfile(file, target)
+    write_model_data(folder, file)
     python = platform.python_version()
     mlmodel: dict[str, Any] = {
         "artifact_path": location,

@@ -8,8 +8,9 @@ MLflow's own rules (store choice, key names, value limits, model defaults, run n
 :mod:`.rules`, which this module applies; opening a store (the lock around creating a new one,
 the migrated empty store it is copied from, a half-created one replaced) is :mod:`.store`'s.
 
-It imports nothing of the package at module level but those two and :mod:`prov4ml_lightning.files`:
-the service process loads these files by path, with MLflow only.
+It imports nothing of the package at module level but those two, :mod:`.pickling`, :mod:`.model_folder`
+(the model's ``data/``, written as the direct store writes it) and :mod:`prov4ml_lightning.files`: the
+service process loads these files by path, with MLflow only.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import contextlib
 import inspect
 import logging
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from prov4ml_lightning.sinks.mlflow.model_folder import write_model_data  # loaded by path, as rules.py
 from prov4ml_lightning.sinks.mlflow.pickling import local_modules_by_value  # loaded by path, as rules.py
 from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the service process: see service_process.py
     BATCH_METRICS,
@@ -36,9 +37,7 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     PYTORCH_FLAVOR,
     PYTORCH_LOADER_MODULE,
     PYTORCH_MODEL_DATA,
-    PYTORCH_MODEL_FILE,
     PYTORCH_PICKLE_MODULE,
-    PYTORCH_PICKLE_MODULE_INFO,
     WEIGHTS_TAG_PREFIX,
     dataset_input,
     default_pip_requirements,
@@ -155,13 +154,7 @@ class _SavedPytorchModel:
         h._validate_and_prepare_target_save_path(path)
         if signature is not None and signature is not False:
             mlflow_model.signature = signature
-        data = Path(path, PYTORCH_MODEL_DATA)
-        data.mkdir(parents=True)
-        (data / PYTORCH_PICKLE_MODULE_INFO).write_text(PYTORCH_PICKLE_MODULE)
-        try:
-            os.link(self.file, data / PYTORCH_MODEL_FILE)
-        except OSError:  # another file system (or no hard links): a copy
-            shutil.copyfile(self.file, data / PYTORCH_MODEL_FILE)
+        write_model_data(Path(path), self.file)
         mlflow_model.add_flavor(PYTORCH_FLAVOR, model_data=PYTORCH_MODEL_DATA, pytorch_version=self.pytorch_version,
                                 code=None)
         pyfunc.add_to_model(mlflow_model, loader_module=PYTORCH_LOADER_MODULE, data=PYTORCH_MODEL_DATA,
