@@ -50,7 +50,13 @@ from prov4ml_lightning.sinks.mlflow.rules import (  # loaded by path in the serv
     truncate_param_value,
     weights_hit,
 )
-from prov4ml_lightning.sinks.mlflow.store import cached_template, database_file, link_new_store, store_lock
+from prov4ml_lightning.sinks.mlflow.store import (
+    cached_template,
+    database_file,
+    link_new_store,
+    no_store_yet,
+    store_lock,
+)
 
 __all__ = ["SCHEMAS", "DirectSink", "NeedsMlflow", "open_direct"]
 
@@ -102,8 +108,7 @@ def open_direct(tracking_uri: str, mlflow_save_dir: str | os.PathLike[str]) -> D
     path, head = template
     db = db.resolve()
     with store_lock(tracking_uri):
-        if not db.exists() or (db.stat().st_size == 0 and not any(Path(f"{db}{s}").exists()
-                                                                  for s in ("-journal", "-wal", "-shm"))):
+        if no_store_yet(db):
             try:
                 link_new_store(db, lambda tmp: _copy_checked(path, head, tmp), replace=db.exists())
             except (OSError, sqlite3.Error, NeedsMlflow):

@@ -44,8 +44,8 @@ from prov4ml_lightning.files import cache_dir  # loaded by path in the service p
 from prov4ml_lightning.sinks.mlflow.rules import is_database_uri, sqlite_file
 
 __all__ = [
-    "TEMPLATES", "BrokenStoreError", "database_file", "forget_engine", "link_new_store", "open_client",
-    "prepare_sqlite_store", "store_lock", "template_path",
+    "TEMPLATES", "BrokenStoreError", "cached_template", "database_file", "forget_engine", "link_new_store",
+    "no_store_yet", "open_client", "prepare_sqlite_store", "store_lock", "template_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,25 +162,27 @@ def template_path(schema: Any = None) -> Path | None:
     schema = schema or _schema()
     if schema is None:
         return None
+    return cache_dir() / TEMPLATES / _template_name(schema._get_latest_schema_revision())
+
+
+def _template_name(head: str) -> str:
+    """The name of the migrated empty store of schema revision ``head`` for the installed MLflow, SQLAlchemy
+    and alembic (raises ``PackageNotFoundError`` for one not installed)."""
     from importlib.metadata import version
 
-    head = schema._get_latest_schema_revision()
-    name = (f"empty-mlflow-{version('mlflow')}-{head}-sqlalchemy-{version('sqlalchemy')}"
-            f"-alembic-{version('alembic')}.db")
-    return cache_dir() / TEMPLATES / name
+    return f"empty-mlflow-{version('mlflow')}-{head}-sqlalchemy-{version('sqlalchemy')}-alembic-{version('alembic')}.db"
 
 
 def cached_template() -> tuple[Path, str] | None:
     """The migrated empty store :func:`template_path` names for the installed MLflow, SQLAlchemy and
     alembic, and its schema revision (read from its name), found without importing MLflow; ``None``
     while none was built (a first store opened with MLflow builds it)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError
 
     try:
-        mlflow_v, sqlalchemy_v, alembic_v = version("mlflow"), version("sqlalchemy"), version("alembic")
+        prefix, suffix = _template_name("*").split("*")
     except PackageNotFoundError:
         return None
-    prefix, suffix = f"empty-mlflow-{mlflow_v}-", f"-sqlalchemy-{sqlalchemy_v}-alembic-{alembic_v}.db"
     for path in (cache_dir() / TEMPLATES).glob(f"{prefix}*{suffix}"):
         head = path.name[len(prefix) : -len(suffix)]
         if head.isalnum():
@@ -251,11 +253,8 @@ def prepare_sqlite_store(db: str | os.PathLike[str], *, locked: bool = False) ->
     for stale in db.parent.glob(f"{db.name}{_NEW}*"):  # under the lock: a killed creator's
         with contextlib.suppress(OSError):
             stale.unlink()
-    if not db.exists():
-        _create(schema, db)
-        return None
-    if db.stat().st_size == 0 and not any(Path(f"{db}{s}").exists() for s in _SIDE_FILES):
-        _create(schema, db, replace=True)  # an empty file (sqlite3.connect without a write): no store yet
+    if no_store_yet(db):
+        _create(schema, db, replace=db.exists())
         return None
     why = _check(schema, db)
     if why is None:
@@ -276,6 +275,14 @@ def prepare_sqlite_store(db: str | os.PathLike[str], *, locked: bool = False) ->
     return (f"the MLflow store {db} was left half-created ({why}; a process stopped while creating or "
             f"migrating it) and held no records: it was moved aside to {aside} and a new, empty store "
             "was created in its place")
+
+
+def no_store_yet(db: Path) -> bool:
+    """Whether ``db`` holds no store yet: missing, or an empty file (``sqlite3.connect`` without a write)
+    with none of SQLite's files beside it (a write in progress has one)."""
+    if not db.exists():
+        return True
+    return db.stat().st_size == 0 and not any(Path(f"{db}{s}").exists() for s in _SIDE_FILES)
 
 
 def _move_aside(db: Path) -> Path:
