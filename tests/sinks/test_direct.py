@@ -122,7 +122,7 @@ def both(tmp_path: Path) -> tuple[Path, Path]:
         if kind == "mlflow":
             sink: Any = MlflowSink(uri, root)  # builds the migrated empty store the direct one is copied from
         else:
-            sink = open_direct(uri, root)
+            sink = open_direct(uri)
             assert isinstance(sink, DirectSink), "the installed MLflow's schema is not one direct.py writes"
         _write_run(sink, root, version)
         stores.append(root)
@@ -187,7 +187,7 @@ def test_the_installed_mlflow_schema_is_one_direct_writes(tmp_path: Path) -> Non
 def test_what_direct_does_not_do_is_left_to_mlflow(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow_sink = MlflowSink(uri, tmp_path)
-    sink = open_direct(uri, tmp_path)
+    sink = open_direct(uri)
     assert sink is not None
     experiment = sink.experiment_id("gone")
     mlflow_sink.client.delete_experiment(experiment)
@@ -207,8 +207,8 @@ def test_what_direct_does_not_do_is_left_to_mlflow(tmp_path: Path) -> None:
         sink.log_params(run_id, [("a", "1")]) or sink.log_params(run_id, [("a", "2")])
     with sqlite3.connect(tmp_path / "mlflow.db") as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'older'")
-    assert open_direct(uri, tmp_path) is None  # another schema revision: MLflow's opening says what to do
-    assert open_direct("postgresql://u@localhost/db", tmp_path) is None
+    assert open_direct(uri) is None  # another schema revision: MLflow's opening says what to do
+    assert open_direct("postgresql://u@localhost/db") is None
 
 
 def test_the_service_serves_a_training_run_without_importing_mlflow(tmp_path: Path) -> None:

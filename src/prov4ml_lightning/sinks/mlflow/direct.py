@@ -96,7 +96,7 @@ def _append(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 
 
-def open_direct(tracking_uri: str, mlflow_save_dir: str | os.PathLike[str]) -> DirectSink | None:
+def open_direct(tracking_uri: str) -> DirectSink | None:
     """A :class:`DirectSink` on the SQLite store ``tracking_uri`` (created from the migrated empty store when
     missing), or ``None`` where MLflow must open it (see the module docstring)."""
     db = database_file(tracking_uri)
@@ -115,7 +115,7 @@ def open_direct(tracking_uri: str, mlflow_save_dir: str | os.PathLike[str]) -> D
                 return None
         if _revision(db) != head:
             return None  # another revision, half-created, not SQLite's: MLflow's opening says what to do
-    return DirectSink(tracking_uri, mlflow_save_dir, db)
+    return DirectSink(db)
 
 
 def _revision(db: Path) -> str | None:
@@ -141,15 +141,10 @@ class DirectSink:
     """The calls of :class:`~prov4ml_lightning.sinks.mlflow.sink.MlflowSink` a training run makes, on a
     SQLite store, without MLflow (see the module docstring). Each call is one transaction."""
 
-    def __init__(self, tracking_uri: str, mlflow_save_dir: str | os.PathLike[str], db: Path) -> None:
-        self.tracking_uri = tracking_uri
-        self.mlflow_save_dir = Path(mlflow_save_dir).resolve()
+    def __init__(self, db: Path) -> None:
         self.db = db
         self._conn = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
         self._ensure_default_experiment()
-
-    def close(self) -> None:
-        self._conn.close()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

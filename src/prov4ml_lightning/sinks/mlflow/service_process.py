@@ -286,7 +286,7 @@ def main() -> None:
             return None
         if store not in direct_sinks:
             try:
-                direct_sinks[store] = direct.open_direct(*store)
+                direct_sinks[store] = direct.open_direct(store[0])  # artifacts go beside the database
             except Exception as err:  # a store it cannot tell about: MLflow's opening says what is wrong
                 logging.getLogger(__name__).debug("direct store %s: %r", store[0], err)
                 direct_sinks[store] = None
@@ -314,6 +314,16 @@ def main() -> None:
             return sink.log_artifact(run_id, path, artifact_path)
         raise ValueError(f"unknown request {kind!r}")
 
+    def handle(kind: str, store: tuple[str, str], rest: list[Any]) -> Any:
+        """The request on the store's direct sink, or with MLflow where that one cannot do it."""
+        sink = direct_sink(store)
+        if sink is not None:
+            try:
+                return serve(sink, kind, rest)
+            except direct.NeedsMlflow:
+                pass
+        return serve(mlflow_sink(store), kind, rest)
+
     while True:
         message = inbox.get()
         if message is None:
@@ -324,24 +334,16 @@ def main() -> None:
             if kind == "log_model_file":  # the options were pickled by the training process (service.log_model)
                 rest[-1] = pickle.loads(rest[-1])  # an MLflow object among them imports MLflow's module here
             try:
-                try:
-                    sink = direct_sink(store)
-                    if sink is None:
-                        raise direct.NeedsMlflow("store") if direct is not None else RuntimeError(failure)
-                    result = serve(sink, kind, rest)
-                except Exception as err:
-                    if direct is None or not isinstance(err, direct.NeedsMlflow):
-                        raise
-                    result = serve(mlflow_sink(store), kind, rest)
-                if kind == "log_model_file":  # kept when not logged: `prov4ml sync` logs it later
-                    with contextlib.suppress(OSError):
-                        os.remove(rest[1])
-                        os.rmdir(os.path.dirname(rest[1]))  # the staging folder, once empty
+                result = handle(kind, store, rest)
             finally:
                 if kind == "log_staged":
                     shutil.rmtree(rest[3], ignore_errors=True)
                     with contextlib.suppress(OSError):
                         os.rmdir(os.path.dirname(rest[3]))  # the staging folder, once empty
+            if kind == "log_model_file":  # kept when not logged: `prov4ml sync` logs it later
+                with contextlib.suppress(OSError):
+                    os.remove(rest[1])
+                    os.rmdir(os.path.dirname(rest[1]))  # the staging folder, once empty
         except _Broken as err:
             answer(("error", str(err)))
         except Exception as err:
