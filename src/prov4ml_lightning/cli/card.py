@@ -160,8 +160,8 @@ def model_card(view: Any, license: str | None = None) -> str:
     if validation:
         out += ["", "### Validation data", "", *_dataset_table(validation)]
     for section, title in (("prediction", "Prediction data"), ("other", "Other datasets")):
-        if _of_section(datasets, section):
-            out += ["", f"### {title}", "", *_dataset_table(_of_section(datasets, section))]
+        if part := _of_section(datasets, section):
+            out += ["", f"### {title}", "", *_dataset_table(part)]
     out += ["", "## Training procedure", ""]
     fits = view.typed("Fit")
     for fit in fits:
